@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The project's one test command: fmt, clippy, then cargo test against a local PostgreSQL.
+#   SOLOIST_TEST_PG_URL=...   use this database as-is (no local set-up at all)
+#   SOLOIST_SKIP_LINT=1       skip fmt + clippy (quick local runs)
+#   SOLOIST_TEST_SETUP_ONLY=1 only set up PostgreSQL, print the URL and exit (no cargo)
+# Extra arguments are passed to `cargo test`. Runs as root (CI) or as a user with sudo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SOCK=/var/run/postgresql
+# Only escalate when not already root, so CI needs no sudo installed.
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+# cd / because postgres may not be allowed into the caller's cwd (psql warns about it).
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then (cd / && su postgres -c "$(printf '%q ' "$@")")
+  else (cd / && sudo -u postgres "$@"); fi
+}
+
+setup_pg() {
+  if ! pg_isready -q -h "$SOCK" 2>/dev/null; then
+    if ! command -v pg_ctlcluster >/dev/null; then
+      echo "==> installing PostgreSQL (apt-get)"
+      as_root apt-get update -q
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
+    fi
+    local ver
+    ver=$(pg_lsclusters -h | awk '$2 == "main" {print $1; exit}')
+    if [ -z "$ver" ]; then   # package installed but no cluster (e.g. create_main_cluster=false)
+      ver=$(ls /usr/lib/postgresql | sort -V | tail -n1)
+      as_root pg_createcluster "$ver" main
+    fi
+    echo "==> starting PostgreSQL $ver/main"
+    # Tolerate "already running": it may just be mid-startup; the wait below decides.
+    as_root pg_ctlcluster "$ver" main start || true
+    local i
+    for i in $(seq 30); do pg_isready -q -h "$SOCK" && break; sleep 1; done
+    pg_isready -q -h "$SOCK" || {
+      echo "error: PostgreSQL not ready on $SOCK after 30s; see /var/log/postgresql/" >&2
+      exit 1
+    }
+  fi
+
+  # Peer auth over the socket maps OS user -> role of the same name, so no passwords;
+  # superuser because tests create and drop their own databases.
+  local user
+  user=$(id -un)
+  # An explicit host (localhost) is needed for a URL with a user part; sqlx and libpq
+  # both let the ?host=/dir query parameter override it with the unix-socket directory.
+  SOLOIST_TEST_PG_URL="postgres://${user}@localhost/postgres?host=${SOCK}"
+  # Fast path needs no root: the role already exists and is superuser.
+  if [ "$(psql "$SOLOIST_TEST_PG_URL" -XtAc 'select rolsuper from pg_roles where rolname = current_user' 2>/dev/null)" != t ]; then
+    if [ -z "$(as_pg psql -XtAc "select 1 from pg_roles where rolname = '${user}'")" ]; then
+      echo "==> creating superuser role ${user}"
+      as_pg createuser -s "$user"
+    else
+      as_pg psql -Xq -c "alter role \"${user}\" superuser"
+    fi
+  fi
+  psql "$SOLOIST_TEST_PG_URL" -Xq -c 'select 1' >/dev/null
+}
+
+[ -n "${SOLOIST_TEST_PG_URL:-}" ] || setup_pg
+export SOLOIST_TEST_PG_URL
+if [ "${SOLOIST_TEST_SETUP_ONLY:-0}" = 1 ]; then echo "SOLOIST_TEST_PG_URL=$SOLOIST_TEST_PG_URL"; exit 0; fi
+
+command -v cargo >/dev/null || { echo "error: cargo not found (install Rust via rustup)" >&2; exit 1; }
+if [ "${SOLOIST_SKIP_LINT:-0}" != 1 ]; then
+  echo "==> cargo fmt --check"
+  cargo fmt --check
+  echo "==> cargo clippy"
+  cargo clippy --all-targets --locked -- -D warnings
+fi
+echo "==> cargo test"
+cargo test --all-targets --locked "$@"

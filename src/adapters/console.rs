@@ -1,0 +1,164 @@
+//! `soloist chat`: the bot in a terminal. Reads lines, prints the bot's
+//! messages, shows buttons as `[1] Approve  [2] Edit  [3] Reject`; typing a
+//! number presses that button. Each line is handled to the end (the run
+//! waits or finishes) before the next is read, so piped scripts behave the
+//! same every time.
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::controller::Controller;
+use crate::domain::{Button, ChatRef, Inbound, InboundContent, Outbound, Platform};
+use crate::store::StoreError;
+
+/// The terminal's one conversation.
+pub const CONSOLE_CHAT: &str = "console";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("terminal I/O failed")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A console session: who is typing, and the buttons last shown.
+pub struct Console<W> {
+    controller: Controller,
+    output: W,
+    user_name: String,
+    session: String,
+    line_number: u64,
+    buttons: Vec<Button>,
+}
+
+impl<W: AsyncWrite + Unpin> Console<W> {
+    pub fn new(controller: Controller, output: W, user_name: String) -> Self {
+        Console {
+            controller,
+            output,
+            user_name,
+            session: uuid::Uuid::new_v4().simple().to_string(),
+            line_number: 0,
+            buttons: Vec::new(),
+        }
+    }
+
+    /// Prints the banner, resumes runs a crash interrupted, then handles
+    /// lines until end of input.
+    pub async fn run<R: AsyncBufRead + Unpin>(mut self, input: R, banner: &str) -> Result<(), ConsoleError> {
+        self.output.write_all(format!("{banner}\n").as_bytes()).await?;
+        if let Err(error) = self.controller.engine().resume_runnable().await {
+            tracing::error!(error = ?error, "could not resume interrupted runs");
+        }
+        self.deliver().await?;
+        let mut lines = input.lines();
+        loop {
+            self.output.write_all(b"> ").await?;
+            self.output.flush().await?;
+            let Some(line) = lines.next_line().await? else {
+                break;
+            };
+            self.handle_line(&line).await?;
+        }
+        self.output.write_all(b"\n").await?;
+        self.output.flush().await?;
+        Ok(())
+    }
+
+    /// Handles one typed line and prints everything the bot says in reply.
+    pub async fn handle_line(&mut self, line: &str) -> Result<(), ConsoleError> {
+        self.line_number += 1;
+        let inbound = Inbound {
+            chat: ChatRef::new(Platform::Console, CONSOLE_CHAT),
+            update_key: format!("{}:{}", self.session, self.line_number),
+            user_id: "owner".into(),
+            user_name: self.user_name.clone(),
+            message_id: None,
+            content: self.interpret(line),
+        };
+        if let Err(error) = self.controller.handle(&inbound).await {
+            tracing::error!(error = ?error, "handling a console line failed");
+            let sentence = error.user_message();
+            self.print(&Outbound::text(sentence)).await?;
+        }
+        self.deliver().await
+    }
+
+    /// A number that matches a shown button presses it; anything else is
+    /// text.
+    fn interpret(&self, line: &str) -> InboundContent {
+        let pressed = line
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| self.buttons.get(i));
+        match pressed {
+            Some(button) => InboundContent::Button(button.token.clone()),
+            None => InboundContent::Text(line.to_string()),
+        }
+    }
+
+    /// Prints and marks delivered every pending console message, in order.
+    async fn deliver(&mut self) -> Result<(), ConsoleError> {
+        let store = self.controller.engine().store().clone();
+        loop {
+            let pending = store.pending_outbox(Platform::Console, 50).await?;
+            if pending.is_empty() {
+                return Ok(());
+            }
+            for message in pending {
+                self.print(&message.message).await?;
+                store.mark_delivered(message.id, None).await?;
+            }
+        }
+    }
+
+    async fn print(&mut self, message: &Outbound) -> Result<(), ConsoleError> {
+        let mut text = sanitize(&message.text);
+        if !message.buttons.is_empty() {
+            self.buttons = message.buttons.clone();
+            let labels: Vec<String> = message
+                .buttons
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("[{}] {}", i + 1, sanitize(&b.label)))
+                .collect();
+            text.push('\n');
+            text.push_str(&labels.join("  "));
+        }
+        if let Some(image) = &message.image {
+            text.push_str(&format!("\n[image: {}]", sanitize(&image.file_name)));
+        }
+        text.push('\n');
+        self.output.write_all(text.as_bytes()).await?;
+        self.output.flush().await?;
+        Ok(())
+    }
+}
+
+/// Terminal escaping: control characters (escape sequences, bells, NULs)
+/// from a model or a pasted message must not drive the operator's terminal,
+/// so they print as visible `\u{..}` codes. Newlines and tabs stay.
+pub fn sanitize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_print_as_visible_codes() {
+        let cleaned = sanitize("a\u{1b}[31mred\u{0}\u{7}\nb\tc");
+        assert_eq!(cleaned, "a\\u{1b}[31mred\\u{0}\\u{7}\nb\tc");
+    }
+}

@@ -1,0 +1,96 @@
+//! Wiring: builds the store, prompts, flows, model client, engine and
+//! controller from settings. `main` and the tests both start here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::agents::Agents;
+use crate::config::Settings;
+use crate::controller::Controller;
+use crate::engine::{Engine, EngineParts};
+use crate::flows::{FlowCatalog, FlowError, PromptError, Prompts};
+use crate::store::{Backend, Store, StoreError, redact_url};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot open the database at {url}")]
+    Store {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+}
+
+/// A running soloist: everything a front end (console, chat platforms)
+/// needs.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub settings: Arc<Settings>,
+    pub home: PathBuf,
+    pub store: Store,
+    pub engine: Engine,
+    pub controller: Controller,
+    /// Where the data lives, fit to print (no password).
+    pub database_label: String,
+}
+
+impl App {
+    /// Opens the database (migrating it), loads prompts and flows, and
+    /// builds the engine.
+    pub async fn build(settings: Settings, home: &Path) -> Result<App, AppError> {
+        let url = settings.database_url(home);
+        let store = Store::open(&url, settings.database.max_connections)
+            .await
+            .map_err(|source| AppError::Store {
+                url: redact_url(&url),
+                source,
+            })?;
+        App::with_store(settings, home, store)
+    }
+
+    /// Builds on an already opened store (tests share one this way).
+    pub fn with_store(settings: Settings, home: &Path, store: Store) -> Result<App, AppError> {
+        let settings = Arc::new(settings);
+        let prompts = Prompts::load(home)?;
+        let flows = FlowCatalog::load(home, &prompts)?;
+        let agents = Agents::new(settings.model.clone(), store.clone());
+        let engine = Engine::new(EngineParts {
+            store: store.clone(),
+            flows,
+            prompts,
+            agents,
+            settings: settings.clone(),
+        });
+        let database_label = describe_database(&settings.database_url(home), store.backend());
+        Ok(App {
+            controller: Controller::new(engine.clone()),
+            settings,
+            home: home.to_path_buf(),
+            store,
+            engine,
+            database_label,
+        })
+    }
+}
+
+/// "SQLite: ./data/soloist.db" or "PostgreSQL: host/db".
+fn describe_database(url: &str, backend: Backend) -> String {
+    let place = match backend {
+        Backend::Sqlite => url
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:")
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        Backend::Postgres => match url::Url::parse(url) {
+            Ok(parsed) => format!("{}{}", parsed.host_str().unwrap_or("local socket"), parsed.path()),
+            Err(_) => "configured URL".into(),
+        },
+    };
+    format!("{}: {place}", backend.name())
+}

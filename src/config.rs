@@ -1,0 +1,312 @@
+//! Typed settings, layered: the defaults compiled into the binary, then
+//! `<home>/config/default.toml`, then the file named by `--config` or
+//! `SOLOIST_CONFIG`, then the ecosystem variables (`DATABASE_URL`,
+//! `OPENAI_API_KEY`, …), then `SOLOIST__SECTION__KEY` variables.
+//!
+//! Tokens and keys are [`Secret`]s: they never print, so a settings dump in a
+//! log or an error cannot leak them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The defaults every build carries, so the binary runs from any directory.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+
+/// Environment variables read under the names their ecosystems use, mapped to
+/// the setting they fill.
+const ECOSYSTEM_VARIABLES: [(&str, &str); 6] = [
+    ("DATABASE_URL", "database.url"),
+    ("OPENAI_API_KEY", "model.api_key"),
+    ("OPENAI_BASE_URL", "model.base_url"),
+    ("ANTHROPIC_API_KEY", "model.anthropic_api_key"),
+    ("TELEGRAM_BOT_TOKEN", "telegram.token"),
+    ("DISCORD_TOKEN", "discord.token"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// figment's message names the key, the expected type and the file.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("config file {path} does not exist")]
+    MissingFile { path: PathBuf },
+}
+
+/// A token or key. Empty means "not set". `Debug` prints `[REDACTED]`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(Option<SecretString>);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        let value: String = value.into();
+        Secret(Some(SecretString::from(value)))
+    }
+
+    /// The secret's value, when one is set and not blank.
+    pub fn expose(&self) -> Option<&str> {
+        self.0
+            .as_ref()
+            .map(|s| s.expose_secret())
+            .filter(|s| !s.trim().is_empty())
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.expose().is_some()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_set() { "[REDACTED]" } else { "[unset]" })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub business: Business,
+    pub brand_voice: BrandVoice,
+    #[serde(default)]
+    pub offers: Vec<Offer>,
+    pub policy: Policy,
+    pub database: DatabaseSettings,
+    pub model: ModelSettings,
+    pub engine: EngineSettings,
+    #[serde(default)]
+    pub telegram: PlatformSettings,
+    #[serde(default)]
+    pub discord: PlatformSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct Business {
+    pub name: String,
+    pub owner: String,
+    pub timezone: String,
+    #[serde(default)]
+    pub website: String,
+    #[serde(default)]
+    pub founded: Option<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct BrandVoice {
+    pub summary: String,
+    #[serde(default, rename = "do")]
+    pub dos: Vec<String>,
+    #[serde(default)]
+    pub dont: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct Offer {
+    pub name: String,
+    #[serde(default)]
+    pub price_eur: Option<u32>,
+    #[serde(default)]
+    pub price_eur_per_month: Option<u32>,
+    #[serde(default)]
+    pub duration: Option<String>,
+    #[serde(default)]
+    pub minimum_months: Option<u32>,
+    #[serde(default)]
+    pub includes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct Policy {
+    #[serde(default)]
+    pub approval_required_for: Vec<String>,
+    #[serde(default)]
+    pub never_share: Vec<String>,
+    pub daily_budget_usd: f64,
+    pub monthly_budget_usd: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// Empty: SQLite at `<home>/data/soloist.db`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelSettings {
+    pub provider: String,
+    pub base_url: String,
+    pub api_key: Secret,
+    #[serde(default)]
+    pub anthropic_api_key: Secret,
+    pub quality: String,
+    pub fast: String,
+    pub router: String,
+    pub timeout_secs: u64,
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Price {
+    pub input: f64,
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    pub output: f64,
+}
+
+impl ModelSettings {
+    /// A provider is configured when it has a key, or a base URL (a local
+    /// Ollama or vLLM needs no key).
+    pub fn is_configured(&self) -> bool {
+        self.api_key.is_set() || !self.base_url.trim().is_empty()
+    }
+
+    /// Where requests go: the configured base URL or OpenAI's.
+    pub fn endpoint(&self) -> &str {
+        match self.base_url.trim() {
+            "" => "https://api.openai.com/v1",
+            url => url,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EngineSettings {
+    pub lease_secs: f64,
+    pub max_input_chars: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PlatformSettings {
+    #[serde(default)]
+    pub token: Secret,
+}
+
+/// Where settings come from; [`LoadOptions::from_process`] is what the binary
+/// uses, tests build one by hand.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// The directory holding `config/`, `prompts/` and `data/`.
+    pub home: PathBuf,
+    /// An extra config file (`--config` / `SOLOIST_CONFIG`).
+    pub config_file: Option<PathBuf>,
+    /// Read environment variables (off in tests so they stay hermetic).
+    pub read_environment: bool,
+}
+
+impl LoadOptions {
+    pub fn from_process(home: PathBuf, config_file: Option<PathBuf>) -> Self {
+        LoadOptions {
+            home,
+            config_file,
+            read_environment: true,
+        }
+    }
+}
+
+impl Settings {
+    pub fn load(options: &LoadOptions) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));
+        let home_file = options.home.join("config/default.toml");
+        if home_file.is_file() {
+            figment = figment.merge(Toml::file_exact(&home_file));
+        }
+        if let Some(path) = &options.config_file {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile { path: path.clone() });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        if options.read_environment {
+            figment = merge_environment(figment);
+        }
+        figment
+            .extract()
+            .map_err(|error| ConfigError::Invalid(describe_figment_error(error)))
+    }
+
+    /// The database URL to use: the configured one, or the embedded SQLite
+    /// file under `home`.
+    pub fn database_url(&self, home: &Path) -> String {
+        match self.database.url.trim() {
+            "" => format!(
+                "sqlite://{}?mode=rwc",
+                home.join("data/soloist.db").display()
+            ),
+            url => url.to_string(),
+        }
+    }
+}
+
+fn merge_environment(mut figment: Figment) -> Figment {
+    for (variable, key) in ECOSYSTEM_VARIABLES {
+        figment = figment.merge(Env::raw().only(&[variable]).map(move |_| key.into()));
+    }
+    figment.merge(Env::prefixed("SOLOIST__").split("__"))
+}
+
+/// One line per problem: figment already says the key, what it found, what
+/// was expected and in which file.
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options_with_file(contents: &str) -> (tempfile::TempDir, LoadOptions) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mine.toml");
+        std::fs::write(&file, contents).unwrap();
+        let options = LoadOptions {
+            home: dir.path().to_path_buf(),
+            config_file: Some(file),
+            read_environment: false,
+        };
+        (dir, options)
+    }
+
+    #[test]
+    fn built_in_defaults_load_without_any_file() {
+        let settings = Settings::load(&LoadOptions::default()).unwrap();
+        assert_eq!(settings.business.name, "Harbor & Pine Studio");
+        assert!(!settings.model.is_configured());
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_file_the_key_and_the_expectation() {
+        let (_dir, options) = options_with_file("[engine]\nlease_secs = \"soon\"\n");
+        let message = Settings::load(&options).unwrap_err().to_string();
+        assert!(message.contains("lease_secs"), "{message}");
+        assert!(message.contains("mine.toml"), "{message}");
+        assert!(message.contains("expected"), "{message}");
+    }
+
+    #[test]
+    fn a_file_overrides_only_the_keys_it_names() {
+        let (_dir, options) = options_with_file("[business]\nname = \"Acme\"\n");
+        let settings = Settings::load(&options).unwrap();
+        assert_eq!(settings.business.name, "Acme");
+        assert_eq!(settings.business.owner, "Maya Okafor");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let (_dir, options) = options_with_file("[model]\napi_key = \"sk-very-secret\"\n");
+        let settings = Settings::load(&options).unwrap();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("sk-very-secret"));
+        assert!(printed.contains("[REDACTED]"));
+        assert_eq!(settings.model.api_key.expose(), Some("sk-very-secret"));
+    }
+}

@@ -1,0 +1,144 @@
+//! `soloist doctor`: checks the configuration, the database, the model
+//! provider and the platform tokens, and prints one line per finding; every
+//! problem comes with its fix.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::store::{Store, redact_url};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    Ok(String),
+    /// Works, but something is missing that the operator may want.
+    Note(String),
+    /// Something is wrong; the second part says how to fix it.
+    Problem(String, String),
+}
+
+impl Finding {
+    pub fn line(&self) -> String {
+        match self {
+            Finding::Ok(what) => format!("ok    {what}"),
+            Finding::Note(what) => format!("note  {what}"),
+            Finding::Problem(what, fix) => format!("FIX   {what} → {fix}"),
+        }
+    }
+
+    pub fn is_problem(&self) -> bool {
+        matches!(self, Finding::Problem(..))
+    }
+}
+
+pub async fn check(settings: &Settings, home: &Path) -> Vec<Finding> {
+    let mut findings = vec![Finding::Ok(format!(
+        "configuration loaded (business: {})",
+        settings.business.name
+    ))];
+    findings.push(check_database(settings, home).await);
+    findings.push(check_model(settings).await);
+    findings.extend(check_prices(settings));
+    for (name, token, variable) in [
+        ("Telegram", &settings.telegram.token, "TELEGRAM_BOT_TOKEN"),
+        ("Discord", &settings.discord.token, "DISCORD_TOKEN"),
+    ] {
+        findings.push(if token.is_set() {
+            Finding::Ok(format!("{name} token is set"))
+        } else {
+            Finding::Note(format!("{name} is not configured (set {variable} to use it; soloist chat works without)"))
+        });
+    }
+    findings
+}
+
+async fn check_database(settings: &Settings, home: &Path) -> Finding {
+    let url = settings.database_url(home);
+    let shown = redact_url(&url);
+    let store = match Store::connect(&url, 1).await {
+        Ok(store) => store,
+        Err(error) => {
+            return Finding::Problem(
+                format!("cannot open the database at {shown}: {}", error_chain(&error)),
+                "check DATABASE_URL (postgres://user:pass@host/db or sqlite://path) and that the server is running".into(),
+            );
+        }
+    };
+    let finding = match store.pending_migrations().await {
+        Ok(0) => Finding::Ok(format!("database {} at {shown} is up to date", store.backend().name())),
+        Ok(n) => Finding::Problem(
+            format!("database at {shown} has {n} migration(s) to apply"),
+            "run `soloist migrate` (soloist chat and run also apply them at start)".into(),
+        ),
+        Err(error) => Finding::Problem(
+            format!("cannot read the database's migrations: {}", error_chain(&error)),
+            "run `soloist migrate`".into(),
+        ),
+    };
+    store.close().await;
+    finding
+}
+
+async fn check_model(settings: &Settings) -> Finding {
+    let model = &settings.model;
+    if !model.is_configured() {
+        return Finding::Problem(
+            "no model provider is configured; flows that write will say so".into(),
+            "set OPENAI_API_KEY (and OPENAI_BASE_URL for Ollama, OpenRouter or vLLM)".into(),
+        );
+    }
+    let endpoint = model.endpoint().trim_end_matches('/');
+    let client = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+        Ok(client) => client,
+        Err(error) => return Finding::Problem(format!("cannot build an HTTP client: {error}"), "report this bug".into()),
+    };
+    let mut request = client.get(format!("{endpoint}/models"));
+    if let Some(key) = model.api_key.expose() {
+        request = request.bearer_auth(key);
+    }
+    match request.send().await {
+        Ok(reply) if reply.status().is_success() => {
+            Finding::Ok(format!("model provider at {endpoint} answers (quality model: {})", model.quality))
+        }
+        Ok(reply) if matches!(reply.status().as_u16(), 401 | 403) => Finding::Problem(
+            format!("the model provider at {endpoint} rejected the API key (HTTP {})", reply.status().as_u16()),
+            "check OPENAI_API_KEY".into(),
+        ),
+        Ok(reply) => Finding::Problem(
+            format!("the model provider at {endpoint} answered HTTP {}", reply.status().as_u16()),
+            "check OPENAI_BASE_URL: it should end in /v1 for most OpenAI-compatible servers".into(),
+        ),
+        Err(error) => Finding::Problem(
+            format!("cannot reach the model provider at {endpoint}: {}", error_chain(&error)),
+            "check OPENAI_BASE_URL and that the server is running".into(),
+        ),
+    }
+}
+
+fn check_prices(settings: &Settings) -> Vec<Finding> {
+    let model = &settings.model;
+    let mut names = vec![&model.quality, &model.fast, &model.router];
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter(|name| !model.prices.contains_key(name.as_str()))
+        .map(|name| {
+            Finding::Note(format!(
+                "model '{name}' has no price in [model.prices]; its calls are logged with tokens but no cost"
+            ))
+        })
+        .collect()
+}
+
+/// An error with its causes, on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,238 @@
+//! The neutral types every module speaks: what arrives ([`Inbound`]), what
+//! leaves ([`Outbound`]), buttons with opaque tokens, and typed ids. No I/O
+//! here, and no platform type: adapters translate at the edge.
+
+mod ids;
+mod run;
+
+pub use ids::{ApprovalId, ArtifactId, IdError, RunId};
+pub use run::{InputPurpose, JournalEvent, RunInput, RunStatus};
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a message came from or goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Console,
+    Telegram,
+    Discord,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Console => "console",
+            Platform::Telegram => "telegram",
+            Platform::Discord => "discord",
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Platform {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "console" => Ok(Platform::Console),
+            "telegram" => Ok(Platform::Telegram),
+            "discord" => Ok(Platform::Discord),
+            other => Err(format!("unknown platform '{other}'")),
+        }
+    }
+}
+
+/// One conversation on one platform: a Telegram chat, a Discord channel, the
+/// terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChatRef {
+    pub platform: Platform,
+    pub chat_id: String,
+}
+
+impl ChatRef {
+    pub fn new(platform: Platform, chat_id: impl Into<String>) -> Self {
+        ChatRef {
+            platform,
+            chat_id: chat_id.into(),
+        }
+    }
+}
+
+/// Something a person did: typed text, or pressed a button.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    pub chat: ChatRef,
+    /// Unique per platform update; a second delivery of the same update
+    /// carries the same key and is dropped.
+    pub update_key: String,
+    pub user_id: String,
+    pub user_name: String,
+    /// The platform's id for the message, when it has one.
+    pub message_id: Option<String>,
+    pub content: InboundContent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundContent {
+    Text(String),
+    Button(ButtonToken),
+}
+
+/// Something the bot says. Buttons, when present, are offered with the text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outbound {
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buttons: Vec<Button>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
+}
+
+impl Outbound {
+    pub fn text(text: impl Into<String>) -> Self {
+        Outbound {
+            text: text.into(),
+            buttons: Vec::new(),
+            image: None,
+        }
+    }
+
+    pub fn with_buttons(mut self, buttons: Vec<Button>) -> Self {
+        self.buttons = buttons;
+        self
+    }
+}
+
+/// An image to send, e.g. a digest chart (PNG bytes, base64 in the outbox).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    pub file_name: String,
+    pub png_base64: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Button {
+    pub label: String,
+    pub token: ButtonToken,
+}
+
+/// The opaque, unguessable token a button carries as callback data. It says
+/// nothing about what pressing it means; the store maps it to an approval and
+/// a choice. At most 64 bytes (Telegram's callback-data limit).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ButtonToken(String);
+
+impl ButtonToken {
+    pub const MAX_LEN: usize = 64;
+
+    /// A fresh random token (32 hex characters, 122 random bits).
+    pub fn generate() -> Self {
+        ButtonToken(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ButtonToken {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let ok = !value.is_empty()
+            && value.len() <= Self::MAX_LEN
+            && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(ButtonToken(value))
+        } else {
+            Err("a button token is 1 to 64 characters of [A-Za-z0-9_-]".into())
+        }
+    }
+}
+
+impl From<ButtonToken> for String {
+    fn from(token: ButtonToken) -> String {
+        token.0
+    }
+}
+
+/// What an approval button means. Stored next to its token, never in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Approve,
+    Edit,
+    Reject,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 3] = [Decision::Approve, Decision::Edit, Decision::Reject];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approve => "approve",
+            Decision::Edit => "edit",
+            Decision::Reject => "reject",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::Approve => "Approve",
+            Decision::Edit => "Edit",
+            Decision::Reject => "Reject",
+        }
+    }
+}
+
+impl FromStr for Decision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "approve" => Ok(Decision::Approve),
+            "edit" => Ok(Decision::Edit),
+            "reject" => Ok(Decision::Reject),
+            other => Err(format!("unknown decision '{other}'")),
+        }
+    }
+}
+
+/// Text on one line, cut to `max` characters with an ellipsis: for lists
+/// and logs.
+pub fn clip(text: &str, max: usize) -> String {
+    let one_line = text.replace(['\n', '\r'], " ");
+    if one_line.chars().count() > max {
+        format!("{}…", one_line.chars().take(max).collect::<String>())
+    } else {
+        one_line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_fit_telegram_callback_data_and_differ() {
+        let a = ButtonToken::generate();
+        let b = ButtonToken::generate();
+        assert!(a.as_str().len() <= ButtonToken::MAX_LEN);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn oversized_or_odd_tokens_are_refused() {
+        assert!(ButtonToken::try_from("x".repeat(65)).is_err());
+        assert!(ButtonToken::try_from("a b".to_string()).is_err());
+        assert!(ButtonToken::try_from(String::new()).is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! A run's state, rebuilt by folding its journal. The engine decides every
+//! step from this fold, never from memory, which is what makes a crash
+//! harmless and `soloist replay` exact.
+
+use std::collections::BTreeMap;
+
+use crate::domain::{InputPurpose, JournalEvent, RunInput, RunStatus};
+use crate::flows::Flow;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunState {
+    pub flow: String,
+    pub input: RunInput,
+    pub status: RunStatus,
+    pub waiting_for: Option<InputPurpose>,
+    /// Each completed step's output, by step name.
+    pub outputs: BTreeMap<String, serde_json::Value>,
+    /// For steps that talk with the operator (approvals): the latest event
+    /// of the step, and the draft now under review.
+    pub conversations: BTreeMap<String, StepConversation>,
+    pub error: Option<String>,
+    pub summary: Option<String>,
+    pub events: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StepConversation {
+    pub latest: Option<JournalEvent>,
+    pub draft: Option<String>,
+    pub approval_id: Option<crate::domain::ApprovalId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the journal is not a valid run history: {0}")]
+pub struct FoldError(pub String);
+
+impl RunState {
+    pub fn fold(events: &[JournalEvent]) -> Result<RunState, FoldError> {
+        let Some(JournalEvent::Started { flow, input }) = events.first() else {
+            return Err(FoldError("it does not begin with 'started'".into()));
+        };
+        let mut state = RunState {
+            flow: flow.clone(),
+            input: input.clone(),
+            status: RunStatus::Runnable,
+            waiting_for: None,
+            outputs: BTreeMap::new(),
+            conversations: BTreeMap::new(),
+            error: None,
+            summary: None,
+            events: 1,
+        };
+        for event in &events[1..] {
+            state.apply(event)?;
+        }
+        Ok(state)
+    }
+
+    /// The state after `events` are appended.
+    pub fn followed_by(&self, events: &[JournalEvent]) -> Result<RunState, FoldError> {
+        let mut next = self.clone();
+        for event in events {
+            next.apply(event)?;
+        }
+        Ok(next)
+    }
+
+    fn apply(&mut self, event: &JournalEvent) -> Result<(), FoldError> {
+        self.events += 1;
+        match event {
+            JournalEvent::Started { .. } => return Err(FoldError("'started' appears twice".into())),
+            JournalEvent::StepCompleted { step, output } => {
+                self.outputs.insert(step.clone(), output.clone());
+            }
+            JournalEvent::ApprovalRequested {
+                step,
+                approval_id,
+                draft,
+            } => {
+                self.status = RunStatus::WaitingApproval;
+                let conversation = self.conversations.entry(step.clone()).or_default();
+                conversation.draft = Some(draft.clone());
+                conversation.approval_id = Some(*approval_id);
+                conversation.latest = Some(event.clone());
+            }
+            JournalEvent::InputRequested { step, purpose } => {
+                self.status = RunStatus::WaitingInput;
+                self.waiting_for = Some(*purpose);
+                self.note(step, event);
+            }
+            JournalEvent::Decided { step, .. } | JournalEvent::InputReceived { step, .. } => {
+                self.status = RunStatus::Runnable;
+                self.waiting_for = None;
+                self.note(step, event);
+            }
+            JournalEvent::ArtifactSaved { step, .. } => self.note(step, event),
+            JournalEvent::Failed { error, .. } => {
+                self.status = RunStatus::Failed;
+                self.error = Some(error.clone());
+            }
+            JournalEvent::Retried { .. } => {
+                self.status = RunStatus::Runnable;
+                self.error = None;
+            }
+            JournalEvent::Completed { summary } => {
+                self.status = RunStatus::Completed;
+                self.summary = Some(summary.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, step: &str, event: &JournalEvent) {
+        self.conversations.entry(step.to_string()).or_default().latest = Some(event.clone());
+    }
+
+    /// The index of the first step without an output: the one to execute
+    /// next. Equal to the number of steps when all are done.
+    pub fn cursor(&self, flow: &Flow) -> usize {
+        flow.steps
+            .iter()
+            .position(|step| !self.outputs.contains_key(&step.name))
+            .unwrap_or(flow.steps.len())
+    }
+
+    pub fn conversation(&self, step: &str) -> StepConversation {
+        self.conversations.get(step).cloned().unwrap_or_default()
+    }
+}

@@ -1,0 +1,291 @@
+//! What each step kind does. A step reads the run's folded state and returns
+//! a [`Transition`]; it never writes to the store itself, so its effects are
+//! committed all at once, after it returns, or not at all.
+
+use serde_json::json;
+
+use super::Engine;
+use super::state::RunState;
+use crate::agents::ModelCall;
+use crate::domain::{
+    ArtifactId, Decision, InputPurpose, JournalEvent, Outbound, RunId, RunStatus,
+};
+use crate::flows::{Flow, StepDef, StepKind, Tier};
+use crate::store::{NewApproval, NewArtifact, RunRow, Transition};
+
+/// A step that finished; the engine adds the run's completion when it was
+/// the last.
+fn completed(step: &str, output: serde_json::Value) -> Transition {
+    let mut transition = Transition::new(RunStatus::Runnable);
+    transition.events.push(JournalEvent::StepCompleted {
+        step: step.to_string(),
+        output,
+    });
+    transition
+}
+
+/// The run stops as failed, and the operator is told what failed and what
+/// they can do.
+pub(super) fn failed(run: &RunRow, step: &str, error: String, advice: &str) -> Transition {
+    let short = run.id.short();
+    let mut transition = Transition::new(RunStatus::Failed);
+    transition.messages.push(Outbound::text(format!(
+        "Step '{step}' failed: {error}. {advice} Your request is kept as run {short}; send /retry {short} to try again."
+    )));
+    transition.events.push(JournalEvent::Failed {
+        step: step.to_string(),
+        error,
+    });
+    transition
+}
+
+impl Engine {
+    pub(super) async fn execute_step(
+        &self,
+        run: &RunRow,
+        flow: &Flow,
+        step: &StepDef,
+        state: &RunState,
+    ) -> Transition {
+        match &step.kind {
+            StepKind::Context => self.gather_context(step, state),
+            StepKind::Generate {
+                tier,
+                system,
+                prompt,
+                max_tokens,
+                temperature,
+            } => {
+                let call = GenerateCall {
+                    tier: *tier,
+                    system,
+                    prompt,
+                    max_tokens: *max_tokens,
+                    temperature: *temperature,
+                };
+                self.generate(run, flow, step, state, call).await
+            }
+            StepKind::Approve {
+                draft_from,
+                artifact_kind,
+            } => approve(run, step, state, draft_from, artifact_kind),
+        }
+    }
+
+    fn gather_context(&self, step: &StepDef, state: &RunState) -> Transition {
+        let settings = &self.inner.settings;
+        completed(
+            &step.name,
+            json!({
+                "request": state.input.request,
+                "business": settings.business,
+                "brand_voice": settings.brand_voice,
+                "offers": settings.offers,
+            }),
+        )
+    }
+
+    /// The values every prompt template sees.
+    fn template_values(&self, state: &RunState) -> serde_json::Value {
+        let settings = &self.inner.settings;
+        json!({
+            "business": settings.business,
+            "brand_voice": settings.brand_voice,
+            "offers": settings.offers,
+            "policy": settings.policy,
+            "request": state.input.request,
+            "outputs": state.outputs,
+        })
+    }
+
+    async fn generate(
+        &self,
+        run: &RunRow,
+        flow: &Flow,
+        step: &StepDef,
+        state: &RunState,
+        call: GenerateCall<'_>,
+    ) -> Transition {
+        let values = self.template_values(state);
+        let prompts = &self.inner.prompts;
+        let rendered = prompts
+            .render(call.system, &values)
+            .and_then(|system| Ok((system, prompts.render(call.prompt, &values)?)));
+        let (system, prompt) = match rendered {
+            Ok(pair) => pair,
+            Err(error) => {
+                return failed(run, &step.name, error.to_string(), "Fix the prompt file.");
+            }
+        };
+        let model_call = ModelCall {
+            tier: call.tier,
+            system,
+            prompt,
+            max_tokens: call.max_tokens,
+            temperature: call.temperature,
+            run_id: Some(run.id),
+            flow: Some(flow.name.clone()),
+            step: Some(step.name.clone()),
+        };
+        match self.inner.agents.complete(&model_call).await {
+            Ok(completion) => completed(
+                &step.name,
+                json!({
+                    "text": completion.text.trim(),
+                    "model": completion.model,
+                    "input_tokens": completion.input_tokens,
+                    "output_tokens": completion.output_tokens,
+                }),
+            ),
+            Err(error) => failed(run, &step.name, error.to_string(), error.advice()),
+        }
+    }
+}
+
+struct GenerateCall<'a> {
+    tier: Tier,
+    system: &'a str,
+    prompt: &'a str,
+    max_tokens: u64,
+    temperature: Option<f64>,
+}
+
+/// The approval conversation: offer the draft; on Approve save it; on Edit
+/// take the next message as the new draft and offer again; on Reject ask
+/// why, then save the rejection with its reason.
+fn approve(
+    run: &RunRow,
+    step: &StepDef,
+    state: &RunState,
+    draft_from: &str,
+    artifact_kind: &str,
+) -> Transition {
+    let conversation = state.conversation(&step.name);
+    let draft = conversation.draft.clone().unwrap_or_default();
+    match &conversation.latest {
+        None => {
+            let first_draft = state
+                .outputs
+                .get(draft_from)
+                .and_then(|o| o.get("text"))
+                .and_then(|t| t.as_str())
+                .unwrap_or_default();
+            offer(run, step, first_draft)
+        }
+        Some(JournalEvent::Decided { decision, .. }) => match decision {
+            Decision::Approve => save(run, step, artifact_kind, &draft, None),
+            Decision::Edit => ask_for_input(
+                step,
+                InputPurpose::EditedDraft,
+                "Send me the new version of the draft as your next message.",
+            ),
+            Decision::Reject => ask_for_input(
+                step,
+                InputPurpose::RejectReason,
+                "Why reject it? Your next message is saved as the reason.",
+            ),
+        },
+        Some(JournalEvent::InputReceived { purpose, text, .. }) => match purpose {
+            InputPurpose::EditedDraft => offer(run, step, text),
+            InputPurpose::RejectReason => {
+                let Some(approval_id) = conversation.approval_id else {
+                    return failed(run, &step.name, "a reason arrived for no approval".into(), "");
+                };
+                let mut transition = save(run, step, artifact_kind, &draft, Some(text));
+                transition.reject_reason = Some((approval_id, text.clone()));
+                transition
+            }
+        },
+        Some(other) => failed(
+            run,
+            &step.name,
+            format!("unexpected journal event '{}' while waiting for a decision", other.name()),
+            "This is a bug; please report it with `soloist replay`.",
+        ),
+    }
+}
+
+fn offer(run: &RunRow, step: &StepDef, draft: &str) -> Transition {
+    let approval = NewApproval::offer(
+        &step.name,
+        draft,
+        format!("Draft for review (run {}):\n\n{draft}", run.id.short()),
+    );
+    let mut transition = Transition::new(RunStatus::WaitingApproval);
+    transition.events.push(JournalEvent::ApprovalRequested {
+        step: step.name.clone(),
+        approval_id: approval.id,
+        draft: draft.to_string(),
+    });
+    transition.approval = Some(approval);
+    transition
+}
+
+fn ask_for_input(step: &StepDef, purpose: InputPurpose, question: &str) -> Transition {
+    let mut transition = Transition::new(RunStatus::WaitingInput);
+    transition.waiting_for = Some(purpose);
+    transition.events.push(JournalEvent::InputRequested {
+        step: step.name.clone(),
+        purpose,
+    });
+    transition.messages.push(Outbound::text(question));
+    transition
+}
+
+/// Stores the draft as an artifact: approved, or rejected with its reason.
+/// A rejection ends the run.
+fn save(
+    run: &RunRow,
+    step: &StepDef,
+    kind: &str,
+    draft: &str,
+    reject_reason: Option<&String>,
+) -> Transition {
+    let artifact_id = ArtifactId::new();
+    let status = if reject_reason.is_some() { "rejected" } else { "approved" };
+    let mut transition = completed(
+        &step.name,
+        json!({ "decision": status, "artifact_id": artifact_id, "text": draft, "reason": reject_reason }),
+    );
+    transition.events.insert(
+        0,
+        JournalEvent::ArtifactSaved {
+            step: step.name.clone(),
+            artifact_id,
+            status: status.into(),
+        },
+    );
+    transition.artifact = Some(NewArtifact {
+        id: artifact_id,
+        kind: kind.to_string(),
+        status: status.into(),
+        content: draft.to_string(),
+        note: reject_reason.cloned(),
+    });
+    let message = match reject_reason {
+        None => format!("Approved. Saved as artifact {} (run {}).", artifact_id.short(), run.id.short()),
+        Some(_) => {
+            transition.status = RunStatus::Completed;
+            let summary = "rejected".to_string();
+            transition.summary = Some(summary.clone());
+            transition.events.push(JournalEvent::Completed { summary });
+            format!("Rejected. The draft and your reason are saved (run {}).", run.id.short())
+        }
+    };
+    transition.messages.push(Outbound::text(message));
+    transition
+}
+
+/// Closes the run when its last step has completed.
+pub(super) fn finish_if_done(transition: &mut Transition, state_after: &RunState, flow: &Flow, run_id: RunId) {
+    if transition.status == RunStatus::Runnable && state_after.cursor(flow) >= flow.steps.len() {
+        let summary = match state_after.outputs.values().last().and_then(|o| o.get("decision")) {
+            Some(decision) => decision.as_str().unwrap_or("done").to_string(),
+            None => "done".to_string(),
+        };
+        tracing::info!(run = %run_id, %summary, "run completed");
+        transition.status = RunStatus::Completed;
+        transition.summary = Some(summary.clone());
+        transition.events.push(JournalEvent::Completed { summary });
+    }
+}

@@ -1,0 +1,98 @@
+//! Prompt templates: `prompts/NAME.md`, rendered with minijinja. Values (the
+//! operator's request, the business) are passed as data and never parsed as
+//! template source, so a request containing `{{ … }}` is just text.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use minijinja::Environment;
+
+const BUILT_IN_PROMPTS: [(&str, &str); 2] = [
+    ("system", include_str!("../../prompts/system.md")),
+    ("draft", include_str!("../../prompts/draft.md")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error("prompt template {name}: {source}")]
+    Template {
+        name: String,
+        #[source]
+        source: minijinja::Error,
+    },
+    #[error("cannot read prompt {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The prompt templates, compiled once at start.
+#[derive(Debug)]
+pub struct Prompts {
+    env: Environment<'static>,
+}
+
+impl Prompts {
+    /// Built-in prompts, overridden or extended by `<home>/prompts/*.md`.
+    pub fn load(home: &Path) -> Result<Prompts, PromptError> {
+        let mut sources: BTreeMap<String, String> = BUILT_IN_PROMPTS
+            .iter()
+            .map(|(name, text)| (name.to_string(), text.to_string()))
+            .collect();
+        let dir = home.join("prompts");
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for path in entries.flatten().map(|e| e.path()) {
+                if path.extension().and_then(|e| e.to_str()) != Some("md") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).map_err(|source| PromptError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                sources.insert(name.to_string(), text);
+            }
+        }
+        let mut env = Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        for (name, text) in sources {
+            env.add_template_owned(name.clone(), text)
+                .map_err(|source| PromptError::Template { name, source })?;
+        }
+        Ok(Prompts { env })
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.env.get_template(name).is_ok()
+    }
+
+    pub fn render(&self, name: &str, values: &serde_json::Value) -> Result<String, PromptError> {
+        let error = |source| PromptError::Template {
+            name: name.to_string(),
+            source,
+        };
+        let template = self.env.get_template(name).map_err(error)?;
+        template
+            .render(minijinja::value::Serde(values))
+            .map_err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_syntax_in_a_value_is_rendered_as_plain_text() {
+        let prompts = Prompts::load(Path::new("/nonexistent")).unwrap();
+        let values = serde_json::json!({
+            "business": {"owner": "Maya"},
+            "request": "{{ secrets.openai_api_key }} {% for x in range(10**9) %}{% endfor %}",
+        });
+        let text = prompts.render("draft", &values).unwrap();
+        assert!(text.contains("{{ secrets.openai_api_key }}"));
+        assert!(text.contains("{% for x in range(10**9) %}"));
+    }
+}

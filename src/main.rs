@@ -1,0 +1,114 @@
+//! The `soloist` command: parse the CLI, load settings, start, wait.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use soloist::adapters::console::Console;
+use soloist::app::App;
+use soloist::config::{LoadOptions, Settings};
+use soloist::domain::RunId;
+use soloist::store::Store;
+use soloist::{doctor, engine};
+
+#[derive(Parser)]
+#[command(name = "soloist", version, about = "A self-hosted AI workflow OS for one-person companies")]
+struct Cli {
+    /// Folder holding config/, prompts/ and data/ (files there override the built-in ones).
+    #[arg(long, env = "SOLOIST_HOME", default_value = ".", global = true)]
+    home: PathBuf,
+    /// An extra config file, applied over config/default.toml.
+    #[arg(long, env = "SOLOIST_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Talk to the bot in this terminal (same engine and store as the chat platforms).
+    Chat,
+    /// Apply database migrations.
+    Migrate,
+    /// Check configuration, database, model provider and tokens.
+    Doctor,
+    /// Rebuild a run from its journal and print it.
+    Replay {
+        /// The run's id (its first characters are enough).
+        run_id: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Both ring and aws-lc-rs end up compiled in; rustls panics at the first
+    // TLS connection unless one is chosen before.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&LoadOptions::from_process(cli.home.clone(), cli.config.clone()))?;
+    match cli.command {
+        Command::Chat => chat(settings, &cli.home).await,
+        Command::Migrate => {
+            let url = settings.database_url(&cli.home);
+            let store = Store::open(&url, 1).await.context("migrating the database")?;
+            println!("database {} is up to date", store.backend().name());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor => {
+            let findings = doctor::check(&settings, &cli.home).await;
+            for finding in &findings {
+                println!("{}", finding.line());
+            }
+            Ok(if findings.iter().any(|f| f.is_problem()) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Replay { run_id } => replay(settings, &cli.home, &run_id).await,
+    }
+}
+
+async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let app = App::build(settings, home).await?;
+    let banner = format!(
+        "soloist {} — chatting as the owner of {} ({}, model: {})\nType /help for commands; Ctrl-D to leave.",
+        env!("CARGO_PKG_VERSION"),
+        app.settings.business.name,
+        app.database_label,
+        app.engine.agents().describe(),
+    );
+    let console = Console::new(app.controller.clone(), tokio::io::stdout(), app.settings.business.owner.clone());
+    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    console.run(stdin, &banner).await?;
+    app.store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replay(settings: Settings, home: &std::path::Path, run_id: &str) -> anyhow::Result<ExitCode> {
+    let app = App::build(settings, home).await?;
+    let runs = match run_id.parse::<RunId>() {
+        Ok(id) => app.store.run(id).await?.into_iter().collect(),
+        Err(_) => app.store.runs_with_prefix(run_id).await?,
+    };
+    let [run] = runs.as_slice() else {
+        anyhow::bail!("{} runs match '{run_id}'; give more of the id", runs.len());
+    };
+    let events = app.store.journal(run.id).await?;
+    print!("{}", engine::render_replay(run, &events));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,228 @@
+//! Approvals: created with their buttons by a step, decided once by a
+//! button press, in one transaction that also journals the decision and
+//! wakes the run.
+
+use sqlx::{Any, Transaction};
+
+use super::messages::enqueue_in;
+use super::runs::{RunRow, append_events, parse_id};
+use super::{Store, StoreError, StoreResult, corrupt, now_ms};
+use crate::domain::{
+    ApprovalId, Button, ButtonToken, ChatRef, Decision, JournalEvent, Outbound, Platform, RunId,
+};
+
+#[derive(Debug, Clone)]
+pub struct NewApproval {
+    pub id: ApprovalId,
+    pub step: String,
+    pub draft: String,
+    /// One token per choice; the message carries the same tokens.
+    pub buttons: Vec<(Decision, ButtonToken)>,
+    pub message: Outbound,
+}
+
+impl NewApproval {
+    /// An approval for `draft` with fresh Approve / Edit / Reject tokens and
+    /// the message that offers them.
+    pub fn offer(step: &str, draft: &str, text: String) -> Self {
+        let buttons: Vec<(Decision, ButtonToken)> = Decision::ALL
+            .iter()
+            .map(|d| (*d, ButtonToken::generate()))
+            .collect();
+        let message = Outbound::text(text).with_buttons(
+            buttons
+                .iter()
+                .map(|(decision, token)| Button {
+                    label: decision.label().to_string(),
+                    token: token.clone(),
+                })
+                .collect(),
+        );
+        NewApproval {
+            id: ApprovalId::new(),
+            step: step.to_string(),
+            draft: draft.to_string(),
+            buttons,
+            message,
+        }
+    }
+}
+
+/// An accepted decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    pub run_id: RunId,
+    pub approval_id: ApprovalId,
+    pub decision: Decision,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    /// Unknown token, or the approval was already decided.
+    #[error("this approval is no longer open")]
+    NotOpen,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for DecideError {
+    fn from(error: sqlx::Error) -> Self {
+        DecideError::Store(error.into())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApprovalSummary {
+    pub id: ApprovalId,
+    pub run_id: RunId,
+    pub chat: ChatRef,
+    pub draft: String,
+    pub buttons: Vec<Button>,
+    pub created_at: i64,
+}
+
+impl Store {
+    /// Records `by`'s press of the button `token`: accepted only while the
+    /// approval is pending, and only once, however many presses race.
+    pub async fn decide(&self, token: &ButtonToken, by: &str) -> Result<Decided, DecideError> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        // The guarded UPDATE comes first: on PostgreSQL a racing press waits
+        // on the row lock and then finds the approval no longer pending.
+        let claimed: Option<(String, String, String, String)> = sqlx::query_as(
+            "UPDATE approvals SET status = 'decided', decided_by = $1, decided_at = $2,
+                    decision = (SELECT decision FROM approval_buttons WHERE token = $3)
+             WHERE id = (SELECT approval_id FROM approval_buttons WHERE token = $3)
+               AND status = 'pending'
+             RETURNING id, run_id, step, decision",
+        )
+        .bind(by)
+        .bind(now)
+        .bind(token.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((approval_id, run_id, step, decision)) = claimed else {
+            return Err(DecideError::NotOpen);
+        };
+        let decided = Decided {
+            run_id: parse_id(&run_id)?,
+            approval_id: parse_id(&approval_id)?,
+            decision: decision.parse().map_err(corrupt)?,
+        };
+        sqlx::query(
+            "INSERT INTO decisions (run_id, approval_id, decision, decided_by, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&run_id)
+        .bind(&approval_id)
+        .bind(&decision)
+        .bind(by)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let woken = sqlx::query(
+            "UPDATE runs SET status = 'runnable', updated_at = $1
+             WHERE id = $2 AND status = 'waiting_approval'",
+        )
+        .bind(now)
+        .bind(&run_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if woken != 1 {
+            return Err(corrupt(format!("approval {approval_id} was pending but its run was not waiting")).into());
+        }
+        let event = JournalEvent::Decided {
+            step,
+            approval_id: decided.approval_id,
+            decision: decided.decision,
+            by: by.to_string(),
+        };
+        append_events(&mut tx, decided.run_id, &[event]).await?;
+        tx.commit().await?;
+        Ok(decided)
+    }
+
+    /// Pending approvals, oldest first, with their buttons.
+    pub async fn pending_approvals(&self) -> StoreResult<Vec<ApprovalSummary>> {
+        let rows: Vec<(String, String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, run_id, platform, chat_id, draft, created_at FROM approvals
+             WHERE status = 'pending' ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut approvals = Vec::with_capacity(rows.len());
+        for (id, run_id, platform, chat_id, draft, created_at) in rows {
+            let buttons: Vec<(String, String)> = sqlx::query_as(
+                "SELECT token, decision FROM approval_buttons WHERE approval_id = $1",
+            )
+            .bind(&id)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut buttons = buttons
+                .into_iter()
+                .map(|(token, decision)| {
+                    let decision: Decision = decision.parse().map_err(corrupt)?;
+                    let token = ButtonToken::try_from(token).map_err(corrupt)?;
+                    Ok((decision, token))
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            buttons.sort_by_key(|(d, _)| Decision::ALL.iter().position(|x| x == d));
+            approvals.push(ApprovalSummary {
+                id: parse_id(&id)?,
+                run_id: parse_id(&run_id)?,
+                chat: ChatRef::new(platform.parse::<Platform>().map_err(corrupt)?, chat_id),
+                draft,
+                buttons: buttons
+                    .into_iter()
+                    .map(|(d, token)| Button {
+                        label: d.label().to_string(),
+                        token,
+                    })
+                    .collect(),
+                created_at,
+            });
+        }
+        Ok(approvals)
+    }
+
+    /// How many decisions the log holds for an approval (tests, replay).
+    pub async fn decisions_for(&self, approval_id: ApprovalId) -> StoreResult<Vec<(String, String, Option<String>)>> {
+        Ok(sqlx::query_as(
+            "SELECT decision, decided_by, reason FROM decisions WHERE approval_id = $1 ORDER BY id",
+        )
+        .bind(approval_id.to_string())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// Inserts the approval, its button tokens and the message offering them.
+pub(super) async fn insert_approval(
+    tx: &mut Transaction<'_, Any>,
+    run: &RunRow,
+    approval: &NewApproval,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO approvals (id, run_id, step, status, draft, platform, chat_id, created_at)
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7)",
+    )
+    .bind(approval.id.to_string())
+    .bind(run.id.to_string())
+    .bind(&approval.step)
+    .bind(&approval.draft)
+    .bind(run.chat.platform.as_str())
+    .bind(&run.chat.chat_id)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    for (decision, token) in &approval.buttons {
+        sqlx::query("INSERT INTO approval_buttons (token, approval_id, decision) VALUES ($1, $2, $3)")
+            .bind(token.as_str())
+            .bind(approval.id.to_string())
+            .bind(decision.as_str())
+            .execute(&mut **tx)
+            .await?;
+    }
+    enqueue_in(tx, &run.chat, Some(run.id), Some(approval.id), &approval.message).await
+}

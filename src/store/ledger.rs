@@ -1,0 +1,106 @@
+//! The cost ledger: one row per model call, with the provider's own token
+//! counts.
+
+use super::{Store, StoreResult, now_ms};
+use crate::domain::RunId;
+
+#[derive(Debug, Clone, Default)]
+pub struct LedgerEntry {
+    pub run_id: Option<RunId>,
+    pub step: Option<String>,
+    pub flow: Option<String>,
+    pub provider: String,
+    pub model: String,
+    pub tier: String,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub output_tokens: i64,
+    /// None when the model has no price in the price table.
+    pub cost_usd: Option<f64>,
+    pub latency_ms: i64,
+    pub cache_hit: bool,
+    /// `ok`, `blocked`, or the error kind (`timeout`, `http_500`, …).
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CostSummary {
+    pub calls: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+}
+
+impl Store {
+    pub async fn record_call(&self, entry: &LedgerEntry) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO cost_ledger (run_id, step, flow, provider, model, tier, input_tokens,
+                 cached_input_tokens, output_tokens, cost_usd, latency_ms, cache_hit, outcome, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(entry.run_id.map(|r| r.to_string()))
+        .bind(entry.step.as_deref())
+        .bind(entry.flow.as_deref())
+        .bind(&entry.provider)
+        .bind(&entry.model)
+        .bind(&entry.tier)
+        .bind(entry.input_tokens)
+        .bind(entry.cached_input_tokens)
+        .bind(entry.output_tokens)
+        .bind(entry.cost_usd)
+        .bind(entry.latency_ms)
+        .bind(i64::from(entry.cache_hit))
+        .bind(&entry.outcome)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Ledger rows of one run, oldest first.
+    pub async fn ledger_for_run(&self, run_id: RunId) -> StoreResult<Vec<LedgerEntry>> {
+        type Row = (String, String, String, i64, i64, i64, Option<f64>, i64, String);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT provider, model, tier, input_tokens, cached_input_tokens, output_tokens,
+                    cost_usd, latency_ms, outcome
+             FROM cost_ledger WHERE run_id = $1 ORDER BY id",
+        )
+        .bind(run_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(provider, model, tier, input, cached, output, cost, latency, outcome)| LedgerEntry {
+                run_id: Some(run_id),
+                provider,
+                model,
+                tier,
+                input_tokens: input,
+                cached_input_tokens: cached,
+                output_tokens: output,
+                cost_usd: cost,
+                latency_ms: latency,
+                outcome,
+                ..LedgerEntry::default()
+            })
+            .collect())
+    }
+
+    /// Calls and spend since `since_ms` (Unix milliseconds).
+    pub async fn cost_since(&self, since_ms: i64) -> StoreResult<CostSummary> {
+        let (calls, input, output, cost): (i64, Option<i64>, Option<i64>, Option<f64>) =
+            sqlx::query_as(
+                "SELECT COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd)
+                 FROM cost_ledger WHERE created_at >= $1",
+            )
+            .bind(since_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(CostSummary {
+            calls,
+            input_tokens: input.unwrap_or(0),
+            output_tokens: output.unwrap_or(0),
+            cost_usd: cost.unwrap_or(0.0),
+        })
+    }
+}

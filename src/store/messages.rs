@@ -1,0 +1,211 @@
+//! Inbound updates (deduplicated), the conversation log, the outbox, and the
+//! audit log.
+
+use sqlx::{Any, Transaction};
+
+use super::runs::to_json;
+use super::{Store, StoreResult, corrupt, now_ms};
+use crate::domain::{ApprovalId, ChatRef, Inbound, InboundContent, Outbound, Platform, RunId};
+
+/// What the store knew of an inbound update before this delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundRecord {
+    /// First time seen: handle it.
+    Fresh,
+    /// Seen before but its handling never finished (a crash): handle it
+    /// again; every effect of handling is idempotent.
+    Unfinished,
+    /// Already handled: drop it.
+    Duplicate,
+}
+
+/// A message waiting in (or delivered from) the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub id: i64,
+    pub chat: ChatRef,
+    pub run_id: Option<RunId>,
+    pub approval_id: Option<ApprovalId>,
+    pub message: Outbound,
+    pub attempts: i64,
+}
+
+impl Store {
+    /// Records an update the first time it arrives, with its text in the
+    /// conversation log.
+    pub async fn record_inbound(&self, inbound: &Inbound) -> StoreResult<InboundRecord> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO inbound_updates (platform, update_key, chat_id, user_id, received_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (platform, update_key) DO NOTHING",
+        )
+        .bind(inbound.chat.platform.as_str())
+        .bind(&inbound.update_key)
+        .bind(&inbound.chat.chat_id)
+        .bind(&inbound.user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            let processed: Option<i64> = sqlx::query_scalar(
+                "SELECT processed_at FROM inbound_updates WHERE platform = $1 AND update_key = $2",
+            )
+            .bind(inbound.chat.platform.as_str())
+            .bind(&inbound.update_key)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(match processed {
+                Some(_) => InboundRecord::Duplicate,
+                None => InboundRecord::Unfinished,
+            });
+        }
+        let text = match &inbound.content {
+            InboundContent::Text(text) => text.clone(),
+            InboundContent::Button(_) => "[button]".to_string(),
+        };
+        log_message(&mut tx, &inbound.chat, "in", &inbound.user_id, &text).await?;
+        tx.commit().await?;
+        Ok(InboundRecord::Fresh)
+    }
+
+    /// Marks the update handled and queues the replies, in one transaction:
+    /// a crash before this point re-handles the update, after it never.
+    pub async fn finish_inbound(&self, inbound: &Inbound, replies: &[Outbound]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let finished = sqlx::query(
+            "UPDATE inbound_updates SET processed_at = $1
+             WHERE platform = $2 AND update_key = $3 AND processed_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(inbound.chat.platform.as_str())
+        .bind(&inbound.update_key)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if finished {
+            for reply in replies {
+                enqueue_in(&mut tx, &inbound.chat, None, None, reply).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Queues one message outside any other change.
+    pub async fn enqueue(&self, chat: &ChatRef, message: &Outbound) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        enqueue_in(&mut tx, chat, None, None, message).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Undelivered messages for a platform, oldest first.
+    pub async fn pending_outbox(
+        &self,
+        platform: Platform,
+        limit: i64,
+    ) -> StoreResult<Vec<OutboxMessage>> {
+        let rows: Vec<(i64, String, Option<String>, Option<String>, String, i64)> = sqlx::query_as(
+            "SELECT id, chat_id, run_id, approval_id, payload, attempts FROM outbox
+             WHERE platform = $1 AND status = 'pending' ORDER BY id LIMIT $2",
+        )
+        .bind(platform.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, chat_id, run_id, approval_id, payload, attempts)| {
+                Ok(OutboxMessage {
+                    id,
+                    chat: ChatRef::new(platform, chat_id),
+                    run_id: run_id.map(|r| r.parse()).transpose().map_err(|_| corrupt("outbox run id"))?,
+                    approval_id: approval_id
+                        .map(|a| a.parse())
+                        .transpose()
+                        .map_err(|_| corrupt("outbox approval id"))?,
+                    message: serde_json::from_str(&payload)
+                        .map_err(|e| corrupt(format!("outbox payload: {e}")))?,
+                    attempts,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn mark_delivered(&self, id: i64, platform_message_id: Option<&str>) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE outbox SET status = 'delivered', delivered_at = $1, platform_message_id = $2,
+                    attempts = attempts + 1
+             WHERE id = $3",
+        )
+        .bind(now_ms())
+        .bind(platform_message_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records that someone tried something they may not do.
+    pub async fn audit(&self, platform: Platform, user_id: &str, action: &str, detail: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (platform, user_id, action, detail, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(platform.as_str())
+        .bind(user_id)
+        .bind(action)
+        .bind(detail)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+pub(super) async fn enqueue_in(
+    tx: &mut Transaction<'_, Any>,
+    chat: &ChatRef,
+    run_id: Option<RunId>,
+    approval_id: Option<ApprovalId>,
+    message: &Outbound,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO outbox (platform, chat_id, run_id, approval_id, payload, status, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
+    )
+    .bind(chat.platform.as_str())
+    .bind(&chat.chat_id)
+    .bind(run_id.map(|r| r.to_string()))
+    .bind(approval_id.map(|a| a.to_string()))
+    .bind(to_json(message)?)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    log_message(tx, chat, "out", "soloist", &message.text).await
+}
+
+async fn log_message(
+    tx: &mut Transaction<'_, Any>,
+    chat: &ChatRef,
+    direction: &str,
+    user_id: &str,
+    text: &str,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO messages (platform, chat_id, direction, user_id, text, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(chat.platform.as_str())
+    .bind(&chat.chat_id)
+    .bind(direction)
+    .bind(user_id)
+    .bind(text)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
