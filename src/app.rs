@@ -88,7 +88,11 @@ fn describe_database(url: &str, backend: Backend) -> String {
             .unwrap_or_default()
             .to_string(),
         Backend::Postgres => match url::Url::parse(url) {
-            Ok(parsed) => format!("{}{}", parsed.host_str().unwrap_or("local socket"), parsed.path()),
+            Ok(parsed) => format!(
+                "{}{}",
+                parsed.host_str().unwrap_or("local socket"),
+                parsed.path()
+            ),
             Err(_) => "configured URL".into(),
         },
     };

@@ -31,7 +31,9 @@ impl ControllerError {
         if unavailable {
             "The database is unavailable right now, so I could not act on that. Nothing is lost: send it again in a moment (soloist doctor shows what is wrong).".into()
         } else {
-            format!("Something went wrong on my side ({self}). Nothing is lost; try again, and if it repeats, check the log.")
+            format!(
+                "Something went wrong on my side ({self}). Nothing is lost; try again, and if it repeats, check the log."
+            )
         }
     }
 }
@@ -54,7 +56,11 @@ impl FromStr for Command {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let text = text.trim();
         let (head, args) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
-        let name = head.trim_start_matches('/').split('@').next().unwrap_or_default();
+        let name = head
+            .trim_start_matches('/')
+            .split('@')
+            .next()
+            .unwrap_or_default();
         let args = args.trim().to_string();
         Ok(match name.to_ascii_lowercase().as_str() {
             "help" | "start" => Command::Help,
@@ -126,7 +132,12 @@ impl Controller {
             self.route(inbound).await?
         } else {
             store
-                .audit(inbound.chat.platform, &inbound.user_id, "refused", "not an allowed user")
+                .audit(
+                    inbound.chat.platform,
+                    &inbound.user_id,
+                    "refused",
+                    "not an allowed user",
+                )
                 .await?;
             Handled::reply("Sorry, this bot works only for its owner.")
         };
@@ -148,7 +159,9 @@ impl Controller {
             InboundContent::Button(token) => {
                 return match self.engine.decide(token, &inbound.user_name).await {
                     Ok(decided) => Ok(Handled::drive(decided.run_id)),
-                    Err(DecideError::NotOpen) => Ok(Handled::reply("This approval is no longer open.")),
+                    Err(DecideError::NotOpen) => {
+                        Ok(Handled::reply("This approval is no longer open."))
+                    }
                     Err(DecideError::Store(error)) => Err(error.into()),
                 };
             }
@@ -158,7 +171,9 @@ impl Controller {
         let limit = self.engine.settings().engine.max_input_chars;
         let length = trimmed.chars().count();
         if trimmed.is_empty() {
-            return Ok(Handled::reply("That message was empty. Type /help to see what I can do."));
+            return Ok(Handled::reply(
+                "That message was empty. Type /help to see what I can do.",
+            ));
         }
         if length > limit {
             return Ok(Handled::reply(format!(
@@ -174,7 +189,10 @@ impl Controller {
             };
         }
         let store = self.engine.store();
-        match store.deliver_input(&inbound.chat, trimmed, &inbound.user_name).await? {
+        match store
+            .deliver_input(&inbound.chat, trimmed, &inbound.user_name)
+            .await?
+        {
             Some(run) => Ok(Handled::drive(run)),
             None => Ok(Handled::reply(
                 "I act on commands for now: try /draft followed by what you need, or /help.",
@@ -182,7 +200,11 @@ impl Controller {
         }
     }
 
-    async fn command(&self, inbound: &Inbound, command: Command) -> Result<Handled, ControllerError> {
+    async fn command(
+        &self,
+        inbound: &Inbound,
+        command: Command,
+    ) -> Result<Handled, ControllerError> {
         match command {
             Command::Help => Ok(Handled::reply(HELP)),
             Command::Draft(request) => self.draft(inbound, request).await,
@@ -199,7 +221,11 @@ impl Controller {
                 "Tell me what to draft, e.g. /draft a LinkedIn post announcing the new Website Audit price",
             ));
         }
-        let needs_model = self.engine.flows().get("draft").is_some_and(|f| f.needs_model());
+        let needs_model = self
+            .engine
+            .flows()
+            .get("draft")
+            .is_some_and(|f| f.needs_model());
         if needs_model && !self.engine.agents().is_configured() {
             return Ok(Handled::reply(HOW_TO_CONFIGURE));
         }
@@ -210,7 +236,10 @@ impl Controller {
                 chat: inbound.chat.clone(),
                 request,
                 requested_by: inbound.user_name.clone(),
-                idempotency_key: format!("inbound:{}:{}", inbound.chat.platform, inbound.update_key),
+                idempotency_key: format!(
+                    "inbound:{}:{}",
+                    inbound.chat.platform, inbound.update_key
+                ),
             })
             .await?;
         Ok(Handled::drive(run))
@@ -243,14 +272,21 @@ impl Controller {
         let state = self.engine.state(run.id).await?;
         let ledger = self.engine.store().ledger_for_run(run.id).await?;
         let cost: f64 = ledger.iter().filter_map(|e| e.cost_usd).sum();
-        let tokens: i64 = ledger.iter().map(|e| e.input_tokens + e.output_tokens).sum();
+        let tokens: i64 = ledger
+            .iter()
+            .map(|e| e.input_tokens + e.output_tokens)
+            .sum();
         let mut text = format!(
             "Run {} ({}): {}\nRequest: {}\nSteps done: {}\nModel calls: {}, {} tokens, ${:.4}",
             run.id.short(),
             run.flow,
             run.status,
             clip(&run.input.request, 200),
-            if state.outputs.is_empty() { "none".to_string() } else { state.outputs.keys().cloned().collect::<Vec<_>>().join(", ") },
+            if state.outputs.is_empty() {
+                "none".to_string()
+            } else {
+                state.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
             ledger.len(),
             tokens,
             cost,
@@ -272,11 +308,18 @@ impl Controller {
         let replies = approvals
             .into_iter()
             .map(|a| {
-                Outbound::text(format!("Waiting for your decision (run {}):\n\n{}", a.run_id.short(), a.draft))
-                    .with_buttons(a.buttons)
+                Outbound::text(format!(
+                    "Waiting for your decision (run {}):\n\n{}",
+                    a.run_id.short(),
+                    a.draft
+                ))
+                .with_buttons(a.buttons)
             })
             .collect();
-        Ok(Handled { replies, drive: None })
+        Ok(Handled {
+            replies,
+            drive: None,
+        })
     }
 
     async fn retry(&self, inbound: &Inbound, id: &str) -> Result<Handled, ControllerError> {
@@ -284,7 +327,12 @@ impl Controller {
             Ok(run) => run,
             Err(message) => return Ok(Handled::reply(message)),
         };
-        if self.engine.store().retry_run(run.id, &inbound.user_name).await? {
+        if self
+            .engine
+            .store()
+            .retry_run(run.id, &inbound.user_name)
+            .await?
+        {
             Ok(Handled::drive(run.id))
         } else {
             Ok(Handled::reply(format!(
@@ -300,13 +348,21 @@ impl Controller {
     async fn find_run(&self, id: &str) -> Result<Result<RunRow, String>, ControllerError> {
         let id = id.trim();
         if id.len() < 4 {
-            return Ok(Err("Give me a run id (at least its first 4 characters); /runs lists them.".into()));
+            return Ok(Err(
+                "Give me a run id (at least its first 4 characters); /runs lists them.".into(),
+            ));
         }
         let mut matches = self.engine.store().runs_with_prefix(id).await?;
         Ok(match matches.len() {
-            0 => Err(format!("No run starts with '{}'. /runs lists recent ones.", clip(id, 40))),
+            0 => Err(format!(
+                "No run starts with '{}'. /runs lists recent ones.",
+                clip(id, 40)
+            )),
             1 => Ok(matches.remove(0)),
-            _ => Err(format!("Several runs start with '{}'; give more of the id.", clip(id, 40))),
+            _ => Err(format!(
+                "Several runs start with '{}'; give more of the id.",
+                clip(id, 40)
+            )),
         })
     }
 }
@@ -317,9 +373,18 @@ mod tests {
 
     #[test]
     fn commands_parse_with_arguments_and_bot_suffixes() {
-        assert_eq!("/draft a post".parse::<Command>(), Ok(Command::Draft("a post".into())));
-        assert_eq!("/draft@soloist_bot  hi ".parse::<Command>(), Ok(Command::Draft("hi".into())));
+        assert_eq!(
+            "/draft a post".parse::<Command>(),
+            Ok(Command::Draft("a post".into()))
+        );
+        assert_eq!(
+            "/draft@soloist_bot  hi ".parse::<Command>(),
+            Ok(Command::Draft("hi".into()))
+        );
         assert_eq!("/RUNS".parse::<Command>(), Ok(Command::Runs));
-        assert_eq!("/unknowncommand with args".parse::<Command>(), Err("unknowncommand".into()));
+        assert_eq!(
+            "/unknowncommand with args".parse::<Command>(),
+            Err("unknowncommand".into())
+        );
     }
 }

@@ -46,7 +46,9 @@ pub async fn check(settings: &Settings, home: &Path) -> Vec<Finding> {
         findings.push(if token.is_set() {
             Finding::Ok(format!("{name} token is set"))
         } else {
-            Finding::Note(format!("{name} is not configured (set {variable} to use it; soloist chat works without)"))
+            Finding::Note(format!(
+                "{name} is not configured (set {variable} to use it; soloist chat works without)"
+            ))
         });
     }
     findings
@@ -65,13 +67,19 @@ async fn check_database(settings: &Settings, home: &Path) -> Finding {
         }
     };
     let finding = match store.pending_migrations().await {
-        Ok(0) => Finding::Ok(format!("database {} at {shown} is up to date", store.backend().name())),
+        Ok(0) => Finding::Ok(format!(
+            "database {} at {shown} is up to date",
+            store.backend().name()
+        )),
         Ok(n) => Finding::Problem(
             format!("database at {shown} has {n} migration(s) to apply"),
             "run `soloist migrate` (soloist chat and run also apply them at start)".into(),
         ),
         Err(error) => Finding::Problem(
-            format!("cannot read the database's migrations: {}", error_chain(&error)),
+            format!(
+                "cannot read the database's migrations: {}",
+                error_chain(&error)
+            ),
             "run `soloist migrate`".into(),
         ),
     };
@@ -88,28 +96,46 @@ async fn check_model(settings: &Settings) -> Finding {
         );
     }
     let endpoint = model.endpoint().trim_end_matches('/');
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
         Ok(client) => client,
-        Err(error) => return Finding::Problem(format!("cannot build an HTTP client: {error}"), "report this bug".into()),
+        Err(error) => {
+            return Finding::Problem(
+                format!("cannot build an HTTP client: {error}"),
+                "report this bug".into(),
+            );
+        }
     };
     let mut request = client.get(format!("{endpoint}/models"));
     if let Some(key) = model.api_key.expose() {
         request = request.bearer_auth(key);
     }
     match request.send().await {
-        Ok(reply) if reply.status().is_success() => {
-            Finding::Ok(format!("model provider at {endpoint} answers (quality model: {})", model.quality))
-        }
+        Ok(reply) if reply.status().is_success() => Finding::Ok(format!(
+            "model provider at {endpoint} answers (quality model: {})",
+            model.quality
+        )),
         Ok(reply) if matches!(reply.status().as_u16(), 401 | 403) => Finding::Problem(
-            format!("the model provider at {endpoint} rejected the API key (HTTP {})", reply.status().as_u16()),
+            format!(
+                "the model provider at {endpoint} rejected the API key (HTTP {})",
+                reply.status().as_u16()
+            ),
             "check OPENAI_API_KEY".into(),
         ),
         Ok(reply) => Finding::Problem(
-            format!("the model provider at {endpoint} answered HTTP {}", reply.status().as_u16()),
+            format!(
+                "the model provider at {endpoint} answered HTTP {}",
+                reply.status().as_u16()
+            ),
             "check OPENAI_BASE_URL: it should end in /v1 for most OpenAI-compatible servers".into(),
         ),
         Err(error) => Finding::Problem(
-            format!("cannot reach the model provider at {endpoint}: {}", error_chain(&error)),
+            format!(
+                "cannot reach the model provider at {endpoint}: {}",
+                error_chain(&error)
+            ),
             "check OPENAI_BASE_URL and that the server is running".into(),
         ),
     }

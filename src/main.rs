@@ -13,7 +13,11 @@ use soloist::store::Store;
 use soloist::{doctor, engine};
 
 #[derive(Parser)]
-#[command(name = "soloist", version, about = "A self-hosted AI workflow OS for one-person companies")]
+#[command(
+    name = "soloist",
+    version,
+    about = "A self-hosted AI workflow OS for one-person companies"
+)]
 struct Cli {
     /// Folder holding config/, prompts/ and data/ (files there override the built-in ones).
     #[arg(long, env = "SOLOIST_HOME", default_value = ".", global = true)]
@@ -63,12 +67,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(&LoadOptions::from_process(cli.home.clone(), cli.config.clone()))?;
+    let settings = Settings::load(&LoadOptions::from_process(
+        cli.home.clone(),
+        cli.config.clone(),
+    ))?;
     match cli.command {
         Command::Chat => chat(settings, &cli.home).await,
         Command::Migrate => {
             let url = settings.database_url(&cli.home);
-            let store = Store::open(&url, 1).await.context("migrating the database")?;
+            let store = Store::open(&url, 1)
+                .await
+                .context("migrating the database")?;
             println!("database {} is up to date", store.backend().name());
             Ok(ExitCode::SUCCESS)
         }
@@ -77,7 +86,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for finding in &findings {
                 println!("{}", finding.line());
             }
-            Ok(if findings.iter().any(|f| f.is_problem()) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if findings.iter().any(|f| f.is_problem()) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Replay { run_id } => replay(settings, &cli.home, &run_id).await,
     }
@@ -92,14 +105,22 @@ async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<Exit
         app.database_label,
         app.engine.agents().describe(),
     );
-    let console = Console::new(app.controller.clone(), tokio::io::stdout(), app.settings.business.owner.clone());
+    let console = Console::new(
+        app.controller.clone(),
+        tokio::io::stdout(),
+        app.settings.business.owner.clone(),
+    );
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
     console.run(stdin, &banner).await?;
     app.store.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn replay(settings: Settings, home: &std::path::Path, run_id: &str) -> anyhow::Result<ExitCode> {
+async fn replay(
+    settings: Settings,
+    home: &std::path::Path,
+    run_id: &str,
+) -> anyhow::Result<ExitCode> {
     let app = App::build(settings, home).await?;
     let runs = match run_id.parse::<RunId>() {
         Ok(id) => app.store.run(id).await?.into_iter().collect(),

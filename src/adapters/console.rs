@@ -45,8 +45,14 @@ impl<W: AsyncWrite + Unpin> Console<W> {
 
     /// Prints the banner, resumes runs a crash interrupted, then handles
     /// lines until end of input.
-    pub async fn run<R: AsyncBufRead + Unpin>(mut self, input: R, banner: &str) -> Result<(), ConsoleError> {
-        self.output.write_all(format!("{banner}\n").as_bytes()).await?;
+    pub async fn run<R: AsyncBufRead + Unpin>(
+        mut self,
+        input: R,
+        banner: &str,
+    ) -> Result<(), ConsoleError> {
+        self.output
+            .write_all(format!("{banner}\n").as_bytes())
+            .await?;
         if let Err(error) = self.controller.engine().resume_runnable().await {
             tracing::error!(error = ?error, "could not resume interrupted runs");
         }

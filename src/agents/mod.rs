@@ -190,11 +190,19 @@ impl Agents {
                 entry.outcome = error.kind();
             }
         }
-        self.store.record_call(&entry).await.map_err(ModelError::Ledger)?;
+        self.store
+            .record_call(&entry)
+            .await
+            .map_err(ModelError::Ledger)?;
         outcome
     }
 
-    async fn send(&self, client: &OpenAI, model: &str, call: &ModelCall) -> Result<Completion, ModelError> {
+    async fn send(
+        &self,
+        client: &OpenAI,
+        model: &str,
+        call: &ModelCall,
+    ) -> Result<Completion, ModelError> {
         let request = CompletionRequest::new(call.prompt.clone())
             .preamble(call.system.clone())
             .max_tokens(call.max_tokens)
@@ -228,7 +236,10 @@ impl Agents {
         let price = self.settings.prices.get(model)?;
         let uncached = (input - cached).max(0) as f64;
         let cached_price = price.cached_input.unwrap_or(price.input);
-        Some((uncached * price.input + cached as f64 * cached_price + output as f64 * price.output) / 1e6)
+        Some(
+            (uncached * price.input + cached as f64 * cached_price + output as f64 * price.output)
+                / 1e6,
+        )
     }
 }
 
@@ -238,7 +249,9 @@ fn classify(error: rig_core::error::ProviderError) -> ModelError {
     match error {
         E::InvalidAuthentication(_) => ModelError::Unauthorized,
         E::ProviderResponse(reply) => match reply.status {
-            Some(status) if status.as_u16() == 401 || status.as_u16() == 403 => ModelError::Unauthorized,
+            Some(status) if status.as_u16() == 401 || status.as_u16() == 403 => {
+                ModelError::Unauthorized
+            }
             Some(status) => ModelError::Status {
                 status: status.as_u16(),
                 detail: excerpt(&reply.body),

@@ -150,7 +150,9 @@ impl TryFrom<String> for ButtonToken {
     fn try_from(value: String) -> Result<Self, Self::Error> {
         let ok = !value.is_empty()
             && value.len() <= Self::MAX_LEN
-            && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
             Ok(ButtonToken(value))
         } else {

@@ -24,11 +24,19 @@ pub fn render_replay(run: &RunRow, events: &[JournalEvent]) -> String {
             if let Some(error) = &state.error {
                 let _ = writeln!(out, "  error: {error}");
             }
-            let _ = writeln!(out, "  completed steps: {}", state.outputs.keys().cloned().collect::<Vec<_>>().join(", "));
+            let _ = writeln!(
+                out,
+                "  completed steps: {}",
+                state.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
             if state.status == run.status {
                 let _ = writeln!(out, "journal and run row agree.");
             } else {
-                let _ = writeln!(out, "MISMATCH: the run row says {}, the journal says {}.", run.status, state.status);
+                let _ = writeln!(
+                    out,
+                    "MISMATCH: the run row says {}, the journal says {}.",
+                    run.status, state.status
+                );
             }
         }
         Err(error) => {
@@ -41,25 +49,55 @@ pub fn render_replay(run: &RunRow, events: &[JournalEvent]) -> String {
 fn describe(event: &JournalEvent) -> String {
     match event {
         JournalEvent::Started { flow, input } => {
-            format!("started flow '{flow}' for {}: {}", input.requested_by, clip(&input.request))
+            format!(
+                "started flow '{flow}' for {}: {}",
+                input.requested_by,
+                clip(&input.request)
+            )
         }
         JournalEvent::StepCompleted { step, output } => {
             format!("step '{step}' completed: {}", clip(&output.to_string()))
         }
-        JournalEvent::ApprovalRequested { step, approval_id, draft } => {
-            format!("step '{step}' asked for approval {}: {}", approval_id.short(), clip(draft))
+        JournalEvent::ApprovalRequested {
+            step,
+            approval_id,
+            draft,
+        } => {
+            format!(
+                "step '{step}' asked for approval {}: {}",
+                approval_id.short(),
+                clip(draft)
+            )
         }
-        JournalEvent::Decided { step, decision, by, .. } => {
+        JournalEvent::Decided {
+            step, decision, by, ..
+        } => {
             format!("step '{step}': {by} chose {}", decision.as_str())
         }
         JournalEvent::InputRequested { step, purpose } => {
             format!("step '{step}' asked for input ({})", purpose.as_str())
         }
-        JournalEvent::InputReceived { step, purpose, text, by } => {
-            format!("step '{step}' received {} from {by}: {}", purpose.as_str(), clip(text))
+        JournalEvent::InputReceived {
+            step,
+            purpose,
+            text,
+            by,
+        } => {
+            format!(
+                "step '{step}' received {} from {by}: {}",
+                purpose.as_str(),
+                clip(text)
+            )
         }
-        JournalEvent::ArtifactSaved { step, artifact_id, status } => {
-            format!("step '{step}' saved artifact {} as {status}", artifact_id.short())
+        JournalEvent::ArtifactSaved {
+            step,
+            artifact_id,
+            status,
+        } => {
+            format!(
+                "step '{step}' saved artifact {} as {status}",
+                artifact_id.short()
+            )
         }
         JournalEvent::Failed { step, error } => format!("step '{step}' failed: {error}"),
         JournalEvent::Retried { by } => format!("retried by {by}"),

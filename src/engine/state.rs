@@ -68,7 +68,9 @@ impl RunState {
     fn apply(&mut self, event: &JournalEvent) -> Result<(), FoldError> {
         self.events += 1;
         match event {
-            JournalEvent::Started { .. } => return Err(FoldError("'started' appears twice".into())),
+            JournalEvent::Started { .. } => {
+                return Err(FoldError("'started' appears twice".into()));
+            }
             JournalEvent::StepCompleted { step, output } => {
                 self.outputs.insert(step.clone(), output.clone());
             }
@@ -111,7 +113,10 @@ impl RunState {
     }
 
     fn note(&mut self, step: &str, event: &JournalEvent) {
-        self.conversations.entry(step.to_string()).or_default().latest = Some(event.clone());
+        self.conversations
+            .entry(step.to_string())
+            .or_default()
+            .latest = Some(event.clone());
     }
 
     /// The index of the first step without an output: the one to execute

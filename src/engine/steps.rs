@@ -7,9 +7,7 @@ use serde_json::json;
 use super::Engine;
 use super::state::RunState;
 use crate::agents::ModelCall;
-use crate::domain::{
-    ArtifactId, Decision, InputPurpose, JournalEvent, Outbound, RunId, RunStatus,
-};
+use crate::domain::{ArtifactId, Decision, InputPurpose, JournalEvent, Outbound, RunId, RunStatus};
 use crate::flows::{Flow, StepDef, StepKind, Tier};
 use crate::store::{NewApproval, NewArtifact, RunRow, Transition};
 
@@ -189,7 +187,12 @@ fn approve(
             InputPurpose::EditedDraft => offer(run, step, text),
             InputPurpose::RejectReason => {
                 let Some(approval_id) = conversation.approval_id else {
-                    return failed(run, &step.name, "a reason arrived for no approval".into(), "");
+                    return failed(
+                        run,
+                        &step.name,
+                        "a reason arrived for no approval".into(),
+                        "",
+                    );
                 };
                 let mut transition = save(run, step, artifact_kind, &draft, Some(text));
                 transition.reject_reason = Some((approval_id, text.clone()));
@@ -199,7 +202,10 @@ fn approve(
         Some(other) => failed(
             run,
             &step.name,
-            format!("unexpected journal event '{}' while waiting for a decision", other.name()),
+            format!(
+                "unexpected journal event '{}' while waiting for a decision",
+                other.name()
+            ),
             "This is a bug; please report it with `soloist replay`.",
         ),
     }
@@ -242,7 +248,11 @@ fn save(
     reject_reason: Option<&String>,
 ) -> Transition {
     let artifact_id = ArtifactId::new();
-    let status = if reject_reason.is_some() { "rejected" } else { "approved" };
+    let status = if reject_reason.is_some() {
+        "rejected"
+    } else {
+        "approved"
+    };
     let mut transition = completed(
         &step.name,
         json!({ "decision": status, "artifact_id": artifact_id, "text": draft, "reason": reject_reason }),
@@ -263,13 +273,20 @@ fn save(
         note: reject_reason.cloned(),
     });
     let message = match reject_reason {
-        None => format!("Approved. Saved as artifact {} (run {}).", artifact_id.short(), run.id.short()),
+        None => format!(
+            "Approved. Saved as artifact {} (run {}).",
+            artifact_id.short(),
+            run.id.short()
+        ),
         Some(_) => {
             transition.status = RunStatus::Completed;
             let summary = "rejected".to_string();
             transition.summary = Some(summary.clone());
             transition.events.push(JournalEvent::Completed { summary });
-            format!("Rejected. The draft and your reason are saved (run {}).", run.id.short())
+            format!(
+                "Rejected. The draft and your reason are saved (run {}).",
+                run.id.short()
+            )
         }
     };
     transition.messages.push(Outbound::text(message));
@@ -277,9 +294,19 @@ fn save(
 }
 
 /// Closes the run when its last step has completed.
-pub(super) fn finish_if_done(transition: &mut Transition, state_after: &RunState, flow: &Flow, run_id: RunId) {
+pub(super) fn finish_if_done(
+    transition: &mut Transition,
+    state_after: &RunState,
+    flow: &Flow,
+    run_id: RunId,
+) {
     if transition.status == RunStatus::Runnable && state_after.cursor(flow) >= flow.steps.len() {
-        let summary = match state_after.outputs.values().last().and_then(|o| o.get("decision")) {
+        let summary = match state_after
+            .outputs
+            .values()
+            .last()
+            .and_then(|o| o.get("decision"))
+        {
             Some(decision) => decision.as_str().unwrap_or("done").to_string(),
             None => "done".to_string(),
         };

@@ -14,7 +14,8 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 /// Built-in flows, compiled in.
-const BUILT_IN_FLOWS: [(&str, &str); 1] = [("draft", include_str!("../../config/flows/draft.toml"))];
+const BUILT_IN_FLOWS: [(&str, &str); 1] =
+    [("draft", include_str!("../../config/flows/draft.toml"))];
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -96,7 +97,9 @@ pub enum StepKind {
 
 impl Flow {
     pub fn needs_model(&self) -> bool {
-        self.steps.iter().any(|s| matches!(s.kind, StepKind::Generate { .. }))
+        self.steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::Generate { .. }))
     }
 
     pub fn step_index(&self, name: &str) -> Option<usize> {
@@ -151,7 +154,12 @@ impl FlowCatalog {
     pub fn load(home: &Path, prompts: &Prompts) -> Result<FlowCatalog, FlowError> {
         let mut sources: BTreeMap<String, (String, String)> = BUILT_IN_FLOWS
             .iter()
-            .map(|(name, text)| (name.to_string(), (format!("built-in {name}.toml"), text.to_string())))
+            .map(|(name, text)| {
+                (
+                    name.to_string(),
+                    (format!("built-in {name}.toml"), text.to_string()),
+                )
+            })
             .collect();
         let dir = home.join("config/flows");
         if dir.is_dir() {
@@ -168,7 +176,11 @@ impl FlowCatalog {
                     path: path.display().to_string(),
                     source,
                 })?;
-                let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+                let name = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default()
+                    .to_string();
                 sources.insert(name, (path.display().to_string(), text));
             }
         }
@@ -178,10 +190,11 @@ impl FlowCatalog {
                 file: file.clone(),
                 message,
             })?;
-            flow.validate(prompts).map_err(|message| FlowError::Invalid {
-                file: file.clone(),
-                message,
-            })?;
+            flow.validate(prompts)
+                .map_err(|message| FlowError::Invalid {
+                    file: file.clone(),
+                    message,
+                })?;
             flows.insert(flow.name.clone(), flow);
         }
         Ok(FlowCatalog { flows })
@@ -226,7 +239,9 @@ mod tests {
         )
         .unwrap();
         let prompts = Prompts::load(dir.path()).unwrap();
-        let error = FlowCatalog::load(dir.path(), &prompts).unwrap_err().to_string();
+        let error = FlowCatalog::load(dir.path(), &prompts)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("odd.toml"), "{error}");
         assert!(error.contains("teleport"), "{error}");
     }
@@ -237,6 +252,10 @@ mod tests {
                     [[steps]]\nname = \"review\"\nkind = \"approve\"\ndraft_from = \"write\"\nartifact_kind = \"d\"\n";
         let flow: Flow = text.parse().unwrap();
         let prompts = Prompts::load(Path::new("/nonexistent")).unwrap();
-        assert!(flow.validate(&prompts).unwrap_err().contains("not an earlier step"));
+        assert!(
+            flow.validate(&prompts)
+                .unwrap_err()
+                .contains("not an earlier step")
+        );
     }
 }

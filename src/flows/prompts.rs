@@ -51,7 +51,10 @@ impl Prompts {
                     path: path.display().to_string(),
                     source,
                 })?;
-                let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                let name = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default();
                 sources.insert(name.to_string(), text);
             }
         }

@@ -130,7 +130,10 @@ impl Store {
         .await?
         .rows_affected();
         if woken != 1 {
-            return Err(corrupt(format!("approval {approval_id} was pending but its run was not waiting")).into());
+            return Err(corrupt(format!(
+                "approval {approval_id} was pending but its run was not waiting"
+            ))
+            .into());
         }
         let event = JournalEvent::Decided {
             step,
@@ -187,7 +190,10 @@ impl Store {
     }
 
     /// How many decisions the log holds for an approval (tests, replay).
-    pub async fn decisions_for(&self, approval_id: ApprovalId) -> StoreResult<Vec<(String, String, Option<String>)>> {
+    pub async fn decisions_for(
+        &self,
+        approval_id: ApprovalId,
+    ) -> StoreResult<Vec<(String, String, Option<String>)>> {
         Ok(sqlx::query_as(
             "SELECT decision, decided_by, reason FROM decisions WHERE approval_id = $1 ORDER BY id",
         )
@@ -217,12 +223,21 @@ pub(super) async fn insert_approval(
     .execute(&mut **tx)
     .await?;
     for (decision, token) in &approval.buttons {
-        sqlx::query("INSERT INTO approval_buttons (token, approval_id, decision) VALUES ($1, $2, $3)")
-            .bind(token.as_str())
-            .bind(approval.id.to_string())
-            .bind(decision.as_str())
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO approval_buttons (token, approval_id, decision) VALUES ($1, $2, $3)",
+        )
+        .bind(token.as_str())
+        .bind(approval.id.to_string())
+        .bind(decision.as_str())
+        .execute(&mut **tx)
+        .await?;
     }
-    enqueue_in(tx, &run.chat, Some(run.id), Some(approval.id), &approval.message).await
+    enqueue_in(
+        tx,
+        &run.chat,
+        Some(run.id),
+        Some(approval.id),
+        &approval.message,
+    )
+    .await
 }

@@ -59,7 +59,17 @@ impl Store {
 
     /// Ledger rows of one run, oldest first.
     pub async fn ledger_for_run(&self, run_id: RunId) -> StoreResult<Vec<LedgerEntry>> {
-        type Row = (String, String, String, i64, i64, i64, Option<f64>, i64, String);
+        type Row = (
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            Option<f64>,
+            i64,
+            String,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT provider, model, tier, input_tokens, cached_input_tokens, output_tokens,
                     cost_usd, latency_ms, outcome
@@ -70,19 +80,23 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(provider, model, tier, input, cached, output, cost, latency, outcome)| LedgerEntry {
-                run_id: Some(run_id),
-                provider,
-                model,
-                tier,
-                input_tokens: input,
-                cached_input_tokens: cached,
-                output_tokens: output,
-                cost_usd: cost,
-                latency_ms: latency,
-                outcome,
-                ..LedgerEntry::default()
-            })
+            .map(
+                |(provider, model, tier, input, cached, output, cost, latency, outcome)| {
+                    LedgerEntry {
+                        run_id: Some(run_id),
+                        provider,
+                        model,
+                        tier,
+                        input_tokens: input,
+                        cached_input_tokens: cached,
+                        output_tokens: output,
+                        cost_usd: cost,
+                        latency_ms: latency,
+                        outcome,
+                        ..LedgerEntry::default()
+                    }
+                },
+            )
             .collect())
     }
 

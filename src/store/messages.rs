@@ -123,7 +123,10 @@ impl Store {
                 Ok(OutboxMessage {
                     id,
                     chat: ChatRef::new(platform, chat_id),
-                    run_id: run_id.map(|r| r.parse()).transpose().map_err(|_| corrupt("outbox run id"))?,
+                    run_id: run_id
+                        .map(|r| r.parse())
+                        .transpose()
+                        .map_err(|_| corrupt("outbox run id"))?,
                     approval_id: approval_id
                         .map(|a| a.parse())
                         .transpose()
@@ -136,7 +139,11 @@ impl Store {
             .collect()
     }
 
-    pub async fn mark_delivered(&self, id: i64, platform_message_id: Option<&str>) -> StoreResult<()> {
+    pub async fn mark_delivered(
+        &self,
+        id: i64,
+        platform_message_id: Option<&str>,
+    ) -> StoreResult<()> {
         sqlx::query(
             "UPDATE outbox SET status = 'delivered', delivered_at = $1, platform_message_id = $2,
                     attempts = attempts + 1
@@ -151,7 +158,13 @@ impl Store {
     }
 
     /// Records that someone tried something they may not do.
-    pub async fn audit(&self, platform: Platform, user_id: &str, action: &str, detail: &str) -> StoreResult<()> {
+    pub async fn audit(
+        &self,
+        platform: Platform,
+        user_id: &str,
+        action: &str,
+        detail: &str,
+    ) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO audit_log (platform, user_id, action, detail, created_at) VALUES ($1, $2, $3, $4, $5)",
         )

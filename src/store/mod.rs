@@ -175,8 +175,16 @@ impl Store {
 /// The migrations compiled into the binary, for one backend.
 fn migrator(backend: Backend) -> Migrator {
     let sources: &[(i64, &str, &'static str)] = match backend {
-        Backend::Postgres => &[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))],
-        Backend::Sqlite => &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))],
+        Backend::Postgres => &[(
+            1,
+            "init",
+            include_str!("../../migrations/postgres/0001_init.sql"),
+        )],
+        Backend::Sqlite => &[(
+            1,
+            "init",
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+        )],
     };
     Migrator::with_migrations(
         sources

@@ -81,7 +81,8 @@ impl Transition {
     }
 }
 
-const RUN_COLUMNS: &str = "id, flow, status, waiting_for, platform, chat_id, input, summary, created_at, updated_at";
+const RUN_COLUMNS: &str =
+    "id, flow, status, waiting_for, platform, chat_id, input, summary, created_at, updated_at";
 
 impl Store {
     /// Creates the run and journals `Started`, or returns the run already
@@ -387,11 +388,16 @@ impl Store {
         Ok(woken)
     }
 
-    pub async fn artifact(&self, id: ArtifactId) -> StoreResult<Option<(String, String, Option<String>)>> {
-        Ok(sqlx::query_as("SELECT status, content, note FROM artifacts WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?)
+    pub async fn artifact(
+        &self,
+        id: ArtifactId,
+    ) -> StoreResult<Option<(String, String, Option<String>)>> {
+        Ok(
+            sqlx::query_as("SELECT status, content, note FROM artifacts WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Rows in the main tables, for checks that nothing was lost or added.
@@ -428,10 +434,11 @@ pub(super) async fn append_events(
     if events.is_empty() {
         return Ok(());
     }
-    let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = $1")
-        .bind(run_id.to_string())
-        .fetch_one(&mut **tx)
-        .await?;
+    let last: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = $1")
+            .bind(run_id.to_string())
+            .fetch_one(&mut **tx)
+            .await?;
     let now = now_ms();
     for (offset, event) in events.iter().enumerate() {
         sqlx::query(

@@ -1,0 +1,156 @@
+//! A fake OpenAI-compatible server on port 0: `POST /v1/chat/completions`
+//! with the real response JSON (including `usage`), `GET /v1/models`, and a
+//! script of behaviours (reply, HTTP error, hang, malformed JSON) a test can
+//! set. It records every request body.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub enum Behavior {
+    Reply {
+        text: String,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        cached_tokens: u64,
+    },
+    Status(u16, String),
+    Hang(Duration),
+    Malformed,
+}
+
+impl Behavior {
+    pub fn reply(text: &str) -> Self {
+        Behavior::Reply {
+            text: text.into(),
+            prompt_tokens: 321,
+            completion_tokens: 54,
+            cached_tokens: 0,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    script: VecDeque<Behavior>,
+    fallback: Option<Behavior>,
+    requests: Vec<Value>,
+}
+
+#[derive(Clone)]
+pub struct FakeLlm {
+    pub base_url: String,
+    shared: Arc<Mutex<Shared>>,
+}
+
+pub const DEFAULT_DRAFT: &str =
+    "I cut the Website Audit price to EUR 900. Three days, twelve pages, one fix list.";
+
+impl FakeLlm {
+    pub async fn start() -> FakeLlm {
+        let shared = Arc::new(Mutex::new(Shared {
+            fallback: Some(Behavior::reply(DEFAULT_DRAFT)),
+            ..Shared::default()
+        }));
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/models", get(models))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakeLlm {
+            base_url: format!("http://{address}/v1"),
+            shared,
+        }
+    }
+
+    /// The next calls behave like this, in order; then the fallback.
+    pub fn then(&self, behavior: Behavior) -> &Self {
+        self.shared.lock().unwrap().script.push_back(behavior);
+        self
+    }
+
+    /// Every call after the script behaves like this.
+    pub fn always(&self, behavior: Behavior) {
+        self.shared.lock().unwrap().fallback = Some(behavior);
+    }
+
+    pub fn requests(&self) -> Vec<Value> {
+        self.shared.lock().unwrap().requests.clone()
+    }
+
+    pub fn calls(&self) -> usize {
+        self.shared.lock().unwrap().requests.len()
+    }
+}
+
+async fn models() -> Json<Value> {
+    Json(
+        json!({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "fake"}]}),
+    )
+}
+
+async fn chat_completions(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    Json(body): Json<Value>,
+) -> Response {
+    let behavior = {
+        let mut shared = shared.lock().unwrap();
+        shared.requests.push(body.clone());
+        let next = shared.script.pop_front();
+        next.or_else(|| shared.fallback.clone())
+            .expect("a behaviour")
+    };
+    let model = body["model"].as_str().unwrap_or("unknown").to_string();
+    match behavior {
+        Behavior::Reply {
+            text,
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+        } => Json(json!({
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 1_764_000_000,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop"
+            }],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached_tokens}
+            }
+        }))
+        .into_response(),
+        Behavior::Status(code, message) => (
+            StatusCode::from_u16(code).unwrap(),
+            Json(json!({"error": {"message": message, "type": "server_error", "code": null}})),
+        )
+            .into_response(),
+        Behavior::Hang(duration) => {
+            tokio::time::sleep(duration).await;
+            (StatusCode::GATEWAY_TIMEOUT, "too late").into_response()
+        }
+        Behavior::Malformed => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            "{\"id\": \"chatcmpl-broken\", \"choices\": [",
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,12 @@
+//! soloist's integration tests: one binary, real databases (a fresh
+//! PostgreSQL database per test, SQLite in a temp dir), real HTTP to a fake
+//! model server.
+
+mod fake_llm;
+mod helpers;
+
+mod approvals;
+mod console;
+mod failures;
+mod recovery;
+mod store;
