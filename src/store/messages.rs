@@ -110,7 +110,8 @@ impl Store {
         platform: Platform,
         limit: i64,
     ) -> StoreResult<Vec<OutboxMessage>> {
-        let rows: Vec<(i64, String, Option<String>, Option<String>, String, i64)> = sqlx::query_as(
+        type Row = (i64, String, Option<String>, Option<String>, String, i64);
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, chat_id, run_id, approval_id, payload, attempts FROM outbox
              WHERE platform = $1 AND status = 'pending' ORDER BY id LIMIT $2",
         )

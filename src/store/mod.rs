@@ -154,13 +154,11 @@ impl Store {
 
     /// Migrations not yet applied (for `soloist doctor`).
     pub async fn pending_migrations(&self) -> StoreResult<usize> {
-        let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+        // No migrations table yet means nothing is applied.
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
             .fetch_all(&self.pool)
             .await
-        {
-            Ok(versions) => versions,
-            Err(_) => Vec::new(),
-        };
+            .unwrap_or_default();
         Ok(migrator(self.backend)
             .iter()
             .filter(|m| !applied.contains(&m.version))
