@@ -61,6 +61,9 @@ setup_pg() {
 
 [ -n "${SOLOIST_TEST_PG_URL:-}" ] || setup_pg
 export SOLOIST_TEST_PG_URL
+# Each test creates its own database; drop those an earlier run left behind.
+psql "$SOLOIST_TEST_PG_URL" -XtAc "select datname from pg_database where datname like 'soloist\_test\_%'" 2>/dev/null |
+  while read -r db; do psql "$SOLOIST_TEST_PG_URL" -Xq -c "drop database if exists \"$db\"" || true; done
 if [ "${SOLOIST_TEST_SETUP_ONLY:-0}" = 1 ]; then echo "SOLOIST_TEST_PG_URL=$SOLOIST_TEST_PG_URL"; exit 0; fi
 
 command -v cargo >/dev/null || { echo "error: cargo not found (install Rust via rustup)" >&2; exit 1; }

@@ -9,7 +9,7 @@ use crate::config::Settings;
 use crate::controller::Controller;
 use crate::engine::{Engine, EngineParts};
 use crate::flows::{FlowCatalog, FlowError, PromptError, Prompts};
-use crate::store::{Backend, Store, StoreError, redact_url};
+use crate::store::{Backend, Store, StoreError, redact_url, sqlite_path};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -80,13 +80,9 @@ impl App {
 /// "SQLite: ./data/soloist.db" or "PostgreSQL: host/db".
 fn describe_database(url: &str, backend: Backend) -> String {
     let place = match backend {
-        Backend::Sqlite => url
-            .trim_start_matches("sqlite://")
-            .trim_start_matches("sqlite:")
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .to_string(),
+        Backend::Sqlite => sqlite_path(url)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "in memory".into()),
         Backend::Postgres => match url::Url::parse(url) {
             Ok(parsed) => format!(
                 "{}{}",

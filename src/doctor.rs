@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::Settings;
-use crate::store::{Store, redact_url};
+use crate::store::{Store, redact_url, sqlite_path};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
@@ -39,6 +39,15 @@ pub async fn check(settings: &Settings, home: &Path) -> Vec<Finding> {
     findings.push(check_database(settings, home).await);
     findings.push(check_model(settings).await);
     findings.extend(check_prices(settings));
+    if settings.engine.lease_secs <= settings.model.timeout_secs as f64 {
+        findings.push(Finding::Problem(
+            format!(
+                "engine.lease_secs ({}) is not above model.timeout_secs ({}): a slow model call could lose its run to another worker",
+                settings.engine.lease_secs, settings.model.timeout_secs
+            ),
+            "raise engine.lease_secs or lower model.timeout_secs".into(),
+        ));
+    }
     for (name, token, variable) in [
         ("Telegram", &settings.telegram.token, "TELEGRAM_BOT_TOKEN"),
         ("Discord", &settings.discord.token, "DISCORD_TOKEN"),
@@ -57,6 +66,17 @@ pub async fn check(settings: &Settings, home: &Path) -> Vec<Finding> {
 async fn check_database(settings: &Settings, home: &Path) -> Finding {
     let url = settings.database_url(home);
     let shown = redact_url(&url);
+    if let Some(path) = sqlite_path(&url).filter(|p| !p.exists()) {
+        return Finding::Note(format!(
+            "the SQLite database {} does not exist yet; soloist chat or soloist migrate creates it",
+            path.display()
+        ));
+    }
+    // One plain connection first: a pool retries a refused connection until
+    // its timeout, and a doctor should answer at once with the real cause.
+    if let Err(problem) = probe_connection(&url, &shown).await {
+        return problem;
+    }
     let store = match Store::connect(&url, 1).await {
         Ok(store) => store,
         Err(error) => {
@@ -85,6 +105,29 @@ async fn check_database(settings: &Settings, home: &Path) -> Finding {
     };
     store.close().await;
     finding
+}
+
+async fn probe_connection(url: &str, shown: &str) -> Result<(), Finding> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let fix = "check DATABASE_URL (postgres://user:pass@host/db or sqlite://path) and that the server is running";
+    match tokio::time::timeout(Duration::from_secs(5), sqlx::AnyConnection::connect(url)).await {
+        Err(_) => Err(Finding::Problem(
+            format!("the database at {shown} did not answer within 5 s"),
+            fix.into(),
+        )),
+        Ok(Err(error)) => Err(Finding::Problem(
+            format!(
+                "cannot open the database at {shown}: {}",
+                error_chain(&error)
+            ),
+            fix.into(),
+        )),
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            Ok(())
+        }
+    }
 }
 
 async fn check_model(settings: &Settings) -> Finding {

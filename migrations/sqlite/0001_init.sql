@@ -12,6 +12,16 @@ CREATE TABLE inbound_updates (
     PRIMARY KEY (platform, update_key)
 );
 
+-- One row per chat the bot has talked in (a Telegram chat, a Discord
+-- channel, the terminal).
+CREATE TABLE conversations (
+    platform      TEXT   NOT NULL,
+    chat_id       TEXT   NOT NULL,
+    first_seen_at BIGINT NOT NULL,
+    last_seen_at  BIGINT NOT NULL,
+    PRIMARY KEY (platform, chat_id)
+);
+
 CREATE TABLE messages (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     platform   TEXT   NOT NULL,
@@ -105,7 +115,11 @@ CREATE TABLE cost_ledger (
     input_tokens        BIGINT NOT NULL,
     cached_input_tokens BIGINT NOT NULL,
     output_tokens       BIGINT NOT NULL,
-    cost_usd            REAL,
+    -- Never NULL: sqlx's Any driver caches a statement with the parameter
+    -- types of its first use, and a NULL float there breaks later real
+    -- values on PostgreSQL. `priced` says whether cost_usd is known.
+    cost_usd            REAL NOT NULL DEFAULT 0,
+    priced              BIGINT NOT NULL DEFAULT 0,
     latency_ms          BIGINT NOT NULL,
     cache_hit           BIGINT NOT NULL DEFAULT 0,
     outcome             TEXT   NOT NULL,

@@ -135,7 +135,10 @@ impl Engine {
                     "output_tokens": completion.output_tokens,
                 }),
             ),
-            Err(error) => failed(run, &step.name, error.to_string(), error.advice()),
+            Err(error) => {
+                tracing::warn!(error = ?error, "model step failed");
+                failed(run, &step.name, error.to_string(), error.advice())
+            }
         }
     }
 }

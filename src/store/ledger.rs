@@ -35,8 +35,8 @@ impl Store {
     pub async fn record_call(&self, entry: &LedgerEntry) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO cost_ledger (run_id, step, flow, provider, model, tier, input_tokens,
-                 cached_input_tokens, output_tokens, cost_usd, latency_ms, cache_hit, outcome, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                 cached_input_tokens, output_tokens, cost_usd, priced, latency_ms, cache_hit, outcome, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(entry.run_id.map(|r| r.to_string()))
         .bind(entry.step.as_deref())
@@ -47,7 +47,8 @@ impl Store {
         .bind(entry.input_tokens)
         .bind(entry.cached_input_tokens)
         .bind(entry.output_tokens)
-        .bind(entry.cost_usd)
+        .bind(entry.cost_usd.unwrap_or(0.0))
+        .bind(i64::from(entry.cost_usd.is_some()))
         .bind(entry.latency_ms)
         .bind(i64::from(entry.cache_hit))
         .bind(&entry.outcome)
@@ -59,20 +60,10 @@ impl Store {
 
     /// Ledger rows of one run, oldest first.
     pub async fn ledger_for_run(&self, run_id: RunId) -> StoreResult<Vec<LedgerEntry>> {
-        type Row = (
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            i64,
-            Option<f64>,
-            i64,
-            String,
-        );
+        type Row = (String, String, String, i64, i64, i64, f64, i64, i64, String);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT provider, model, tier, input_tokens, cached_input_tokens, output_tokens,
-                    cost_usd, latency_ms, outcome
+                    cost_usd, priced, latency_ms, outcome
              FROM cost_ledger WHERE run_id = $1 ORDER BY id",
         )
         .bind(run_id.to_string())
@@ -81,7 +72,7 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(provider, model, tier, input, cached, output, cost, latency, outcome)| {
+                |(provider, model, tier, input, cached, output, cost, priced, latency, outcome)| {
                     LedgerEntry {
                         run_id: Some(run_id),
                         provider,
@@ -90,7 +81,7 @@ impl Store {
                         input_tokens: input,
                         cached_input_tokens: cached,
                         output_tokens: output,
-                        cost_usd: cost,
+                        cost_usd: (priced == 1).then_some(cost),
                         latency_ms: latency,
                         outcome,
                         ..LedgerEntry::default()

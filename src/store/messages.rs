@@ -209,6 +209,16 @@ async fn log_message(
     user_id: &str,
     text: &str,
 ) -> StoreResult<()> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO conversations (platform, chat_id, first_seen_at, last_seen_at) VALUES ($1, $2, $3, $3)
+         ON CONFLICT (platform, chat_id) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+    )
+    .bind(chat.platform.as_str())
+    .bind(&chat.chat_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     sqlx::query(
         "INSERT INTO messages (platform, chat_id, direction, user_id, text, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -218,7 +228,7 @@ async fn log_message(
     .bind(direction)
     .bind(user_id)
     .bind(text)
-    .bind(now_ms())
+    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -15,7 +15,7 @@ pub use messages::{InboundRecord, OutboxMessage};
 pub use runs::{ClaimedRun, NewArtifact, NewRun, RunRow, Transition};
 
 use std::borrow::Cow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -200,17 +200,19 @@ fn migrator(backend: Backend) -> Migrator {
     )
 }
 
-fn create_sqlite_folder(url: &str) {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:")
+/// The file a `sqlite:` URL names; None for other URLs and in-memory ones.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let path = rest
+        .trim_start_matches("//")
         .split('?')
         .next()
         .unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
-        return;
-    }
-    if let Some(parent) = Path::new(path).parent() {
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+fn create_sqlite_folder(url: &str) {
+    if let Some(parent) = sqlite_path(url).as_deref().and_then(Path::parent) {
         let _ = std::fs::create_dir_all(parent);
     }
 }

@@ -47,6 +47,14 @@ pub struct TestDb {
 impl TestDb {
     pub async fn create(db: Db) -> TestDb {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Logs go to the test's captured output; RUST_LOG=debug shows more.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
         match db {
             Db::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();

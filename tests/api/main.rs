@@ -7,6 +7,7 @@ mod helpers;
 
 mod approvals;
 mod console;
+mod doctor;
 mod failures;
 mod recovery;
 mod store;

@@ -3,7 +3,7 @@
 use soloist::domain::{
     ChatRef, Inbound, InboundContent, JournalEvent, Outbound, Platform, RunInput,
 };
-use soloist::store::{InboundRecord, NewRun, Store};
+use soloist::store::{InboundRecord, LedgerEntry, NewRun, Store};
 
 use crate::helpers::{Db, TestDb};
 use crate::on_both_backends;
@@ -14,6 +14,7 @@ on_both_backends!(
     an_update_is_fresh_then_unfinished_then_duplicate,
     the_outbox_delivers_in_order_and_once,
     concurrent_workers_never_claim_the_same_run,
+    ledger_rows_with_and_without_a_price_alternate_on_one_connection,
 );
 
 async fn open(db: Db) -> (TestDb, Store) {
@@ -169,4 +170,30 @@ async fn concurrent_workers_never_claim_the_same_run(db: Db) {
     all.dedup();
     assert_eq!(total, 20, "every run claimed");
     assert_eq!(all.len(), 20, "no run claimed twice");
+}
+
+/// Regression: sqlx's `Any` driver prepares a statement with the parameter
+/// types of its first use; a NULL float first made every later priced row
+/// fail on PostgreSQL ("incorrect binary data format").
+async fn ledger_rows_with_and_without_a_price_alternate_on_one_connection(db: Db) {
+    let test_db = TestDb::create(db).await;
+    let store = Store::open(&test_db.url, 1).await.unwrap();
+    let entry = |cost: Option<f64>| LedgerEntry {
+        provider: "openai".into(),
+        model: "gpt-4o-mini".into(),
+        tier: "quality".into(),
+        input_tokens: 10,
+        output_tokens: 5,
+        cost_usd: cost,
+        outcome: "ok".into(),
+        ..LedgerEntry::default()
+    };
+
+    for cost in [None, Some(0.25), None, Some(0.5)] {
+        store.record_call(&entry(cost)).await.unwrap();
+    }
+
+    let summary = store.cost_since(0).await.unwrap();
+    assert_eq!(summary.calls, 4);
+    assert!((summary.cost_usd - 0.75).abs() < 1e-9);
 }

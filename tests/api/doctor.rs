@@ -1,0 +1,73 @@
+//! `soloist doctor`: one line per finding, every problem with its fix.
+
+use soloist::doctor::{self, Finding};
+
+use crate::fake_llm::FakeLlm;
+use crate::helpers::{Db, TestDb, test_settings};
+
+fn problems(findings: &[Finding]) -> Vec<String> {
+    findings
+        .iter()
+        .filter(|f| f.is_problem())
+        .map(Finding::line)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_healthy_setup_has_no_problems() {
+    let llm = FakeLlm::start().await;
+    let db = TestDb::create(Db::Postgres).await;
+    let mut settings = test_settings(Some(&llm.base_url));
+    settings.database.url = db.url.clone();
+    soloist::store::Store::open(&db.url, 1).await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+
+    let findings = doctor::check(&settings, home.path()).await;
+
+    assert!(problems(&findings).is_empty(), "{findings:#?}");
+    let lines: Vec<String> = findings.iter().map(Finding::line).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ok    model provider at")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ok    database PostgreSQL")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn each_problem_is_named_with_its_fix() {
+    let home = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(None);
+    settings.database.url = "postgres://nobody@127.0.0.1:9/none".into();
+    settings.engine.lease_secs = 1.0;
+
+    let lines = problems(&doctor::check(&settings, home.path()).await);
+
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines[0].contains("cannot open the database") && lines[0].contains("→ check DATABASE_URL")
+    );
+    assert!(lines[1].contains("no model provider") && lines[1].contains("→ set OPENAI_API_KEY"));
+    assert!(lines[2].contains("lease_secs"));
+}
+
+#[tokio::test]
+async fn a_database_password_never_appears_in_a_finding() {
+    let home = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(None);
+    settings.database.url = "postgres://maya:hunter2secret@127.0.0.1:9/none".into();
+
+    let text: String = doctor::check(&settings, home.path())
+        .await
+        .iter()
+        .map(Finding::line)
+        .collect();
+
+    assert!(!text.contains("hunter2secret"), "{text}");
+}
