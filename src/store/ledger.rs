@@ -95,7 +95,7 @@ impl Store {
     pub async fn cost_since(&self, since_ms: i64) -> StoreResult<CostSummary> {
         let (calls, input, output, cost): (i64, Option<i64>, Option<i64>, Option<f64>) =
             sqlx::query_as(
-                "SELECT COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd)
+                "SELECT COUNT(*), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), SUM(cost_usd)
                  FROM cost_ledger WHERE created_at >= $1",
             )
             .bind(since_ms)
