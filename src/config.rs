@@ -81,10 +81,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub model: ModelSettings,
     pub engine: EngineSettings,
-    #[serde(default)]
-    pub telegram: PlatformSettings,
-    #[serde(default)]
-    pub discord: PlatformSettings,
+    pub telegram: TelegramSettings,
+    pub discord: DiscordSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -185,10 +183,59 @@ pub struct EngineSettings {
     pub max_input_chars: usize,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct PlatformSettings {
-    #[serde(default)]
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelegramSettings {
     pub token: Secret,
+    /// The Bot API base URL: the public one, a self-hosted Bot API server,
+    /// or a test double.
+    pub api_url: String,
+    /// Who may drive flows and press buttons (owner first).
+    #[serde(deserialize_with = "id_list")]
+    pub allowed_user_ids: Vec<String>,
+    /// Telegram's delivery limits (1 message/s per chat, 30/s in all, 20 a
+    /// minute per group). Off only for benchmarks against a fake server.
+    pub rate_limits: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DiscordSettings {
+    pub token: Secret,
+    /// The REST base URL; the gateway URL comes from its `/gateway/bot`.
+    pub api_url: String,
+    #[serde(deserialize_with = "id_list")]
+    pub allowed_user_ids: Vec<String>,
+    /// Register slash commands in this guild only (instant); empty: global.
+    pub guild_id: String,
+}
+
+/// A list of user ids, from a TOML array (`[111, "222"]`) or a
+/// comma-separated string, as environment variables give it
+/// (`SOLOIST__TELEGRAM__ALLOWED_USER_IDS=111,222`).
+fn id_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Number(i64),
+        Text(String),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ids {
+        List(Vec<Id>),
+        One(Id),
+    }
+    let text = |id: Id| match id {
+        Id::Number(n) => vec![n.to_string()],
+        Id::Text(t) => t
+            .split(',')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
+    };
+    Ok(match Ids::deserialize(deserializer)? {
+        Ids::List(ids) => ids.into_iter().flat_map(text).collect(),
+        Ids::One(id) => text(id),
+    })
 }
 
 /// Where settings come from; [`LoadOptions::from_process`] is what the binary
@@ -302,6 +349,16 @@ mod tests {
         let settings = Settings::load(&options).unwrap();
         assert_eq!(settings.business.name, "Acme");
         assert_eq!(settings.business.owner, "Maya Okafor");
+    }
+
+    #[test]
+    fn allowed_user_ids_read_lists_numbers_and_comma_strings() {
+        let (_dir, options) = options_with_file(
+            "[telegram]\nallowed_user_ids = [111, \"222\"]\n[discord]\nallowed_user_ids = \"333, 444\"\n",
+        );
+        let settings = Settings::load(&options).unwrap();
+        assert_eq!(settings.telegram.allowed_user_ids, ["111", "222"]);
+        assert_eq!(settings.discord.allowed_user_ids, ["333", "444"]);
     }
 
     #[test]

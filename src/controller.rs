@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::str::FromStr;
 
 use crate::agents::HOW_TO_CONFIGURE;
-use crate::domain::{Inbound, InboundContent, Outbound, Platform, RunId, clip};
+use crate::domain::{ApprovalRole, Inbound, InboundContent, Outbound, Platform, RunId, clip};
 use crate::engine::{Engine, EngineError, StartRun};
 use crate::store::{DecideError, InboundRecord, RunRow, StoreError};
 
@@ -148,10 +148,16 @@ impl Controller {
         Ok(())
     }
 
-    /// The terminal belongs to the owner; chat platforms check their allowed
-    /// users (their adapters arrive with their own settings).
+    /// The terminal belongs to the owner; on chat platforms only the
+    /// configured user ids may act.
     fn is_allowed(&self, inbound: &Inbound) -> bool {
-        inbound.chat.platform == Platform::Console
+        let settings = self.engine.settings();
+        let allowed = match inbound.chat.platform {
+            Platform::Console => return true,
+            Platform::Telegram => &settings.telegram.allowed_user_ids,
+            Platform::Discord => &settings.discord.allowed_user_ids,
+        };
+        allowed.contains(&inbound.user_id)
     }
 
     async fn route(&self, inbound: &Inbound) -> Result<Handled, ControllerError> {
@@ -314,6 +320,7 @@ impl Controller {
                     a.draft
                 ))
                 .with_buttons(a.buttons)
+                .linked_to(a.id, ApprovalRole::Offer)
             })
             .collect();
         Ok(Handled {

@@ -15,6 +15,9 @@
 //! - [`flows`]: flows as data (`config/flows/*.toml`) and prompt templates
 //!   (`prompts/*.md`).
 //! - [`agents`]: model calls through rig-core, with the cost ledger.
+//! - [`outbox`]: delivers queued messages to a platform, in order, within
+//!   its rate limits, once.
+//! - [`runtime`]: `soloist run`: the worker and the platforms until shutdown.
 //! - [`store`]: PostgreSQL or SQLite, one set of queries for both.
 //! - [`domain`]: `Inbound`, `Outbound`, buttons, ids, run events; no I/O.
 //! - [`config`]: layered typed settings with secrets that never print.
@@ -30,4 +33,6 @@ pub mod doctor;
 pub mod domain;
 pub mod engine;
 pub mod flows;
+pub mod outbox;
+pub mod runtime;
 pub mod store;

@@ -33,6 +33,8 @@ struct Cli {
 enum Command {
     /// Talk to the bot in this terminal (same engine and store as the chat platforms).
     Chat,
+    /// Run the bot on the configured chat platforms (Telegram, Discord), with the worker.
+    Run,
     /// Apply database migrations.
     Migrate,
     /// Check configuration, database, model provider and tokens.
@@ -73,6 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     ))?;
     match cli.command {
         Command::Chat => chat(settings, &cli.home).await,
+        Command::Run => serve(settings, &cli.home).await,
         Command::Migrate => {
             let url = settings.database_url(&cli.home);
             let store = Store::open(&url, 1)
@@ -112,6 +115,15 @@ async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<Exit
     );
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
     console.run(stdin, &banner).await?;
+    app.store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(settings: Settings, home: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let app = App::build(settings, home).await?;
+    let shutdown = soloist::runtime::shutdown_on_signal();
+    let platforms = soloist::adapters::platform_services(&app, &shutdown);
+    soloist::runtime::run(app.clone(), platforms, shutdown).await?;
     app.store.close().await;
     Ok(ExitCode::SUCCESS)
 }

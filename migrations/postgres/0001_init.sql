@@ -153,13 +153,16 @@ CREATE TABLE outbox (
     chat_id             TEXT   NOT NULL,
     run_id              TEXT,
     approval_id         TEXT,
+    approval_role       TEXT   CHECK (approval_role IN ('offer', 'closed')),
     payload             TEXT   NOT NULL,
     status              TEXT   NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
     attempts            BIGINT NOT NULL DEFAULT 0,
     platform_message_id TEXT,
+    last_error          TEXT,
     created_at          BIGINT NOT NULL,
     delivered_at        BIGINT
 );
+CREATE INDEX outbox_by_approval ON outbox (approval_id);
 CREATE INDEX outbox_pending ON outbox (platform, status, id);
 
 CREATE TABLE audit_log (

@@ -1,5 +1,18 @@
 //! Platform adapters: every platform-specific type ends here. Each turns
 //! its platform's updates into [`crate::domain::Inbound`] and delivers the
-//! outbox in its platform's shape.
+//! outbox in its platform's shape (through [`crate::outbox::Dispatcher`]).
 
 pub mod console;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::runtime::Service;
+
+/// The services of every chat platform configured in `app.settings`
+/// (a platform is configured when its token is set).
+pub fn platform_services(app: &App, shutdown: &CancellationToken) -> Vec<Service> {
+    let services: Vec<Service> = Vec::new();
+    let _ = (app, shutdown);
+    services
+}

@@ -95,6 +95,27 @@ pub struct Outbound {
     pub buttons: Vec<Button>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<Image>,
+    /// Set when the message offers an approval's buttons, or reports its
+    /// decision: adapters edit the offer in place (buttons removed) when
+    /// they can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalLink>,
+}
+
+/// How a message relates to an approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalLink {
+    pub id: ApprovalId,
+    pub role: ApprovalRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalRole {
+    /// Carries the approval's buttons.
+    Offer,
+    /// Says how the approval was decided; the offer's buttons should go.
+    Closed,
 }
 
 impl Outbound {
@@ -103,11 +124,17 @@ impl Outbound {
             text: text.into(),
             buttons: Vec::new(),
             image: None,
+            approval: None,
         }
     }
 
     pub fn with_buttons(mut self, buttons: Vec<Button>) -> Self {
         self.buttons = buttons;
+        self
+    }
+
+    pub fn linked_to(mut self, id: ApprovalId, role: ApprovalRole) -> Self {
+        self.approval = Some(ApprovalLink { id, role });
         self
     }
 }
@@ -184,6 +211,15 @@ impl Decision {
             Decision::Approve => "approve",
             Decision::Edit => "edit",
             Decision::Reject => "reject",
+        }
+    }
+
+    /// How a decision reads on the message it closed: "Approved by Maya".
+    pub fn past_tense(self) -> &'static str {
+        match self {
+            Decision::Approve => "Approved",
+            Decision::Edit => "Edit requested",
+            Decision::Reject => "Rejected",
         }
     }
 

@@ -8,7 +8,8 @@ use super::messages::enqueue_in;
 use super::runs::{RunRow, append_events, parse_id};
 use super::{Store, StoreError, StoreResult, corrupt, now_ms};
 use crate::domain::{
-    ApprovalId, Button, ButtonToken, ChatRef, Decision, JournalEvent, Outbound, Platform, RunId,
+    ApprovalId, ApprovalRole, Button, ButtonToken, ChatRef, Decision, JournalEvent, Outbound,
+    Platform, RunId,
 };
 
 #[derive(Debug, Clone)]
@@ -38,12 +39,13 @@ impl NewApproval {
                 })
                 .collect(),
         );
+        let id = ApprovalId::new();
         NewApproval {
-            id: ApprovalId::new(),
+            id,
             step: step.to_string(),
             draft: draft.to_string(),
             buttons,
-            message,
+            message: message.linked_to(id, ApprovalRole::Offer),
         }
     }
 }
@@ -142,6 +144,7 @@ impl Store {
             by: by.to_string(),
         };
         append_events(&mut tx, decided.run_id, &[event]).await?;
+        close_offers(&mut tx, &decided, by).await?;
         tx.commit().await?;
         Ok(decided)
     }
@@ -189,6 +192,27 @@ impl Store {
         Ok(approvals)
     }
 
+    /// The platform message ids of the delivered offers of an approval in
+    /// one chat, newest first: what an adapter edits when it closes them.
+    pub async fn offer_message_ids(
+        &self,
+        approval_id: ApprovalId,
+        chat: &ChatRef,
+    ) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT platform_message_id FROM outbox
+             WHERE approval_id = $1 AND platform = $2 AND chat_id = $3
+               AND status = 'delivered' AND platform_message_id IS NOT NULL
+               AND approval_role = 'offer'
+             ORDER BY id DESC",
+        )
+        .bind(approval_id.to_string())
+        .bind(chat.platform.as_str())
+        .bind(&chat.chat_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// How many decisions the log holds for an approval (tests, replay).
     pub async fn decisions_for(
         &self,
@@ -201,6 +225,31 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// Queues, for every chat an offer of this approval went to, a message
+/// saying how it was decided; chat adapters edit the offer with it and drop
+/// its buttons. The terminal has nothing to edit and is skipped.
+async fn close_offers(
+    tx: &mut Transaction<'_, Any>,
+    decided: &Decided,
+    by: &str,
+) -> StoreResult<()> {
+    let chats: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT platform, chat_id FROM outbox
+         WHERE approval_id = $1 AND platform <> 'console' ORDER BY platform, chat_id",
+    )
+    .bind(decided.approval_id.to_string())
+    .fetch_all(&mut **tx)
+    .await?;
+    let text = format!("{} by {by}.", decided.decision.past_tense());
+    for (platform, chat_id) in chats {
+        let chat = ChatRef::new(platform.parse::<Platform>().map_err(corrupt)?, chat_id);
+        let message =
+            Outbound::text(text.clone()).linked_to(decided.approval_id, ApprovalRole::Closed);
+        enqueue_in(tx, &chat, Some(decided.run_id), &message).await?;
+    }
+    Ok(())
 }
 
 /// Inserts the approval, its button tokens and the message offering them.
@@ -232,12 +281,5 @@ pub(super) async fn insert_approval(
         .execute(&mut **tx)
         .await?;
     }
-    enqueue_in(
-        tx,
-        &run.chat,
-        Some(run.id),
-        Some(approval.id),
-        &approval.message,
-    )
-    .await
+    enqueue_in(tx, &run.chat, Some(run.id), &approval.message).await
 }

@@ -5,7 +5,9 @@ use sqlx::{Any, Transaction};
 
 use super::runs::to_json;
 use super::{Store, StoreResult, corrupt, now_ms};
-use crate::domain::{ApprovalId, ChatRef, Inbound, InboundContent, Outbound, Platform, RunId};
+use crate::domain::{
+    ApprovalId, ApprovalRole, ChatRef, Inbound, InboundContent, Outbound, Platform, RunId,
+};
 
 /// What the store knew of an inbound update before this delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +91,7 @@ impl Store {
             == 1;
         if finished {
             for reply in replies {
-                enqueue_in(&mut tx, &inbound.chat, None, None, reply).await?;
+                enqueue_in(&mut tx, &inbound.chat, None, reply).await?;
             }
         }
         tx.commit().await?;
@@ -99,7 +101,7 @@ impl Store {
     /// Queues one message outside any other change.
     pub async fn enqueue(&self, chat: &ChatRef, message: &Outbound) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        enqueue_in(&mut tx, chat, None, None, message).await?;
+        enqueue_in(&mut tx, chat, None, message).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -158,6 +160,28 @@ impl Store {
         Ok(())
     }
 
+    /// Gives up on a message that cannot be delivered (the chat is gone,
+    /// the bot was blocked); the reason stays in the row.
+    pub async fn mark_failed(&self, id: i64, reason: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = $1 WHERE id = $2",
+        )
+        .bind(format!("error: {}", crate::domain::clip(reason, 200)))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Counts a failed attempt that will be retried.
+    pub async fn record_attempt(&self, id: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1 WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records that someone tried something they may not do.
     pub async fn audit(
         &self,
@@ -184,17 +208,20 @@ pub(super) async fn enqueue_in(
     tx: &mut Transaction<'_, Any>,
     chat: &ChatRef,
     run_id: Option<RunId>,
-    approval_id: Option<ApprovalId>,
     message: &Outbound,
 ) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO outbox (platform, chat_id, run_id, approval_id, payload, status, created_at)
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
+        "INSERT INTO outbox (platform, chat_id, run_id, approval_id, approval_role, payload, status, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
     )
     .bind(chat.platform.as_str())
     .bind(&chat.chat_id)
     .bind(run_id.map(|r| r.to_string()))
-    .bind(approval_id.map(|a| a.to_string()))
+    .bind(message.approval.map(|a| a.id.to_string()))
+    .bind(message.approval.map(|a| match a.role {
+        ApprovalRole::Offer => "offer",
+        ApprovalRole::Closed => "closed",
+    }))
     .bind(to_json(message)?)
     .bind(now_ms())
     .execute(&mut **tx)

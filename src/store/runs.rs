@@ -295,7 +295,7 @@ impl Store {
         }
         append_events(&mut tx, run.id, &transition.events).await?;
         for message in &transition.messages {
-            enqueue_in(&mut tx, &run.chat, Some(run.id), None, message).await?;
+            enqueue_in(&mut tx, &run.chat, Some(run.id), message).await?;
         }
         if let Some(approval) = &transition.approval {
             insert_approval(&mut tx, run, approval).await?;

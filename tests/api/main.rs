@@ -9,5 +9,6 @@ mod approvals;
 mod console;
 mod doctor;
 mod failures;
+mod outbox;
 mod recovery;
 mod store;

@@ -1,0 +1,92 @@
+//! `soloist run`: the long-running bot. A worker that resumes runnable runs
+//! (after a crash, or woken by another process), and every configured chat
+//! platform, until Ctrl-C or SIGTERM.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+
+/// A service that runs until the token is cancelled; its error, if any,
+/// stops the whole process.
+pub type Service = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "no chat platform is configured: set TELEGRAM_BOT_TOKEN or DISCORD_TOKEN (soloist chat needs neither)"
+    )]
+    NoPlatform,
+    #[error("{0}")]
+    Service(String),
+}
+
+/// Runs the worker and `platforms` until `shutdown` is cancelled or one of
+/// them fails.
+pub async fn run(
+    app: App,
+    platforms: Vec<Service>,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError> {
+    if platforms.is_empty() {
+        return Err(RuntimeError::NoPlatform);
+    }
+    let mut services = tokio::task::JoinSet::new();
+    services.spawn(worker(app, shutdown.clone()));
+    for platform in platforms {
+        services.spawn(platform);
+    }
+    let mut outcome = Ok(());
+    while let Some(finished) = services.join_next().await {
+        let result = finished.unwrap_or_else(|panic| Err(format!("a service panicked: {panic}")));
+        if let Err(error) = result {
+            tracing::error!(%error, "service stopped; shutting down");
+            if outcome.is_ok() {
+                outcome = Err(RuntimeError::Service(error));
+            }
+        }
+        shutdown.cancel();
+    }
+    outcome
+}
+
+/// Resumes runnable runs nobody holds: crash leftovers, and runs woken while
+/// their worker was busy. Every few seconds, and at once at start.
+async fn worker(app: App, shutdown: CancellationToken) -> Result<(), String> {
+    loop {
+        if let Err(error) = app.engine.resume_runnable().await {
+            tracing::error!(error = ?error, "resuming runs failed; will try again");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("install the SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+    token
+}
