@@ -57,7 +57,13 @@ impl App {
         let settings = Arc::new(settings);
         let prompts = Prompts::load(home)?;
         let flows = FlowCatalog::load(home, &prompts)?;
-        let agents = Agents::new(settings.model.clone(), store.clone());
+        let timezone = settings.timezone().unwrap_or(chrono_tz::UTC);
+        let agents = Agents::new(
+            settings.models.clone(),
+            &settings.policy,
+            timezone,
+            store.clone(),
+        );
         let engine = Engine::new(EngineParts {
             store: store.clone(),
             flows,

@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::Settings;
+use crate::config::{ProviderKind, ProviderSettings, Settings};
+use crate::domain::Tier;
 use crate::store::{Store, redact_url, sqlite_path};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,13 +38,12 @@ pub async fn check(settings: &Settings, home: &Path) -> Vec<Finding> {
         settings.business.name
     ))];
     findings.push(check_database(settings, home).await);
-    findings.push(check_model(settings).await);
-    findings.extend(check_prices(settings));
-    if settings.engine.lease_secs <= settings.model.timeout_secs as f64 {
+    findings.extend(check_models(settings).await);
+    if settings.engine.lease_secs <= settings.models.timeout_secs as f64 {
         findings.push(Finding::Problem(
             format!(
                 "engine.lease_secs ({}) is not above model.timeout_secs ({}): a slow model call could lose its run to another worker",
-                settings.engine.lease_secs, settings.model.timeout_secs
+                settings.engine.lease_secs, settings.models.timeout_secs
             ),
             "raise engine.lease_secs or lower model.timeout_secs".into(),
         ));
@@ -130,15 +130,38 @@ async fn probe_connection(url: &str, shown: &str) -> Result<(), Finding> {
     }
 }
 
-async fn check_model(settings: &Settings) -> Finding {
-    let model = &settings.model;
-    if !model.is_configured() {
-        return Finding::Problem(
+async fn check_models(settings: &Settings) -> Vec<Finding> {
+    let models = &settings.models;
+    if !models.any_configured() {
+        return vec![Finding::Problem(
             "no model provider is configured; flows that write will say so".into(),
-            "set OPENAI_API_KEY (and OPENAI_BASE_URL for Ollama, OpenRouter or vLLM)".into(),
-        );
+            "set OPENAI_API_KEY (and OPENAI_BASE_URL for Ollama, OpenRouter or vLLM) or ANTHROPIC_API_KEY".into(),
+        )];
     }
-    let endpoint = model.endpoint().trim_end_matches('/');
+    let mut findings = Vec::new();
+    for (name, provider) in models.providers.iter().filter(|(_, p)| p.is_configured()) {
+        findings.push(check_provider(name, provider).await);
+    }
+    for tier in [Tier::Router, Tier::Fast, Tier::Quality] {
+        let chain = models.usable_chain(tier);
+        findings.push(match chain.first() {
+            Some(first) => Finding::Ok(format!(
+                "tier {tier}: {} (then {} fallback(s))",
+                first,
+                chain.len() - 1
+            )),
+            None => Finding::Problem(
+                format!("tier {tier} has no model of a configured provider"),
+                format!("add a model of a configured provider to models.tiers.{tier}"),
+            ),
+        });
+    }
+    findings
+}
+
+/// Lists the provider's models: proves the address and the key.
+async fn check_provider(name: &str, provider: &ProviderSettings) -> Finding {
+    let endpoint = provider.endpoint().trim_end_matches('/');
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -151,53 +174,45 @@ async fn check_model(settings: &Settings) -> Finding {
             );
         }
     };
-    let mut request = client.get(format!("{endpoint}/models"));
-    if let Some(key) = model.api_key.expose() {
-        request = request.bearer_auth(key);
-    }
+    let request = match provider.kind {
+        ProviderKind::Openai => {
+            let request = client.get(format!("{endpoint}/models"));
+            match provider.api_key.expose() {
+                Some(key) => request.bearer_auth(key),
+                None => request,
+            }
+        }
+        ProviderKind::Anthropic => client
+            .get(format!("{endpoint}/v1/models"))
+            .header("x-api-key", provider.api_key.expose().unwrap_or_default())
+            .header("anthropic-version", "2023-06-01"),
+    };
     match request.send().await {
-        Ok(reply) if reply.status().is_success() => Finding::Ok(format!(
-            "model provider at {endpoint} answers (quality model: {})",
-            model.quality
-        )),
+        Ok(reply) if reply.status().is_success() => {
+            Finding::Ok(format!("provider {name} at {endpoint} answers"))
+        }
         Ok(reply) if matches!(reply.status().as_u16(), 401 | 403) => Finding::Problem(
             format!(
-                "the model provider at {endpoint} rejected the API key (HTTP {})",
+                "provider {name} at {endpoint} rejected the API key (HTTP {})",
                 reply.status().as_u16()
             ),
-            "check OPENAI_API_KEY".into(),
+            format!("check models.providers.{name}.api_key (OPENAI_API_KEY / ANTHROPIC_API_KEY)"),
         ),
         Ok(reply) => Finding::Problem(
             format!(
-                "the model provider at {endpoint} answered HTTP {}",
+                "provider {name} at {endpoint} answered HTTP {}",
                 reply.status().as_u16()
             ),
-            "check OPENAI_BASE_URL: it should end in /v1 for most OpenAI-compatible servers".into(),
+            "check its base URL: most OpenAI-compatible servers end in /v1".into(),
         ),
         Err(error) => Finding::Problem(
             format!(
-                "cannot reach the model provider at {endpoint}: {}",
+                "cannot reach provider {name} at {endpoint}: {}",
                 error_chain(&error)
             ),
-            "check OPENAI_BASE_URL and that the server is running".into(),
+            "check its base URL (OPENAI_BASE_URL) and that the server is running".into(),
         ),
     }
-}
-
-fn check_prices(settings: &Settings) -> Vec<Finding> {
-    let model = &settings.model;
-    let mut names = vec![&model.quality, &model.fast, &model.router];
-    names.sort();
-    names.dedup();
-    names
-        .into_iter()
-        .filter(|name| !model.prices.contains_key(name.as_str()))
-        .map(|name| {
-            Finding::Note(format!(
-                "model '{name}' has no price in [model.prices]; its calls are logged with tokens but no cost"
-            ))
-        })
-        .collect()
 }
 
 /// An error with its causes, on one line.

@@ -173,3 +173,23 @@ CREATE TABLE audit_log (
     detail     TEXT   NOT NULL,
     created_at BIGINT NOT NULL
 );
+
+-- Spend and in-flight reservations per period ('day:2026-11-25' in the
+-- business's time zone, 'month:2026-11'). A call reserves its worst-case
+-- cost here before it starts, with a guarded UPDATE, so concurrent calls
+-- can never overshoot the cap together.
+CREATE TABLE budget_periods (
+    period        TEXT PRIMARY KEY,
+    spent_usd     DOUBLE PRECISION NOT NULL DEFAULT 0,
+    reserved_usd  DOUBLE PRECISION NOT NULL DEFAULT 0,
+    extra_cap_usd DOUBLE PRECISION NOT NULL DEFAULT 0
+);
+
+-- Buttons that are not approval decisions (raise today's cap, retry a run,
+-- pick a flow): an opaque token, the action it stands for, used once.
+CREATE TABLE action_buttons (
+    token      TEXT   PRIMARY KEY,
+    action     TEXT   NOT NULL,
+    created_at BIGINT NOT NULL,
+    used_at    BIGINT
+);

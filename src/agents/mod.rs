@@ -1,22 +1,33 @@
-//! Model calls. One OpenAI-compatible provider through rig-core (OpenAI,
-//! Ollama, OpenRouter, vLLM: anything that speaks `/chat/completions`), three
-//! tiers naming a model each, and the cost ledger: every call, failed or
-//! not, lands there with the provider's own token counts.
+//! Model calls, and the money they cost. A call names a tier and its flow's
+//! cost label; the router walks the tier's fallback chain, and for each
+//! model: answers from the response cache when it may, reserves the call's
+//! worst-case cost against the daily and monthly budget *before* any HTTP
+//! request, retries with backoff (honouring `retry-after`), and records
+//! every attempt in the cost ledger with the provider's token counts.
 
+mod budget;
+mod cache;
+mod providers;
+mod tokens;
+
+pub use budget::{BudgetGate, period_keys};
+pub use cache::ResponseCache;
+pub use providers::{CallError, Prompt, Provider, Reply};
+pub use tokens::count_prompt_tokens;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rig_core::completion::CompletionRequest;
-use rig_core::providers::openai::{OpenAI, OpenAIConfig};
-
-use crate::config::ModelSettings;
-use crate::domain::RunId;
-use crate::flows::Tier;
-use crate::store::{LedgerEntry, Store, StoreError};
+use crate::config::{ModelRef, ModelsSettings, OnBudget, Policy};
+use crate::domain::{CostLabel, RunId, Tier};
+use crate::store::{BudgetRefusal, LedgerEntry, Reservation, Store, StoreError};
 
 /// One model call, and where it belongs in the ledger.
 #[derive(Debug, Clone)]
 pub struct ModelCall {
     pub tier: Tier,
+    pub label: CostLabel,
     pub system: String,
     pub prompt: String,
     pub max_tokens: u64,
@@ -30,247 +41,417 @@ pub struct ModelCall {
 pub struct Completion {
     pub text: String,
     pub model: String,
+    pub tier: Tier,
     pub input_tokens: i64,
     pub cached_input_tokens: i64,
     pub output_tokens: i64,
     pub cost_usd: Option<f64>,
+    pub cache_hit: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("no model provider is configured")]
     NotConfigured,
-    #[error("the model provider did not answer within {0} s")]
-    Timeout(u64),
-    #[error("the model provider answered HTTP {status}: {detail}")]
-    Status { status: u16, detail: String },
-    #[error("the model provider rejected the API key")]
-    Unauthorized,
-    #[error("the model provider could not be reached: {0}")]
-    Unreachable(String),
-    #[error("the model provider sent a reply soloist could not read: {0}")]
-    Malformed(String),
-    #[error("the model returned no text")]
-    Empty,
+    #[error(
+        "not run: it could cost up to ${:.4}, and {} budget has ${:.4} left (today ${:.2} of ${:.2} used, this month ${:.2} of ${:.2}). Nothing was spent",
+        .0.needed_usd, .0.which, if .0.which == "today's" { .0.day.left_usd() } else { .0.month.left_usd() },
+        .0.day.spent_usd + .0.day.reserved_usd, .0.day.cap_usd, .0.month.spent_usd + .0.month.reserved_usd, .0.month.cap_usd
+    )]
+    Blocked(BudgetRefusal),
+    #[error("every model of the {tier} tier failed; the last, {model}, {error}")]
+    Exhausted {
+        tier: Tier,
+        model: String,
+        error: CallError,
+    },
     #[error("the cost ledger could not be written")]
     Ledger(#[source] StoreError),
 }
 
 impl ModelError {
-    /// A short name for the ledger's outcome column.
-    pub fn kind(&self) -> String {
-        match self {
-            ModelError::NotConfigured => "not_configured".into(),
-            ModelError::Timeout(_) => "timeout".into(),
-            ModelError::Status { status, .. } => format!("http_{status}"),
-            ModelError::Unauthorized => "unauthorized".into(),
-            ModelError::Unreachable(_) => "unreachable".into(),
-            ModelError::Malformed(_) => "malformed".into(),
-            ModelError::Empty => "empty".into(),
-            ModelError::Ledger(_) => "ledger".into(),
-        }
-    }
-
     /// What the operator can do about it, in one sentence.
     pub fn advice(&self) -> &'static str {
         match self {
             ModelError::NotConfigured => HOW_TO_CONFIGURE,
-            ModelError::Timeout(_) => {
-                "The provider may be overloaded; try again in a minute, or raise model.timeout_secs."
-            }
-            ModelError::Status { status, .. } if *status == 429 => {
-                "The provider is rate limiting you; wait a minute and try again."
-            }
-            ModelError::Status { status, .. } if *status >= 500 => {
-                "The provider is having trouble; try again later."
-            }
-            ModelError::Status { .. } => {
-                "Check the model name and provider settings (soloist doctor helps)."
-            }
-            ModelError::Unauthorized => "Check OPENAI_API_KEY (soloist doctor helps).",
-            ModelError::Unreachable(_) => {
-                "Check OPENAI_BASE_URL and that the provider is running (soloist doctor helps)."
-            }
-            ModelError::Malformed(_) | ModelError::Empty => {
-                "Try again; if it keeps happening, the endpoint may not be OpenAI-compatible."
-            }
+            ModelError::Blocked(_) => "Raise today's cap once, retry later, or cancel.",
+            ModelError::Exhausted { error, .. } => match error {
+                CallError::Timeout(_) => {
+                    "The provider may be overloaded; retry in a minute, or switch to the fast tier."
+                }
+                CallError::Status { status: 429, .. } => {
+                    "The provider is rate limiting you; retry in a minute."
+                }
+                CallError::Status { status, .. } if *status >= 500 => {
+                    "The provider is having trouble; retry later or switch tier."
+                }
+                CallError::Status { .. } => {
+                    "Check the model names and provider settings (soloist doctor helps)."
+                }
+                CallError::Unauthorized => "Check the provider's API key (soloist doctor helps).",
+                CallError::Unreachable(_) => {
+                    "Check OPENAI_BASE_URL and that the provider is running (soloist doctor helps)."
+                }
+                CallError::Malformed(_) | CallError::Empty => {
+                    "Retry; if it keeps happening, the endpoint may not be OpenAI-compatible."
+                }
+            },
             ModelError::Ledger(_) => "Check the database (soloist doctor helps).",
         }
     }
 }
 
 /// The one sentence a flow that needs a model answers with when none is set.
-pub const HOW_TO_CONFIGURE: &str = "No model is configured: set OPENAI_API_KEY (and OPENAI_BASE_URL for Ollama, OpenRouter or vLLM, e.g. http://localhost:11434/v1), then start soloist again.";
+pub const HOW_TO_CONFIGURE: &str = "No model is configured: set OPENAI_API_KEY (and OPENAI_BASE_URL for Ollama, OpenRouter or vLLM, e.g. http://localhost:11434/v1) or ANTHROPIC_API_KEY, then start soloist again.";
 
-/// The model provider and the ledger it writes to.
+/// The model router; cheap to clone.
 #[derive(Clone)]
 pub struct Agents {
-    settings: ModelSettings,
-    client: Option<OpenAI>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: ModelsSettings,
+    providers: BTreeMap<String, Provider>,
     store: Store,
+    cache: ResponseCache,
+    budget: BudgetGate,
 }
 
 impl std::fmt::Debug for Agents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agents")
-            .field("endpoint", &self.settings.endpoint())
-            .field("configured", &self.client.is_some())
+            .field(
+                "providers",
+                &self.inner.providers.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
 
+/// Where one attempt stands: what it costs and where it goes.
+struct Attempt<'a> {
+    call: &'a ModelCall,
+    model: &'a ModelRef,
+    tier: Tier,
+    prompt: Prompt<'a>,
+}
+
 impl Agents {
-    pub fn new(settings: ModelSettings, store: Store) -> Self {
-        let client = settings.is_configured().then(|| {
-            // Local servers (Ollama, vLLM) take any key; rig wants one.
-            let key = settings.api_key.expose().unwrap_or("no-key").to_string();
-            OpenAIConfig::new(key)
-                .with_base_url(settings.endpoint().trim_end_matches('/'))
-                .client()
-        });
+    pub fn new(
+        settings: ModelsSettings,
+        policy: &Policy,
+        timezone: chrono_tz::Tz,
+        store: Store,
+    ) -> Self {
+        let providers = settings
+            .providers
+            .iter()
+            .filter(|(_, p)| p.is_configured())
+            .map(|(name, p)| (name.clone(), Provider::connect(p)))
+            .collect();
+        let cache = ResponseCache::new(
+            settings.cache_capacity,
+            Duration::from_secs(settings.cache_ttl_secs),
+        );
+        let budget = BudgetGate::new(store.clone(), policy, timezone);
         Agents {
-            settings,
-            client,
-            store,
+            inner: Arc::new(Inner {
+                settings,
+                providers,
+                store,
+                cache,
+                budget,
+            }),
         }
     }
 
     pub fn is_configured(&self) -> bool {
-        self.client.is_some()
+        !self.inner.providers.is_empty()
     }
 
-    /// "gpt-4o-mini at https://…", for the chat banner and doctor.
+    pub fn settings(&self) -> &ModelsSettings {
+        &self.inner.settings
+    }
+
+    pub fn budget(&self) -> &BudgetGate {
+        &self.inner.budget
+    }
+
+    /// "openai/gpt-4o at https://…", for the chat banner.
     pub fn describe(&self) -> String {
-        if self.is_configured() {
-            format!("{} at {}", self.settings.quality, self.settings.endpoint())
-        } else {
-            "none configured".into()
+        let chain = self.inner.settings.usable_chain(Tier::Quality);
+        match chain.first() {
+            Some(model) => format!(
+                "{model} at {}",
+                self.inner.settings.providers[&model.provider].endpoint()
+            ),
+            None => "none configured".into(),
         }
     }
 
-    pub fn model_for(&self, tier: Tier) -> &str {
-        match tier {
-            Tier::Router => &self.settings.router,
-            Tier::Fast => &self.settings.fast,
-            Tier::Quality => &self.settings.quality,
-        }
-    }
-
-    /// Calls the model and records the call in the ledger, whatever the
-    /// outcome.
-    #[tracing::instrument(skip_all, fields(run = ?call.run_id, step = ?call.step, tier = call.tier.as_str()))]
+    /// Calls a model of the call's tier (capped by its label), falling back
+    /// down the chain and, when the label allows, to cheaper tiers when the
+    /// budget is short.
+    #[tracing::instrument(skip_all, fields(run = ?call.run_id, step = ?call.step, tier = %call.tier))]
     pub async fn complete(&self, call: &ModelCall) -> Result<Completion, ModelError> {
-        let Some(client) = &self.client else {
+        if !self.is_configured() {
             return Err(ModelError::NotConfigured);
-        };
-        let model = self.model_for(call.tier).to_string();
-        let started = Instant::now();
-        let outcome = self.send(client, &model, call).await;
-        let latency_ms = started.elapsed().as_millis() as i64;
-        let mut entry = LedgerEntry {
-            run_id: call.run_id,
-            step: call.step.clone(),
-            flow: call.flow.clone(),
-            provider: self.settings.provider.clone(),
-            model: model.clone(),
-            tier: call.tier.as_str().to_string(),
-            latency_ms,
-            ..LedgerEntry::default()
-        };
-        match &outcome {
-            Ok(completion) => {
-                entry.input_tokens = completion.input_tokens;
-                entry.cached_input_tokens = completion.cached_input_tokens;
-                entry.output_tokens = completion.output_tokens;
-                entry.cost_usd = completion.cost_usd;
-                entry.outcome = "ok".into();
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, latency_ms, "model call failed");
-                entry.outcome = error.kind();
+        }
+        let policy = self.inner.settings.policy(call.label);
+        let mut tier = call.tier.min(policy.tier_cap);
+        let max_tokens = ((call.max_tokens as f64) * policy.max_tokens_factor)
+            .ceil()
+            .max(1.0) as u64;
+        loop {
+            match self
+                .complete_on_tier(call, tier, max_tokens, policy.retries, policy.cache)
+                .await
+            {
+                Err(ModelError::Blocked(refusal)) => match (policy.on_budget, tier.cheaper()) {
+                    (OnBudget::Downgrade, Some(cheaper)) => {
+                        tracing::info!(from = %tier, to = %cheaper, "budget short; downgrading");
+                        tier = cheaper;
+                    }
+                    _ => return Err(ModelError::Blocked(refusal)),
+                },
+                other => return other,
             }
         }
-        self.store
+    }
+
+    async fn complete_on_tier(
+        &self,
+        call: &ModelCall,
+        tier: Tier,
+        max_tokens: u64,
+        retries: u32,
+        may_cache: bool,
+    ) -> Result<Completion, ModelError> {
+        let chain = self.inner.settings.usable_chain(tier);
+        let mut blocked = None;
+        let mut last_failure = None;
+        for model in &chain {
+            let attempt = Attempt {
+                call,
+                model,
+                tier,
+                prompt: Prompt {
+                    system: &call.system,
+                    prompt: &call.prompt,
+                    max_tokens,
+                    temperature: call.temperature,
+                },
+            };
+            let cache_key = (may_cache && ResponseCache::is_cacheable(&attempt.prompt))
+                .then(|| ResponseCache::key(model, &attempt.prompt));
+            if let Some(key) = &cache_key
+                && let Some(reply) = self.inner.cache.get(key).await
+            {
+                return self.record_cache_hit(&attempt, &reply).await;
+            }
+            let reservation = match self.reserve(&attempt).await? {
+                Ok(reservation) => reservation,
+                Err(refusal) => {
+                    self.record(&attempt, "blocked", None, Duration::ZERO)
+                        .await?;
+                    blocked = Some(refusal);
+                    continue;
+                }
+            };
+            match self
+                .attempt_with_retries(&attempt, &reservation, retries)
+                .await?
+            {
+                Ok(completion) => {
+                    if let Some(key) = cache_key {
+                        self.inner.cache.insert(key, completion.1).await;
+                    }
+                    return Ok(completion.0);
+                }
+                Err(error) => last_failure = Some((model.to_string(), error)),
+            }
+        }
+        match (last_failure, blocked) {
+            (Some((model, error)), _) => Err(ModelError::Exhausted { tier, model, error }),
+            (None, Some(refusal)) => Err(ModelError::Blocked(refusal)),
+            (None, None) => Err(ModelError::NotConfigured),
+        }
+    }
+
+    /// Reserves the attempt's worst case: the prompt's tokens at the input
+    /// price plus every allowed output token at the output price.
+    async fn reserve(
+        &self,
+        attempt: &Attempt<'_>,
+    ) -> Result<Result<Reservation, BudgetRefusal>, ModelError> {
+        let settings = &self.inner.settings;
+        let price = settings
+            .price(attempt.model)
+            .copied()
+            .unwrap_or(crate::config::Price {
+                input: 0.0,
+                cached_input: None,
+                output: 0.0,
+            });
+        let kind = settings.providers[&attempt.model.provider].kind;
+        let prompt_tokens = count_prompt_tokens(
+            kind,
+            &attempt.model.model,
+            &[attempt.prompt.system, attempt.prompt.prompt],
+        );
+        let worst = price.cost(prompt_tokens, 0, attempt.prompt.max_tokens);
+        self.inner
+            .budget
+            .reserve(worst)
+            .await
+            .map_err(ModelError::Ledger)
+    }
+
+    /// Tries one model up to `1 + retries` times. The outer Result is a
+    /// ledger failure; the inner one the call's outcome.
+    async fn attempt_with_retries(
+        &self,
+        attempt: &Attempt<'_>,
+        reservation: &Reservation,
+        retries: u32,
+    ) -> Result<Result<(Completion, Reply), CallError>, ModelError> {
+        let provider = &self.inner.providers[&attempt.model.provider];
+        let timeout = Duration::from_secs(self.inner.settings.timeout_secs.max(1));
+        let mut tries = 0;
+        loop {
+            let started = Instant::now();
+            let outcome = provider
+                .call(&attempt.model.model, &attempt.prompt, timeout)
+                .await;
+            let latency = started.elapsed();
+            match outcome {
+                Ok(reply) => {
+                    let completion = self.completion_from(attempt, &reply, false);
+                    let entry = self.entry(attempt, "ok", Some(&completion), latency);
+                    self.inner
+                        .budget
+                        .settle(reservation, Some(&entry))
+                        .await
+                        .map_err(ModelError::Ledger)?;
+                    return Ok(Ok((completion, reply)));
+                }
+                Err(error) => {
+                    tracing::warn!(model = %attempt.model, %error, tries, "model call failed");
+                    self.record(attempt, &error.kind(), None, latency).await?;
+                    let wait = self.wait_before_retry(&error, tries, retries);
+                    match wait {
+                        Some(wait) => {
+                            tokio::time::sleep(wait).await;
+                            tries += 1;
+                        }
+                        None => {
+                            self.inner
+                                .budget
+                                .settle(reservation, None)
+                                .await
+                                .map_err(ModelError::Ledger)?;
+                            return Ok(Err(error));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long to wait before retrying, or None to move on: the provider's
+    /// `retry-after` when it gave one (and it is not too long), else
+    /// exponential backoff.
+    fn wait_before_retry(&self, error: &CallError, tries: u32, retries: u32) -> Option<Duration> {
+        if !error.is_retryable() || tries >= retries {
+            return None;
+        }
+        let settings = &self.inner.settings;
+        match error.retry_after() {
+            Some(wait) if wait > Duration::from_secs(settings.max_retry_after_secs) => None,
+            Some(wait) => Some(wait),
+            None => Some(Duration::from_millis(
+                settings.backoff_ms.saturating_mul(1 << tries.min(10)),
+            )),
+        }
+    }
+
+    fn completion_from(&self, attempt: &Attempt<'_>, reply: &Reply, cache_hit: bool) -> Completion {
+        let cost = if cache_hit {
+            Some(0.0)
+        } else {
+            self.inner.settings.price(attempt.model).map(|p| {
+                p.cost(
+                    reply.input_tokens,
+                    reply.cached_input_tokens,
+                    reply.output_tokens,
+                )
+            })
+        };
+        let tokens = |n: u64| if cache_hit { 0 } else { n as i64 };
+        Completion {
+            text: reply.text.clone(),
+            model: attempt.model.to_string(),
+            tier: attempt.tier,
+            input_tokens: tokens(reply.input_tokens),
+            cached_input_tokens: tokens(reply.cached_input_tokens),
+            output_tokens: tokens(reply.output_tokens),
+            cost_usd: cost,
+            cache_hit,
+        }
+    }
+
+    async fn record_cache_hit(
+        &self,
+        attempt: &Attempt<'_>,
+        reply: &Reply,
+    ) -> Result<Completion, ModelError> {
+        let completion = self.completion_from(attempt, reply, true);
+        let entry = self.entry(attempt, "ok", Some(&completion), Duration::ZERO);
+        self.inner
+            .store
             .record_call(&entry)
             .await
             .map_err(ModelError::Ledger)?;
-        outcome
+        Ok(completion)
     }
 
-    async fn send(
+    async fn record(
         &self,
-        client: &OpenAI,
-        model: &str,
-        call: &ModelCall,
-    ) -> Result<Completion, ModelError> {
-        let request = CompletionRequest::new(call.prompt.clone())
-            .preamble(call.system.clone())
-            .max_tokens(call.max_tokens)
-            .temperature(call.temperature);
-        let timeout = Duration::from_secs(self.settings.timeout_secs.max(1));
-        let response = tokio::time::timeout(timeout, client.chat(model).call(request))
+        attempt: &Attempt<'_>,
+        outcome: &str,
+        completion: Option<&Completion>,
+        latency: Duration,
+    ) -> Result<(), ModelError> {
+        let entry = self.entry(attempt, outcome, completion, latency);
+        self.inner
+            .store
+            .record_call(&entry)
             .await
-            .map_err(|_| ModelError::Timeout(timeout.as_secs()))?
-            .map_err(classify)?;
-        let text = response.text();
-        if text.trim().is_empty() {
-            return Err(ModelError::Empty);
+            .map_err(ModelError::Ledger)
+    }
+
+    fn entry(
+        &self,
+        attempt: &Attempt<'_>,
+        outcome: &str,
+        completion: Option<&Completion>,
+        latency: Duration,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            run_id: attempt.call.run_id,
+            step: attempt.call.step.clone(),
+            flow: attempt.call.flow.clone(),
+            provider: attempt.model.provider.clone(),
+            model: attempt.model.model.clone(),
+            tier: attempt.tier.as_str().to_string(),
+            input_tokens: completion.map_or(0, |c| c.input_tokens),
+            cached_input_tokens: completion.map_or(0, |c| c.cached_input_tokens),
+            output_tokens: completion.map_or(0, |c| c.output_tokens),
+            cost_usd: completion.and_then(|c| c.cost_usd),
+            latency_ms: latency.as_millis() as i64,
+            cache_hit: completion.is_some_and(|c| c.cache_hit),
+            outcome: outcome.to_string(),
         }
-        let usage = response.usage;
-        let input = usage.input_tokens.unwrap_or(0) as i64;
-        let cached = usage.cached_input_tokens.unwrap_or(0) as i64;
-        let output = usage.output_tokens.unwrap_or(0) as i64;
-        Ok(Completion {
-            text,
-            model: model.to_string(),
-            input_tokens: input,
-            cached_input_tokens: cached,
-            output_tokens: output,
-            cost_usd: self.price(model, input, cached, output),
-        })
     }
-
-    /// USD for a call, from the price table; None when the model has no
-    /// price there.
-    fn price(&self, model: &str, input: i64, cached: i64, output: i64) -> Option<f64> {
-        let price = self.settings.prices.get(model)?;
-        let uncached = (input - cached).max(0) as f64;
-        let cached_price = price.cached_input.unwrap_or(price.input);
-        Some(
-            (uncached * price.input + cached as f64 * cached_price + output as f64 * price.output)
-                / 1e6,
-        )
-    }
-}
-
-/// Sorts rig's errors into the ones the operator can act on.
-fn classify(error: rig_core::error::ProviderError) -> ModelError {
-    use rig_core::error::ProviderError as E;
-    match error {
-        E::InvalidAuthentication(_) => ModelError::Unauthorized,
-        E::ProviderResponse(reply) => match reply.status {
-            Some(status) if status.as_u16() == 401 || status.as_u16() == 403 => {
-                ModelError::Unauthorized
-            }
-            Some(status) => ModelError::Status {
-                status: status.as_u16(),
-                detail: excerpt(&reply.body),
-            },
-            None => ModelError::Malformed(excerpt(&reply.body)),
-        },
-        E::Http(error) => ModelError::Unreachable(error.to_string()),
-        E::Json(error) => ModelError::Malformed(error.to_string()),
-        other => ModelError::Malformed(excerpt(&other.to_string())),
-    }
-}
-
-/// The first line of a provider's error body, short enough for a chat
-/// message.
-fn excerpt(body: &str) -> String {
-    let line = body.lines().next().unwrap_or_default().trim();
-    let mut short: String = line.chars().take(160).collect();
-    if line.chars().count() > 160 {
-        short.push('…');
-    }
-    short
 }

@@ -2,10 +2,14 @@
 //! leaves ([`Outbound`]), buttons with opaque tokens, and typed ids. No I/O
 //! here, and no platform type: adapters translate at the edge.
 
+mod actions;
 mod ids;
+mod models;
 mod run;
 
+pub use actions::Action;
 pub use ids::{ApprovalId, ArtifactId, IdError, RunId};
+pub use models::{CostLabel, Tier};
 pub use run::{InputPurpose, JournalEvent, RunInput, RunStatus};
 
 use std::fmt;

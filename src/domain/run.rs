@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ApprovalId, ArtifactId, Decision};
+use super::{ApprovalId, ArtifactId, Decision, Tier};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -139,6 +139,9 @@ pub enum JournalEvent {
     },
     Retried {
         by: String,
+        /// The tier the failed step should use this time, if switched.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tier: Option<Tier>,
     },
     Completed {
         summary: String,

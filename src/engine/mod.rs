@@ -108,6 +108,10 @@ impl Engine {
         &self.inner.flows
     }
 
+    pub fn prompts(&self) -> &Prompts {
+        &self.inner.prompts
+    }
+
     pub fn agents(&self) -> &Agents {
         &self.inner.agents
     }

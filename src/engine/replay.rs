@@ -100,7 +100,11 @@ fn describe(event: &JournalEvent) -> String {
             )
         }
         JournalEvent::Failed { step, error } => format!("step '{step}' failed: {error}"),
-        JournalEvent::Retried { by } => format!("retried by {by}"),
+        JournalEvent::Retried { by, tier: None } => format!("retried by {by}"),
+        JournalEvent::Retried {
+            by,
+            tier: Some(tier),
+        } => format!("retried by {by} on the {tier} tier"),
         JournalEvent::Completed { summary } => format!("completed: {summary}"),
     }
 }

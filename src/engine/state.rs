@@ -20,6 +20,8 @@ pub struct RunState {
     pub conversations: BTreeMap<String, StepConversation>,
     pub error: Option<String>,
     pub summary: Option<String>,
+    /// The tier the operator switched a failed run to, for its model steps.
+    pub tier_override: Option<crate::domain::Tier>,
     pub events: usize,
 }
 
@@ -48,6 +50,7 @@ impl RunState {
             conversations: BTreeMap::new(),
             error: None,
             summary: None,
+            tier_override: None,
             events: 1,
         };
         for event in &events[1..] {
@@ -100,9 +103,12 @@ impl RunState {
                 self.status = RunStatus::Failed;
                 self.error = Some(error.clone());
             }
-            JournalEvent::Retried { .. } => {
+            JournalEvent::Retried { tier, .. } => {
                 self.status = RunStatus::Runnable;
                 self.error = None;
+                if tier.is_some() {
+                    self.tier_override = *tier;
+                }
             }
             JournalEvent::Completed { summary } => {
                 self.status = RunStatus::Completed;

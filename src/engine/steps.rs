@@ -6,8 +6,11 @@ use serde_json::json;
 
 use super::Engine;
 use super::state::RunState;
-use crate::agents::ModelCall;
-use crate::domain::{ArtifactId, Decision, InputPurpose, JournalEvent, Outbound, RunId, RunStatus};
+use crate::agents::{ModelCall, ModelError};
+use crate::domain::{
+    Action, ArtifactId, Button, ButtonToken, Decision, InputPurpose, JournalEvent, Outbound, RunId,
+    RunStatus,
+};
 use crate::flows::{Flow, StepDef, StepKind, Tier};
 use crate::store::{NewApproval, NewArtifact, RunRow, Transition};
 
@@ -116,7 +119,8 @@ impl Engine {
             }
         };
         let model_call = ModelCall {
-            tier: call.tier,
+            tier: state.tier_override.unwrap_or(call.tier),
+            label: flow.cost_label,
             system,
             prompt,
             max_tokens: call.max_tokens,
@@ -131,14 +135,78 @@ impl Engine {
                 json!({
                     "text": completion.text.trim(),
                     "model": completion.model,
+                    "tier": completion.tier,
                     "input_tokens": completion.input_tokens,
                     "output_tokens": completion.output_tokens,
+                    "cache_hit": completion.cache_hit,
                 }),
             ),
             Err(error) => {
                 tracing::warn!(error = ?error, "model step failed");
-                failed(run, &step.name, error.to_string(), error.advice())
+                let mut transition = failed(run, &step.name, error.to_string(), error.advice());
+                self.offer_ways_out(&mut transition, run, &error, model_call.tier);
+                transition
             }
+        }
+    }
+}
+
+impl Engine {
+    /// Buttons on a failed model step's message: raise today's cap (when
+    /// the budget stopped it), retry, switch to the fast tier (when a
+    /// provider failed), cancel.
+    fn offer_ways_out(
+        &self,
+        transition: &mut Transition,
+        run: &RunRow,
+        error: &ModelError,
+        tier: Tier,
+    ) {
+        let mut actions = Vec::new();
+        if let ModelError::Blocked(_) = error {
+            let (day, _) = self.inner.agents.budget().periods();
+            let amount = self.inner.settings.policy.daily_budget_usd;
+            actions.push((
+                format!("Raise today's cap by ${amount:.2} once"),
+                Action::RaiseDailyCap {
+                    day,
+                    amount_usd: amount,
+                },
+            ));
+        }
+        if matches!(error, ModelError::NotConfigured) {
+            return;
+        }
+        actions.push((
+            "Retry".into(),
+            Action::RetryRun {
+                run_id: run.id,
+                tier: None,
+            },
+        ));
+        if matches!(error, ModelError::Exhausted { .. })
+            && let Some(cheaper) = tier.cheaper()
+        {
+            actions.push((
+                format!("Switch to the {cheaper} tier"),
+                Action::RetryRun {
+                    run_id: run.id,
+                    tier: Some(cheaper),
+                },
+            ));
+        }
+        actions.push(("Cancel".into(), Action::CancelRun { run_id: run.id }));
+        let mut buttons = Vec::new();
+        for (label, action) in actions {
+            let token = ButtonToken::generate();
+            buttons.push(Button {
+                label,
+                token: token.clone(),
+            });
+            transition.actions.push((token, action));
+        }
+        if let Some(message) = transition.messages.last_mut() {
+            message.buttons = buttons;
         }
     }
 }

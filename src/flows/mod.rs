@@ -13,6 +13,8 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+pub use crate::domain::{CostLabel, Tier};
+
 /// Built-in flows, compiled in.
 const BUILT_IN_FLOWS: [(&str, &str); 1] =
     [("draft", include_str!("../../config/flows/draft.toml"))];
@@ -27,32 +29,6 @@ pub enum FlowError {
         #[source]
         source: std::io::Error,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CostLabel {
-    LowCost,
-    Balanced,
-    HighQuality,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Router,
-    Fast,
-    Quality,
-}
-
-impl Tier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Router => "router",
-            Tier::Fast => "fast",
-            Tier::Quality => "quality",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,9 +7,10 @@ use std::path::Path;
 
 use minijinja::Environment;
 
-const BUILT_IN_PROMPTS: [(&str, &str); 2] = [
+const BUILT_IN_PROMPTS: [(&str, &str); 3] = [
     ("system", include_str!("../../prompts/system.md")),
     ("draft", include_str!("../../prompts/draft.md")),
+    ("route", include_str!("../../prompts/route.md")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,8 @@
 //! The cost ledger: one row per model call, with the provider's own token
 //! counts.
 
+use sqlx::{Any, Transaction};
+
 use super::{Store, StoreResult, now_ms};
 use crate::domain::RunId;
 
@@ -33,28 +35,9 @@ pub struct CostSummary {
 
 impl Store {
     pub async fn record_call(&self, entry: &LedgerEntry) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO cost_ledger (run_id, step, flow, provider, model, tier, input_tokens,
-                 cached_input_tokens, output_tokens, cost_usd, priced, latency_ms, cache_hit, outcome, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
-        .bind(entry.run_id.map(|r| r.to_string()))
-        .bind(entry.step.as_deref())
-        .bind(entry.flow.as_deref())
-        .bind(&entry.provider)
-        .bind(&entry.model)
-        .bind(&entry.tier)
-        .bind(entry.input_tokens)
-        .bind(entry.cached_input_tokens)
-        .bind(entry.output_tokens)
-        .bind(entry.cost_usd.unwrap_or(0.0))
-        .bind(i64::from(entry.cost_usd.is_some()))
-        .bind(entry.latency_ms)
-        .bind(i64::from(entry.cache_hit))
-        .bind(&entry.outcome)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.pool.begin().await?;
+        insert_call(&mut tx, entry).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -108,4 +91,84 @@ impl Store {
             cost_usd: cost.unwrap_or(0.0),
         })
     }
+}
+
+/// How `/cost` groups spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostGroup {
+    Flow,
+    Model,
+}
+
+/// One line of a breakdown: the group, its calls, cache hits, blocked
+/// calls, and spend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostLine {
+    pub name: String,
+    pub calls: i64,
+    pub cache_hits: i64,
+    pub blocked: i64,
+    pub cost_usd: f64,
+}
+
+impl Store {
+    /// Spend since `since_ms`, grouped by flow or by model, largest first.
+    pub async fn cost_by(&self, group: CostGroup, since_ms: i64) -> StoreResult<Vec<CostLine>> {
+        let sql = match group {
+            CostGroup::Flow => {
+                "SELECT COALESCE(flow, '(none)'), COUNT(*), CAST(SUM(cache_hit) AS BIGINT),
+                        CAST(SUM(CASE WHEN outcome = 'blocked' THEN 1 ELSE 0 END) AS BIGINT), SUM(cost_usd)
+                 FROM cost_ledger WHERE created_at >= $1 GROUP BY COALESCE(flow, '(none)') ORDER BY 5 DESC, 1"
+            }
+            CostGroup::Model => {
+                "SELECT provider || '/' || model, COUNT(*), CAST(SUM(cache_hit) AS BIGINT),
+                        CAST(SUM(CASE WHEN outcome = 'blocked' THEN 1 ELSE 0 END) AS BIGINT), SUM(cost_usd)
+                 FROM cost_ledger WHERE created_at >= $1 GROUP BY provider || '/' || model ORDER BY 5 DESC, 1"
+            }
+        };
+        let rows: Vec<(String, i64, i64, i64, f64)> = sqlx::query_as(sql)
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, calls, cache_hits, blocked, cost_usd)| CostLine {
+                name,
+                calls,
+                cache_hits,
+                blocked,
+                cost_usd,
+            })
+            .collect())
+    }
+}
+
+pub(super) async fn insert_call(
+    tx: &mut Transaction<'_, Any>,
+    entry: &LedgerEntry,
+) -> StoreResult<()> {
+    sqlx::query(
+
+            "INSERT INTO cost_ledger (run_id, step, flow, provider, model, tier, input_tokens,
+                 cached_input_tokens, output_tokens, cost_usd, priced, latency_ms, cache_hit, outcome, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(entry.run_id.map(|r| r.to_string()))
+        .bind(entry.step.as_deref())
+        .bind(entry.flow.as_deref())
+        .bind(&entry.provider)
+        .bind(&entry.model)
+        .bind(&entry.tier)
+        .bind(entry.input_tokens)
+        .bind(entry.cached_input_tokens)
+        .bind(entry.output_tokens)
+        .bind(entry.cost_usd.unwrap_or(0.0))
+        .bind(i64::from(entry.cost_usd.is_some()))
+        .bind(entry.latency_ms)
+        .bind(i64::from(entry.cache_hit))
+        .bind(&entry.outcome)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

@@ -5,12 +5,14 @@
 //! Both backends pass the same conformance tests (`tests/store.rs`).
 
 mod approvals;
+mod budget;
 mod ledger;
 mod messages;
 mod runs;
 
 pub use approvals::{ApprovalSummary, DecideError, Decided, NewApproval};
-pub use ledger::{CostSummary, LedgerEntry};
+pub use budget::{ActionLookup, BudgetRefusal, Caps, PeriodStatus, Reservation};
+pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::{InboundRecord, OutboxMessage};
 pub use runs::{ClaimedRun, NewArtifact, NewRun, RunRow, Transition};
 

@@ -5,11 +5,12 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::approvals::{NewApproval, insert_approval};
+use super::budget::insert_actions;
 use super::messages::enqueue_in;
 use super::{Backend, Store, StoreResult, corrupt, now_ms};
 use crate::domain::{
-    ApprovalId, ArtifactId, ChatRef, InputPurpose, JournalEvent, Outbound, Platform, RunId,
-    RunInput, RunStatus,
+    Action, ApprovalId, ArtifactId, ButtonToken, ChatRef, InputPurpose, JournalEvent, Outbound,
+    Platform, RunId, RunInput, RunStatus, Tier,
 };
 
 /// A run to create. The idempotency key makes creation safe to repeat: the
@@ -64,6 +65,8 @@ pub struct Transition {
     pub approval: Option<NewApproval>,
     pub artifact: Option<NewArtifact>,
     pub reject_reason: Option<(ApprovalId, String)>,
+    /// Action buttons the messages carry (retry, cancel, raise the cap).
+    pub actions: Vec<(ButtonToken, Action)>,
 }
 
 impl Transition {
@@ -77,6 +80,7 @@ impl Transition {
             approval: None,
             artifact: None,
             reject_reason: None,
+            actions: Vec::new(),
         }
     }
 }
@@ -300,6 +304,7 @@ impl Store {
         if let Some(approval) = &transition.approval {
             insert_approval(&mut tx, run, approval).await?;
         }
+        insert_actions(&mut tx, &transition.actions).await?;
         if let Some(artifact) = &transition.artifact {
             insert_artifact(&mut tx, run.id, artifact).await?;
         }
@@ -367,8 +372,9 @@ impl Store {
         Ok(Some(run_id))
     }
 
-    /// Makes a failed run runnable again, journaled as `Retried`.
-    pub async fn retry_run(&self, id: RunId, by: &str) -> StoreResult<bool> {
+    /// Makes a failed run runnable again, journaled as `Retried` (with the
+    /// tier its model steps should switch to, if any).
+    pub async fn retry_run(&self, id: RunId, by: &str, tier: Option<Tier>) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let woken = sqlx::query(
             "UPDATE runs SET status = 'runnable', updated_at = $1, lease_owner = NULL, lease_until = NULL
@@ -381,11 +387,39 @@ impl Store {
         .rows_affected()
             == 1;
         if woken {
-            let event = JournalEvent::Retried { by: by.to_string() };
+            let event = JournalEvent::Retried {
+                by: by.to_string(),
+                tier,
+            };
             append_events(&mut tx, id, &[event]).await?;
         }
         tx.commit().await?;
         Ok(woken)
+    }
+
+    /// Gives up on a failed run: it completes as cancelled.
+    pub async fn cancel_run(&self, id: RunId, by: &str) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let cancelled = sqlx::query(
+            "UPDATE runs SET status = 'completed', summary = $1, updated_at = $2,
+                    lease_owner = NULL, lease_until = NULL
+             WHERE id = $3 AND status = 'failed'",
+        )
+        .bind(format!("cancelled by {by}"))
+        .bind(now_ms())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if cancelled {
+            let event = JournalEvent::Completed {
+                summary: format!("cancelled by {by}"),
+            };
+            append_events(&mut tx, id, &[event]).await?;
+        }
+        tx.commit().await?;
+        Ok(cancelled)
     }
 
     pub async fn artifact(

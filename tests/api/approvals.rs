@@ -54,7 +54,9 @@ async fn draft_then_approve_saves_the_artifact_and_logs_the_decision(db: Db) {
     assert_eq!(ledger.len(), 1);
     assert_eq!((ledger[0].input_tokens, ledger[0].output_tokens), (321, 54));
     assert_eq!(ledger[0].outcome, "ok");
-    let expected_cost = (321.0 * 0.15 + 54.0 * 0.60) / 1e6;
+    // The quality tier's first model, openai/gpt-4o: $2.50 in, $10 out per million.
+    assert_eq!(ledger[0].model, "gpt-4o");
+    let expected_cost = (321.0 * 2.50 + 54.0 * 10.0) / 1e6;
     assert!((ledger[0].cost_usd.unwrap() - expected_cost).abs() < 1e-12);
 }
 

@@ -26,10 +26,12 @@ async fn a_healthy_setup_has_no_problems() {
 
     assert!(problems(&findings).is_empty(), "{findings:#?}");
     let lines: Vec<String> = findings.iter().map(Finding::line).collect();
+    let quality = "ok    tier quality: openai/gpt-4o (then 1 fallback(s))";
+    assert!(lines.iter().any(|l| l == quality), "{lines:#?}");
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("ok    model provider at")),
+            .any(|l| l.starts_with("ok    provider openai at")),
         "{lines:#?}"
     );
     assert!(

@@ -1,7 +1,9 @@
-//! A fake OpenAI-compatible server on port 0: `POST /v1/chat/completions`
-//! with the real response JSON (including `usage`), `GET /v1/models`, and a
-//! script of behaviours (reply, HTTP error, hang, malformed JSON) a test can
-//! set. It records every request body.
+//! A fake model server on port 0 speaking both wire protocols soloist uses:
+//! OpenAI's `POST /v1/chat/completions` and Anthropic's `POST /v1/messages`,
+//! with their real response JSON (including `usage`), plus `GET /v1/models`.
+//! A script of behaviours (reply, HTTP error, 429 with retry-after, hang,
+//! malformed JSON) says how the next calls go; every request body is
+//! recorded.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,8 @@ pub enum Behavior {
         cached_tokens: u64,
     },
     Status(u16, String),
+    /// HTTP 429 with a `retry-after` header, in seconds.
+    RateLimited(u64),
     Hang(Duration),
     Malformed,
 }
@@ -62,6 +66,7 @@ impl FakeLlm {
         }));
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/messages", post(messages))
             .route("/v1/models", get(models))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -101,17 +106,79 @@ async fn models() -> Json<Value> {
     )
 }
 
+/// Records the request and takes the behaviour for it.
+fn next_behavior(shared: &Mutex<Shared>, body: &Value) -> Behavior {
+    let mut shared = shared.lock().unwrap();
+    shared.requests.push(body.clone());
+    let next = shared.script.pop_front();
+    next.or_else(|| shared.fallback.clone())
+        .expect("a behaviour")
+}
+
+/// The answers both protocols share: errors, hangs, garbage.
+async fn failure(behavior: Behavior) -> Response {
+    match behavior {
+        Behavior::Reply { .. } => unreachable!("replies are protocol-specific"),
+        Behavior::Status(code, message) => (
+            StatusCode::from_u16(code).unwrap(),
+            Json(json!({"error": {"message": message, "type": "server_error", "code": null}})),
+        )
+            .into_response(),
+        Behavior::RateLimited(seconds) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", seconds.to_string())],
+            Json(json!({"error": {"message": "Rate limit reached", "type": "rate_limit_error"}})),
+        )
+            .into_response(),
+        Behavior::Hang(duration) => {
+            tokio::time::sleep(duration).await;
+            (StatusCode::GATEWAY_TIMEOUT, "too late").into_response()
+        }
+        Behavior::Malformed => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            "{\"id\": \"broken\", \"choices\": [",
+        )
+            .into_response(),
+    }
+}
+
+/// Anthropic's Messages API.
+async fn messages(State(shared): State<Arc<Mutex<Shared>>>, Json(body): Json<Value>) -> Response {
+    let behavior = next_behavior(&shared, &body);
+    let model = body["model"].as_str().unwrap_or("unknown").to_string();
+    match behavior {
+        Behavior::Reply {
+            text,
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+        } => Json(json!({
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": null,
+            "usage": {
+                "input_tokens": prompt_tokens - cached_tokens,
+                "cache_read_input_tokens": cached_tokens,
+                "cache_creation_input_tokens": 0,
+                "output_tokens": completion_tokens
+            }
+        }))
+        .into_response(),
+        other => failure(other).await,
+    }
+}
+
+/// OpenAI's Chat Completions API.
 async fn chat_completions(
     State(shared): State<Arc<Mutex<Shared>>>,
     Json(body): Json<Value>,
 ) -> Response {
-    let behavior = {
-        let mut shared = shared.lock().unwrap();
-        shared.requests.push(body.clone());
-        let next = shared.script.pop_front();
-        next.or_else(|| shared.fallback.clone())
-            .expect("a behaviour")
-    };
+    let behavior = next_behavior(&shared, &body);
     let model = body["model"].as_str().unwrap_or("unknown").to_string();
     match behavior {
         Behavior::Reply {
@@ -137,20 +204,6 @@ async fn chat_completions(
             }
         }))
         .into_response(),
-        Behavior::Status(code, message) => (
-            StatusCode::from_u16(code).unwrap(),
-            Json(json!({"error": {"message": message, "type": "server_error", "code": null}})),
-        )
-            .into_response(),
-        Behavior::Hang(duration) => {
-            tokio::time::sleep(duration).await;
-            (StatusCode::GATEWAY_TIMEOUT, "too late").into_response()
-        }
-        Behavior::Malformed => (
-            StatusCode::OK,
-            [("content-type", "application/json")],
-            "{\"id\": \"chatcmpl-broken\", \"choices\": [",
-        )
-            .into_response(),
+        other => failure(other).await,
     }
 }

@@ -100,15 +100,18 @@ pub struct TestApp {
     updates: AtomicU64,
 }
 
-/// Settings for tests: the built-in defaults, no environment, a model at
-/// `llm_url` when given.
+/// Settings for tests: the built-in defaults, no environment, the OpenAI
+/// provider pointed at `llm_url` when given.
 pub fn test_settings(llm_url: Option<&str>) -> Settings {
     let mut settings = Settings::load(&LoadOptions::default()).unwrap();
     if let Some(url) = llm_url {
-        settings.model.base_url = url.to_string();
-        settings.model.api_key = Secret::new("sk-test-not-a-real-key");
+        let openai = settings.models.providers.get_mut("openai").unwrap();
+        openai.base_url = url.to_string();
+        openai.api_key = Secret::new("sk-test-not-a-real-key");
     }
-    settings.model.timeout_secs = 5;
+    settings.models.timeout_secs = 5;
+    // Retries in tests wait milliseconds, not seconds.
+    settings.models.backoff_ms = 10;
     settings
 }
 

@@ -6,7 +6,13 @@
 //! Tokens and keys are [`Secret`]s: they never print, so a settings dump in a
 //! log or an error cannot leak them.
 
-use std::collections::BTreeMap;
+mod models;
+
+pub use models::{
+    LabelPolicy, ModelRef, ModelsSettings, OnBudget, Price, ProviderKind, ProviderSettings,
+    TierChains,
+};
+
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
@@ -15,15 +21,15 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// The defaults every build carries, so the binary runs from any directory.
-pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 
 /// Environment variables read under the names their ecosystems use, mapped to
 /// the setting they fill.
 const ECOSYSTEM_VARIABLES: [(&str, &str); 6] = [
     ("DATABASE_URL", "database.url"),
-    ("OPENAI_API_KEY", "model.api_key"),
-    ("OPENAI_BASE_URL", "model.base_url"),
-    ("ANTHROPIC_API_KEY", "model.anthropic_api_key"),
+    ("OPENAI_API_KEY", "models.providers.openai.api_key"),
+    ("OPENAI_BASE_URL", "models.providers.openai.base_url"),
+    ("ANTHROPIC_API_KEY", "models.providers.anthropic.api_key"),
     ("TELEGRAM_BOT_TOKEN", "telegram.token"),
     ("DISCORD_TOKEN", "discord.token"),
 ];
@@ -79,7 +85,7 @@ pub struct Settings {
     pub offers: Vec<Offer>,
     pub policy: Policy,
     pub database: DatabaseSettings,
-    pub model: ModelSettings,
+    pub models: ModelsSettings,
     pub engine: EngineSettings,
     pub telegram: TelegramSettings,
     pub discord: DiscordSettings,
@@ -138,46 +144,6 @@ pub struct DatabaseSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct ModelSettings {
-    pub provider: String,
-    pub base_url: String,
-    pub api_key: Secret,
-    #[serde(default)]
-    pub anthropic_api_key: Secret,
-    pub quality: String,
-    pub fast: String,
-    pub router: String,
-    pub timeout_secs: u64,
-    #[serde(default)]
-    pub prices: BTreeMap<String, Price>,
-}
-
-/// USD per million tokens.
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct Price {
-    pub input: f64,
-    #[serde(default)]
-    pub cached_input: Option<f64>,
-    pub output: f64,
-}
-
-impl ModelSettings {
-    /// A provider is configured when it has a key, or a base URL (a local
-    /// Ollama or vLLM needs no key).
-    pub fn is_configured(&self) -> bool {
-        self.api_key.is_set() || !self.base_url.trim().is_empty()
-    }
-
-    /// Where requests go: the configured base URL or OpenAI's.
-    pub fn endpoint(&self) -> &str {
-        match self.base_url.trim() {
-            "" => "https://api.openai.com/v1",
-            url => url,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
 pub struct EngineSettings {
     pub lease_secs: f64,
     pub max_input_chars: usize,
@@ -190,7 +156,7 @@ pub struct TelegramSettings {
     /// or a test double.
     pub api_url: String,
     /// Who may drive flows and press buttons (owner first).
-    #[serde(deserialize_with = "id_list")]
+    #[serde(deserialize_with = "string_list")]
     pub allowed_user_ids: Vec<String>,
     /// Telegram's delivery limits (1 message/s per chat, 30/s in all, 20 a
     /// minute per group). Off only for benchmarks against a fake server.
@@ -202,16 +168,16 @@ pub struct DiscordSettings {
     pub token: Secret,
     /// The REST base URL; the gateway URL comes from its `/gateway/bot`.
     pub api_url: String,
-    #[serde(deserialize_with = "id_list")]
+    #[serde(deserialize_with = "string_list")]
     pub allowed_user_ids: Vec<String>,
     /// Register slash commands in this guild only (instant); empty: global.
     pub guild_id: String,
 }
 
-/// A list of user ids, from a TOML array (`[111, "222"]`) or a
-/// comma-separated string, as environment variables give it
+/// A list (of user ids, of models), from a TOML array (`[111, "222"]`) or
+/// a comma-separated string, as environment variables give it
 /// (`SOLOIST__TELEGRAM__ALLOWED_USER_IDS=111,222`).
-fn id_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+fn string_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Id {
@@ -276,9 +242,22 @@ impl Settings {
         if options.read_environment {
             figment = merge_environment(figment);
         }
-        figment
+        let settings: Settings = figment
             .extract()
-            .map_err(|error| ConfigError::Invalid(describe_figment_error(error)))
+            .map_err(|error| ConfigError::Invalid(describe_figment_error(error)))?;
+        settings.models.validate().map_err(ConfigError::Invalid)?;
+        settings.timezone()?;
+        Ok(settings)
+    }
+
+    /// The business's time zone: its days and months are the budget's.
+    pub fn timezone(&self) -> Result<chrono_tz::Tz, ConfigError> {
+        self.business.timezone.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "business.timezone: '{}' is not an IANA time zone (e.g. Europe/Lisbon)",
+                self.business.timezone
+            ))
+        })
     }
 
     /// The database URL to use: the configured one, or the embedded SQLite
@@ -331,7 +310,7 @@ mod tests {
     fn built_in_defaults_load_without_any_file() {
         let settings = Settings::load(&LoadOptions::default()).unwrap();
         assert_eq!(settings.business.name, "Harbor & Pine Studio");
-        assert!(!settings.model.is_configured());
+        assert!(!settings.models.any_configured());
     }
 
     #[test]
@@ -362,12 +341,46 @@ mod tests {
     }
 
     #[test]
+    fn a_tier_model_without_a_price_is_a_start_up_error() {
+        let (_dir, options) =
+            options_with_file("[models.tiers]\nquality = [\"openai/gpt-9-imaginary\"]\n");
+        let message = Settings::load(&options).unwrap_err().to_string();
+        assert!(
+            message.contains("'openai/gpt-9-imaginary' has no price"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_tier_chain_reads_from_a_comma_string_as_the_environment_gives_it() {
+        let (_dir, options) = options_with_file(
+            "[models.tiers]\nfast = \"openai/gpt-4o-mini, anthropic/claude-3-5-haiku-latest\"\n",
+        );
+        let settings = Settings::load(&options).unwrap();
+        let fast: Vec<String> = settings
+            .models
+            .tiers
+            .fast
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        assert_eq!(
+            fast,
+            ["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-latest"]
+        );
+    }
+
+    #[test]
     fn secrets_never_print() {
-        let (_dir, options) = options_with_file("[model]\napi_key = \"sk-very-secret\"\n");
+        let (_dir, options) =
+            options_with_file("[models.providers.openai]\napi_key = \"sk-very-secret\"\n");
         let settings = Settings::load(&options).unwrap();
         let printed = format!("{settings:?}");
         assert!(!printed.contains("sk-very-secret"));
         assert!(printed.contains("[REDACTED]"));
-        assert_eq!(settings.model.api_key.expose(), Some("sk-very-secret"));
+        assert_eq!(
+            settings.models.providers["openai"].api_key.expose(),
+            Some("sk-very-secret")
+        );
     }
 }

@@ -4,13 +4,22 @@
 //! transaction that marks the update handled, so a redelivered update is
 //! neither lost nor answered twice.
 
+mod cost;
+mod routing;
+
+pub use routing::{COMMAND_INTENTS, Guess, IntentRouter};
+
 use std::fmt::Write;
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::agents::HOW_TO_CONFIGURE;
-use crate::domain::{ApprovalRole, Inbound, InboundContent, Outbound, Platform, RunId, clip};
+use crate::domain::{
+    Action, ApprovalRole, Button, ButtonToken, Inbound, InboundContent, Outbound, Platform, RunId,
+    clip,
+};
 use crate::engine::{Engine, EngineError, StartRun};
-use crate::store::{DecideError, InboundRecord, RunRow, StoreError};
+use crate::store::{ActionLookup, DecideError, InboundRecord, RunRow, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -47,6 +56,7 @@ pub enum Command {
     Run(String),
     Approvals,
     Retry(String),
+    Cost,
 }
 
 impl FromStr for Command {
@@ -69,6 +79,7 @@ impl FromStr for Command {
             "run" => Command::Run(args),
             "approvals" => Command::Approvals,
             "retry" => Command::Retry(args),
+            "cost" => Command::Cost,
             _ => return Err(name.chars().take(40).collect()),
         })
     }
@@ -109,11 +120,17 @@ impl Handled {
 #[derive(Debug, Clone)]
 pub struct Controller {
     engine: Engine,
+    router: IntentRouter,
 }
 
 impl Controller {
     pub fn new(engine: Engine) -> Self {
-        Controller { engine }
+        let models = engine.agents().settings();
+        let router = IntentRouter::new(
+            Duration::from_secs(models.cache_ttl_secs),
+            models.cache_capacity,
+        );
+        Controller { engine, router }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -162,15 +179,7 @@ impl Controller {
 
     async fn route(&self, inbound: &Inbound) -> Result<Handled, ControllerError> {
         let text = match &inbound.content {
-            InboundContent::Button(token) => {
-                return match self.engine.decide(token, &inbound.user_name).await {
-                    Ok(decided) => Ok(Handled::drive(decided.run_id)),
-                    Err(DecideError::NotOpen) => {
-                        Ok(Handled::reply("This approval is no longer open."))
-                    }
-                    Err(DecideError::Store(error)) => Err(error.into()),
-                };
-            }
+            InboundContent::Button(token) => return self.press(inbound, token).await,
             InboundContent::Text(text) => text,
         };
         let trimmed = text.trim();
@@ -200,9 +209,146 @@ impl Controller {
             .await?
         {
             Some(run) => Ok(Handled::drive(run)),
-            None => Ok(Handled::reply(
-                "I act on commands for now: try /draft followed by what you need, or /help.",
+            None => self.route_free_text(inbound, trimmed).await,
+        }
+    }
+
+    /// A button: an action button (retry, cancel, raise the cap, a routing
+    /// choice) or an approval decision.
+    async fn press(
+        &self,
+        inbound: &Inbound,
+        token: &ButtonToken,
+    ) -> Result<Handled, ControllerError> {
+        match self.engine.store().use_action(token).await? {
+            ActionLookup::Taken(action) => self.act(inbound, action).await,
+            ActionLookup::Used => Ok(Handled::reply("That button was already used.")),
+            ActionLookup::Unknown => match self.engine.decide(token, &inbound.user_name).await {
+                Ok(decided) => Ok(Handled::drive(decided.run_id)),
+                Err(DecideError::NotOpen) => Ok(Handled::reply("This approval is no longer open.")),
+                Err(DecideError::Store(error)) => Err(error.into()),
+            },
+        }
+    }
+
+    async fn act(&self, inbound: &Inbound, action: Action) -> Result<Handled, ControllerError> {
+        let store = self.engine.store();
+        let by = &inbound.user_name;
+        match action {
+            Action::RaiseDailyCap { day, amount_usd } => Ok(Handled::reply(
+                if store.raise_daily_cap(&day, amount_usd).await? {
+                    format!(
+                        "Today's cap is raised by ${amount_usd:.2}, for today only. Press Retry on the stopped run to continue."
+                    )
+                } else {
+                    "Today's cap was already raised once; it can be raised once a day.".to_string()
+                },
             )),
+            Action::RetryRun { run_id, tier } => {
+                if store.retry_run(run_id, by, tier).await? {
+                    Ok(Handled::drive(run_id))
+                } else {
+                    Ok(Handled::reply(format!(
+                        "Run {} is no longer waiting for a retry.",
+                        run_id.short()
+                    )))
+                }
+            }
+            Action::CancelRun { run_id } => {
+                Ok(Handled::reply(if store.cancel_run(run_id, by).await? {
+                    format!("Run {} is cancelled.", run_id.short())
+                } else {
+                    format!(
+                        "Run {} is no longer waiting; nothing to cancel.",
+                        run_id.short()
+                    )
+                }))
+            }
+            Action::Route { intent, request } => self.perform(inbound, &intent, request).await,
+        }
+    }
+
+    /// Free text with no run waiting for it: the router guesses what it
+    /// means; a confident guess is acted on, an unsure one is asked about.
+    async fn route_free_text(
+        &self,
+        inbound: &Inbound,
+        text: &str,
+    ) -> Result<Handled, ControllerError> {
+        if !self.engine.agents().is_configured() {
+            return Ok(Handled::reply(
+                "I act on commands until a model is configured: try /draft followed by what you need, or /help.",
+            ));
+        }
+        let guess = match self.router.classify(&self.engine, text).await {
+            Ok(guess) => guess,
+            Err(error) => {
+                tracing::warn!(error = ?error, "routing failed");
+                return Ok(Handled::reply(format!(
+                    "I could not work out what you meant ({error}). Use a command instead: /help lists them."
+                )));
+            }
+        };
+        let threshold = self.engine.agents().settings().route_confidence;
+        if guess.intent != "none" && guess.confidence >= threshold {
+            return self.perform(inbound, &guess.intent, text.to_string()).await;
+        }
+        self.ask_which(&guess, text).await
+    }
+
+    /// Offers the router's best guess as a button, and the command list.
+    async fn ask_which(&self, guess: &Guess, text: &str) -> Result<Handled, ControllerError> {
+        let options = routing::intent_options(&self.engine);
+        let mut choices: Vec<(String, Action)> = Vec::new();
+        if let Some((name, description)) = options.iter().find(|(name, _)| *name == guess.intent) {
+            choices.push((
+                format!("{name}: {}", clip(description, 40)),
+                Action::Route {
+                    intent: name.clone(),
+                    request: text.to_string(),
+                },
+            ));
+        }
+        choices.push((
+            "Show the commands".into(),
+            Action::Route {
+                intent: "help".into(),
+                request: String::new(),
+            },
+        ));
+        let mut buttons = Vec::new();
+        let mut actions = Vec::new();
+        for (label, action) in choices {
+            let token = ButtonToken::generate();
+            buttons.push(Button {
+                label,
+                token: token.clone(),
+            });
+            actions.push((token, action));
+        }
+        self.engine.store().create_actions(&actions).await?;
+        Ok(Handled {
+            replies: vec![
+                Outbound::text("I'm not sure what you want. Is it this?").with_buttons(buttons),
+            ],
+            drive: None,
+        })
+    }
+
+    /// Does what an intent names: start a flow with `request`, or run a
+    /// built-in command.
+    async fn perform(
+        &self,
+        inbound: &Inbound,
+        intent: &str,
+        request: String,
+    ) -> Result<Handled, ControllerError> {
+        if self.engine.flows().get(intent).is_some() {
+            return self.start_flow(inbound, intent, request).await;
+        }
+        match format!("/{intent}").parse::<Command>() {
+            Ok(command) => self.command(inbound, command).await,
+            Err(_) => Ok(Handled::reply(HELP)),
         }
     }
 
@@ -218,6 +364,7 @@ impl Controller {
             Command::Run(id) => self.show_run(&id).await,
             Command::Approvals => self.list_approvals().await,
             Command::Retry(id) => self.retry(inbound, &id).await,
+            Command::Cost => Ok(Handled::reply(cost::report(&self.engine).await?)),
         }
     }
 
@@ -227,10 +374,19 @@ impl Controller {
                 "Tell me what to draft, e.g. /draft a LinkedIn post announcing the new Website Audit price",
             ));
         }
+        self.start_flow(inbound, "draft", request).await
+    }
+
+    async fn start_flow(
+        &self,
+        inbound: &Inbound,
+        flow: &str,
+        request: String,
+    ) -> Result<Handled, ControllerError> {
         let needs_model = self
             .engine
             .flows()
-            .get("draft")
+            .get(flow)
             .is_some_and(|f| f.needs_model());
         if needs_model && !self.engine.agents().is_configured() {
             return Ok(Handled::reply(HOW_TO_CONFIGURE));
@@ -238,7 +394,7 @@ impl Controller {
         let run = self
             .engine
             .start(StartRun {
-                flow: "draft".into(),
+                flow: flow.into(),
                 chat: inbound.chat.clone(),
                 request,
                 requested_by: inbound.user_name.clone(),
@@ -337,7 +493,7 @@ impl Controller {
         if self
             .engine
             .store()
-            .retry_run(run.id, &inbound.user_name)
+            .retry_run(run.id, &inbound.user_name, None)
             .await?
         {
             Ok(Handled::drive(run.id))

@@ -1,0 +1,24 @@
+//! What a non-approval button does. Stored beside its opaque token, never
+//! in it, and usable once.
+
+use serde::{Deserialize, Serialize};
+
+use super::{RunId, Tier};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Raise one day's budget cap by `amount_usd`, once.
+    RaiseDailyCap { day: String, amount_usd: f64 },
+    /// Run a failed run again, optionally on another tier.
+    RetryRun {
+        run_id: RunId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tier: Option<Tier>,
+    },
+    /// Give up on a failed run.
+    CancelRun { run_id: RunId },
+    /// Do what free text was routed to (a flow or a command), after the
+    /// operator confirmed the guess.
+    Route { intent: String, request: String },
+}

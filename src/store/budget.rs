@@ -1,0 +1,256 @@
+//! Budget periods and action buttons. A model call reserves its worst-case
+//! cost in the day's and the month's period before it starts; the guarded
+//! UPDATE makes concurrent reservations queue on the row, so together they
+//! can never pass the cap. After the call the reservation becomes the real
+//! cost, in the same transaction as the call's ledger row.
+
+use sqlx::{Any, Transaction};
+
+use super::ledger::insert_call;
+use super::runs::to_json;
+use super::{LedgerEntry, Store, StoreResult, corrupt, now_ms};
+use crate::domain::{Action, ButtonToken};
+
+/// Where a reservation was made, and how much.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    pub day: String,
+    pub month: String,
+    pub amount_usd: f64,
+}
+
+/// A period's state, for messages and `/cost`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PeriodStatus {
+    pub spent_usd: f64,
+    pub reserved_usd: f64,
+    pub cap_usd: f64,
+}
+
+impl PeriodStatus {
+    pub fn left_usd(&self) -> f64 {
+        (self.cap_usd - self.spent_usd - self.reserved_usd).max(0.0)
+    }
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetRefusal {
+    pub needed_usd: f64,
+    pub day: PeriodStatus,
+    pub month: PeriodStatus,
+    /// Which cap stopped it: "today's" or "this month's".
+    pub which: &'static str,
+}
+
+/// What a pressed token turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionLookup {
+    /// An action button, pressed for the first time: do this.
+    Taken(Action),
+    /// An action button pressed before.
+    Used,
+    /// Not an action button (maybe an approval's).
+    Unknown,
+}
+
+/// The caps a reservation is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    pub daily_usd: f64,
+    pub monthly_usd: f64,
+}
+
+impl Store {
+    /// Reserves `amount_usd` in both periods, or nothing if either cap
+    /// would be passed.
+    pub async fn reserve_budget(
+        &self,
+        day: &str,
+        month: &str,
+        amount_usd: f64,
+        caps: Caps,
+    ) -> StoreResult<Result<Reservation, BudgetRefusal>> {
+        let mut tx = self.pool.begin().await?;
+        let day_ok = reserve_in(&mut tx, &format!("day:{day}"), amount_usd, caps.daily_usd).await?;
+        let month_ok = day_ok
+            && reserve_in(
+                &mut tx,
+                &format!("month:{month}"),
+                amount_usd,
+                caps.monthly_usd,
+            )
+            .await?;
+        if day_ok && month_ok {
+            tx.commit().await?;
+            return Ok(Ok(Reservation {
+                day: day.to_string(),
+                month: month.to_string(),
+                amount_usd,
+            }));
+        }
+        tx.rollback().await?;
+        let (day_status, month_status) = self.budget_status(day, month, caps).await?;
+        Ok(Err(BudgetRefusal {
+            needed_usd: amount_usd,
+            day: day_status,
+            month: month_status,
+            which: if day_ok { "this month's" } else { "today's" },
+        }))
+    }
+
+    /// Turns a reservation into the call's real cost and records the call
+    /// (when one was made), in one transaction.
+    pub async fn settle_budget(
+        &self,
+        reservation: &Reservation,
+        entry: Option<&LedgerEntry>,
+    ) -> StoreResult<()> {
+        let spent = entry.and_then(|e| e.cost_usd).unwrap_or(0.0);
+        let mut tx = self.pool.begin().await?;
+        for period in [
+            format!("day:{}", reservation.day),
+            format!("month:{}", reservation.month),
+        ] {
+            sqlx::query(
+                "UPDATE budget_periods
+                 SET reserved_usd = CASE WHEN reserved_usd > $1 THEN reserved_usd - $1 ELSE 0 END,
+                     spent_usd = spent_usd + $2
+                 WHERE period = $3",
+            )
+            .bind(reservation.amount_usd)
+            .bind(spent)
+            .bind(&period)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(entry) = entry {
+            insert_call(&mut tx, entry).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn budget_status(
+        &self,
+        day: &str,
+        month: &str,
+        caps: Caps,
+    ) -> StoreResult<(PeriodStatus, PeriodStatus)> {
+        let read = |period: String, cap: f64| async move {
+            let row: Option<(f64, f64, f64)> = sqlx::query_as(
+                "SELECT spent_usd, reserved_usd, extra_cap_usd FROM budget_periods WHERE period = $1",
+            )
+            .bind(period)
+            .fetch_optional(&self.pool)
+            .await?;
+            let (spent, reserved, extra) = row.unwrap_or((0.0, 0.0, 0.0));
+            StoreResult::Ok(PeriodStatus {
+                spent_usd: spent,
+                reserved_usd: reserved,
+                cap_usd: cap + extra,
+            })
+        };
+        Ok((
+            read(format!("day:{day}"), caps.daily_usd).await?,
+            read(format!("month:{month}"), caps.monthly_usd).await?,
+        ))
+    }
+
+    /// Raises one day's cap, once: false if it was raised already.
+    pub async fn raise_daily_cap(&self, day: &str, amount_usd: f64) -> StoreResult<bool> {
+        let period = format!("day:{day}");
+        let mut tx = self.pool.begin().await?;
+        ensure_period(&mut tx, &period).await?;
+        let raised = sqlx::query(
+            "UPDATE budget_periods SET extra_cap_usd = $1 WHERE period = $2 AND extra_cap_usd = 0",
+        )
+        .bind(amount_usd)
+        .bind(&period)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(raised)
+    }
+
+    /// Takes an action button's action, once.
+    pub async fn use_action(&self, token: &ButtonToken) -> StoreResult<ActionLookup> {
+        let action: Option<String> = sqlx::query_scalar(
+            "UPDATE action_buttons SET used_at = $1 WHERE token = $2 AND used_at IS NULL RETURNING action",
+        )
+        .bind(now_ms())
+        .bind(token.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(action) = action {
+            let action = serde_json::from_str(&action)
+                .map_err(|e| corrupt(format!("action button: {e}")))?;
+            return Ok(ActionLookup::Taken(action));
+        }
+        let known: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM action_buttons WHERE token = $1")
+                .bind(token.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(if known.is_some() {
+            ActionLookup::Used
+        } else {
+            ActionLookup::Unknown
+        })
+    }
+
+    /// Stores action buttons outside any other change.
+    pub async fn create_actions(&self, actions: &[(ButtonToken, Action)]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_actions(&mut tx, actions).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+pub(super) async fn insert_actions(
+    tx: &mut Transaction<'_, Any>,
+    actions: &[(ButtonToken, Action)],
+) -> StoreResult<()> {
+    for (token, action) in actions {
+        sqlx::query("INSERT INTO action_buttons (token, action, created_at) VALUES ($1, $2, $3)")
+            .bind(token.as_str())
+            .bind(to_json(action)?)
+            .bind(now_ms())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn ensure_period(tx: &mut Transaction<'_, Any>, period: &str) -> StoreResult<()> {
+    sqlx::query("INSERT INTO budget_periods (period) VALUES ($1) ON CONFLICT (period) DO NOTHING")
+        .bind(period)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The guarded reservation: succeeds only if spent + reserved + amount stays
+/// within the cap (plus any raise).
+async fn reserve_in(
+    tx: &mut Transaction<'_, Any>,
+    period: &str,
+    amount: f64,
+    cap: f64,
+) -> StoreResult<bool> {
+    ensure_period(tx, period).await?;
+    Ok(sqlx::query(
+        "UPDATE budget_periods SET reserved_usd = reserved_usd + $1
+         WHERE period = $2 AND spent_usd + reserved_usd + $1 <= $3 + extra_cap_usd",
+    )
+    .bind(amount)
+    .bind(period)
+    .bind(cap)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1)
+}
