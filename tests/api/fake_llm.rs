@@ -29,6 +29,8 @@ pub enum Behavior {
     RateLimited(u64),
     Hang(Duration),
     Malformed,
+    /// The reply, after a pause (to make calls overlap).
+    Delayed(Duration, Box<Behavior>),
 }
 
 impl Behavior {
@@ -107,18 +109,27 @@ async fn models() -> Json<Value> {
 }
 
 /// Records the request and takes the behaviour for it.
-fn next_behavior(shared: &Mutex<Shared>, body: &Value) -> Behavior {
-    let mut shared = shared.lock().unwrap();
-    shared.requests.push(body.clone());
-    let next = shared.script.pop_front();
-    next.or_else(|| shared.fallback.clone())
-        .expect("a behaviour")
+async fn next_behavior(shared: &Mutex<Shared>, body: &Value) -> Behavior {
+    let behavior = {
+        let mut shared = shared.lock().unwrap();
+        shared.requests.push(body.clone());
+        let next = shared.script.pop_front();
+        next.or_else(|| shared.fallback.clone())
+            .expect("a behaviour")
+    };
+    match behavior {
+        Behavior::Delayed(pause, then) => {
+            tokio::time::sleep(pause).await;
+            *then
+        }
+        other => other,
+    }
 }
 
 /// The answers both protocols share: errors, hangs, garbage.
 async fn failure(behavior: Behavior) -> Response {
     match behavior {
-        Behavior::Reply { .. } => unreachable!("replies are protocol-specific"),
+        Behavior::Reply { .. } | Behavior::Delayed(..) => unreachable!("handled by the caller"),
         Behavior::Status(code, message) => (
             StatusCode::from_u16(code).unwrap(),
             Json(json!({"error": {"message": message, "type": "server_error", "code": null}})),
@@ -145,7 +156,7 @@ async fn failure(behavior: Behavior) -> Response {
 
 /// Anthropic's Messages API.
 async fn messages(State(shared): State<Arc<Mutex<Shared>>>, Json(body): Json<Value>) -> Response {
-    let behavior = next_behavior(&shared, &body);
+    let behavior = next_behavior(&shared, &body).await;
     let model = body["model"].as_str().unwrap_or("unknown").to_string();
     match behavior {
         Behavior::Reply {
@@ -178,7 +189,7 @@ async fn chat_completions(
     State(shared): State<Arc<Mutex<Shared>>>,
     Json(body): Json<Value>,
 ) -> Response {
-    let behavior = next_behavior(&shared, &body);
+    let behavior = next_behavior(&shared, &body).await;
     let model = body["model"].as_str().unwrap_or("unknown").to_string();
     match behavior {
         Behavior::Reply {

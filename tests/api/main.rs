@@ -9,6 +9,7 @@ mod approvals;
 mod console;
 mod doctor;
 mod failures;
+mod models;
 mod outbox;
 mod recovery;
 mod store;
