@@ -6,16 +6,18 @@
 //! PostgreSQL is measured when `SOLOIST_TEST_PG_URL` is set (see
 //! `SOLOIST_TEST_SETUP_ONLY=1 scripts/test.sh`).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{fresh_pg_database, report};
 use soloist::app::App;
 use soloist::config::{LoadOptions, Settings};
 use soloist::domain::{ChatRef, Platform};
 use soloist::engine::{StartRun, StepOutcome};
-use soloist::store::Store;
 
 const STEPS_PER_RUN: usize = 10;
 const RUNS: usize = 200;
@@ -92,19 +94,6 @@ fn write_bench_flow(home: &Path) {
     std::fs::write(home.join("config/flows/bench.toml"), flow).unwrap();
 }
 
-async fn fresh_pg_database(admin: &str) -> String {
-    let name = format!("soloist_test_bench_{}", uuid::Uuid::new_v4().simple());
-    let store = Store::connect(admin, 1).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(store.pool())
-        .await
-        .unwrap();
-    store.close().await;
-    let mut url = url::Url::parse(admin).unwrap();
-    url.set_path(&format!("/{name}"));
-    url.to_string()
-}
-
 /// Starts `soloist chat` `times` times on one home (the first start creates
 /// and migrates the database and is not counted) and times the wait for the
 /// first prompt.
@@ -138,18 +127,4 @@ fn cold_starts(times: usize) -> Vec<Duration> {
         }
     }
     samples
-}
-
-fn report(what: &str, samples: &[Duration]) {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let at = |q: f64| sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)];
-    let mean = sorted.iter().sum::<Duration>() / sorted.len() as u32;
-    println!(
-        "{what}: n={} median={:?} p99={:?} mean={:?}",
-        sorted.len(),
-        at(0.5),
-        at(0.99),
-        mean
-    );
 }

@@ -1,0 +1,35 @@
+//! What the bench binaries share: a fresh PostgreSQL database, and the
+//! figures printed one line each.
+
+use std::time::Duration;
+
+use soloist::store::Store;
+
+/// A new, empty database on the server `admin` points at.
+pub async fn fresh_pg_database(admin: &str) -> String {
+    let name = format!("soloist_test_bench_{}", uuid::Uuid::new_v4().simple());
+    let store = Store::connect(admin, 1).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let mut url = url::Url::parse(admin).unwrap();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+/// Prints `what: n=… median=… p99=… mean=…`.
+pub fn report(what: &str, samples: &[Duration]) {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let at = |q: f64| sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)];
+    let mean = sorted.iter().sum::<Duration>() / sorted.len() as u32;
+    println!(
+        "{what}: n={} median={:?} p99={:?} mean={:?}",
+        sorted.len(),
+        at(0.5),
+        at(0.99),
+        mean
+    );
+}
