@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use crate::agents::HOW_TO_CONFIGURE;
 use crate::domain::{
-    Action, ApprovalRole, Button, ButtonToken, Inbound, InboundContent, Outbound, Platform, RunId,
-    clip,
+    Action, ApprovalRole, ButtonToken, Inbound, InboundContent, Outbound, Platform, RunId,
+    action_buttons, clip,
 };
 use crate::engine::{Engine, EngineError, StartRun};
 use crate::store::{ActionLookup, DecideError, InboundRecord, RunRow, StoreError};
@@ -316,16 +316,7 @@ impl Controller {
                 request: String::new(),
             },
         ));
-        let mut buttons = Vec::new();
-        let mut actions = Vec::new();
-        for (label, action) in choices {
-            let token = ButtonToken::generate();
-            buttons.push(Button {
-                label,
-                token: token.clone(),
-            });
-            actions.push((token, action));
-        }
+        let (buttons, actions) = action_buttons(choices);
         self.engine.store().create_actions(&actions).await?;
         Ok(Handled {
             replies: vec![

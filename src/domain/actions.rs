@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{RunId, Tier};
+use super::{Button, ButtonToken, RunId, Tier};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
@@ -21,4 +21,22 @@ pub enum Action {
     /// Do what free text was routed to (a flow or a command), after the
     /// operator confirmed the guess.
     Route { intent: String, request: String },
+}
+
+/// Buttons for labelled actions, each with a fresh token, and the
+/// (token, action) pairs the store keeps for them.
+pub fn action_buttons(choices: Vec<(String, Action)>) -> (Vec<Button>, Vec<(ButtonToken, Action)>) {
+    choices
+        .into_iter()
+        .map(|(label, action)| {
+            let token = ButtonToken::generate();
+            (
+                Button {
+                    label,
+                    token: token.clone(),
+                },
+                (token, action),
+            )
+        })
+        .unzip()
 }

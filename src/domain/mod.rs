@@ -7,7 +7,7 @@ mod ids;
 mod models;
 mod run;
 
-pub use actions::Action;
+pub use actions::{Action, action_buttons};
 pub use ids::{ApprovalId, ArtifactId, IdError, RunId};
 pub use models::{CostLabel, Tier};
 pub use run::{InputPurpose, JournalEvent, RunInput, RunStatus};

@@ -8,8 +8,8 @@ use super::Engine;
 use super::state::RunState;
 use crate::agents::{ModelCall, ModelError};
 use crate::domain::{
-    Action, ArtifactId, Button, ButtonToken, Decision, InputPurpose, JournalEvent, Outbound, RunId,
-    RunStatus,
+    Action, ArtifactId, Decision, InputPurpose, JournalEvent, Outbound, RunId, RunStatus,
+    action_buttons,
 };
 use crate::flows::{Flow, StepDef, StepKind, Tier};
 use crate::store::{NewApproval, NewArtifact, RunRow, Transition};
@@ -196,15 +196,8 @@ impl Engine {
             ));
         }
         actions.push(("Cancel".into(), Action::CancelRun { run_id: run.id }));
-        let mut buttons = Vec::new();
-        for (label, action) in actions {
-            let token = ButtonToken::generate();
-            buttons.push(Button {
-                label,
-                token: token.clone(),
-            });
-            transition.actions.push((token, action));
-        }
+        let (buttons, tokens) = action_buttons(actions);
+        transition.actions.extend(tokens);
         if let Some(message) = transition.messages.last_mut() {
             message.buttons = buttons;
         }

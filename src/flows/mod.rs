@@ -137,28 +137,10 @@ impl FlowCatalog {
                 )
             })
             .collect();
-        let dir = home.join("config/flows");
-        if dir.is_dir() {
-            let entries = std::fs::read_dir(&dir).map_err(|source| FlowError::Read {
-                path: dir.display().to_string(),
-                source,
-            })?;
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.extension().and_then(|e| e.to_str()) != Some("toml") {
-                    continue;
-                }
-                let text = std::fs::read_to_string(&path).map_err(|source| FlowError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                let name = path
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or_default()
-                    .to_string();
-                sources.insert(name, (path.display().to_string(), text));
-            }
+        let overrides = read_overrides(&home.join("config/flows"), "toml")
+            .map_err(|(path, source)| FlowError::Read { path, source })?;
+        for (name, path, text) in overrides {
+            sources.insert(name, (path, text));
         }
         let mut flows = BTreeMap::new();
         for (file, text) in sources.values() {
@@ -183,6 +165,32 @@ impl FlowCatalog {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.flows.keys().map(String::as_str)
     }
+}
+
+/// The `*.ext` files of `dir` (none if it does not exist), as (file stem,
+/// path, contents): the operator's overrides of built-in flows or prompts.
+pub(crate) fn read_overrides(
+    dir: &Path,
+    ext: &str,
+) -> Result<Vec<(String, String, String)>, FlowError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut files = Vec::new();
+    for path in entries.flatten().map(|e| e.path()) {
+        if path.extension().and_then(|e| e.to_str()) != Some(ext) {
+            continue;
+        }
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|source| (shown.clone(), source))?;
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        files.push((name, shown, text));
+    }
+    Ok(files)
 }
 
 impl FromStr for Flow {

@@ -42,22 +42,16 @@ impl Prompts {
             .iter()
             .map(|(name, text)| (name.to_string(), text.to_string()))
             .collect();
-        let dir = home.join("prompts");
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for path in entries.flatten().map(|e| e.path()) {
-                if path.extension().and_then(|e| e.to_str()) != Some("md") {
-                    continue;
-                }
-                let text = std::fs::read_to_string(&path).map_err(|source| PromptError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                let name = path
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or_default();
-                sources.insert(name.to_string(), text);
-            }
+        let overrides =
+            super::read_overrides(&home.join("prompts"), "md").map_err(|error| match error {
+                super::FlowError::Read { path, source } => PromptError::Read { path, source },
+                other => PromptError::Read {
+                    path: other.to_string(),
+                    source: std::io::Error::other("unreadable"),
+                },
+            })?;
+        for (name, _, text) in overrides {
+            sources.insert(name, text);
         }
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
