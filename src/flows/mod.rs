@@ -167,12 +167,15 @@ impl FlowCatalog {
     }
 }
 
+/// A file that exists but cannot be read: its path and why.
+pub(crate) type Unreadable = (String, std::io::Error);
+
 /// The `*.ext` files of `dir` (none if it does not exist), as (file stem,
 /// path, contents): the operator's overrides of built-in flows or prompts.
 pub(crate) fn read_overrides(
     dir: &Path,
     ext: &str,
-) -> Result<Vec<(String, String, String)>, FlowError> {
+) -> Result<Vec<(String, String, String)>, Unreadable> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(Vec::new());
     };

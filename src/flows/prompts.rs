@@ -42,14 +42,8 @@ impl Prompts {
             .iter()
             .map(|(name, text)| (name.to_string(), text.to_string()))
             .collect();
-        let overrides =
-            super::read_overrides(&home.join("prompts"), "md").map_err(|error| match error {
-                super::FlowError::Read { path, source } => PromptError::Read { path, source },
-                other => PromptError::Read {
-                    path: other.to_string(),
-                    source: std::io::Error::other("unreadable"),
-                },
-            })?;
+        let overrides = super::read_overrides(&home.join("prompts"), "md")
+            .map_err(|(path, source)| PromptError::Read { path, source })?;
         for (name, _, text) in overrides {
             sources.insert(name, text);
         }
