@@ -108,6 +108,10 @@ async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<Exit
         app.database_label,
         app.engine.agents().describe(),
     );
+    // Non-urgent steps go out in batches while the operator types; their
+    // results print with the next reply.
+    let batches = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(soloist::runtime::batches(app.clone(), batches.clone()));
     let console = Console::new(
         app.controller.clone(),
         tokio::io::stdout(),
@@ -115,6 +119,7 @@ async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<Exit
     );
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
     console.run(stdin, &banner).await?;
+    batches.cancel();
     app.store.close().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -35,6 +35,7 @@ pub async fn run(
         return Err(RuntimeError::NoPlatform);
     }
     let mut services = tokio::task::JoinSet::new();
+    services.spawn(batches(app.clone(), shutdown.clone()));
     services.spawn(worker(app, shutdown.clone()));
     for platform in platforms {
         services.spawn(platform);
@@ -63,6 +64,28 @@ async fn worker(app: App, shutdown: CancellationToken) -> Result<(), String> {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Sends non-urgent calls in batches when due, collects batches that came
+/// back and drives their runs on, every `models.batch.poll_secs`.
+pub async fn batches(app: App, shutdown: CancellationToken) -> Result<(), String> {
+    let batcher = app.engine.agents().batcher();
+    loop {
+        match batcher.tick(false).await {
+            Ok(woken) => {
+                for run in woken {
+                    if let Err(error) = app.engine.drive(run).await {
+                        tracing::error!(error = ?error, %run, "driving a run after its batch failed");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(error = %error, "batch round failed; will try again"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(batcher.poll_interval()) => {}
         }
     }
 }

@@ -120,6 +120,10 @@ CREATE TABLE cost_ledger (
     -- values on PostgreSQL. `priced` says whether cost_usd is known.
     cost_usd            REAL NOT NULL DEFAULT 0,
     priced              BIGINT NOT NULL DEFAULT 0,
+    -- Sent through a provider's batch API, and what that saved against the
+    -- interactive price.
+    batched             BIGINT NOT NULL DEFAULT 0,
+    saved_usd           REAL NOT NULL DEFAULT 0,
     latency_ms          BIGINT NOT NULL,
     cache_hit           BIGINT NOT NULL DEFAULT 0,
     outcome             TEXT   NOT NULL,
@@ -193,3 +197,24 @@ CREATE TABLE action_buttons (
     created_at BIGINT NOT NULL,
     used_at    BIGINT
 );
+
+-- Non-urgent model calls, queued to be sent together through a provider's
+-- batch API (half price at OpenAI), with the budget they reserved.
+CREATE TABLE batch_items (
+    id           TEXT   PRIMARY KEY,
+    run_id       TEXT   NOT NULL REFERENCES runs (id),
+    step         TEXT   NOT NULL,
+    flow         TEXT   NOT NULL,
+    provider     TEXT   NOT NULL,
+    model        TEXT   NOT NULL,
+    tier         TEXT   NOT NULL,
+    request      TEXT   NOT NULL,
+    status       TEXT   NOT NULL CHECK (status IN ('queued', 'submitted', 'done', 'failed')),
+    batch_id     TEXT,
+    reserved_usd REAL NOT NULL,
+    budget_day   TEXT   NOT NULL,
+    budget_month TEXT   NOT NULL,
+    created_at   BIGINT NOT NULL,
+    finished_at  BIGINT
+);
+CREATE INDEX batch_items_by_status ON batch_items (status, provider, created_at);

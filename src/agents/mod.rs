@@ -5,11 +5,13 @@
 //! request, retries with backoff (honouring `retry-after`), and records
 //! every attempt in the cost ledger with the provider's token counts.
 
+mod batch;
 mod budget;
 mod cache;
 mod providers;
 mod tokens;
 
+pub use batch::{BatchError, Batcher};
 pub use budget::{BudgetGate, period_keys};
 pub use cache::ResponseCache;
 pub use providers::{CallError, Prompt, Provider, Reply};
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{ModelRef, ModelsSettings, OnBudget, Policy};
 use crate::domain::{CostLabel, RunId, Tier};
-use crate::store::{BudgetRefusal, LedgerEntry, Reservation, Store, StoreError};
+use crate::store::{BudgetRefusal, LedgerEntry, NewBatchItem, Reservation, Store, StoreError};
 
 /// One model call, and where it belongs in the ledger.
 #[derive(Debug, Clone)]
@@ -190,6 +192,77 @@ impl Agents {
         }
     }
 
+    /// The batcher for this configuration.
+    pub fn batcher(&self) -> Batcher {
+        Batcher::new(self.inner.settings.clone(), self.inner.store.clone())
+    }
+
+    /// Prepares a non-urgent call for the next batch: the tier's first
+    /// model, when its provider has a batch API (OpenAI kind), with its
+    /// worst case reserved at the batch price. None means: no batch API
+    /// here, call it now.
+    pub async fn queue_for_batch(
+        &self,
+        call: &ModelCall,
+        step: &str,
+    ) -> Result<Option<NewBatchItem>, ModelError> {
+        let settings = &self.inner.settings;
+        let policy = settings.policy(call.label);
+        let tier = call.tier.min(policy.tier_cap);
+        let Some(model) = settings.usable_chain(tier).into_iter().next() else {
+            return Err(ModelError::NotConfigured);
+        };
+        if settings.providers[&model.provider].kind != crate::config::ProviderKind::Openai {
+            return Ok(None);
+        }
+        let max_tokens = ((call.max_tokens as f64) * policy.max_tokens_factor)
+            .ceil()
+            .max(1.0) as u64;
+        let attempt = Attempt {
+            call,
+            model: &model,
+            tier,
+            prompt: Prompt {
+                system: &call.system,
+                prompt: &call.prompt,
+                max_tokens,
+                temperature: call.temperature,
+            },
+        };
+        let reservation = match self
+            .reserve_at(&attempt, settings.batch.price_factor)
+            .await?
+        {
+            Ok(reservation) => reservation,
+            Err(refusal) => {
+                self.record(&attempt, "blocked", None, Duration::ZERO)
+                    .await?;
+                return Err(ModelError::Blocked(refusal));
+            }
+        };
+        let mut request = serde_json::json!({
+            "model": model.model,
+            "messages": [
+                {"role": "system", "content": call.system},
+                {"role": "user", "content": call.prompt},
+            ],
+            "max_tokens": max_tokens,
+        });
+        if let Some(temperature) = call.temperature {
+            request["temperature"] = serde_json::json!(temperature);
+        }
+        Ok(Some(NewBatchItem {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            step: step.to_string(),
+            flow: call.flow.clone().unwrap_or_default(),
+            provider: model.provider.clone(),
+            model: model.model.clone(),
+            tier: tier.as_str().to_string(),
+            request,
+            reservation,
+        }))
+    }
+
     /// Calls a model of the call's tier (capped by its label), falling back
     /// down the chain and, when the label allows, to cheaper tiers when the
     /// budget is short.
@@ -285,6 +358,15 @@ impl Agents {
         &self,
         attempt: &Attempt<'_>,
     ) -> Result<Result<Reservation, BudgetRefusal>, ModelError> {
+        self.reserve_at(attempt, 1.0).await
+    }
+
+    /// Reserves the worst case at `price_factor` times the model's price.
+    async fn reserve_at(
+        &self,
+        attempt: &Attempt<'_>,
+        price_factor: f64,
+    ) -> Result<Result<Reservation, BudgetRefusal>, ModelError> {
         let settings = &self.inner.settings;
         let price = settings
             .price(attempt.model)
@@ -300,7 +382,7 @@ impl Agents {
             &attempt.model.model,
             &[attempt.prompt.system, attempt.prompt.prompt],
         );
-        let worst = price.cost(prompt_tokens, 0, attempt.prompt.max_tokens);
+        let worst = price.cost(prompt_tokens, 0, attempt.prompt.max_tokens) * price_factor;
         self.inner
             .budget
             .reserve(worst)
@@ -452,6 +534,8 @@ impl Agents {
             latency_ms: latency.as_millis() as i64,
             cache_hit: completion.is_some_and(|c| c.cache_hit),
             outcome: outcome.to_string(),
+            batched: false,
+            saved_usd: 0.0,
         }
     }
 }

@@ -9,8 +9,8 @@
 mod models;
 
 pub use models::{
-    LabelPolicy, ModelRef, ModelsSettings, OnBudget, Price, ProviderKind, ProviderSettings,
-    TierChains,
+    BatchSettings, LabelPolicy, ModelRef, ModelsSettings, OnBudget, Price, ProviderKind,
+    ProviderSettings, TierChains,
 };
 
 use std::path::{Path, PathBuf};

@@ -27,6 +27,21 @@ pub struct ModelsSettings {
     /// USD per million tokens, by `provider/model`.
     pub prices: BTreeMap<String, Price>,
     pub labels: BTreeMap<CostLabel, LabelPolicy>,
+    pub batch: BatchSettings,
+}
+
+/// Non-urgent calls wait to be sent together through the provider's batch
+/// API (OpenAI's, at half price).
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct BatchSettings {
+    /// Send when this many calls are queued for a provider…
+    pub max_items: u32,
+    /// …or when the oldest has waited this long.
+    pub max_wait_secs: u64,
+    /// How often submitted batches are checked.
+    pub poll_secs: u64,
+    /// The batch price as a share of the interactive price.
+    pub price_factor: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

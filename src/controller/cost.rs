@@ -37,6 +37,14 @@ pub async fn report(engine: &Engine) -> Result<String, ControllerError> {
         "\nThis month ({month}): ${:.4} of ${:.2}",
         this_month.spent_usd, this_month.cap_usd
     );
+    let month_summary = store.cost_since(month_start).await?;
+    if month_summary.batched > 0 {
+        let _ = write!(
+            text,
+            "\nBatched this month: {} call(s), saved ${:.4}",
+            month_summary.batched, month_summary.saved_usd
+        );
+    }
     for (title, group) in [("By flow", CostGroup::Flow), ("By model", CostGroup::Model)] {
         let lines = store.cost_by(group, month_start).await?;
         if lines.is_empty() {

@@ -16,6 +16,8 @@ pub enum RunStatus {
     WaitingApproval,
     /// Suspended until the operator sends a message (an edit, a reason).
     WaitingInput,
+    /// Suspended until a queued batch call comes back.
+    WaitingBatch,
     Completed,
     Failed,
 }
@@ -26,6 +28,7 @@ impl RunStatus {
             RunStatus::Runnable => "runnable",
             RunStatus::WaitingApproval => "waiting_approval",
             RunStatus::WaitingInput => "waiting_input",
+            RunStatus::WaitingBatch => "waiting_batch",
             RunStatus::Completed => "completed",
             RunStatus::Failed => "failed",
         }
@@ -49,6 +52,7 @@ impl FromStr for RunStatus {
             "runnable" => RunStatus::Runnable,
             "waiting_approval" => RunStatus::WaitingApproval,
             "waiting_input" => RunStatus::WaitingInput,
+            "waiting_batch" => RunStatus::WaitingBatch,
             "completed" => RunStatus::Completed,
             "failed" => RunStatus::Failed,
             other => return Err(format!("unknown run status '{other}'")),
@@ -133,6 +137,20 @@ pub enum JournalEvent {
         artifact_id: ArtifactId,
         status: String,
     },
+    /// A non-urgent model call was queued for the next batch.
+    BatchQueued {
+        step: String,
+        item_id: String,
+    },
+    /// The batch came back: the call's output, or why it failed.
+    BatchFinished {
+        step: String,
+        item_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<serde_json::Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     Failed {
         step: String,
         error: String,
@@ -159,6 +177,8 @@ impl JournalEvent {
             JournalEvent::InputRequested { .. } => "input_requested",
             JournalEvent::InputReceived { .. } => "input_received",
             JournalEvent::ArtifactSaved { .. } => "artifact_saved",
+            JournalEvent::BatchQueued { .. } => "batch_queued",
+            JournalEvent::BatchFinished { .. } => "batch_finished",
             JournalEvent::Failed { .. } => "failed",
             JournalEvent::Retried { .. } => "retried",
             JournalEvent::Completed { .. } => "completed",

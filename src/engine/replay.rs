@@ -99,6 +99,21 @@ fn describe(event: &JournalEvent) -> String {
                 artifact_id.short()
             )
         }
+        JournalEvent::BatchQueued { step, item_id } => {
+            format!("step '{step}' queued batch call {}", clip(item_id))
+        }
+        JournalEvent::BatchFinished {
+            step, error: None, ..
+        } => {
+            format!("step '{step}': batch call came back")
+        }
+        JournalEvent::BatchFinished {
+            step,
+            error: Some(error),
+            ..
+        } => {
+            format!("step '{step}': batch call failed: {error}")
+        }
         JournalEvent::Failed { step, error } => format!("step '{step}' failed: {error}"),
         JournalEvent::Retried { by, tier: None } => format!("retried by {by}"),
         JournalEvent::Retried {

@@ -99,6 +99,14 @@ impl RunState {
                 self.note(step, event);
             }
             JournalEvent::ArtifactSaved { step, .. } => self.note(step, event),
+            JournalEvent::BatchQueued { step, .. } => {
+                self.status = RunStatus::WaitingBatch;
+                self.note(step, event);
+            }
+            JournalEvent::BatchFinished { step, .. } => {
+                self.status = RunStatus::Runnable;
+                self.note(step, event);
+            }
             JournalEvent::Failed { error, .. } => {
                 self.status = RunStatus::Failed;
                 self.error = Some(error.clone());
@@ -106,6 +114,13 @@ impl RunState {
             JournalEvent::Retried { tier, .. } => {
                 self.status = RunStatus::Runnable;
                 self.error = None;
+                // A failed batch call is queued afresh on retry.
+                self.conversations.retain(|_, c| {
+                    !matches!(
+                        c.latest,
+                        Some(JournalEvent::BatchFinished { error: Some(_), .. })
+                    )
+                });
                 if tier.is_some() {
                     self.tier_override = *tier;
                 }

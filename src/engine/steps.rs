@@ -12,7 +12,7 @@ use crate::domain::{
     action_buttons,
 };
 use crate::flows::{Flow, StepDef, StepKind, Tier};
-use crate::store::{NewApproval, NewArtifact, RunRow, Transition};
+use crate::store::{NewApproval, NewArtifact, NewBatchItem, RunRow, Transition};
 
 /// A step that finished; the engine adds the run's completion when it was
 /// the last.
@@ -56,6 +56,7 @@ impl Engine {
                 prompt,
                 max_tokens,
                 temperature,
+                urgent,
             } => {
                 let call = GenerateCall {
                     tier: *tier,
@@ -63,6 +64,7 @@ impl Engine {
                     prompt,
                     max_tokens: *max_tokens,
                     temperature: *temperature,
+                    urgent: *urgent,
                 };
                 self.generate(run, flow, step, state, call).await
             }
@@ -107,6 +109,27 @@ impl Engine {
         state: &RunState,
         call: GenerateCall<'_>,
     ) -> Transition {
+        if !call.urgent {
+            match state.conversation(&step.name).latest {
+                Some(JournalEvent::BatchFinished {
+                    output: Some(output),
+                    ..
+                }) => return completed(&step.name, output),
+                Some(JournalEvent::BatchFinished {
+                    error: Some(error), ..
+                }) => {
+                    let error = format!("the batch call failed: {error}");
+                    let mut transition = failed(run, &step.name, error, "Retry queues it again.");
+                    let ways = WaysOut {
+                        raise_cap: false,
+                        switch_to: None,
+                    };
+                    self.offer_ways_out(&mut transition, run, ways);
+                    return transition;
+                }
+                _ => {}
+            }
+        }
         let values = self.template_values(state);
         let prompts = &self.inner.prompts;
         let rendered = prompts
@@ -129,6 +152,19 @@ impl Engine {
             flow: Some(flow.name.clone()),
             step: Some(step.name.clone()),
         };
+        if !call.urgent {
+            match self
+                .inner
+                .agents
+                .queue_for_batch(&model_call, &step.name)
+                .await
+            {
+                Ok(Some(item)) => return queued(run, step, item),
+                // This provider has no batch API: call it now.
+                Ok(None) => {}
+                Err(error) => return self.model_failure(run, step, &error, model_call.tier),
+            }
+        }
         match self.inner.agents.complete(&model_call).await {
             Ok(completion) => completed(
                 &step.name,
@@ -141,13 +177,24 @@ impl Engine {
                     "cache_hit": completion.cache_hit,
                 }),
             ),
-            Err(error) => {
-                tracing::warn!(error = ?error, "model step failed");
-                let mut transition = failed(run, &step.name, error.to_string(), error.advice());
-                self.offer_ways_out(&mut transition, run, &error, model_call.tier);
-                transition
-            }
+            Err(error) => self.model_failure(run, step, &error, model_call.tier),
         }
+    }
+
+    /// The run stops, saying what failed, with buttons to go on.
+    fn model_failure(
+        &self,
+        run: &RunRow,
+        step: &StepDef,
+        error: &ModelError,
+        tier: Tier,
+    ) -> Transition {
+        tracing::warn!(error = ?error, "model step failed");
+        let mut transition = failed(run, &step.name, error.to_string(), error.advice());
+        if let Some(ways) = WaysOut::after(error, tier) {
+            self.offer_ways_out(&mut transition, run, ways);
+        }
+        transition
     }
 }
 
@@ -155,15 +202,9 @@ impl Engine {
     /// Buttons on a failed model step's message: raise today's cap (when
     /// the budget stopped it), retry, switch to the fast tier (when a
     /// provider failed), cancel.
-    fn offer_ways_out(
-        &self,
-        transition: &mut Transition,
-        run: &RunRow,
-        error: &ModelError,
-        tier: Tier,
-    ) {
+    fn offer_ways_out(&self, transition: &mut Transition, run: &RunRow, ways: WaysOut) {
         let mut actions = Vec::new();
-        if let ModelError::Blocked(_) = error {
+        if ways.raise_cap {
             let (day, _) = self.inner.agents.budget().periods();
             let amount = self.inner.settings.policy.daily_budget_usd;
             actions.push((
@@ -174,9 +215,6 @@ impl Engine {
                 },
             ));
         }
-        if matches!(error, ModelError::NotConfigured) {
-            return;
-        }
         actions.push((
             "Retry".into(),
             Action::RetryRun {
@@ -184,9 +222,7 @@ impl Engine {
                 tier: None,
             },
         ));
-        if matches!(error, ModelError::Exhausted { .. })
-            && let Some(cheaper) = tier.cheaper()
-        {
+        if let Some(cheaper) = ways.switch_to {
             actions.push((
                 format!("Switch to the {cheaper} tier"),
                 Action::RetryRun {
@@ -204,12 +240,40 @@ impl Engine {
     }
 }
 
+/// The buttons a stopped model step offers besides Retry and Cancel.
+struct WaysOut {
+    raise_cap: bool,
+    switch_to: Option<Tier>,
+}
+
+impl WaysOut {
+    /// None when there is nothing to press (no model configured).
+    fn after(error: &ModelError, tier: Tier) -> Option<WaysOut> {
+        match error {
+            ModelError::NotConfigured => None,
+            ModelError::Blocked(_) => Some(WaysOut {
+                raise_cap: true,
+                switch_to: None,
+            }),
+            ModelError::Exhausted { .. } => Some(WaysOut {
+                raise_cap: false,
+                switch_to: tier.cheaper(),
+            }),
+            ModelError::Ledger(_) => Some(WaysOut {
+                raise_cap: false,
+                switch_to: None,
+            }),
+        }
+    }
+}
+
 struct GenerateCall<'a> {
     tier: Tier,
     system: &'a str,
     prompt: &'a str,
     max_tokens: u64,
     temperature: Option<f64>,
+    urgent: bool,
 }
 
 /// The approval conversation: offer the draft; on Approve save it; on Edit
@@ -288,6 +352,22 @@ fn offer(run: &RunRow, step: &StepDef, draft: &str) -> Transition {
         draft: draft.to_string(),
     });
     transition.approval = Some(approval);
+    transition
+}
+
+/// The run waits for the batch that will carry its call.
+fn queued(run: &RunRow, step: &StepDef, item: NewBatchItem) -> Transition {
+    let mut transition = Transition::new(RunStatus::WaitingBatch);
+    transition.events.push(JournalEvent::BatchQueued {
+        step: step.name.clone(),
+        item_id: item.id.clone(),
+    });
+    transition.messages.push(Outbound::text(format!(
+        "Step '{}' is queued for the next batch (cheaper, not instant); run {} goes on when it comes back.",
+        step.name,
+        run.id.short()
+    )));
+    transition.batch_item = Some(item);
     transition
 }
 

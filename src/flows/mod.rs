@@ -63,12 +63,19 @@ pub enum StepKind {
         max_tokens: u64,
         #[serde(default)]
         temperature: Option<f64>,
+        /// false: the call may wait for the next batch (cheaper, slower).
+        #[serde(default = "urgent_by_default")]
+        urgent: bool,
     },
     /// Asks for Approve / Edit / Reject on the text another step produced.
     Approve {
         draft_from: String,
         artifact_kind: String,
     },
+}
+
+fn urgent_by_default() -> bool {
+    true
 }
 
 impl Flow {

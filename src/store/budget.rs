@@ -108,22 +108,7 @@ impl Store {
     ) -> StoreResult<()> {
         let spent = entry.and_then(|e| e.cost_usd).unwrap_or(0.0);
         let mut tx = self.pool.begin().await?;
-        for period in [
-            format!("day:{}", reservation.day),
-            format!("month:{}", reservation.month),
-        ] {
-            sqlx::query(
-                "UPDATE budget_periods
-                 SET reserved_usd = CASE WHEN reserved_usd > $1 THEN reserved_usd - $1 ELSE 0 END,
-                     spent_usd = spent_usd + $2
-                 WHERE period = $3",
-            )
-            .bind(reservation.amount_usd)
-            .bind(spent)
-            .bind(&period)
-            .execute(&mut *tx)
-            .await?;
-        }
+        settle_in(&mut tx, reservation, spent).await?;
         if let Some(entry) = entry {
             insert_call(&mut tx, entry).await?;
         }
@@ -208,6 +193,31 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Replaces a reservation by what was spent, in both its periods.
+pub(super) async fn settle_in(
+    tx: &mut Transaction<'_, Any>,
+    reservation: &Reservation,
+    spent: f64,
+) -> StoreResult<()> {
+    for period in [
+        format!("day:{}", reservation.day),
+        format!("month:{}", reservation.month),
+    ] {
+        sqlx::query(
+            "UPDATE budget_periods
+             SET reserved_usd = CASE WHEN reserved_usd > $1 THEN reserved_usd - $1 ELSE 0 END,
+                 spent_usd = spent_usd + $2
+             WHERE period = $3",
+        )
+        .bind(reservation.amount_usd)
+        .bind(spent)
+        .bind(&period)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 pub(super) async fn insert_actions(

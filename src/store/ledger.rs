@@ -23,6 +23,9 @@ pub struct LedgerEntry {
     pub cache_hit: bool,
     /// `ok`, `blocked`, or the error kind (`timeout`, `http_500`, …).
     pub outcome: String,
+    /// Sent through a batch API; `saved_usd` is what that saved.
+    pub batched: bool,
+    pub saved_usd: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -31,6 +34,9 @@ pub struct CostSummary {
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cost_usd: f64,
+    /// Calls sent through a batch API, and what that saved.
+    pub batched: i64,
+    pub saved_usd: f64,
 }
 
 impl Store {
@@ -76,19 +82,29 @@ impl Store {
 
     /// Calls and spend since `since_ms` (Unix milliseconds).
     pub async fn cost_since(&self, since_ms: i64) -> StoreResult<CostSummary> {
-        let (calls, input, output, cost): (i64, Option<i64>, Option<i64>, Option<f64>) =
-            sqlx::query_as(
-                "SELECT COUNT(*), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), SUM(cost_usd)
-                 FROM cost_ledger WHERE created_at >= $1",
-            )
-            .bind(since_ms)
-            .fetch_one(&self.pool)
-            .await?;
+        type Sums = (
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<f64>,
+            Option<i64>,
+            Option<f64>,
+        );
+        let (calls, input, output, cost, batched, saved): Sums = sqlx::query_as(
+            "SELECT COUNT(*), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT),
+                    SUM(cost_usd), CAST(SUM(batched) AS BIGINT), SUM(saved_usd)
+             FROM cost_ledger WHERE created_at >= $1",
+        )
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(CostSummary {
             calls,
             input_tokens: input.unwrap_or(0),
             output_tokens: output.unwrap_or(0),
             cost_usd: cost.unwrap_or(0.0),
+            batched: batched.unwrap_or(0),
+            saved_usd: saved.unwrap_or(0.0),
         })
     }
 }
@@ -150,8 +166,9 @@ pub(super) async fn insert_call(
     sqlx::query(
 
             "INSERT INTO cost_ledger (run_id, step, flow, provider, model, tier, input_tokens,
-                 cached_input_tokens, output_tokens, cost_usd, priced, latency_ms, cache_hit, outcome, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                 cached_input_tokens, output_tokens, cost_usd, priced, latency_ms, cache_hit, outcome,
+                 batched, saved_usd, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(entry.run_id.map(|r| r.to_string()))
         .bind(entry.step.as_deref())
@@ -167,6 +184,8 @@ pub(super) async fn insert_call(
         .bind(entry.latency_ms)
         .bind(i64::from(entry.cache_hit))
         .bind(&entry.outcome)
+        .bind(i64::from(entry.batched))
+        .bind(entry.saved_usd)
         .bind(now_ms())
         .execute(&mut **tx)
         .await?;

@@ -5,12 +5,14 @@
 //! Both backends pass the same conformance tests (`tests/store.rs`).
 
 mod approvals;
+mod batch;
 mod budget;
 mod ledger;
 mod messages;
 mod runs;
 
 pub use approvals::{ApprovalSummary, DecideError, Decided, NewApproval};
+pub use batch::{BatchItem, BatchOutcome, NewBatchItem};
 pub use budget::{ActionLookup, BudgetRefusal, Caps, PeriodStatus, Reservation};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::{InboundRecord, OutboxMessage};

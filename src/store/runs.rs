@@ -5,6 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::approvals::{NewApproval, insert_approval};
+use super::batch::{NewBatchItem, insert_batch_item};
 use super::budget::insert_actions;
 use super::messages::enqueue_in;
 use super::{Backend, Store, StoreResult, corrupt, now_ms};
@@ -67,6 +68,8 @@ pub struct Transition {
     pub reject_reason: Option<(ApprovalId, String)>,
     /// Action buttons the messages carry (retry, cancel, raise the cap).
     pub actions: Vec<(ButtonToken, Action)>,
+    /// A non-urgent model call to queue for the next batch.
+    pub batch_item: Option<NewBatchItem>,
 }
 
 impl Transition {
@@ -81,6 +84,7 @@ impl Transition {
             artifact: None,
             reject_reason: None,
             actions: Vec::new(),
+            batch_item: None,
         }
     }
 }
@@ -305,6 +309,9 @@ impl Store {
             insert_approval(&mut tx, run, approval).await?;
         }
         insert_actions(&mut tx, &transition.actions).await?;
+        if let Some(item) = &transition.batch_item {
+            insert_batch_item(&mut tx, run.id, item).await?;
+        }
         if let Some(artifact) = &transition.artifact {
             insert_artifact(&mut tx, run.id, artifact).await?;
         }

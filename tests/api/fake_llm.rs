@@ -49,6 +49,12 @@ struct Shared {
     script: VecDeque<Behavior>,
     fallback: Option<Behavior>,
     requests: Vec<Value>,
+    /// Uploaded and produced files (batch input and output), by id.
+    files: std::collections::HashMap<String, String>,
+    /// Batches: id to output file id.
+    batches: std::collections::HashMap<String, String>,
+    /// Calls to the batch endpoints, in order ("POST /files", …).
+    batch_calls: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -69,6 +75,10 @@ impl FakeLlm {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/messages", post(messages))
+            .route("/v1/files", post(upload_file))
+            .route("/v1/files/{id}/content", get(file_content))
+            .route("/v1/batches", post(create_batch))
+            .route("/v1/batches/{id}", get(batch_status))
             .route("/v1/models", get(models))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -95,6 +105,11 @@ impl FakeLlm {
 
     pub fn requests(&self) -> Vec<Value> {
         self.shared.lock().unwrap().requests.clone()
+    }
+
+    /// The batch API calls made so far, in order.
+    pub fn batch_calls(&self) -> Vec<String> {
+        self.shared.lock().unwrap().batch_calls.clone()
     }
 
     pub fn calls(&self) -> usize {
@@ -217,4 +232,111 @@ async fn chat_completions(
         .into_response(),
         other => failure(other).await,
     }
+}
+
+/// `POST /v1/files` (multipart: purpose, file).
+async fn upload_file(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    mut form: axum::extract::Multipart,
+) -> Json<Value> {
+    let mut content = String::new();
+    while let Ok(Some(field)) = form.next_field().await {
+        if field.name() == Some("file") {
+            content = field.text().await.unwrap();
+        }
+    }
+    let mut shared = shared.lock().unwrap();
+    let id = format!("file-{}", shared.files.len() + 1);
+    shared.files.insert(id.clone(), content);
+    shared.batch_calls.push("POST /files".into());
+    Json(
+        json!({"id": id, "object": "file", "purpose": "batch", "bytes": 0, "created_at": 0, "filename": "batch.jsonl"}),
+    )
+}
+
+/// `POST /v1/batches`: runs every request of the input file through the
+/// script at once, so the batch is complete when first asked about.
+async fn create_batch(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    Json(body): Json<Value>,
+) -> Json<Value> {
+    let input_id = body["input_file_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let input = shared
+        .lock()
+        .unwrap()
+        .files
+        .get(&input_id)
+        .cloned()
+        .unwrap_or_default();
+    let mut output = Vec::new();
+    for line in input.lines() {
+        let request: Value = serde_json::from_str(line).unwrap();
+        let behavior = next_behavior(&shared, &request["body"]).await;
+        let response = match behavior {
+            Behavior::Reply {
+                text,
+                prompt_tokens,
+                completion_tokens,
+                cached_tokens,
+            } => json!({
+                "status_code": 200,
+                "request_id": "req_fake",
+                "body": {
+                    "id": "chatcmpl-batch",
+                    "object": "chat.completion",
+                    "model": request["body"]["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                        "prompt_tokens_details": {"cached_tokens": cached_tokens}
+                    }
+                }
+            }),
+            _ => {
+                json!({"status_code": 500, "request_id": "req_fake", "body": {"error": {"message": "batch item failed"}}})
+            }
+        };
+        output.push(json!({"id": "batch_req", "custom_id": request["custom_id"], "response": response, "error": null}).to_string());
+    }
+    let mut shared = shared.lock().unwrap();
+    let output_id = format!("file-{}", shared.files.len() + 1);
+    shared.files.insert(output_id.clone(), output.join("\n"));
+    let batch_id = format!("batch_{}", shared.batches.len() + 1);
+    shared.batches.insert(batch_id.clone(), output_id);
+    shared.batch_calls.push("POST /batches".into());
+    Json(
+        json!({"id": batch_id, "object": "batch", "endpoint": body["endpoint"], "input_file_id": input_id, "status": "validating", "completion_window": "24h"}),
+    )
+}
+
+/// `GET /v1/batches/{id}`.
+async fn batch_status(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Json<Value> {
+    let mut shared = shared.lock().unwrap();
+    shared.batch_calls.push(format!("GET /batches/{id}"));
+    let output = shared.batches.get(&id).cloned();
+    Json(
+        json!({"id": id, "object": "batch", "status": "completed", "output_file_id": output, "error_file_id": null}),
+    )
+}
+
+/// `GET /v1/files/{id}/content`.
+async fn file_content(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> String {
+    shared
+        .lock()
+        .unwrap()
+        .files
+        .get(&id)
+        .cloned()
+        .unwrap_or_default()
 }

@@ -153,6 +153,16 @@ impl TestApp {
             .expect("rebuild the app")
     }
 
+    /// Adds a flow file under the home directory and starts the app again
+    /// so it is loaded.
+    pub async fn with_flow(mut self, name: &str, toml: &str) -> TestApp {
+        let dir = self.home.path().join("config/flows");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.toml")), toml).unwrap();
+        self.app = self.restart(|_| {}).await;
+        self
+    }
+
     pub fn inbound(&self, content: InboundContent) -> Inbound {
         let n = self.updates.fetch_add(1, Ordering::SeqCst);
         Inbound {

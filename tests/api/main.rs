@@ -6,6 +6,7 @@ mod fake_llm;
 mod helpers;
 
 mod approvals;
+mod batch;
 mod console;
 mod doctor;
 mod failures;
