@@ -128,7 +128,8 @@ impl Provider {
             .await
             .map_err(|_| CallError::Timeout(timeout.as_secs()))?
             .map_err(classify)?;
-        let text = response.text();
+        // PostgreSQL text cannot hold NUL, and it shows as nothing anyway.
+        let text = response.text().replace('\0', "");
         if text.trim().is_empty() {
             return Err(CallError::Empty);
         }

@@ -140,6 +140,19 @@ impl Controller {
     /// Handles one update once, even when the platform delivers it twice.
     #[tracing::instrument(skip_all, fields(platform = %inbound.chat.platform, update = %inbound.update_key))]
     pub async fn handle(&self, inbound: &Inbound) -> Result<(), ControllerError> {
+        let cleaned;
+        let inbound = match &inbound.content {
+            // PostgreSQL text cannot hold NUL (and it shows as nothing), so
+            // it goes before anything is stored, whatever the platform.
+            InboundContent::Text(text) if text.contains('\0') => {
+                cleaned = Inbound {
+                    content: InboundContent::Text(text.replace('\0', "")),
+                    ..inbound.clone()
+                };
+                &cleaned
+            }
+            _ => inbound,
+        };
         let store = self.engine.store();
         if store.record_inbound(inbound).await? == InboundRecord::Duplicate {
             tracing::debug!("duplicate update dropped");

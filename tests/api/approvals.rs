@@ -216,3 +216,30 @@ async fn the_same_update_delivered_twice_starts_one_run(db: Db) {
     assert_eq!(app.count("runs").await, 1);
     assert_eq!(app.llm.calls(), 1);
 }
+
+on_both_backends!(every_hostile_line_gets_a_reply_and_the_store_keeps_working);
+
+async fn every_hostile_line_gets_a_reply_and_the_store_keeps_working(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let hostile = include_str!("../../../shared/fixtures/adversarial/hostile_input.txt");
+
+    for line in hostile.lines() {
+        let replies = app.say(line).await;
+        assert!(
+            !replies.is_empty() && !replies[0].text.trim().is_empty(),
+            "no reply to {line:?}"
+        );
+    }
+
+    let runs = texts(&app.say("/runs").await);
+    assert!(runs.starts_with("Recent runs:"), "{runs}");
+    let logged: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE direction = 'in'")
+        .fetch_one(app.app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        logged,
+        hostile.lines().count() as i64 + 1,
+        "every line is in the conversation log"
+    );
+}
