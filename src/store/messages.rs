@@ -68,6 +68,7 @@ impl Store {
         let text = match &inbound.content {
             InboundContent::Text(text) => text.clone(),
             InboundContent::Button(_) => "[button]".to_string(),
+            InboundContent::Unsupported(what) => format!("[{what}]"),
         };
         log_message(&mut tx, &inbound.chat, "in", &inbound.user_id, &text).await?;
         tx.commit().await?;
