@@ -172,7 +172,12 @@ impl FakeTelegram {
     }
 
     /// Polls `look` until it gives something (panics after `secs`).
-    pub async fn wait_for<T>(&self, secs: u64, what: &str, look: impl Fn(&State) -> Option<T>) -> T {
+    pub async fn wait_for<T>(
+        &self,
+        secs: u64,
+        what: &str,
+        look: impl Fn(&State) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             if let Some(found) = self.inspect(&look) {
@@ -305,7 +310,12 @@ pub fn user_message(chat: i64, user: i64, fields: Value) -> Value {
         message[key] = value.clone();
     }
     if let Some(text) = message["text"].as_str().filter(|t| t.starts_with('/')) {
-        let length = text.split_whitespace().next().unwrap_or("").encode_utf16().count();
+        let length = text
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .encode_utf16()
+            .count();
         message["entities"] = json!([{"type": "bot_command", "offset": 0, "length": length}]);
     }
     message
@@ -364,6 +374,17 @@ impl Params {
         self.str(key)?.parse().ok()
     }
 
+    /// An uploaded file: the part named `key`, or the part its value names
+    /// as `attach://<part>` (as teloxide sends them).
+    fn file(&self, key: &str) -> Option<&(String, Vec<u8>)> {
+        let attached = self
+            .str(key)
+            .and_then(|v| v.strip_prefix("attach://").map(String::from));
+        self.files
+            .get(key)
+            .or_else(|| self.files.get(attached.as_deref()?))
+    }
+
     /// A JSON-serialized parameter (reply_markup), sent as an object or
     /// as a string holding JSON.
     fn json(&self, key: &str) -> Option<Value> {
@@ -411,7 +432,9 @@ async fn read_params(request: Request) -> Result<Params, String> {
         .map_err(|e| e.to_string())?;
     if content_type.starts_with("application/json") && !body.is_empty() {
         let value: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        params.fields.extend(value.as_object().cloned().unwrap_or_default());
+        params
+            .fields
+            .extend(value.as_object().cloned().unwrap_or_default());
     } else if content_type.starts_with("application/x-www-form-urlencoded") {
         for (key, value) in url::form_urlencoded::parse(&body) {
             params.fields.insert(key.into_owned(), json!(value));
@@ -539,7 +562,9 @@ fn call(state: &mut State, method: &str, params: &Params) -> Response {
                     let name = c["command"].as_str().unwrap_or("");
                     let description = c["description"].as_str().unwrap_or("");
                     (1..=32).contains(&name.len())
-                        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
                         && (1..=256).contains(&description.chars().count())
                 })
             });
@@ -576,7 +601,11 @@ fn call(state: &mut State, method: &str, params: &Params) -> Response {
             state.answers.push((id, params.str("text")));
             ok(json!(true))
         }
-        "sendmessage" | "sendphoto" | "senddocument" | "editmessagetext" | "editmessagereplymarkup" => {
+        "sendmessage"
+        | "sendphoto"
+        | "senddocument"
+        | "editmessagetext"
+        | "editmessagereplymarkup" => {
             let chat = params.i64("chat_id").unwrap_or(0);
             if let Some(refused) = flood_check(state, chat) {
                 return refused;
@@ -613,11 +642,21 @@ fn flood_check(state: &mut State, chat: i64) -> Option<Response> {
     None
 }
 
-fn send_or_edit(state: &mut State, method: &str, params: &Params, chat: i64) -> Result<Sent, String> {
+fn send_or_edit(
+    state: &mut State,
+    method: &str,
+    params: &Params,
+    chat: i64,
+) -> Result<Sent, String> {
     let keyboard = match params.json("reply_markup") {
         Some(markup) => {
             let rows = markup["inline_keyboard"].clone();
-            for button in rows.as_array().into_iter().flatten().flat_map(|r| r.as_array().cloned().unwrap_or_default()) {
+            for button in rows
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r.as_array().cloned().unwrap_or_default())
+            {
                 let data = button["callback_data"].as_str().unwrap_or("");
                 if data.is_empty() || data.len() > 64 {
                     return Err("Bad Request: BUTTON_DATA_INVALID".into());
@@ -654,7 +693,12 @@ fn send_or_edit(state: &mut State, method: &str, params: &Params, chat: i64) -> 
         return Ok(sent.clone());
     }
     let caption = match params.str("caption") {
-        Some(caption) => Some(render_text(&caption, parse_mode.as_deref(), 1024, "caption")?),
+        Some(caption) => Some(render_text(
+            &caption,
+            parse_mode.as_deref(),
+            1024,
+            "caption",
+        )?),
         None => None,
     };
     let mut sent = Sent {
@@ -671,14 +715,18 @@ fn send_or_edit(state: &mut State, method: &str, params: &Params, chat: i64) -> 
     match method {
         "sendmessage" => sent.text = Some(text.ok_or("Bad Request: message text is empty")?),
         "sendphoto" => {
-            let (_, bytes) = params.files.get("photo").ok_or("Bad Request: there is no photo in the request")?;
+            let (_, bytes) = params
+                .file("photo")
+                .ok_or("Bad Request: there is no photo in the request")?;
             if !bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
                 return Err("Bad Request: IMAGE_PROCESS_FAILED".into());
             }
             sent.photo = Some(bytes.clone());
         }
         _ => {
-            let file = params.files.get("document").ok_or("Bad Request: there is no document in the request")?;
+            let file = params
+                .file("document")
+                .ok_or("Bad Request: there is no document in the request")?;
             sent.document = Some(file.clone());
         }
     }
@@ -689,7 +737,12 @@ fn send_or_edit(state: &mut State, method: &str, params: &Params, chat: i64) -> 
 
 /// What Telegram shows for `text` under `parse_mode`, or its refusal.
 /// Telegram trims the text and counts its length in UTF-16 units.
-fn render_text(text: &str, parse_mode: Option<&str>, limit: usize, what: &str) -> Result<String, String> {
+fn render_text(
+    text: &str,
+    parse_mode: Option<&str>,
+    limit: usize,
+    what: &str,
+) -> Result<String, String> {
     let rendered = match parse_mode {
         None => text.to_string(),
         Some("HTML") => render_html(text)?,
@@ -707,24 +760,48 @@ fn render_text(text: &str, parse_mode: Option<&str>, limit: usize, what: &str) -
 }
 
 fn render_html(text: &str) -> Result<String, String> {
-    const TAGS: [&str; 10] = ["b", "strong", "i", "em", "u", "s", "code", "pre", "a", "tg-spoiler"];
+    const TAGS: [&str; 10] = [
+        "b",
+        "strong",
+        "i",
+        "em",
+        "u",
+        "s",
+        "code",
+        "pre",
+        "a",
+        "tg-spoiler",
+    ];
     let mut out = String::new();
     let mut rest = text;
     while let Some(at) = rest.find(['<', '&']) {
         out.push_str(&rest[..at]);
         rest = &rest[at..];
         if rest.starts_with('&') {
-            let entity = [("&lt;", '<'), ("&gt;", '>'), ("&amp;", '&'), ("&quot;", '"')]
-                .into_iter()
-                .find(|(name, _)| rest.starts_with(name))
-                .ok_or("Bad Request: can't parse entities: unsupported start tag or entity")?;
+            let entity = [
+                ("&lt;", '<'),
+                ("&gt;", '>'),
+                ("&amp;", '&'),
+                ("&quot;", '"'),
+            ]
+            .into_iter()
+            .find(|(name, _)| rest.starts_with(name))
+            .ok_or("Bad Request: can't parse entities: unsupported start tag or entity")?;
             out.push(entity.1);
             rest = &rest[entity.0.len()..];
         } else {
-            let end = rest.find('>').ok_or("Bad Request: can't parse entities: unclosed start tag")?;
-            let name = rest[1..end].trim_start_matches('/').split_whitespace().next().unwrap_or("");
+            let end = rest
+                .find('>')
+                .ok_or("Bad Request: can't parse entities: unclosed start tag")?;
+            let name = rest[1..end]
+                .trim_start_matches('/')
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
             if !TAGS.contains(&name) {
-                return Err(format!("Bad Request: can't parse entities: unsupported start tag \"{name}\""));
+                return Err(format!(
+                    "Bad Request: can't parse entities: unsupported start tag \"{name}\""
+                ));
             }
             rest = &rest[end + 1..];
         }

@@ -117,7 +117,8 @@ fn from_message(update_id: i64, message: &Message, edited: bool) -> Option<Incom
         }
     } else if let Some(text) = message.text().or(message.caption()) {
         IncomingKind::Text {
-            text: text.to_string(),
+            // PostgreSQL text cannot hold NUL, and it shows as nothing.
+            text: text.replace('\0', ""),
             forwarded_from: message.forward_origin().map(describe_origin),
         }
     } else {
