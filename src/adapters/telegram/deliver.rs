@@ -267,15 +267,8 @@ impl Redactor {
     }
 
     /// An error and its causes on one line, without the token.
-    pub fn error(&self, error: &(dyn std::error::Error + 'static)) -> String {
-        let mut text = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        self.scrub(&text)
+    pub fn error(&self, error: &dyn std::error::Error) -> String {
+        self.scrub(&crate::doctor::error_chain(error))
     }
 }
 

@@ -89,15 +89,9 @@ pub enum TelegramError {
 /// The Telegram service for `soloist run`.
 pub fn service(app: App, shutdown: CancellationToken) -> Service {
     Box::pin(async move {
-        run(app, shutdown).await.map_err(|error| {
-            let mut text = format!("telegram: {error}");
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                text.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            text
-        })
+        run(app, shutdown)
+            .await
+            .map_err(|error| format!("telegram: {}", crate::doctor::error_chain(&error)))
     })
 }
 
