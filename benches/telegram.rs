@@ -83,8 +83,10 @@ async fn start(rate_limits: bool) -> (TestApp, FakeTelegram, CancellationToken) 
         shutdown.clone(),
     ));
     // Polling: the first getUpdates is waiting.
-    tg.wait_for(10, "the first poll", |s| (!s.offsets.is_empty()).then_some(()))
-        .await;
+    tg.wait_for(10, "the first poll", |s| {
+        (!s.offsets.is_empty()).then_some(())
+    })
+    .await;
     (test, tg, shutdown)
 }
 

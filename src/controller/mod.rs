@@ -303,16 +303,16 @@ impl Controller {
         match self.engine.store().use_action(token).await? {
             ActionLookup::Taken(action) => self.act(inbound, action).await,
             ActionLookup::Used => Ok(Handled::reply("That button was already used.")),
-            ActionLookup::Unknown => match self.engine.decide(token, &inbound.user_name).await {
-                Ok(decided) => {
-                    Ok(Handled::drive(decided.run_id)
-                        .with_outcome(Outcome::Decided(decided.decision)))
+            ActionLookup::Unknown => {
+                match self.engine.decide(token, &inbound.user_name).await {
+                    Ok(decided) => Ok(Handled::drive(decided.run_id)
+                        .with_outcome(Outcome::Decided(decided.decision))),
+                    Err(DecideError::NotOpen) => {
+                        Ok(Handled::reply(NOT_OPEN).with_outcome(Outcome::NotOpen))
+                    }
+                    Err(DecideError::Store(error)) => Err(error.into()),
                 }
-                Err(DecideError::NotOpen) => {
-                    Ok(Handled::reply(NOT_OPEN).with_outcome(Outcome::NotOpen))
-                }
-                Err(DecideError::Store(error)) => Err(error.into()),
-            },
+            }
         }
     }
 

@@ -174,7 +174,7 @@ async fn a_draft_is_offered_with_buttons_and_approving_edits_the_offer_in_place(
     });
     assert_eq!(
         commands,
-        ["draft", "runs", "run", "approvals", "retry", "help"]
+        ["draft", "runs", "run", "approvals", "retry", "cost", "help"]
     );
 }
 
@@ -400,8 +400,8 @@ async fn every_hostile_line_reaches_the_operator_exactly_as_meant(db: Db) {
             })
             .await;
         let seen = words(&shown.join("\n\n"));
-        // NUL is dropped on the way in (PostgreSQL cannot store it); it
-        // shows as nothing in Telegram either.
+        // NUL is dropped from model output (PostgreSQL cannot store it);
+        // it shows as nothing in Telegram either.
         assert!(
             seen.contains(&words(&line.replace('\0', ""))),
             "line {n} ({} chars) not shown whole",

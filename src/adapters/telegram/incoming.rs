@@ -117,8 +117,7 @@ fn from_message(update_id: i64, message: &Message, edited: bool) -> Option<Incom
         }
     } else if let Some(text) = message.text().or(message.caption()) {
         IncomingKind::Text {
-            // PostgreSQL text cannot hold NUL, and it shows as nothing.
-            text: text.replace('\0', ""),
+            text: text.to_string(),
             forwarded_from: message.forward_origin().map(describe_origin),
         }
     } else {

@@ -82,6 +82,8 @@ pub enum TelegramError {
     },
     #[error("the outbox stopped")]
     Outbox(#[source] StoreError),
+    #[error("the outbox task panicked: {0}")]
+    OutboxPanicked(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -170,11 +172,12 @@ pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), TelegramEr
     let result = tokio::select! {
         result = receiving => result,
         finished = &mut delivering => {
-            // The dispatcher only stops by itself on a store error.
-            return Err(match finished {
-                Ok(Err(error)) => TelegramError::Outbox(error),
-                _ => TelegramError::Client("the outbox task ended".into()),
-            });
+            // Before shutdown, the dispatcher stops only on a store error.
+            return match finished {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(TelegramError::Outbox(error)),
+                Err(panic) => Err(TelegramError::OutboxPanicked(panic.to_string())),
+            };
         }
     };
     stop.cancel();
