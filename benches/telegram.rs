@@ -8,6 +8,11 @@
 //! 2. Added latency: one update at a time, from injection to the reply
 //!    reaching the fake (long-poll wake-up, record, controller, outbox,
 //!    sendMessage); p50 and p99.
+//!
+//! Both run twice: with durable commits (the deployment default: each of
+//! the four commits on the way waits for the disk), and with PostgreSQL's
+//! `synchronous_commit = off` for the bench database, which leaves
+//! soloist's own time (and PostgreSQL's CPU) without the disk's.
 //! 3. Telegram's pace (limits on, the default): one reply to each of 200
 //!    chats against a fake that answers 429 above 30 messages a second;
 //!    drain time, 429s seen, messages lost or doubled.
@@ -53,17 +58,24 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        capacity(4000).await;
-        latency(500).await;
+        for durable in [true, false] {
+            capacity(4000, durable).await;
+            latency(500, durable).await;
+        }
         telegram_pace().await;
     });
 }
 
 /// A soloist with its Telegram service running against a fresh fake.
-async fn start(rate_limits: bool) -> (TestApp, FakeTelegram, CancellationToken) {
+async fn start(rate_limits: bool, durable: bool) -> (TestApp, FakeTelegram, CancellationToken) {
     let tg = FakeTelegram::start().await;
     let fake = tg.clone();
     let test = TestApp::spawn_with(Db::Postgres, move |s: &mut Settings| {
+        if !durable {
+            s.database
+                .url
+                .push_str("&options=-c%20synchronous_commit%3Doff");
+        }
         s.telegram.token = Secret::new(fake.token.clone());
         s.telegram.api_url = fake.api_url.clone();
         s.telegram.allowed_user_ids = (FIRST_CHAT..FIRST_CHAT + CHATS)
@@ -93,8 +105,16 @@ async fn sent(tg: &FakeTelegram) -> usize {
     tg.inspect(|s| s.sent.len())
 }
 
-async fn capacity(updates: usize) {
-    let (_test, tg, shutdown) = start(false).await;
+fn commits(durable: bool) -> &'static str {
+    if durable {
+        "durable commits"
+    } else {
+        "synchronous_commit off"
+    }
+}
+
+async fn capacity(updates: usize, durable: bool) {
+    let (_test, tg, shutdown) = start(false, durable).await;
     let started = Instant::now();
     for n in 0..updates {
         tg.user_says(FIRST_CHAT + n as i64 % CHATS, "/help");
@@ -105,15 +125,16 @@ async fn capacity(updates: usize) {
     }
     let elapsed = started.elapsed();
     println!(
-        "capacity, PostgreSQL, rate limits off: {updates} updates from {CHATS} chats in {:.2?} = {:.0} updates/s",
+        "capacity, PostgreSQL ({}), rate limits off: {updates} updates from {CHATS} chats in {:.2?} = {:.0} updates/s",
+        commits(durable),
         elapsed,
         updates as f64 / elapsed.as_secs_f64()
     );
     shutdown.cancel();
 }
 
-async fn latency(samples: usize) {
-    let (_test, tg, shutdown) = start(false).await;
+async fn latency(samples: usize, durable: bool) {
+    let (_test, tg, shutdown) = start(false, durable).await;
     let mut latencies = Vec::with_capacity(samples);
     for n in 0..samples {
         let before = sent(&tg).await;
@@ -130,7 +151,8 @@ async fn latency(samples: usize) {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     println!(
-        "added latency per update, PostgreSQL, one at a time: n={samples} p50={:.2?} p99={:.2?} max={:.2?}",
+        "added latency per update, PostgreSQL ({}), one at a time: n={samples} p50={:.2?} p99={:.2?} max={:.2?}",
+        commits(durable),
         at(0.5),
         at(0.99),
         latencies[latencies.len() - 1]
@@ -139,7 +161,7 @@ async fn latency(samples: usize) {
 }
 
 async fn telegram_pace() {
-    let (test, tg, shutdown) = start(true).await;
+    let (test, tg, shutdown) = start(true, true).await;
     tg.enforce_limits(Duration::from_secs(1), 30);
     let started = Instant::now();
     for chat in FIRST_CHAT..FIRST_CHAT + CHATS {
