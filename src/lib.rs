@@ -8,7 +8,9 @@
 //!
 //! The path of one message, left to right:
 //!
-//! - [`adapters`]: platform types end here. `console` is the terminal.
+//! - [`adapters`]: platform types end here. `console` is the terminal;
+//!   `telegram` polls (or takes a webhook), records updates, answers buttons
+//!   and delivers the outbox within Telegram's limits.
 //! - [`controller`]: who is speaking, which command or button, which flow.
 //! - [`engine`]: durable runs: claim, execute a step, journal, suspend for
 //!   approval or input, resume after a crash, replay.

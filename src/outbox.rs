@@ -148,10 +148,11 @@ impl<D: Deliver> Dispatcher<D> {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(sleep_until) => {}
                 Some(outcome) = done_rx.recv() => {
-                    self.settle(&mut pacing, outcome).await?;
+                    let mut outcomes = vec![outcome];
                     while let Ok(outcome) = done_rx.try_recv() {
-                        self.settle(&mut pacing, outcome).await?;
+                        outcomes.push(outcome);
                     }
+                    self.settle_all(&mut pacing, outcomes).await?;
                 }
             }
         }
@@ -255,6 +256,32 @@ impl<D: Deliver> Dispatcher<D> {
                 .next_allowed
                 .insert(chat.to_string(), now + self.limits.per_chat_interval);
         }
+    }
+
+    /// Records deliveries that finished together: the delivered ones in one
+    /// transaction (under load, one commit instead of one per message),
+    /// then each failure.
+    async fn settle_all(
+        &self,
+        pacing: &mut Pacing,
+        outcomes: Vec<Outcome>,
+    ) -> Result<(), StoreError> {
+        let (delivered, failed): (Vec<Outcome>, Vec<Outcome>) =
+            outcomes.into_iter().partition(|o| o.result.is_ok());
+        let marks: Vec<(i64, Option<String>)> = delivered
+            .iter()
+            .map(|o| (o.id, o.result.as_ref().ok().cloned().flatten()))
+            .collect();
+        if !marks.is_empty() {
+            self.store.mark_delivered_many(&marks).await?;
+        }
+        for outcome in delivered {
+            pacing.in_flight.remove(&outcome.chat_id);
+        }
+        for outcome in failed {
+            self.settle(pacing, outcome).await?;
+        }
+        Ok(())
     }
 
     /// Records a finished delivery: delivered, retried later, or given up.

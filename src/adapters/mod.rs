@@ -3,6 +3,7 @@
 //! outbox in its platform's shape (through [`crate::outbox::Dispatcher`]).
 
 pub mod console;
+pub mod telegram;
 
 use tokio_util::sync::CancellationToken;
 
@@ -12,7 +13,9 @@ use crate::runtime::Service;
 /// The services of every chat platform configured in `app.settings`
 /// (a platform is configured when its token is set).
 pub fn platform_services(app: &App, shutdown: &CancellationToken) -> Vec<Service> {
-    let services: Vec<Service> = Vec::new();
-    let _ = (app, shutdown);
+    let mut services: Vec<Service> = Vec::new();
+    if app.settings.telegram.token.is_set() {
+        services.push(telegram::service(app.clone(), shutdown.clone()));
+    }
     services
 }

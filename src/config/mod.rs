@@ -161,6 +161,26 @@ pub struct TelegramSettings {
     /// Telegram's delivery limits (1 message/s per chat, 30/s in all, 20 a
     /// minute per group). Off only for benchmarks against a fake server.
     pub rate_limits: bool,
+    /// How updates arrive: long polling (the default, nothing to expose)
+    /// or a webhook behind a reverse proxy.
+    pub mode: TelegramMode,
+    /// How long one `getUpdates` waits for news, in seconds (polling).
+    pub poll_timeout_secs: u32,
+    /// The public HTTPS URL Telegram posts updates to (webhook mode); its
+    /// path is the route soloist serves.
+    pub webhook_url: String,
+    /// Where soloist listens for the reverse proxy (webhook mode).
+    pub webhook_listen: String,
+    /// Sent by Telegram in `X-Telegram-Bot-Api-Secret-Token` with every
+    /// update; requests without it are refused. 1-256 of `A-Za-z0-9_-`.
+    pub webhook_secret: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TelegramMode {
+    Polling,
+    Webhook,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use crate::agents::HOW_TO_CONFIGURE;
 use crate::domain::{
-    Action, ApprovalRole, ButtonToken, Inbound, InboundContent, Outbound, Platform, RunId,
-    action_buttons, clip,
+    Action, ApprovalRole, ButtonToken, Decision, Inbound, InboundContent, Outbound, Platform,
+    RunId, action_buttons, clip,
 };
 use crate::engine::{Engine, EngineError, StartRun};
 use crate::store::{ActionLookup, DecideError, InboundRecord, RunRow, StoreError};
@@ -46,6 +46,12 @@ impl ControllerError {
         }
     }
 }
+
+/// The one sentence someone not allowed gets.
+pub const REFUSED: &str = "Sorry, this bot works only for its owner.";
+
+/// The answer to a press on a decided, unknown or forged button.
+pub const NOT_OPEN: &str = "This approval is no longer open.";
 
 /// The commands soloist understands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,20 +91,69 @@ impl FromStr for Command {
     }
 }
 
-pub const HELP: &str = "I run your business workflows and ask before anything goes out.\n\
-/draft TEXT: draft content in your brand voice, then approve, edit or reject it\n\
-/runs: recent runs and their status\n\
-/run ID: one run in detail\n\
-/approvals: drafts waiting for your decision, with their buttons\n\
-/retry ID: try a failed run again\n\
-/help: this list";
+/// The commands as a platform's command menu lists them: name, what it
+/// takes, what it does. `/help` prints the same list.
+pub const COMMANDS: [(&str, &str, &str); 7] = [
+    (
+        "draft",
+        "TEXT",
+        "draft content in your brand voice, then approve, edit or reject it",
+    ),
+    ("runs", "", "recent runs and their status"),
+    ("run", "ID", "one run in detail"),
+    (
+        "approvals",
+        "",
+        "drafts waiting for your decision, with their buttons",
+    ),
+    ("retry", "ID", "try a failed run again"),
+    (
+        "cost",
+        "",
+        "spend today and this month against the budget, by flow and by model",
+    ),
+    ("help", "", "this list"),
+];
+
+/// `/help`'s answer.
+pub fn help_text() -> String {
+    let mut text = String::from("I run your business workflows and ask before anything goes out.");
+    for (name, args, description) in COMMANDS {
+        let args = if args.is_empty() {
+            String::new()
+        } else {
+            format!(" {args}")
+        };
+        let _ = write!(text, "\n/{name}{args}: {description}");
+    }
+    text
+}
+
+/// What handling an update came to, for platforms that owe the person an
+/// answer of their own (Telegram's button toast, Discord's interaction
+/// response). Everything the bot says is queued in the outbox either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled before: dropped, nothing queued.
+    Duplicate,
+    /// Not an allowed user: refused and audited.
+    Refused,
+    /// A button press was accepted as this decision.
+    Decided(Decision),
+    /// A button press for an approval that is not open (stale, forged,
+    /// replayed): nothing changed.
+    NotOpen,
+    /// Anything else: replies queued, the run driven.
+    Done,
+}
 
 /// What handling an update produced: replies to queue, and a run to drive
 /// once they are queued.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Handled {
     replies: Vec<Outbound>,
     drive: Option<RunId>,
+    outcome: Outcome,
 }
 
 impl Handled {
@@ -106,6 +161,7 @@ impl Handled {
         Handled {
             replies: vec![Outbound::text(text)],
             drive: None,
+            outcome: Outcome::Done,
         }
     }
 
@@ -113,7 +169,13 @@ impl Handled {
         Handled {
             replies: Vec::new(),
             drive: Some(run),
+            outcome: Outcome::Done,
         }
+    }
+
+    fn with_outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
     }
 }
 
@@ -139,7 +201,7 @@ impl Controller {
 
     /// Handles one update once, even when the platform delivers it twice.
     #[tracing::instrument(skip_all, fields(platform = %inbound.chat.platform, update = %inbound.update_key))]
-    pub async fn handle(&self, inbound: &Inbound) -> Result<(), ControllerError> {
+    pub async fn handle(&self, inbound: &Inbound) -> Result<Outcome, ControllerError> {
         let cleaned;
         let inbound = match &inbound.content {
             // PostgreSQL text cannot hold NUL (and it shows as nothing), so
@@ -156,7 +218,7 @@ impl Controller {
         let store = self.engine.store();
         if store.record_inbound(inbound).await? == InboundRecord::Duplicate {
             tracing::debug!("duplicate update dropped");
-            return Ok(());
+            return Ok(Outcome::Duplicate);
         }
         let handled = if self.is_allowed(inbound) {
             self.route(inbound).await?
@@ -169,13 +231,13 @@ impl Controller {
                     "not an allowed user",
                 )
                 .await?;
-            Handled::reply("Sorry, this bot works only for its owner.")
+            Handled::reply(REFUSED).with_outcome(Outcome::Refused)
         };
         store.finish_inbound(inbound, &handled.replies).await?;
         if let Some(run) = handled.drive {
             self.engine.drive(run).await?;
         }
-        Ok(())
+        Ok(handled.outcome)
     }
 
     /// The terminal belongs to the owner; on chat platforms only the
@@ -193,6 +255,11 @@ impl Controller {
     async fn route(&self, inbound: &Inbound) -> Result<Handled, ControllerError> {
         let text = match &inbound.content {
             InboundContent::Button(token) => return self.press(inbound, token).await,
+            InboundContent::Unsupported(what) => {
+                return Ok(Handled::reply(format!(
+                    "I can't act on {what}; send your request as a new text message (/help lists what I can do)."
+                )));
+            }
             InboundContent::Text(text) => text,
         };
         let trimmed = text.trim();
@@ -236,11 +303,16 @@ impl Controller {
         match self.engine.store().use_action(token).await? {
             ActionLookup::Taken(action) => self.act(inbound, action).await,
             ActionLookup::Used => Ok(Handled::reply("That button was already used.")),
-            ActionLookup::Unknown => match self.engine.decide(token, &inbound.user_name).await {
-                Ok(decided) => Ok(Handled::drive(decided.run_id)),
-                Err(DecideError::NotOpen) => Ok(Handled::reply("This approval is no longer open.")),
-                Err(DecideError::Store(error)) => Err(error.into()),
-            },
+            ActionLookup::Unknown => {
+                match self.engine.decide(token, &inbound.user_name).await {
+                    Ok(decided) => Ok(Handled::drive(decided.run_id)
+                        .with_outcome(Outcome::Decided(decided.decision))),
+                    Err(DecideError::NotOpen) => {
+                        Ok(Handled::reply(NOT_OPEN).with_outcome(Outcome::NotOpen))
+                    }
+                    Err(DecideError::Store(error)) => Err(error.into()),
+                }
+            }
         }
     }
 
@@ -336,6 +408,7 @@ impl Controller {
                 Outbound::text("I'm not sure what you want. Is it this?").with_buttons(buttons),
             ],
             drive: None,
+            outcome: Outcome::Done,
         })
     }
 
@@ -352,7 +425,7 @@ impl Controller {
         }
         match format!("/{intent}").parse::<Command>() {
             Ok(command) => self.command(inbound, command).await,
-            Err(_) => Ok(Handled::reply(HELP)),
+            Err(_) => Ok(Handled::reply(help_text())),
         }
     }
 
@@ -362,7 +435,7 @@ impl Controller {
         command: Command,
     ) -> Result<Handled, ControllerError> {
         match command {
-            Command::Help => Ok(Handled::reply(HELP)),
+            Command::Help => Ok(Handled::reply(help_text())),
             Command::Draft(request) => self.draft(inbound, request).await,
             Command::Runs => self.list_runs().await,
             Command::Run(id) => self.show_run(&id).await,
@@ -486,6 +559,7 @@ impl Controller {
         Ok(Handled {
             replies,
             drive: None,
+            outcome: Outcome::Done,
         })
     }
 

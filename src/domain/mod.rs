@@ -89,6 +89,9 @@ pub struct Inbound {
 pub enum InboundContent {
     Text(String),
     Button(ButtonToken),
+    /// Something the bot cannot act on (a sticker, a voice message, an
+    /// edit), named for the reply: "a sticker". Nothing of it is acted on.
+    Unsupported(String),
 }
 
 /// Something the bot says. Buttons, when present, are offered with the text.

@@ -199,8 +199,24 @@ impl Store {
         approval_id: ApprovalId,
         chat: &ChatRef,
     ) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT platform_message_id FROM outbox
+        Ok(self
+            .offer_messages(approval_id, chat)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// The delivered offers of an approval in one chat with what each
+    /// said, newest first: an adapter that edits an offer to close it can
+    /// keep its text.
+    pub async fn offer_messages(
+        &self,
+        approval_id: ApprovalId,
+        chat: &ChatRef,
+    ) -> StoreResult<Vec<(String, Outbound)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT platform_message_id, payload FROM outbox
              WHERE approval_id = $1 AND platform = $2 AND chat_id = $3
                AND status = 'delivered' AND platform_message_id IS NOT NULL
                AND approval_role = 'offer'
@@ -210,7 +226,14 @@ impl Store {
         .bind(chat.platform.as_str())
         .bind(&chat.chat_id)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        rows.into_iter()
+            .map(|(id, payload)| {
+                let offer = serde_json::from_str(&payload)
+                    .map_err(|e| corrupt(format!("outbox payload: {e}")))?;
+                Ok((id, offer))
+            })
+            .collect()
     }
 
     /// How many decisions the log holds for an approval (tests, replay).

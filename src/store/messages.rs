@@ -68,6 +68,7 @@ impl Store {
         let text = match &inbound.content {
             InboundContent::Text(text) => text.clone(),
             InboundContent::Button(_) => "[button]".to_string(),
+            InboundContent::Unsupported(what) => format!("[{what}]"),
         };
         log_message(&mut tx, &inbound.chat, "in", &inbound.user_id, &text).await?;
         tx.commit().await?;
@@ -147,16 +148,31 @@ impl Store {
         id: i64,
         platform_message_id: Option<&str>,
     ) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE outbox SET status = 'delivered', delivered_at = $1, platform_message_id = $2,
-                    attempts = attempts + 1
-             WHERE id = $3",
-        )
-        .bind(now_ms())
-        .bind(platform_message_id)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        self.mark_delivered_many(&[(id, platform_message_id.map(String::from))])
+            .await
+    }
+
+    /// Marks messages delivered, with their platform ids, in one
+    /// transaction: one commit for deliveries that finished together.
+    pub async fn mark_delivered_many(
+        &self,
+        delivered: &[(i64, Option<String>)],
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        for (id, platform_message_id) in delivered {
+            sqlx::query(
+                "UPDATE outbox SET status = 'delivered', delivered_at = $1, platform_message_id = $2,
+                        attempts = attempts + 1
+                 WHERE id = $3",
+            )
+            .bind(now)
+            .bind(platform_message_id.as_deref())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

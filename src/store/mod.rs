@@ -10,6 +10,7 @@ mod budget;
 mod ledger;
 mod messages;
 mod runs;
+mod updates;
 
 pub use approvals::{ApprovalSummary, DecideError, Decided, NewApproval};
 pub use batch::{BatchItem, BatchOutcome, NewBatchItem};
@@ -17,6 +18,7 @@ pub use budget::{ActionLookup, BudgetRefusal, Caps, PeriodStatus, Reservation};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::{InboundRecord, OutboxMessage};
 pub use runs::{ClaimedRun, NewArtifact, NewRun, RunRow, Transition};
+pub use updates::RecordedUpdate;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -177,16 +179,30 @@ impl Store {
 /// The migrations compiled into the binary, for one backend.
 fn migrator(backend: Backend) -> Migrator {
     let sources: &[(i64, &str, &'static str)] = match backend {
-        Backend::Postgres => &[(
-            1,
-            "init",
-            include_str!("../../migrations/postgres/0001_init.sql"),
-        )],
-        Backend::Sqlite => &[(
-            1,
-            "init",
-            include_str!("../../migrations/sqlite/0001_init.sql"),
-        )],
+        Backend::Postgres => &[
+            (
+                1,
+                "init",
+                include_str!("../../migrations/postgres/0001_init.sql"),
+            ),
+            (
+                2,
+                "platform updates",
+                include_str!("../../migrations/postgres/0002_platform_updates.sql"),
+            ),
+        ],
+        Backend::Sqlite => &[
+            (
+                1,
+                "init",
+                include_str!("../../migrations/sqlite/0001_init.sql"),
+            ),
+            (
+                2,
+                "platform updates",
+                include_str!("../../migrations/sqlite/0002_platform_updates.sql"),
+            ),
+        ],
     };
     Migrator::with_migrations(
         sources

@@ -454,6 +454,7 @@ impl Store {
             "outbox",
             "inbound_updates",
             "messages",
+            "platform_updates",
         ] {
             let sql = format!("SELECT COUNT(*) FROM {table}");
             let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))

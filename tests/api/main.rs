@@ -3,6 +3,7 @@
 //! model server.
 
 mod fake_llm;
+mod fake_telegram;
 mod helpers;
 
 mod approvals;
@@ -14,3 +15,4 @@ mod models;
 mod outbox;
 mod recovery;
 mod store;
+mod telegram;

@@ -1,0 +1,190 @@
+//! `cargo bench --bench telegram`: the Telegram pipeline against the fake
+//! Bot API (`tests/api/fake_telegram.rs`) on PostgreSQL, with the fake
+//! model (zero latency; `/help` needs no model call anyway).
+//!
+//! 1. Capacity with the outbox's rate limits lifted (`rate_limits =
+//!    false`): a burst of updates from 200 chats, from injection into the
+//!    fake to every reply handed to it; updates per second.
+//! 2. Added latency: one update at a time, from injection to the reply
+//!    reaching the fake (long-poll wake-up, record, controller, outbox,
+//!    sendMessage); p50 and p99.
+//!
+//! Both run twice: with durable commits (the deployment default: each of
+//! the four commits on the way waits for the disk), and with PostgreSQL's
+//! `synchronous_commit = off` for the bench database, which leaves
+//! soloist's own time (and PostgreSQL's CPU) without the disk's.
+//! 3. Telegram's pace (limits on, the default): one reply to each of 200
+//!    chats against a fake that answers 429 above 30 messages a second;
+//!    drain time, 429s seen, messages lost or doubled.
+//!
+//! Needs `SOLOIST_TEST_PG_URL` (see `SOLOIST_TEST_SETUP_ONLY=1 scripts/test.sh`).
+
+#[allow(dead_code)]
+#[path = "../tests/api/fake_llm.rs"]
+mod fake_llm;
+#[path = "../tests/api/fake_telegram.rs"]
+mod fake_telegram;
+#[allow(dead_code)]
+#[path = "../tests/api/helpers.rs"]
+mod helpers;
+
+use std::time::Duration;
+
+use soloist::adapters::platform_services;
+use soloist::config::{Secret, Settings};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use fake_telegram::FakeTelegram;
+use helpers::{Db, TestApp};
+
+const CHATS: i64 = 200;
+const FIRST_CHAT: i64 = 10_000;
+
+fn main() {
+    // `cargo test --all-targets` runs bench binaries too; only measure
+    // under `cargo bench`, which passes --bench.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("telegram bench: run it with `cargo bench --bench telegram`");
+        return;
+    }
+    if std::env::var("SOLOIST_TEST_PG_URL").is_err() {
+        println!("telegram bench: skipped (SOLOIST_TEST_PG_URL unset)");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for durable in [true, false] {
+            capacity(4000, durable).await;
+            latency(500, durable).await;
+        }
+        telegram_pace().await;
+    });
+}
+
+/// A soloist with its Telegram service running against a fresh fake.
+async fn start(rate_limits: bool, durable: bool) -> (TestApp, FakeTelegram, CancellationToken) {
+    let tg = FakeTelegram::start().await;
+    let fake = tg.clone();
+    let test = TestApp::spawn_with(Db::Postgres, move |s: &mut Settings| {
+        if !durable {
+            s.database
+                .url
+                .push_str("&options=-c%20synchronous_commit%3Doff");
+        }
+        s.telegram.token = Secret::new(fake.token.clone());
+        s.telegram.api_url = fake.api_url.clone();
+        s.telegram.allowed_user_ids = (FIRST_CHAT..FIRST_CHAT + CHATS)
+            .map(|id| id.to_string())
+            .collect();
+        s.telegram.rate_limits = rate_limits;
+        s.telegram.poll_timeout_secs = 10;
+        s.database.max_connections = 8;
+    })
+    .await;
+    let shutdown = CancellationToken::new();
+    let services = platform_services(&test.app, &shutdown);
+    tokio::spawn(soloist::runtime::run(
+        test.app.clone(),
+        services,
+        shutdown.clone(),
+    ));
+    // Polling: the first getUpdates is waiting.
+    tg.wait_for(10, "the first poll", |s| {
+        (!s.offsets.is_empty()).then_some(())
+    })
+    .await;
+    (test, tg, shutdown)
+}
+
+async fn sent(tg: &FakeTelegram) -> usize {
+    tg.inspect(|s| s.sent.len())
+}
+
+fn commits(durable: bool) -> &'static str {
+    if durable {
+        "durable commits"
+    } else {
+        "synchronous_commit off"
+    }
+}
+
+async fn capacity(updates: usize, durable: bool) {
+    let (_test, tg, shutdown) = start(false, durable).await;
+    let started = Instant::now();
+    for n in 0..updates {
+        tg.user_says(FIRST_CHAT + n as i64 % CHATS, "/help");
+    }
+    while sent(&tg).await < updates {
+        assert!(started.elapsed() < Duration::from_secs(300), "not drained");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "capacity, PostgreSQL ({}), rate limits off: {updates} updates from {CHATS} chats in {:.2?} = {:.0} updates/s",
+        commits(durable),
+        elapsed,
+        updates as f64 / elapsed.as_secs_f64()
+    );
+    shutdown.cancel();
+}
+
+async fn latency(samples: usize, durable: bool) {
+    let (_test, tg, shutdown) = start(false, durable).await;
+    let mut latencies = Vec::with_capacity(samples);
+    for n in 0..samples {
+        let before = sent(&tg).await;
+        let injected = Instant::now();
+        tg.user_says(FIRST_CHAT + n as i64 % CHATS, "/help");
+        let reply = loop {
+            if let Some(reply) = tg.inspect(|s| s.sent.get(before).cloned()) {
+                break reply;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        latencies.push(reply.sent_at - injected);
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!(
+        "added latency per update, PostgreSQL ({}), one at a time: n={samples} p50={:.2?} p99={:.2?} max={:.2?}",
+        commits(durable),
+        at(0.5),
+        at(0.99),
+        latencies[latencies.len() - 1]
+    );
+    shutdown.cancel();
+}
+
+async fn telegram_pace() {
+    let (test, tg, shutdown) = start(true, true).await;
+    tg.enforce_limits(Duration::from_secs(1), 30);
+    let started = Instant::now();
+    for chat in FIRST_CHAT..FIRST_CHAT + CHATS {
+        tg.user_says(chat, "/help");
+    }
+    while sent(&tg).await < CHATS as usize {
+        assert!(started.elapsed() < Duration::from_secs(120), "not drained");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let drained = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (delivered, too_many, chats) = tg.inspect(|s| {
+        let chats: std::collections::HashSet<i64> = s.sent.iter().map(|m| m.chat_id).collect();
+        (s.sent.len(), s.too_many_requests, chats.len())
+    });
+    let pending: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status <> 'delivered'")
+            .fetch_one(test.app.store.pool())
+            .await
+            .unwrap();
+    println!(
+        "Telegram's pace, 200 replies to 200 chats: drained in {drained:.2?} ({:.1} messages/s), 429s={too_many}, delivered={delivered} to {chats} chats, undelivered rows={pending}",
+        delivered as f64 / drained.as_secs_f64()
+    );
+    shutdown.cancel();
+}
