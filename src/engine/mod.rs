@@ -172,9 +172,15 @@ impl Engine {
         {
             tracing::info!(run = %claimed.run.id, "resuming run");
             resumed.push(claimed.run.id);
-            let result = self.drive_claimed(&claimed).await;
-            self.inner.store.release_run(&claimed).await?;
-            result?;
+            match self.drive_claimed(&claimed).await {
+                Ok(_) => self.inner.store.release_run(&claimed).await?,
+                // One broken run must not hold up the others: it keeps its
+                // lease (so this loop does not claim it again at once) and
+                // is tried again when the lease lapses.
+                Err(error) => {
+                    tracing::error!(run = %claimed.run.id, error = ?error, "resuming a run failed")
+                }
+            }
         }
         Ok(resumed)
     }

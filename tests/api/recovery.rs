@@ -14,6 +14,7 @@ on_both_backends!(
     a_live_lease_keeps_a_second_worker_away,
     a_decision_made_before_a_restart_is_acted_on_after_it,
     replay_rebuilds_the_same_state_as_the_run_row,
+    a_run_that_cannot_resume_does_not_hold_up_the_others,
 );
 
 fn start(request: &str, key: &str) -> StartRun {
@@ -134,4 +135,26 @@ async fn replay_rebuilds_the_same_state_as_the_run_row(db: Db) {
         replay.contains("chose edit") && replay.contains("chose approve"),
         "{replay}"
     );
+}
+
+async fn a_run_that_cannot_resume_does_not_hold_up_the_others(db: Db) {
+    let app = TestApp::spawn(db).await;
+    // A run of a flow whose file was since removed: it cannot be executed.
+    let broken = soloist::store::NewRun {
+        flow: "vanished".into(),
+        chat: ChatRef::new(Platform::Console, "console"),
+        input: soloist::domain::RunInput {
+            request: "x".into(),
+            requested_by: "Maya".into(),
+        },
+        idempotency_key: "broken".into(),
+    };
+    let (broken, _) = app.app.store.create_run(&broken).await.unwrap();
+    let good = app.app.engine.start(start("a post", "good")).await.unwrap();
+
+    let resumed = app.app.engine.resume_runnable().await.unwrap();
+
+    assert_eq!(resumed, vec![broken, good]);
+    let status = app.app.store.run(good).await.unwrap().unwrap().status;
+    assert_eq!(status, RunStatus::WaitingApproval);
 }
