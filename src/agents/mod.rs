@@ -15,7 +15,7 @@ pub use batch::{BatchError, Batcher};
 pub use budget::{BudgetGate, period_keys};
 pub use cache::ResponseCache;
 pub use providers::{CallError, Prompt, Provider, Reply};
-pub use tokens::count_prompt_tokens;
+pub use tokens::{conservative_prompt_tokens, count_prompt_tokens};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -376,18 +376,30 @@ impl Agents {
                 cached_input: None,
                 output: 0.0,
             });
-        let kind = settings.providers[&attempt.model.provider].kind;
-        let prompt_tokens = count_prompt_tokens(
-            kind,
-            &attempt.model.model,
-            &[attempt.prompt.system, attempt.prompt.prompt],
-        );
-        let worst = price.cost(prompt_tokens, 0, attempt.prompt.max_tokens) * price_factor;
-        self.inner
-            .budget
-            .reserve(worst)
+        let texts = [attempt.prompt.system, attempt.prompt.prompt];
+        let worst = |prompt_tokens: u64| {
+            price.cost(prompt_tokens, 0, attempt.prompt.max_tokens) * price_factor
+        };
+        let budget = &self.inner.budget;
+        // The high estimate first: it never undercounts, and it keeps the
+        // tokenizer's tables (tens of MiB) out of memory while the budget is
+        // comfortable. Only a refusal is worth an exact count.
+        let estimate = conservative_prompt_tokens(&texts);
+        let first = budget
+            .reserve(worst(estimate))
             .await
-            .map_err(ModelError::Ledger)
+            .map_err(ModelError::Ledger)?;
+        if first.is_ok() {
+            return Ok(first);
+        }
+        let kind = settings.providers[&attempt.model.provider].kind;
+        match count_prompt_tokens(kind, &attempt.model.model, &texts) {
+            Some(exact) if exact < estimate => budget
+                .reserve(worst(exact))
+                .await
+                .map_err(ModelError::Ledger),
+            _ => Ok(first),
+        }
     }
 
     /// Tries one model up to `1 + retries` times. The outer Result is a

@@ -21,6 +21,7 @@ on_both_backends!(
     a_blocked_draft_offers_to_raise_the_cap_once_and_then_runs,
     when_the_first_model_does_not_fit_the_budget_the_cheaper_one_is_used,
     two_concurrent_calls_near_the_cap_cannot_both_start,
+    when_the_high_estimate_does_not_fit_the_exact_count_decides,
     a_429_with_retry_after_is_retried_after_the_wait,
     a_500_falls_back_to_the_next_model_in_the_chain,
     a_clear_request_is_routed_to_its_flow_by_the_router_tier,
@@ -411,4 +412,18 @@ async fn cost_reports_today_and_the_month_by_flow_and_model(db: Db) {
         report.contains("By model this month:\n  openai/gpt-4o: $"),
         "{report}"
     );
+}
+
+async fn when_the_high_estimate_does_not_fit_the_exact_count_decides(db: Db) {
+    // A long English prompt: the estimate (a token per two bytes) says about
+    // 1,000 tokens, OpenAI's tokenizer about 450. At $0.15 in and $0.60 out
+    // per million (50 output tokens), only the exact count fits $0.00015.
+    let app = TestApp::spawn_with(db, |s| s.policy.daily_budget_usd = 0.000_15).await;
+    let mut long = call(CostLabel::LowCost, Tier::Fast, None);
+    long.prompt = "Write a short note to a client about the audit. ".repeat(40);
+
+    let completion = complete(&app, &long).await;
+
+    assert!(completion.is_ok(), "{completion:?}");
+    assert_eq!(app.llm.calls(), 1);
 }
