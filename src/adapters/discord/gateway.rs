@@ -5,7 +5,6 @@
 //! DMs, and in servers when they mention the bot.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serenity::all::{
     CommandInteraction, ComponentInteraction, Context, EventHandler, Interaction, Message, Ready,
@@ -28,15 +27,13 @@ pub struct Gateway {
     pub open: Arc<OpenInteractions>,
     /// Wakes the outbox dispatcher once an update's replies are queued.
     pub wake: Arc<Notify>,
-    /// The bot's own user id, from READY (0 before).
-    pub bot_user_id: AtomicU64,
+    /// The bot's own user id.
+    pub bot_user_id: u64,
 }
 
 #[serenity::async_trait]
 impl EventHandler for Gateway {
     async fn ready(&self, _ctx: Context, ready: Ready) {
-        self.bot_user_id
-            .store(ready.user.id.get(), Ordering::Relaxed);
         tracing::info!(bot = %ready.user.name, guilds = ready.guilds.len(), "connected to the Discord gateway");
     }
 
@@ -45,8 +42,7 @@ impl EventHandler for Gateway {
     }
 
     async fn message(&self, _ctx: Context, message: Message) {
-        let bot = self.bot_user_id.load(Ordering::Relaxed);
-        let Some(text) = addressed_text(&message, bot) else {
+        let Some(text) = addressed_text(&message, self.bot_user_id) else {
             return;
         };
         let inbound = Inbound {
@@ -176,11 +172,10 @@ pub fn addressed_text(message: &Message, bot_user_id: u64) -> Option<String> {
     if message.guild_id.is_none() {
         return Some(message.content.trim().to_string());
     }
-    let mentioned = bot_user_id != 0
-        && message
-            .mentions
-            .iter()
-            .any(|user| user.id.get() == bot_user_id);
+    let mentioned = message
+        .mentions
+        .iter()
+        .any(|user| user.id.get() == bot_user_id);
     if !mentioned {
         return None;
     }

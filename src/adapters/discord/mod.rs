@@ -25,7 +25,6 @@ mod rest;
 pub use render::{CONTENT_LIMIT, escape_markdown};
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use serenity::all::{ClientBuilder, GatewayIntents, HttpBuilder};
@@ -90,6 +89,10 @@ pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), DiscordErr
     rest.application_id()
         .await
         .map_err(start("reading the bot's application"))?;
+    let bot_user_id = rest
+        .bot_user_id()
+        .await
+        .map_err(start("reading the bot's user"))?;
     let guild = Some(settings.guild_id.trim()).filter(|g| !g.is_empty());
     rest.set_commands(guild, commands::definitions())
         .await
@@ -113,7 +116,7 @@ pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), DiscordErr
         delivery,
         open,
         wake: dispatcher.waker(),
-        bot_user_id: AtomicU64::new(0),
+        bot_user_id,
     };
     let http = HttpBuilder::new(token)
         .proxy(proxy)

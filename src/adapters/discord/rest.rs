@@ -147,6 +147,16 @@ impl Rest {
         Ok(self.application_id.get_or_init(|| id).clone())
     }
 
+    /// The bot's own user id (mentions of it address the bot).
+    pub async fn bot_user_id(&self) -> Result<u64, RestError> {
+        let me = self
+            .call(Method::GET, "/users/@me", None, Caller::Bot, "current user")
+            .await?;
+        string_id(&me["id"])
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(|| RestError::Transient("/users/@me gave no id".into()))
+    }
+
     /// The gateway URL from `/gateway/bot`.
     pub async fn gateway_url(&self) -> Result<String, RestError> {
         let answer = self
