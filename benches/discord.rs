@@ -80,7 +80,10 @@ async fn measure() {
         if replies >= BURST {
             break replies;
         }
-        assert!(Instant::now() < deadline, "only {replies} replies after 5 minutes");
+        assert!(
+            Instant::now() < deadline,
+            "only {replies} replies after 5 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     println!(
@@ -136,7 +139,12 @@ fn where_it_lies(pid: u32) -> BTreeMap<&'static str, u64> {
                 "other"
             };
         } else if let Some(rest) = line.strip_prefix("Rss:") {
-            let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            let kib: u64 = rest
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
             *totals.entry(kind).or_insert(0) += kib;
         }
     }

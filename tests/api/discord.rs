@@ -539,6 +539,22 @@ async fn a_global_429_pauses_every_bot_request_until_it_lapses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_acknowledgement_is_retried_within_the_3_seconds() {
+    let bot = Bot::start(Db::Sqlite).await;
+    bot.discord.rate_limit_next("/callback", 0.4, false);
+
+    let command = bot.discord.slash(OWNER, Place::Dm, DM, "help", None);
+    let answer = bot.discord.original_of(&command).await;
+
+    let answered = bot.discord.interaction(&command);
+    let (kind, _, at) = answered.callback.unwrap();
+    assert_eq!(kind, 5);
+    assert!(at - answered.dispatched_at >= Duration::from_millis(400));
+    assert!(at - answered.dispatched_at < Duration::from_secs(3));
+    assert!(answer.content.contains("I run your business workflows"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally_otherwise() {
     let global = Bot::start(Db::Sqlite).await;
     let in_guild = Bot::start_with(Db::Sqlite, |s| s.discord.guild_id = GUILD_ID.into()).await;

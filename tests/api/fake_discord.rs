@@ -549,37 +549,10 @@ fn gate(world: &mut World, headers: &HeaderMap, method: &str, route: &str) -> Op
         .get("authorization")
         .is_some_and(|v| v.as_bytes() == format!("Bot {TOKEN}").as_bytes());
     let (status, response) = if !authorized {
-        (
-            401,
-            Some(discord_error(
-                StatusCode::UNAUTHORIZED,
-                0,
-                "401: Unauthorized",
-            )),
-        )
-    } else if let Some(at) = world.limits.iter().position(|l| route.contains(&l.route)) {
-        let limit = world.limits.remove(at).unwrap();
-        let mut response = (
-            StatusCode::TOO_MANY_REQUESTS,
-            Json(json!({
-                "message": "You are being rate limited.",
-                "retry_after": limit.retry_after,
-                "global": limit.global,
-            })),
-        )
-            .into_response();
-        let headers = response.headers_mut();
-        headers.insert("retry-after", (limit.retry_after.ceil() as u64).into());
-        headers.insert(
-            "x-ratelimit-scope",
-            if limit.global { "global" } else { "user" }
-                .parse()
-                .unwrap(),
-        );
-        if limit.global {
-            headers.insert("x-ratelimit-global", "true".parse().unwrap());
-        }
-        (429, Some(response))
+        let refused = discord_error(StatusCode::UNAUTHORIZED, 0, "401: Unauthorized");
+        (401, Some(refused))
+    } else if let Some(limited) = scripted_limit(world, route) {
+        (429, Some(limited))
     } else {
         (200, None)
     };
@@ -590,6 +563,26 @@ fn gate(world: &mut World, headers: &HeaderMap, method: &str, route: &str) -> Op
         at: Instant::now(),
     });
     response
+}
+
+/// The scripted 429 for `route`, if one is due.
+fn scripted_limit(world: &mut World, route: &str) -> Option<Response> {
+    let at = world.limits.iter().position(|l| route.contains(&l.route))?;
+    let limit = world.limits.remove(at).unwrap();
+    let body = json!({
+        "message": "You are being rate limited.",
+        "retry_after": limit.retry_after,
+        "global": limit.global,
+    });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert("retry-after", (limit.retry_after.ceil() as u64).into());
+    let scope = if limit.global { "global" } else { "user" };
+    headers.insert("x-ratelimit-scope", scope.parse().unwrap());
+    if limit.global {
+        headers.insert("x-ratelimit-global", "true".parse().unwrap());
+    }
+    Some(response)
 }
 
 /// Records an interaction-webhook call (no bot token; no global limit).
@@ -804,7 +797,17 @@ async fn callback(
 ) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut world = world.lock().unwrap();
-    record(&mut world, "POST", &format!("/interactions/{id}/callback"));
+    let route = format!("/interactions/{id}/callback");
+    if let Some(limited) = scripted_limit(&mut world, &route) {
+        world.calls.push(Call {
+            method: "POST".into(),
+            route,
+            status: 429,
+            at: Instant::now(),
+        });
+        return limited;
+    }
+    record(&mut world, "POST", &route);
     let kind = body["type"].as_u64().unwrap_or(0);
     let flags = body["data"]["flags"].as_u64().unwrap_or(0);
     let Some(interaction) = world.interaction_by_token(&token).filter(|i| i.id == id) else {

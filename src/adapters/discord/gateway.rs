@@ -5,18 +5,19 @@
 //! DMs, and in servers when they mention the bot.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serenity::all::{
     CommandInteraction, ComponentInteraction, Context, EventHandler, Interaction, Message, Ready,
     ResumedEvent, User,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::commands;
 use super::deliver::DiscordDelivery;
 use super::interactions::{Open, OpenInteractions, OpenKind};
-use super::rest::{self, InteractionToken, Rest};
+use super::rest::{self, InteractionToken, Rest, RestError};
 use crate::controller::Controller;
 use crate::domain::{ButtonToken, ChatRef, Inbound, InboundContent, Outbound, Platform};
 
@@ -29,6 +30,10 @@ pub struct Gateway {
     pub wake: Arc<Notify>,
     /// The bot's own user id.
     pub bot_user_id: u64,
+    /// Updates handled at once. serenity starts a task per event; a flood
+    /// (a burst of commands, a spammer mentioning the bot) waits here,
+    /// already acknowledged, instead of all running and holding memory.
+    pub handling: Semaphore,
 }
 
 #[serenity::async_trait]
@@ -133,7 +138,18 @@ impl Gateway {
             OpenKind::Command { ephemeral } => rest::defer_reply(ephemeral),
             OpenKind::Press => rest::defer_update(),
         };
-        match self.rest.respond(interaction_id, &token, callback).await {
+        let mut answered = self
+            .rest
+            .respond(interaction_id, &token, callback.clone())
+            .await;
+        // A short rate limit still leaves time inside the 3 s: wait, once.
+        if let Err(RestError::RateLimited { retry_after, .. }) = answered
+            && retry_after < Duration::from_secs(2)
+        {
+            tokio::time::sleep(retry_after).await;
+            answered = self.rest.respond(interaction_id, &token, callback).await;
+        }
+        match answered {
             Ok(()) => self.open.open(
                 &inbound.chat.chat_id,
                 Open {
@@ -151,6 +167,9 @@ impl Gateway {
     /// the sender as a sentence (privately when an interaction allows),
     /// sent directly since the store may be what failed.
     async fn handle(&self, inbound: Inbound) {
+        let Ok(_slot) = self.handling.acquire().await else {
+            return;
+        };
         if let Err(error) = self.controller.handle(&inbound).await {
             tracing::error!(error = ?error, "handling a Discord update failed");
             let reply = Outbound::text(error.user_message()).private_to(&inbound.update_key);

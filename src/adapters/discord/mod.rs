@@ -43,6 +43,9 @@ use rest::{Rest, RestError};
 /// resumed, other processes); replies to updates go at once.
 const OUTBOX_POLL: Duration = Duration::from_secs(1);
 
+/// Updates handled at once; more wait their turn (already acknowledged).
+const UPDATES_AT_ONCE: usize = 8;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DiscordError {
     #[error("discord.api_url must end in /api/v10 (it is '{0}')")]
@@ -117,6 +120,7 @@ pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), DiscordErr
         open,
         wake: dispatcher.waker(),
         bot_user_id,
+        handling: tokio::sync::Semaphore::new(UPDATES_AT_ONCE),
     };
     let http = HttpBuilder::new(token)
         .proxy(proxy)
