@@ -164,11 +164,11 @@ pub struct OwnerSettings {
 }
 
 impl OwnerSettings {
-    /// Whether `user_id` is the owner's account on `platform` (the terminal
-    /// is always the owner).
+    /// Whether `user_id` is the owner's account on a chat platform. (The
+    /// terminal has no accounts: `soloist chat` is the owner and says so.)
     pub fn is_owner(&self, platform: Platform, user_id: &str) -> bool {
         let id = match platform {
-            Platform::Console => return true,
+            Platform::Console => return false,
             Platform::Telegram => &self.telegram_user_id,
             Platform::Discord => &self.discord_user_id,
         };
@@ -431,14 +431,14 @@ mod tests {
     }
 
     #[test]
-    fn the_owner_is_one_id_per_platform_and_the_console_is_always_the_owner() {
+    fn the_owner_is_one_account_id_per_chat_platform() {
         let (_dir, options) =
             options_with_file("[owner]\ntelegram_user_id = 111\ndiscord_user_id = \"222\"\n");
         let owner = Settings::load(&options).unwrap().owner;
         assert!(owner.is_owner(Platform::Telegram, "111"));
         assert!(owner.is_owner(Platform::Discord, "222"));
         assert!(!owner.is_owner(Platform::Discord, "111"));
-        assert!(owner.is_owner(Platform::Console, "anyone"));
+        assert!(!owner.is_owner(Platform::Console, "111"));
         let unset = Settings::load(&LoadOptions::default()).unwrap().owner;
         assert!(!unset.is_owner(Platform::Discord, ""));
     }
