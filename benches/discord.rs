@@ -113,7 +113,8 @@ async fn measure(config: Option<&str>) {
         "burst: {BURST} messages in {CHANNELS} channels answered ({total} replies) in {:.1?}",
         started.elapsed()
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The worker trims the allocator every 5 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     report(&format!("after a burst of {BURST} messages"), &child);
     stop(&mut child);
 }
@@ -135,7 +136,7 @@ fn report(moment: &str, child: &Child) {
         field("Threads:")
     );
     for (place, kib) in where_it_lies(pid) {
-        println!("    {place:<28} {:>7.1} MiB", kib as f64 / 1024.0);
+        println!("    {place:<32} {:>7.1} MiB", kib as f64 / 1024.0);
     }
 }
 
@@ -162,16 +163,25 @@ fn where_it_lies(pid: u32) -> BTreeMap<&'static str, u64> {
                 "other"
             };
         } else if let Some(rest) = line.strip_prefix("Rss:") {
-            let kib: u64 = rest
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .unwrap_or(0);
-            *totals.entry(kind).or_insert(0) += kib;
+            *totals.entry(kind).or_insert(0) += kib(rest);
+        } else if let Some(rest) = line.strip_prefix("Anonymous:") {
+            // Pages only swap could free; the rest (code, read-only data)
+            // the kernel can drop and read again from the binary.
+            *totals
+                .entry("~ of it all, anonymous (private)")
+                .or_insert(0) += kib(rest);
         }
     }
     totals
+}
+
+fn kib(field: &str) -> u64 {
+    field
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 fn stop(child: &mut Child) {

@@ -441,11 +441,23 @@ async fn server_messages_count_when_they_mention_the_bot_and_dms_always() {
     bot.discord
         .post(OWNER, Place::Guild, OTHER_CHANNEL, "/help", true);
     bot.discord.post(OWNER, Place::Dm, DM, "/runs", false);
+    let itself = User {
+        id: fake_discord::BOT_USER_ID,
+        name: "soloist",
+    };
+    bot.discord.post(itself, Place::Dm, DM, "/help", false);
 
     bot.posted(OTHER_CHANNEL, "I run your business workflows")
         .await;
     bot.posted(DM, "No runs yet").await;
     assert!(bot.discord.see(|w| w.in_channel(CHANNEL).is_empty()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let in_dm = bot.discord.see(|w| w.in_channel(DM));
+    assert_eq!(
+        in_dm.len(),
+        1,
+        "the bot's own message is not answered: {in_dm:#?}"
+    );
     let intents = bot.discord.see(|w| w.intents()).unwrap();
     assert_eq!(
         intents,
