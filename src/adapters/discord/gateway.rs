@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serenity::all::{
-    CommandInteraction, ComponentInteraction, Context, EventHandler, Interaction, Message, Ready,
-    ResumedEvent, User,
+    ChannelId, CommandInteraction, ComponentInteraction, Context, EventHandler, Interaction,
+    Message, Ready, ResumedEvent, User,
 };
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
@@ -51,12 +51,13 @@ impl EventHandler for Gateway {
             return;
         };
         let inbound = Inbound {
-            chat: ChatRef::new(Platform::Discord, message.channel_id.to_string()),
-            update_key: format!("message:{}", message.id),
-            user_id: message.author.id.to_string(),
-            user_name: display_name(&message.author),
             message_id: Some(message.id.to_string()),
-            content: InboundContent::Text(text),
+            ..inbound(
+                message.channel_id,
+                format!("message:{}", message.id),
+                &message.author,
+                InboundContent::Text(text),
+            )
         };
         self.handle(inbound).await;
     }
@@ -72,14 +73,12 @@ impl EventHandler for Gateway {
 
 impl Gateway {
     async fn on_command(&self, command: CommandInteraction) {
-        let inbound = Inbound {
-            chat: ChatRef::new(Platform::Discord, command.channel_id.to_string()),
-            update_key: format!("interaction:{}", command.id),
-            user_id: command.user.id.to_string(),
-            user_name: display_name(&command.user),
-            message_id: None,
-            content: InboundContent::Text(commands::as_text(&command.data)),
-        };
+        let inbound = inbound(
+            command.channel_id,
+            format!("interaction:{}", command.id),
+            &command.user,
+            InboundContent::Text(commands::as_text(&command.data)),
+        );
         // A refusal is known now, before the model could be involved, so
         // its deferral is already private.
         let ephemeral = !self.controller.is_allowed(&inbound);
@@ -112,12 +111,13 @@ impl Gateway {
             return;
         };
         let inbound = Inbound {
-            chat: ChatRef::new(Platform::Discord, press.channel_id.to_string()),
-            update_key: format!("interaction:{}", press.id),
-            user_id: press.user.id.to_string(),
-            user_name: display_name(&press.user),
             message_id: Some(press.message.id.to_string()),
-            content: InboundContent::Button(button),
+            ..inbound(
+                press.channel_id,
+                format!("interaction:{}", press.id),
+                &press.user,
+                InboundContent::Button(button),
+            )
         };
         self.acknowledge(&inbound, &press.id.to_string(), token, OpenKind::Press)
             .await;
@@ -205,10 +205,23 @@ pub fn addressed_text(message: &Message, bot_user_id: u64) -> Option<String> {
     Some(text.trim().to_string())
 }
 
-/// How a person is named in runs and decisions (the owner's name replaces
-/// it in the controller).
-fn display_name(user: &User) -> String {
-    user.global_name
-        .clone()
-        .unwrap_or_else(|| user.name.clone())
+/// An update from `user` in `channel`, under `update_key`.
+fn inbound(
+    channel: ChannelId,
+    update_key: String,
+    user: &User,
+    content: InboundContent,
+) -> Inbound {
+    Inbound {
+        chat: ChatRef::new(Platform::Discord, channel.to_string()),
+        update_key,
+        user_id: user.id.to_string(),
+        // The controller puts the owner's one name in its place.
+        user_name: user
+            .global_name
+            .clone()
+            .unwrap_or_else(|| user.name.clone()),
+        message_id: None,
+        content,
+    }
 }

@@ -27,10 +27,11 @@ pub use render::{CONTENT_LIMIT, escape_markdown};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serenity::all::{ClientBuilder, GatewayIntents, HttpBuilder};
+use serenity::all::{Client, ClientBuilder, GatewayIntents, HttpBuilder};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::config::DiscordSettings;
 use crate::outbox::{Dispatcher, RateLimits};
 use crate::runtime::Service;
 use crate::store::StoreError;
@@ -88,6 +89,48 @@ pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), DiscordErr
     let token = settings.token.expose().unwrap_or_default();
     let proxy = serenity_base(&settings.api_url)?;
     let rest = Arc::new(Rest::new(&settings.api_url, token).map_err(DiscordError::Token)?);
+    let introduced = introduce(&rest, settings).await?;
+
+    let open = Arc::new(OpenInteractions::default());
+    let delivery = Arc::new(DiscordDelivery::new(rest.clone(), open.clone()));
+    let limits = if settings.rate_limits {
+        RateLimits::discord()
+    } else {
+        RateLimits::unlimited()
+    };
+    let dispatcher = Dispatcher::new(app.store.clone(), delivery.clone(), limits);
+    let handler = Gateway {
+        controller: app.controller.clone(),
+        rest,
+        delivery,
+        open,
+        wake: dispatcher.waker(),
+        bot_user_id: introduced.bot_user_id,
+        handling: tokio::sync::Semaphore::new(UPDATES_AT_ONCE),
+    };
+    let http = HttpBuilder::new(token)
+        .proxy(proxy)
+        .ratelimiter_disabled(true)
+        .build();
+    let client = ClientBuilder::new_with_http(http, intents())
+        .event_handler(handler)
+        .await
+        .map_err(|e| DiscordError::Gateway(e.to_string()))?;
+    // serenity asked /gateway itself and, had that failed, would fall back
+    // to Discord's public gateway; the URL from /gateway/bot is the one.
+    *client.ws_url.lock().await = introduced.gateway_url;
+    serve(client, dispatcher, shutdown).await
+}
+
+/// What the start-up calls learn.
+struct Introduced {
+    bot_user_id: u64,
+    gateway_url: String,
+}
+
+/// Checks the token, registers the slash commands (in one guild when
+/// `guild_id` is set), and asks for the gateway URL.
+async fn introduce(rest: &Rest, settings: &DiscordSettings) -> Result<Introduced, DiscordError> {
     let start = |step| move |source| start_error(step, source);
     rest.application_id()
         .await
@@ -104,38 +147,22 @@ pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), DiscordErr
         .gateway_url()
         .await
         .map_err(start("asking for the gateway URL"))?;
-
-    let open = Arc::new(OpenInteractions::default());
-    let delivery = Arc::new(DiscordDelivery::new(rest.clone(), open.clone()));
-    let limits = if settings.rate_limits {
-        RateLimits::discord()
-    } else {
-        RateLimits::unlimited()
-    };
-    let dispatcher = Dispatcher::new(app.store.clone(), delivery.clone(), limits);
-    let handler = Gateway {
-        controller: app.controller.clone(),
-        rest: rest.clone(),
-        delivery,
-        open,
-        wake: dispatcher.waker(),
+    Ok(Introduced {
         bot_user_id,
-        handling: tokio::sync::Semaphore::new(UPDATES_AT_ONCE),
-    };
-    let http = HttpBuilder::new(token)
-        .proxy(proxy)
-        .ratelimiter_disabled(true)
-        .build();
-    let mut client = ClientBuilder::new_with_http(http, intents())
-        .event_handler(handler)
-        .await
-        .map_err(|e| DiscordError::Gateway(e.to_string()))?;
-    // serenity asked /gateway itself and, had that failed, would fall back
-    // to Discord's public gateway; the URL from /gateway/bot is the one.
-    *client.ws_url.lock().await = gateway_url;
-    let shards = client.shard_manager.clone();
+        gateway_url,
+    })
+}
 
-    let delivering = tokio::spawn(dispatcher.run(OUTBOX_POLL, shutdown.clone()));
+/// Runs the gateway and the outbox until `shutdown`, or until the gateway
+/// stops (then the outbox stops too and the error says why).
+async fn serve(
+    mut client: Client,
+    dispatcher: Dispatcher<DiscordDelivery>,
+    shutdown: CancellationToken,
+) -> Result<(), DiscordError> {
+    let shards = client.shard_manager.clone();
+    let stop_outbox = shutdown.child_token();
+    let delivering = tokio::spawn(dispatcher.run(OUTBOX_POLL, stop_outbox.clone()));
     let outcome = tokio::select! {
         result = client.start() => Err(DiscordError::Gateway(match result {
             Ok(()) => "the connection ended".into(),
@@ -144,7 +171,7 @@ pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), DiscordErr
         _ = shutdown.cancelled() => Ok(()),
     };
     shards.shutdown_all().await;
-    shutdown.cancel();
+    stop_outbox.cancel();
     let delivered = delivering
         .await
         .map_err(|e| DiscordError::Gateway(format!("the outbox task failed: {e}")))?;

@@ -179,15 +179,8 @@ impl Rest {
             Some(guild) => format!("/applications/{app}/guilds/{guild}/commands"),
             None => format!("/applications/{app}/commands"),
         };
-        self.call(
-            Method::PUT,
-            &path,
-            Some(Body::json(commands)),
-            Caller::Bot,
-            "commands",
-        )
-        .await
-        .map(drop)
+        self.send_json(Method::PUT, &path, commands, Caller::Bot, "commands")
+            .await
     }
 
     /// Posts a message in a channel; returns its id.
@@ -212,15 +205,8 @@ impl Rest {
         payload: Value,
     ) -> Result<(), RestError> {
         let path = format!("/channels/{channel}/messages/{message}");
-        self.call(
-            Method::PATCH,
-            &path,
-            Some(Body::json(payload)),
-            Caller::Bot,
-            "edit message",
-        )
-        .await
-        .map(drop)
+        self.send_json(Method::PATCH, &path, payload, Caller::Bot, "edit message")
+            .await
     }
 
     /// Answers an interaction (within 3 s of its arrival).
@@ -231,15 +217,14 @@ impl Rest {
         payload: Value,
     ) -> Result<(), RestError> {
         let path = format!("/interactions/{interaction_id}/{}/callback", token.0);
-        self.call(
+        self.send_json(
             Method::POST,
             &path,
-            Some(Body::json(payload)),
+            payload,
             Caller::Interaction,
             "interaction callback",
         )
         .await
-        .map(drop)
     }
 
     /// Fills a deferred interaction response; returns the message's id.
@@ -300,6 +285,20 @@ impl Rest {
     ) -> Result<String, RestError> {
         let app = self.application_id().await?;
         Ok(format!("/webhooks/{app}/{}{rest}", token.0))
+    }
+
+    /// A JSON request whose answer does not matter.
+    async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        payload: Value,
+        caller: Caller,
+        route: &'static str,
+    ) -> Result<(), RestError> {
+        self.call(method, path, Some(Body::json(payload)), caller, route)
+            .await
+            .map(drop)
     }
 
     /// One request. `route` names it in logs and errors (paths may hold
