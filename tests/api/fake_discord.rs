@@ -281,7 +281,7 @@ impl FakeDiscord {
         let id = world.id().to_string();
         let options: Vec<Value> = value
             .map(|v| {
-                let option = if name == "draft" { "request" } else { "id" };
+                let option = if name == "draft" { "text" } else { "id" };
                 json!({"name": option, "type": 3, "value": v})
             })
             .into_iter()

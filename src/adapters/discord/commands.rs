@@ -1,74 +1,34 @@
-//! The slash commands soloist registers, and a used one turned back into
-//! the text command the controller reads (`/draft a post`).
+//! The slash commands soloist registers (the controller's command list),
+//! and a used one turned back into the text command the controller reads
+//! (`/draft a post`).
 
 use serde_json::{Value, json};
 use serenity::model::application::{CommandData, CommandDataOptionValue};
 
-/// One slash command: its name (the controller's command), what Discord
-/// shows for it, and its one text option, if any.
-struct SlashCommand {
-    name: &'static str,
-    description: &'static str,
-    option: Option<(&'static str, &'static str)>,
-}
-
-const COMMANDS: [SlashCommand; 7] = [
-    SlashCommand {
-        name: "draft",
-        description: "Draft content in your brand voice, then approve, edit or reject it",
-        option: Some((
-            "request",
-            "What to draft, e.g. a LinkedIn post about the new price",
-        )),
-    },
-    SlashCommand {
-        name: "runs",
-        description: "Recent runs and their status",
-        option: None,
-    },
-    SlashCommand {
-        name: "run",
-        description: "One run in detail",
-        option: Some(("id", "The run's id (its first 4 characters are enough)")),
-    },
-    SlashCommand {
-        name: "approvals",
-        description: "Drafts waiting for your decision, with their buttons",
-        option: None,
-    },
-    SlashCommand {
-        name: "retry",
-        description: "Try a failed run again",
-        option: Some(("id", "The failed run's id")),
-    },
-    SlashCommand {
-        name: "cost",
-        description: "What the model calls cost, against the budgets",
-        option: None,
-    },
-    SlashCommand {
-        name: "help",
-        description: "What soloist can do",
-        option: None,
-    },
-];
+use crate::controller::COMMANDS;
 
 /// The body of Discord's bulk overwrite: every command, usable in servers
-/// and in DMs with the bot.
+/// and in DMs with the bot; a command that takes something has one
+/// required text option named after it (`text`, `id`).
 pub fn definitions() -> Value {
     let commands: Vec<Value> = COMMANDS
         .iter()
-        .map(|command| {
-            let options: Vec<Value> = command
-                .option
-                .iter()
-                .map(|(name, description)| {
-                    json!({"type": 3, "name": name, "description": description, "required": true})
+        .map(|(name, takes, description)| {
+            let options: Vec<Value> = Some(takes)
+                .filter(|takes| !takes.is_empty())
+                .map(|takes| {
+                    json!({
+                        "type": 3,
+                        "name": takes.to_lowercase(),
+                        "description": option_description(takes),
+                        "required": true,
+                    })
                 })
+                .into_iter()
                 .collect();
             json!({
-                "name": command.name,
-                "description": command.description,
+                "name": name,
+                "description": sentence_case(description),
                 "type": 1,
                 "options": options,
                 "contexts": [0, 1],
@@ -76,6 +36,21 @@ pub fn definitions() -> Value {
         })
         .collect();
     Value::Array(commands)
+}
+
+fn option_description(takes: &str) -> &'static str {
+    match takes {
+        "ID" => "The run's id (its first 4 characters are enough)",
+        _ => "What you need, e.g. a LinkedIn post about the new price",
+    }
+}
+
+fn sentence_case(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// `/name value`: what the operator would have typed.
@@ -93,23 +68,37 @@ pub fn as_text(data: &CommandData) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::Command;
-
-    #[test]
-    fn every_registered_command_is_one_the_controller_knows() {
-        for command in &COMMANDS {
-            let text = format!("/{} x", command.name);
-            assert!(text.parse::<Command>().is_ok(), "{text}");
-        }
-    }
 
     #[test]
     fn definitions_fit_discord_limits() {
         for command in definitions().as_array().unwrap() {
+            let name = command["name"].as_str().unwrap();
+            assert!(name.len() <= 32 && name == name.to_lowercase());
             assert!(command["description"].as_str().unwrap().len() <= 100);
             for option in command["options"].as_array().unwrap() {
+                let option_name = option["name"].as_str().unwrap();
+                assert!(option_name == option_name.to_lowercase());
                 assert!(option["description"].as_str().unwrap().len() <= 100);
             }
         }
+    }
+
+    #[test]
+    fn commands_that_take_something_have_one_required_option() {
+        let definitions = definitions();
+        let draft = definitions
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "draft")
+            .unwrap();
+        assert_eq!(draft["options"][0]["name"], "text");
+        assert_eq!(draft["options"][0]["required"], true);
+        assert!(
+            draft["description"]
+                .as_str()
+                .unwrap()
+                .starts_with("Draft content")
+        );
     }
 }
