@@ -6,10 +6,6 @@
 //! resident memory lies (the binary's code, heap, other anonymous memory,
 //! shared libraries) from /proc/PID/smaps.
 //!
-//! Twice: with the default OpenAI models, whose exact token counting loads
-//! OpenAI's o200k tokenizer at the first model call, and with a local model
-//! the tokenizer does not know (as with Ollama), which shows the rest.
-//!
 //! Linux only (it reads /proc). The process runs on SQLite, as a first
 //! `soloist run` does.
 
@@ -39,32 +35,13 @@ fn main() {
         return;
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    println!("== default models (openai/gpt-4o…, exact token counts)");
-    runtime.block_on(measure(None));
-    println!("== a local model (openai/llama3, estimated token counts)");
-    runtime.block_on(measure(Some(LOCAL_MODEL)));
+    runtime.block_on(measure());
 }
 
-/// Every tier on one model tiktoken does not know.
-const LOCAL_MODEL: &str = r#"
-[models.tiers]
-router = ["openai/llama3"]
-fast = ["openai/llama3"]
-quality = ["openai/llama3"]
-
-[models.prices."openai/llama3"]
-input = 0
-output = 0
-"#;
-
-async fn measure(config: Option<&str>) {
+async fn measure() {
     let discord = FakeDiscord::start().await;
     let llm = fake_llm::FakeLlm::start().await;
     let home = tempfile::tempdir().unwrap();
-    if let Some(config) = config {
-        std::fs::create_dir_all(home.path().join("config")).unwrap();
-        std::fs::write(home.path().join("config/default.toml"), config).unwrap();
-    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_soloist"))
         .arg("run")
         .current_dir(home.path())
