@@ -113,7 +113,7 @@ impl Rest {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .user_agent(concat!(
-                "DiscordBot (https://github.com/soloist, ",
+                "DiscordBot (soloist, ",
                 env!("CARGO_PKG_VERSION"),
                 ")"
             ))
