@@ -60,7 +60,45 @@ pub async fn check(settings: &Settings, home: &Path) -> Vec<Finding> {
             ))
         });
     }
+    findings.extend(check_who_may_act(settings));
     findings
+}
+
+/// A platform with a token but nobody allowed refuses everyone, the owner
+/// included.
+fn check_who_may_act(settings: &Settings) -> Vec<Finding> {
+    let platforms = [
+        (
+            "Telegram",
+            settings.telegram.token.is_set(),
+            &settings.owner.telegram_user_id,
+            &settings.telegram.allowed_user_ids,
+        ),
+        (
+            "Discord",
+            settings.discord.token.is_set(),
+            &settings.owner.discord_user_id,
+            &settings.discord.allowed_user_ids,
+        ),
+    ];
+    platforms
+        .into_iter()
+        .filter(|(_, configured, owner, allowed)| {
+            *configured && owner.is_empty() && allowed.is_empty()
+        })
+        .map(|(name, ..)| {
+            let key = name.to_lowercase();
+            Finding::Problem(
+                format!(
+                    "{name} is configured but nobody may use it: every message would be refused"
+                ),
+                format!(
+                    "set owner.{key}_user_id (SOLOIST__OWNER__{}_USER_ID) to your {name} user id",
+                    key.to_uppercase()
+                ),
+            )
+        })
+        .collect()
 }
 
 async fn check_database(settings: &Settings, home: &Path) -> Finding {

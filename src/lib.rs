@@ -11,6 +11,8 @@
 //! - [`adapters`]: platform types end here. `console` is the terminal;
 //!   `telegram` polls (or takes a webhook), records updates, answers buttons
 //!   and delivers the outbox within Telegram's limits.
+//!   `discord` takes slash commands, presses and mentions through the
+//!   gateway (serenity) and delivers the outbox over REST.
 //! - [`controller`]: who is speaking, which command or button, which flow.
 //! - [`engine`]: durable runs: claim, execute a step, journal, suspend for
 //!   approval or input, resume after a crash, replay.

@@ -78,6 +78,18 @@ impl RateLimits {
         }
     }
 
+    /// Discord's limits: about 5 messages per 5 s in a channel (paced here
+    /// as one a second, so a burst never trips it) and 50 requests a second
+    /// for the bot. Discord has no separate group limit.
+    pub fn discord() -> Self {
+        RateLimits {
+            per_chat_interval: Duration::from_secs(1),
+            global_per_second: 50,
+            group_per_minute: u32::MAX,
+            max_attempts: 8,
+        }
+    }
+
     /// No pacing at all (benchmarks against a fake server).
     pub fn unlimited() -> Self {
         RateLimits {

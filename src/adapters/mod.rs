@@ -3,6 +3,7 @@
 //! outbox in its platform's shape (through [`crate::outbox::Dispatcher`]).
 
 pub mod console;
+pub mod discord;
 pub mod telegram;
 
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,9 @@ pub fn platform_services(app: &App, shutdown: &CancellationToken) -> Vec<Service
     let mut services: Vec<Service> = Vec::new();
     if app.settings.telegram.token.is_set() {
         services.push(telegram::service(app.clone(), shutdown.clone()));
+    }
+    if app.settings.discord.token.is_set() {
+        services.push(discord::service(app, shutdown));
     }
     services
 }

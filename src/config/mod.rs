@@ -20,6 +20,8 @@ use figment::providers::{Env, Format, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::domain::Platform;
+
 /// The defaults every build carries, so the binary runs from any directory.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 
@@ -87,6 +89,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub models: ModelsSettings,
     pub engine: EngineSettings,
+    pub owner: OwnerSettings,
     pub telegram: TelegramSettings,
     pub discord: DiscordSettings,
 }
@@ -149,6 +152,30 @@ pub struct EngineSettings {
     pub max_input_chars: usize,
 }
 
+/// The owner's own accounts, one per platform. The owner may always act
+/// (without being listed in `allowed_user_ids`), and whatever the owner does,
+/// on any platform, is recorded under one name: `business.owner`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OwnerSettings {
+    #[serde(default, deserialize_with = "one_id")]
+    pub telegram_user_id: String,
+    #[serde(default, deserialize_with = "one_id")]
+    pub discord_user_id: String,
+}
+
+impl OwnerSettings {
+    /// Whether `user_id` is the owner's account on a chat platform. (The
+    /// terminal has no accounts: `soloist chat` is the owner and says so.)
+    pub fn is_owner(&self, platform: Platform, user_id: &str) -> bool {
+        let id = match platform {
+            Platform::Console => return false,
+            Platform::Telegram => &self.telegram_user_id,
+            Platform::Discord => &self.discord_user_id,
+        };
+        !id.is_empty() && id == user_id
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct TelegramSettings {
     pub token: Secret,
@@ -192,6 +219,9 @@ pub struct DiscordSettings {
     pub allowed_user_ids: Vec<String>,
     /// Register slash commands in this guild only (instant); empty: global.
     pub guild_id: String,
+    /// Discord's delivery limits (5 messages per 5 s per channel, 50
+    /// requests/s). Off only for benchmarks against a fake server.
+    pub rate_limits: bool,
 }
 
 /// A list (of user ids, of models), from a TOML array (`[111, "222"]`) or
@@ -222,6 +252,16 @@ fn string_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<
         Ids::List(ids) => ids.into_iter().flat_map(text).collect(),
         Ids::One(id) => text(id),
     })
+}
+
+/// One user id (a number or a string), or none (empty).
+fn one_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let mut ids = string_list(deserializer)?;
+    match ids.len() {
+        0 => Ok(String::new()),
+        1 => Ok(ids.remove(0)),
+        _ => Err(serde::de::Error::custom("expected one user id")),
+    }
 }
 
 /// Where settings come from; [`LoadOptions::from_process`] is what the binary
@@ -388,6 +428,19 @@ mod tests {
             fast,
             ["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-latest"]
         );
+    }
+
+    #[test]
+    fn the_owner_is_one_account_id_per_chat_platform() {
+        let (_dir, options) =
+            options_with_file("[owner]\ntelegram_user_id = 111\ndiscord_user_id = \"222\"\n");
+        let owner = Settings::load(&options).unwrap().owner;
+        assert!(owner.is_owner(Platform::Telegram, "111"));
+        assert!(owner.is_owner(Platform::Discord, "222"));
+        assert!(!owner.is_owner(Platform::Discord, "111"));
+        assert!(!owner.is_owner(Platform::Console, "111"));
+        let unset = Settings::load(&LoadOptions::default()).unwrap().owner;
+        assert!(!unset.is_owner(Platform::Discord, ""));
     }
 
     #[test]

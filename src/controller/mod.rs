@@ -165,6 +165,15 @@ impl Handled {
         }
     }
 
+    /// A reply only the sender of `inbound` needs to see.
+    fn private(inbound: &Inbound, text: impl Into<String>) -> Self {
+        Handled {
+            replies: vec![Outbound::text(text).private_to(&inbound.update_key)],
+            drive: None,
+            outcome: Outcome::Done,
+        }
+    }
+
     fn drive(run: RunId) -> Self {
         Handled {
             replies: Vec::new(),
@@ -221,7 +230,7 @@ impl Controller {
             return Ok(Outcome::Duplicate);
         }
         let handled = if self.is_allowed(inbound) {
-            self.route(inbound).await?
+            self.route(&self.as_known_speaker(inbound)).await?
         } else {
             store
                 .audit(
@@ -231,7 +240,7 @@ impl Controller {
                     "not an allowed user",
                 )
                 .await?;
-            Handled::reply(REFUSED).with_outcome(Outcome::Refused)
+            Handled::private(inbound, REFUSED).with_outcome(Outcome::Refused)
         };
         store.finish_inbound(inbound, &handled.replies).await?;
         if let Some(run) = handled.drive {
@@ -241,15 +250,35 @@ impl Controller {
     }
 
     /// The terminal belongs to the owner; on chat platforms only the
-    /// configured user ids may act.
-    fn is_allowed(&self, inbound: &Inbound) -> bool {
+    /// owner's account and the configured user ids may act.
+    pub fn is_allowed(&self, inbound: &Inbound) -> bool {
         let settings = self.engine.settings();
+        if settings
+            .owner
+            .is_owner(inbound.chat.platform, &inbound.user_id)
+        {
+            return true;
+        }
         let allowed = match inbound.chat.platform {
             Platform::Console => return true,
             Platform::Telegram => &settings.telegram.allowed_user_ids,
             Platform::Discord => &settings.discord.allowed_user_ids,
         };
         allowed.contains(&inbound.user_id)
+    }
+
+    /// The update with the speaker's one name: the owner is `business.owner`
+    /// on every platform, so runs and decisions record one identity.
+    fn as_known_speaker(&self, inbound: &Inbound) -> Inbound {
+        let settings = self.engine.settings();
+        let mut inbound = inbound.clone();
+        if settings
+            .owner
+            .is_owner(inbound.chat.platform, &inbound.user_id)
+        {
+            inbound.user_name = settings.business.owner.clone();
+        }
+        inbound
     }
 
     async fn route(&self, inbound: &Inbound) -> Result<Handled, ControllerError> {
@@ -302,13 +331,13 @@ impl Controller {
     ) -> Result<Handled, ControllerError> {
         match self.engine.store().use_action(token).await? {
             ActionLookup::Taken(action) => self.act(inbound, action).await,
-            ActionLookup::Used => Ok(Handled::reply("That button was already used.")),
+            ActionLookup::Used => Ok(Handled::private(inbound, "That button was already used.")),
             ActionLookup::Unknown => {
                 match self.engine.decide(token, &inbound.user_name).await {
                     Ok(decided) => Ok(Handled::drive(decided.run_id)
                         .with_outcome(Outcome::Decided(decided.decision))),
                     Err(DecideError::NotOpen) => {
-                        Ok(Handled::reply(NOT_OPEN).with_outcome(Outcome::NotOpen))
+                        Ok(Handled::private(inbound, NOT_OPEN).with_outcome(Outcome::NotOpen))
                     }
                     Err(DecideError::Store(error)) => Err(error.into()),
                 }
@@ -623,6 +652,7 @@ mod tests {
             Ok(Command::Draft("hi".into()))
         );
         assert_eq!("/RUNS".parse::<Command>(), Ok(Command::Runs));
+        assert_eq!("/cost".parse::<Command>(), Ok(Command::Cost));
         assert_eq!(
             "/unknowncommand with args".parse::<Command>(),
             Err("unknowncommand".into())

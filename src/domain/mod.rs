@@ -107,6 +107,12 @@ pub struct Outbound {
     /// they can.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalLink>,
+    /// Set on a reply meant only for the person whose update it answers (a
+    /// refusal, "no longer open"): that update's key. A platform that can
+    /// show a message to one person alone (Discord's ephemeral replies) does;
+    /// the others send it as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_to: Option<String>,
 }
 
 /// How a message relates to an approval.
@@ -132,7 +138,14 @@ impl Outbound {
             buttons: Vec::new(),
             image: None,
             approval: None,
+            private_to: None,
         }
+    }
+
+    /// Marks the message as meant only for the sender of `update_key`.
+    pub fn private_to(mut self, update_key: &str) -> Self {
+        self.private_to = Some(update_key.to_string());
+        self
     }
 
     pub fn with_buttons(mut self, buttons: Vec<Button>) -> Self {

@@ -73,3 +73,24 @@ async fn a_database_password_never_appears_in_a_finding() {
 
     assert!(!text.contains("hunter2secret"), "{text}");
 }
+
+#[tokio::test]
+async fn a_discord_token_with_nobody_allowed_is_a_problem_until_the_owner_is_set() {
+    let llm = FakeLlm::start().await;
+    let mut settings = test_settings(Some(&llm.base_url));
+    settings.discord.token = soloist::config::Secret::new("a-token");
+    let home = tempfile::tempdir().unwrap();
+
+    let before = problems(&doctor::check(&settings, home.path()).await);
+    settings.owner.discord_user_id = "111".into();
+    let after = problems(&doctor::check(&settings, home.path()).await);
+
+    assert!(
+        before
+            .iter()
+            .any(|p| p.contains("SOLOIST__OWNER__DISCORD_USER_ID")),
+        "{before:#?}"
+    );
+    assert!(!before.iter().any(|p| p.contains("a-token")));
+    assert!(!after.iter().any(|p| p.contains("Discord")), "{after:#?}");
+}

@@ -2,6 +2,7 @@
 //! PostgreSQL database per test, SQLite in a temp dir), real HTTP to a fake
 //! model server.
 
+mod fake_discord;
 mod fake_llm;
 mod fake_telegram;
 mod helpers;
@@ -9,6 +10,7 @@ mod helpers;
 mod approvals;
 mod batch;
 mod console;
+mod discord;
 mod doctor;
 mod failures;
 mod models;

@@ -1,0 +1,228 @@
+//! Discord: slash commands, mentions and DMs in through the gateway
+//! (serenity), the outbox out through REST, approvals as buttons.
+//!
+//! - [`gateway`]: events into `Inbound`s; interactions acknowledged first.
+//! - [`interactions`]: interactions still waiting for an answer, and where
+//!   each outbox message goes because of them.
+//! - [`deliver`]: the outbox's Discord side ([`crate::outbox::Deliver`]).
+//! - [`render`]: escaping, the 2000-character limit, buttons.
+//! - [`commands`]: the slash commands registered at start.
+//! - [`rest`]: the REST calls, 429s included.
+//!
+//! serenity keeps the gateway; its HTTP client is used only for the
+//! gateway URL it asks for itself. soloist's own REST calls use reqwest
+//! because, pointed at a custom base URL, serenity's client must run
+//! without its rate limiter, and then a 429's `retry_after` and `global`
+//! flag are lost in its error; soloist needs both.
+
+mod commands;
+mod deliver;
+mod gateway;
+mod interactions;
+mod render;
+mod rest;
+
+pub use render::{CONTENT_LIMIT, escape_markdown};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serenity::all::{Client, ClientBuilder, GatewayIntents, HttpBuilder};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::DiscordSettings;
+use crate::outbox::{Dispatcher, RateLimits};
+use crate::runtime::Service;
+use crate::store::StoreError;
+use deliver::DiscordDelivery;
+use gateway::Gateway;
+use interactions::OpenInteractions;
+use rest::{Rest, RestError};
+
+/// How often the outbox is read for rows queued elsewhere (runs a worker
+/// resumed, other processes); replies to updates go at once.
+const OUTBOX_POLL: Duration = Duration::from_secs(1);
+
+/// Updates handled at once; more wait their turn (already acknowledged).
+const UPDATES_AT_ONCE: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscordError {
+    #[error("discord.api_url must end in /api/v10 (it is '{0}')")]
+    ApiUrl(String),
+    #[error("the Discord token is not usable: {0}")]
+    Token(String),
+    #[error(
+        "Discord refused the bot token: check DISCORD_TOKEN (the bot token from the developer portal)"
+    )]
+    Unauthorized,
+    #[error("could not start on Discord ({step})")]
+    Start {
+        step: &'static str,
+        #[source]
+        source: RestError,
+    },
+    #[error("the Discord gateway stopped: {0}")]
+    Gateway(String),
+    #[error("the Discord outbox stopped")]
+    Outbox(#[source] StoreError),
+}
+
+/// Messages in servers (to see mentions) and DMs. Not message content: a
+/// message that mentions the bot, and any DM, carries its content without
+/// that privileged intent.
+pub fn intents() -> GatewayIntents {
+    GatewayIntents::GUILD_MESSAGES | GatewayIntents::DIRECT_MESSAGES
+}
+
+/// `soloist run`'s Discord service (the token must be set).
+pub fn service(app: &App, shutdown: &CancellationToken) -> Service {
+    let app = app.clone();
+    let shutdown = shutdown.clone();
+    Box::pin(async move { run(app, shutdown).await.map_err(|e| describe(&e)) })
+}
+
+/// Connects, registers the slash commands, and serves until `shutdown`.
+pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), DiscordError> {
+    let settings = &app.settings.discord;
+    let token = settings.token.expose().unwrap_or_default();
+    let proxy = serenity_base(&settings.api_url)?;
+    let rest = Arc::new(Rest::new(&settings.api_url, token).map_err(DiscordError::Token)?);
+    let introduced = introduce(&rest, settings).await?;
+
+    let open = Arc::new(OpenInteractions::default());
+    let delivery = Arc::new(DiscordDelivery::new(rest.clone(), open.clone()));
+    let limits = if settings.rate_limits {
+        RateLimits::discord()
+    } else {
+        RateLimits::unlimited()
+    };
+    let dispatcher = Dispatcher::new(app.store.clone(), delivery.clone(), limits);
+    let handler = Gateway {
+        controller: app.controller.clone(),
+        rest,
+        delivery,
+        open,
+        wake: dispatcher.waker(),
+        bot_user_id: introduced.bot_user_id,
+        handling: tokio::sync::Semaphore::new(UPDATES_AT_ONCE),
+    };
+    let http = HttpBuilder::new(token)
+        .proxy(proxy)
+        .ratelimiter_disabled(true)
+        .build();
+    let client = ClientBuilder::new_with_http(http, intents())
+        .event_handler(handler)
+        .await
+        .map_err(|e| DiscordError::Gateway(e.to_string()))?;
+    // serenity asked /gateway itself and, had that failed, would fall back
+    // to Discord's public gateway; the URL from /gateway/bot is the one.
+    *client.ws_url.lock().await = introduced.gateway_url;
+    serve(client, dispatcher, shutdown).await
+}
+
+/// What the start-up calls learn.
+struct Introduced {
+    bot_user_id: u64,
+    gateway_url: String,
+}
+
+/// Checks the token, registers the slash commands (in one guild when
+/// `guild_id` is set), and asks for the gateway URL.
+async fn introduce(rest: &Rest, settings: &DiscordSettings) -> Result<Introduced, DiscordError> {
+    let start = |step| move |source| start_error(step, source);
+    rest.application_id()
+        .await
+        .map_err(start("reading the bot's application"))?;
+    let bot_user_id = rest
+        .bot_user_id()
+        .await
+        .map_err(start("reading the bot's user"))?;
+    let guild = Some(settings.guild_id.trim()).filter(|g| !g.is_empty());
+    rest.set_commands(guild, commands::definitions())
+        .await
+        .map_err(start("registering the slash commands"))?;
+    let gateway_url = rest
+        .gateway_url()
+        .await
+        .map_err(start("asking for the gateway URL"))?;
+    Ok(Introduced {
+        bot_user_id,
+        gateway_url,
+    })
+}
+
+/// Runs the gateway and the outbox until `shutdown`, or until the gateway
+/// stops (then the outbox stops too and the error says why).
+async fn serve(
+    mut client: Client,
+    dispatcher: Dispatcher<DiscordDelivery>,
+    shutdown: CancellationToken,
+) -> Result<(), DiscordError> {
+    let shards = client.shard_manager.clone();
+    let stop_outbox = shutdown.child_token();
+    let delivering = tokio::spawn(dispatcher.run(OUTBOX_POLL, stop_outbox.clone()));
+    let outcome = tokio::select! {
+        result = client.start() => Err(DiscordError::Gateway(match result {
+            Ok(()) => "the connection ended".into(),
+            Err(error) => error.to_string(),
+        })),
+        _ = shutdown.cancelled() => Ok(()),
+    };
+    shards.shutdown_all().await;
+    stop_outbox.cancel();
+    let delivered = delivering
+        .await
+        .map_err(|e| DiscordError::Gateway(format!("the outbox task failed: {e}")))?;
+    outcome?;
+    delivered.map_err(DiscordError::Outbox)
+}
+
+/// What serenity's `proxy` takes: the API URL without `/api/v10` (serenity
+/// swaps it for `https://discord.com` in its own URLs).
+fn serenity_base(api_url: &str) -> Result<String, DiscordError> {
+    api_url
+        .trim()
+        .trim_end_matches('/')
+        .strip_suffix("/api/v10")
+        .map(str::to_string)
+        .ok_or_else(|| DiscordError::ApiUrl(api_url.to_string()))
+}
+
+fn start_error(step: &'static str, source: RestError) -> DiscordError {
+    match source {
+        RestError::Refused { status: 401, .. } => DiscordError::Unauthorized,
+        source => DiscordError::Start { step, source },
+    }
+}
+
+/// The error with its causes, on one line.
+fn describe(error: &DiscordError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serenity_gets_the_api_url_without_its_version_path() {
+        assert_eq!(
+            serenity_base("http://127.0.0.1:9/api/v10/").unwrap(),
+            "http://127.0.0.1:9"
+        );
+        assert_eq!(
+            serenity_base("https://discord.com/api/v10").unwrap(),
+            "https://discord.com"
+        );
+        assert!(serenity_base("https://discord.com/api/v9").is_err());
+    }
+}
