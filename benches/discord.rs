@@ -1,6 +1,6 @@
 //! `cargo bench --bench discord`: the resident memory (RSS) of `soloist run`
-//! with Discord connected to a local fake Discord (tests/api/fake_discord.rs)
-//! and a fake model: idle, then after a burst of 200 messages from the
+//! with Telegram and Discord connected to local fakes
+//! (tests/api/fake_telegram.rs, tests/api/fake_discord.rs) and a fake model: idle, then after a burst of 200 messages from the
 //! owner (half `/draft …`, which call the model and post an approval with
 //! buttons; half `/runs`) spread over 20 DM channels. Prints where the
 //! resident memory lies (the binary's code, heap, other anonymous memory,
@@ -15,6 +15,9 @@ mod fake_discord;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_llm.rs"]
 mod fake_llm;
+#[allow(dead_code)]
+#[path = "../tests/api/fake_telegram.rs"]
+mod fake_telegram;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -40,13 +43,16 @@ fn main() {
 
 async fn measure() {
     let discord = FakeDiscord::start().await;
+    let telegram = fake_telegram::FakeTelegram::start().await;
     let llm = fake_llm::FakeLlm::start().await;
     let home = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_soloist"))
         .arg("run")
         .current_dir(home.path())
         .env_remove("DATABASE_URL")
-        .env_remove("TELEGRAM_BOT_TOKEN")
+        .env("TELEGRAM_BOT_TOKEN", &telegram.token)
+        .env("SOLOIST__TELEGRAM__API_URL", &telegram.api_url)
+        .env("SOLOIST__OWNER__TELEGRAM_USER_ID", "4242")
         .env("DISCORD_TOKEN", TOKEN)
         .env("SOLOIST__DISCORD__API_URL", &discord.api_url)
         .env("SOLOIST__OWNER__DISCORD_USER_ID", OWNER.id)
@@ -61,8 +67,16 @@ async fn measure() {
     discord
         .wait_for("the gateway session", |w| w.connected().then_some(()))
         .await;
+    telegram
+        .wait_for(30, "long polling", |s| {
+            (!s.offsets.is_empty()).then_some(())
+        })
+        .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    report("idle, Discord connected", &child);
+    report(
+        "idle, Telegram (long polling) and Discord (gateway) connected",
+        &child,
+    );
 
     let started = Instant::now();
     for n in 0..BURST {
