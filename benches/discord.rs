@@ -15,7 +15,7 @@ mod fake_discord;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_llm.rs"]
 mod fake_llm;
-#[allow(dead_code)]
+// fake_telegram.rs allows its own dead code.
 #[path = "../tests/api/fake_telegram.rs"]
 mod fake_telegram;
 
