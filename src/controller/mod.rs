@@ -126,6 +126,7 @@ pub fn help_text() -> String {
         };
         let _ = write!(text, "\n/{name}{args}: {description}");
     }
+    text.push_str("\nOr just write what you need: with a model configured, I work out which of these you mean.");
     text
 }
 
