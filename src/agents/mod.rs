@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{ModelRef, ModelsSettings, OnBudget, Policy};
+use crate::config::{LabelPolicy, ModelRef, ModelsSettings, OnBudget, Policy};
 use crate::domain::{CostLabel, RunId, Tier};
 use crate::store::{BudgetRefusal, LedgerEntry, NewBatchItem, Reservation, Store, StoreError};
 
@@ -139,6 +139,29 @@ struct Attempt<'a> {
     prompt: Prompt<'a>,
 }
 
+impl<'a> Attempt<'a> {
+    fn new(call: &'a ModelCall, model: &'a ModelRef, tier: Tier, max_tokens: u64) -> Self {
+        Attempt {
+            call,
+            model,
+            tier,
+            prompt: Prompt {
+                system: &call.system,
+                prompt: &call.prompt,
+                max_tokens,
+                temperature: call.temperature,
+            },
+        }
+    }
+}
+
+/// The step's max_tokens scaled by its label's factor (at least one).
+fn scaled_max_tokens(call: &ModelCall, policy: &LabelPolicy) -> u64 {
+    ((call.max_tokens as f64) * policy.max_tokens_factor)
+        .ceil()
+        .max(1.0) as u64
+}
+
 impl Agents {
     pub fn new(
         settings: ModelsSettings,
@@ -215,20 +238,8 @@ impl Agents {
         if settings.providers[&model.provider].kind != crate::config::ProviderKind::Openai {
             return Ok(None);
         }
-        let max_tokens = ((call.max_tokens as f64) * policy.max_tokens_factor)
-            .ceil()
-            .max(1.0) as u64;
-        let attempt = Attempt {
-            call,
-            model: &model,
-            tier,
-            prompt: Prompt {
-                system: &call.system,
-                prompt: &call.prompt,
-                max_tokens,
-                temperature: call.temperature,
-            },
-        };
+        let max_tokens = scaled_max_tokens(call, &policy);
+        let attempt = Attempt::new(call, &model, tier, max_tokens);
         let reservation = match self
             .reserve_at(&attempt, settings.batch.price_factor)
             .await?
@@ -273,9 +284,7 @@ impl Agents {
         }
         let policy = self.inner.settings.policy(call.label);
         let mut tier = call.tier.min(policy.tier_cap);
-        let max_tokens = ((call.max_tokens as f64) * policy.max_tokens_factor)
-            .ceil()
-            .max(1.0) as u64;
+        let max_tokens = scaled_max_tokens(call, &policy);
         loop {
             match self
                 .complete_on_tier(call, tier, max_tokens, policy.retries, policy.cache)
@@ -305,17 +314,7 @@ impl Agents {
         let mut blocked = None;
         let mut last_failure = None;
         for model in &chain {
-            let attempt = Attempt {
-                call,
-                model,
-                tier,
-                prompt: Prompt {
-                    system: &call.system,
-                    prompt: &call.prompt,
-                    max_tokens,
-                    temperature: call.temperature,
-                },
-            };
+            let attempt = Attempt::new(call, model, tier, max_tokens);
             let cache_key = (may_cache && ResponseCache::is_cacheable(&attempt.prompt))
                 .then(|| ResponseCache::key(model, &attempt.prompt));
             if let Some(key) = &cache_key

@@ -56,22 +56,20 @@ const ITEM_COLUMNS: &str = "id, run_id, step, flow, provider, model, tier, reque
 impl Store {
     /// Queued items of a provider, oldest first.
     pub async fn queued_batch_items(&self, provider: &str) -> StoreResult<Vec<BatchItem>> {
-        let sql = format!(
-            "SELECT {ITEM_COLUMNS} FROM batch_items WHERE status = 'queued' AND provider = $1 ORDER BY created_at, id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(provider)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(item_from_row).collect()
+        self.batch_items_in(provider, "queued").await
     }
 
     /// Items sent in batches that have not come back, oldest first.
     pub async fn submitted_batch_items(&self, provider: &str) -> StoreResult<Vec<BatchItem>> {
+        self.batch_items_in(provider, "submitted").await
+    }
+
+    async fn batch_items_in(&self, provider: &str, status: &str) -> StoreResult<Vec<BatchItem>> {
         let sql = format!(
-            "SELECT {ITEM_COLUMNS} FROM batch_items WHERE status = 'submitted' AND provider = $1 ORDER BY created_at, id"
+            "SELECT {ITEM_COLUMNS} FROM batch_items WHERE status = $1 AND provider = $2 ORDER BY created_at, id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(status)
             .bind(provider)
             .fetch_all(&self.pool)
             .await?;
