@@ -221,9 +221,9 @@ on_both_backends!(every_hostile_line_gets_a_reply_and_the_store_keeps_working);
 
 async fn every_hostile_line_gets_a_reply_and_the_store_keeps_working(db: Db) {
     let app = TestApp::spawn(db).await;
-    let hostile = include_str!("../../../shared/fixtures/adversarial/hostile_input.txt");
+    let hostile = crate::fixtures::hostile();
 
-    for line in hostile.lines() {
+    for line in &hostile {
         let replies = app.say(line).await;
         assert!(
             !replies.is_empty() && !replies[0].text.trim().is_empty(),
@@ -239,7 +239,7 @@ async fn every_hostile_line_gets_a_reply_and_the_store_keeps_working(db: Db) {
         .unwrap();
     assert_eq!(
         logged,
-        hostile.lines().count() as i64 + 1,
+        hostile.len() as i64 + 1,
         "every line is in the conversation log"
     );
 }

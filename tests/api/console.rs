@@ -5,7 +5,6 @@ use std::process::{Command, Stdio};
 
 use crate::fake_llm::{DEFAULT_DRAFT, FakeLlm};
 
-const HOSTILE: &str = include_str!("../../../shared/fixtures/adversarial/hostile_input.txt");
 
 /// Runs `soloist chat` in `home` with `input` on stdin and a fake model.
 fn chat(home: &std::path::Path, llm: Option<&str>, input: &str) -> (String, String, bool) {
@@ -82,10 +81,12 @@ async fn every_hostile_line_gets_a_clear_reply_and_the_store_survives() {
     let home = tempfile::tempdir().unwrap();
     let url = llm.base_url.clone();
     let path = home.path().to_path_buf();
-    let lines = HOSTILE.lines().count();
+    let hostile = crate::fixtures::hostile();
+    let lines = hostile.len();
+    let input = hostile.join("\n") + "\n";
 
     let (stdout, stderr, ok) =
-        tokio::task::spawn_blocking(move || chat(&path, Some(&url), HOSTILE))
+        tokio::task::spawn_blocking(move || chat(&path, Some(&url), &input))
             .await
             .unwrap();
 
@@ -98,7 +99,7 @@ async fn every_hostile_line_gets_a_clear_reply_and_the_store_survives() {
         lines + 1,
         "one prompt per line plus the last: {stdout}"
     );
-    for (line, answer) in HOSTILE.lines().zip(&answers) {
+    for (line, answer) in hostile.iter().zip(&answers) {
         assert!(!answer.trim().is_empty(), "no reply to {line:?}");
     }
     assert!(
@@ -109,7 +110,7 @@ async fn every_hostile_line_gets_a_clear_reply_and_the_store_survives() {
         stdout.contains("I act on up to"),
         "the oversized line is refused clearly"
     );
-    assert!(stdout.contains("I don't know the command /unknowncommand"));
+    assert!(stdout.contains("I don't know the command /"), "{stdout}");
     assert!(stdout.contains("Tell me what to draft"));
 
     // The store is intact and still works after the barrage.

@@ -3,6 +3,7 @@
 //! model server.
 
 mod fake_discord;
+mod fixtures;
 mod fake_llm;
 mod fake_telegram;
 mod helpers;

@@ -17,7 +17,6 @@ use crate::fake_telegram::{Failure, FakeTelegram, Sent};
 use crate::helpers::{Db, TestApp};
 use crate::on_both_backends;
 
-const HOSTILE: &str = include_str!("../../../shared/fixtures/adversarial/hostile_input.txt");
 const OWNER: i64 = 111;
 const STRANGER: i64 = 666;
 
@@ -372,7 +371,8 @@ async fn a_restart_between_receiving_an_update_and_replying_replies_once(db: Db)
 
 async fn every_hostile_line_reaches_the_operator_exactly_as_meant(db: Db) {
     let bot = Bot::start(db, |_| {}).await;
-    let lines: Vec<&str> = HOSTILE.lines().collect();
+    let hostile = crate::fixtures::hostile();
+    let lines: Vec<&str> = hostile.iter().map(String::as_str).collect();
 
     // Typed by the operator: each line gets an answer.
     for (n, line) in lines.iter().enumerate() {
