@@ -434,7 +434,7 @@ async fn a_crash_after_part_one_of_three_sends_only_parts_two_and_three(db: Db) 
     let tg = FakeTelegram::start().await;
     let paragraphs: Vec<String> = ["alpha", "bravo", "charlie"]
         .iter()
-        .map(|word| format!("{word} ").repeat(600).trim_end().to_string())
+        .map(|word| format!("{word} ").repeat(400).trim_end().to_string())
         .collect();
     let text = paragraphs.join("\n\n");
     assert_eq!(
