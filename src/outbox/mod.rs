@@ -219,13 +219,17 @@ impl Outbox {
     }
 }
 
+/// Refused approval messages are shown by `soloist doctor` for a week.
+const REFUSALS_SHOWN_FOR_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// What `soloist doctor` says about delivery: None when nothing is stuck,
 /// else a sentence naming what is (messages failing for longer than the
 /// retry policy reports, approval messages a platform refused).
 pub async fn trouble(store: &Store) -> Result<Option<String>, crate::store::StoreError> {
     let report_after = i64::try_from(RetryPolicy::default().report_after.as_millis()).unwrap_or(0);
+    let now = crate::store::now_ms();
     let found = store
-        .outbox_trouble(crate::store::now_ms() - report_after)
+        .outbox_trouble(now - report_after, now - REFUSALS_SHOWN_FOR_MS)
         .await?;
     let mut problems = Vec::new();
     if found.failing > 0 {
@@ -237,7 +241,7 @@ pub async fn trouble(store: &Store) -> Result<Option<String>, crate::store::Stor
     }
     if found.failed_approvals > 0 {
         problems.push(format!(
-            "{} approval offer(s) or decision(s) were refused by the platform; /approvals lists what is still open",
+            "{} approval offer(s) or decision(s) were refused by the platform this week; /approvals lists what is still open",
             found.failed_approvals
         ));
     }

@@ -74,7 +74,8 @@ pub enum Settlement {
 pub struct OutboxTrouble {
     /// Pending rows that have been failing for longer than asked.
     pub failing: i64,
-    /// Approval offers and decision confirmations the platform refused.
+    /// Approval offers and decision confirmations the platform refused
+    /// lately.
     pub failed_approvals: i64,
 }
 
@@ -241,8 +242,13 @@ impl Store {
     }
 
     /// Rows in trouble: pending and failing since before `failing_before`
-    /// (Unix ms), and approval messages the platform refused.
-    pub async fn outbox_trouble(&self, failing_before: i64) -> StoreResult<OutboxTrouble> {
+    /// (Unix ms), and approval messages queued since `refused_since` that
+    /// the platform refused.
+    pub async fn outbox_trouble(
+        &self,
+        failing_before: i64,
+        refused_since: i64,
+    ) -> StoreResult<OutboxTrouble> {
         let failing: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND failing_since < $1",
         )
@@ -250,8 +256,10 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         let failed_approvals: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM outbox WHERE status = 'failed' AND approval_role IS NOT NULL",
+            "SELECT COUNT(*) FROM outbox
+             WHERE status = 'failed' AND approval_role IS NOT NULL AND created_at >= $1",
         )
+        .bind(refused_since)
         .fetch_one(&self.pool)
         .await?;
         Ok(OutboxTrouble {

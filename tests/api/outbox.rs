@@ -21,6 +21,7 @@ on_both_backends!(
     each_chat_gets_its_messages_in_order_and_once,
     retry_after_holds_the_chat_back_and_loses_nothing,
     a_permanent_refusal_fails_the_row_and_the_chat_moves_on,
+    a_refused_approval_offer_is_shown_by_the_doctor,
     an_approval_offer_outlasts_more_than_eight_transient_failures_and_is_delivered,
     a_message_failing_for_long_is_reported_once_and_counted_for_the_doctor,
     a_chat_with_thousands_pending_does_not_delay_another_chats_single_message,
@@ -265,6 +266,27 @@ async fn a_permanent_refusal_fails_the_row_and_the_chat_moves_on(db: Db) {
     assert_eq!(failed, 1);
 }
 
+async fn a_refused_approval_offer_is_shown_by_the_doctor(db: Db) {
+    let test_db = TestDb::create(db).await;
+    let store = Store::open(&test_db.url, 4).await.unwrap();
+    let offer = Outbound::text("Approve?").linked_to(ApprovalId::new(), ApprovalRole::Offer);
+    store
+        .enqueue(&ChatRef::new(Platform::Telegram, "gone"), &offer)
+        .await
+        .unwrap();
+    assert_eq!(soloist::outbox::trouble(&store).await.unwrap(), None);
+    let recorder = Arc::new(Recorder::default());
+    recorder.fail(
+        "Approve?",
+        DeliveryError::Permanent("chat not found".into()),
+    );
+
+    deliver_all(&store, recorder).await;
+
+    let said = soloist::outbox::trouble(&store).await.unwrap().unwrap();
+    assert!(said.contains("1 approval offer(s)"), "{said}");
+}
+
 /// Item 3: the old dispatcher gave up after 8 attempts (about 32 s).
 async fn an_approval_offer_outlasts_more_than_eight_transient_failures_and_is_delivered(db: Db) {
     let test_db = TestDb::create(db).await;
@@ -319,7 +341,7 @@ async fn a_message_failing_for_long_is_reported_once_and_counted_for_the_doctor(
     .await;
     assert_eq!(reported, 1);
     let trouble = store
-        .outbox_trouble(soloist::store::now_ms() - 60)
+        .outbox_trouble(soloist::store::now_ms() - 60, 0)
         .await
         .unwrap();
     assert_eq!(trouble.failing, 1, "soloist doctor sees it");
