@@ -14,6 +14,8 @@ pub(super) struct Pacing {
     next_allowed: HashMap<String, Instant>,
     recent: VecDeque<Instant>,
     group_recent: HashMap<String, VecDeque<Instant>>,
+    /// When the maps were last swept of chats whose waits are over.
+    swept_at: Option<Instant>,
 }
 
 impl Pacing {
@@ -23,6 +25,7 @@ impl Pacing {
             next_allowed: HashMap::new(),
             recent: VecDeque::new(),
             group_recent: HashMap::new(),
+            swept_at: None,
         }
     }
 
@@ -79,7 +82,15 @@ impl Pacing {
 
     /// Forgets chats whose waits are over, so the maps hold only chats
     /// sent to lately (a long run touches many chats once).
+    /// At most once a second: the sweep walks every chat it knows.
     pub fn forget_past(&mut self, now: Instant) {
+        if self
+            .swept_at
+            .is_some_and(|at| now - at < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.swept_at = Some(now);
         self.next_allowed.retain(|_, at| *at > now);
         let minute_ago = now - Duration::from_secs(60);
         self.group_recent
