@@ -141,6 +141,11 @@ async fn check_database(settings: &Settings, home: &Path) -> Finding {
             "run `soloist migrate`".into(),
         ),
     };
+    // Delivery trouble is the database's news too (the outbox is a table).
+    let finding = match (&finding, crate::outbox::trouble(&store).await) {
+        (Finding::Ok(_), Ok(Some(problem))) => Finding::Problem(problem, "see the log lines \"has not been delivered\" for the cause (network, token, a blocked bot)".into()),
+        _ => finding,
+    };
     store.close().await;
     finding
 }

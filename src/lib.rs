@@ -19,8 +19,11 @@
 //! - [`flows`]: flows as data (`config/flows/*.toml`) and prompt templates
 //!   (`prompts/*.md`).
 //! - [`agents`]: model calls through rig-core, with the cost ledger.
-//! - [`outbox`]: delivers queued messages to a platform, in order, within
-//!   its rate limits, once.
+//! - [`outbox`]: delivers queued messages to a platform: rows claimed with
+//!   a lease, in order per chat, fair across chats, within the platform's
+//!   rate limits, retried until delivered, marked once. Started once for
+//!   every platform by [`outbox::start`].
+//! - [`retry_after`]: every server's "retry after", read with a cap.
 //! - [`runtime`]: `soloist run`: the worker and the platforms until shutdown.
 //! - [`store`]: PostgreSQL or SQLite, one set of queries for both.
 //! - [`domain`]: `Inbound`, `Outbound`, buttons, ids, run events; no I/O.
@@ -38,5 +41,6 @@ pub mod domain;
 pub mod engine;
 pub mod flows;
 pub mod outbox;
+pub mod retry_after;
 pub mod runtime;
 pub mod store;

@@ -9,6 +9,7 @@ mod batch;
 mod budget;
 mod ledger;
 mod messages;
+mod outbox;
 mod runs;
 mod updates;
 
@@ -16,7 +17,8 @@ pub use approvals::{ApprovalSummary, DecideError, Decided, NewApproval};
 pub use batch::{BatchItem, BatchOutcome, NewBatchItem};
 pub use budget::{ActionLookup, BudgetRefusal, Caps, PeriodStatus, Reservation};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
-pub use messages::{InboundRecord, OutboxMessage};
+pub use messages::InboundRecord;
+pub use outbox::{Claim, OutboxMessage, OutboxTrouble, Settlement};
 pub use runs::{ClaimedRun, NewArtifact, NewRun, RunRow, Transition};
 pub use updates::RecordedUpdate;
 
@@ -190,6 +192,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "platform updates",
                 include_str!("../../migrations/postgres/0002_platform_updates.sql"),
             ),
+            (
+                5,
+                "outbox claims",
+                include_str!("../../migrations/postgres/0005_outbox_claims.sql"),
+            ),
         ],
         Backend::Sqlite => &[
             (
@@ -201,6 +208,11 @@ fn migrator(backend: Backend) -> Migrator {
                 2,
                 "platform updates",
                 include_str!("../../migrations/sqlite/0002_platform_updates.sql"),
+            ),
+            (
+                5,
+                "outbox claims",
+                include_str!("../../migrations/sqlite/0005_outbox_claims.sql"),
             ),
         ],
     };

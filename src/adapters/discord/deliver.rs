@@ -10,7 +10,7 @@ use super::interactions::{OpenInteractions, Route};
 use super::render::{closed_offer, render};
 use super::rest::{InteractionToken, Rest, RestError};
 use crate::domain::{Outbound, Platform};
-use crate::outbox::{Deliver, DeliveryError};
+use crate::outbox::{Deliver, DeliveryError, Progress};
 use crate::store::OutboxMessage;
 
 pub struct DiscordDelivery {
@@ -28,7 +28,10 @@ impl Deliver for DiscordDelivery {
         &self,
         message: &OutboxMessage,
         offer_ids: &[String],
+        _progress: &Progress,
     ) -> Result<Option<String>, DeliveryError> {
+        // One Discord message per row (a long text is attached whole), so
+        // there are no parts to track.
         self.send(&message.chat.chat_id, &message.message, offer_ids)
             .await
             .map(Some)

@@ -25,24 +25,18 @@ mod rest;
 pub use render::{CONTENT_LIMIT, escape_markdown};
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serenity::all::{Client, ClientBuilder, GatewayIntents, HttpBuilder};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::DiscordSettings;
-use crate::outbox::{Dispatcher, RateLimits};
+use crate::outbox::RateLimits;
 use crate::runtime::Service;
-use crate::store::StoreError;
 use deliver::DiscordDelivery;
 use gateway::Gateway;
 use interactions::OpenInteractions;
 use rest::{Rest, RestError};
-
-/// How often the outbox is read for rows queued elsewhere (runs a worker
-/// resumed, other processes); replies to updates go at once.
-const OUTBOX_POLL: Duration = Duration::from_secs(1);
 
 /// Updates handled at once; more wait their turn (already acknowledged).
 const UPDATES_AT_ONCE: usize = 8;
@@ -65,8 +59,6 @@ pub enum DiscordError {
     },
     #[error("the Discord gateway stopped: {0}")]
     Gateway(String),
-    #[error("the Discord outbox stopped")]
-    Outbox(#[source] StoreError),
 }
 
 /// Messages in servers (to see mentions) and DMs. Not message content: a
@@ -93,18 +85,20 @@ pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), DiscordErr
 
     let open = Arc::new(OpenInteractions::default());
     let delivery = Arc::new(DiscordDelivery::new(rest.clone(), open.clone()));
-    let limits = if settings.rate_limits {
-        RateLimits::discord()
-    } else {
-        RateLimits::unlimited()
-    };
-    let dispatcher = Dispatcher::new(app.store.clone(), delivery.clone(), limits);
+    let limits = RateLimits::discord().when(settings.rate_limits);
+    let stop_outbox = shutdown.child_token();
+    let outbox = crate::outbox::start(
+        app.store.clone(),
+        delivery.clone(),
+        limits,
+        stop_outbox.clone(),
+    );
     let handler = Gateway {
         controller: app.controller.clone(),
         rest,
         delivery,
         open,
-        wake: dispatcher.waker(),
+        wake: outbox.waker(),
         bot_user_id: introduced.bot_user_id,
         handling: tokio::sync::Semaphore::new(UPDATES_AT_ONCE),
     };
@@ -119,7 +113,10 @@ pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), DiscordErr
     // serenity asked /gateway itself and, had that failed, would fall back
     // to Discord's public gateway; the URL from /gateway/bot is the one.
     *client.ws_url.lock().await = introduced.gateway_url;
-    serve(client, dispatcher, shutdown).await
+    let served = serve(client, shutdown).await;
+    stop_outbox.cancel();
+    outbox.stopped().await;
+    served
 }
 
 /// What the start-up calls learn.
@@ -153,16 +150,10 @@ async fn introduce(rest: &Rest, settings: &DiscordSettings) -> Result<Introduced
     })
 }
 
-/// Runs the gateway and the outbox until `shutdown`, or until the gateway
-/// stops (then the outbox stops too and the error says why).
-async fn serve(
-    mut client: Client,
-    dispatcher: Dispatcher<DiscordDelivery>,
-    shutdown: CancellationToken,
-) -> Result<(), DiscordError> {
+/// Runs the gateway until `shutdown`, or until it stops (the error says
+/// why).
+async fn serve(mut client: Client, shutdown: CancellationToken) -> Result<(), DiscordError> {
     let shards = client.shard_manager.clone();
-    let stop_outbox = shutdown.child_token();
-    let delivering = tokio::spawn(dispatcher.run(OUTBOX_POLL, stop_outbox.clone()));
     let outcome = tokio::select! {
         result = client.start() => Err(DiscordError::Gateway(match result {
             Ok(()) => "the connection ended".into(),
@@ -171,12 +162,7 @@ async fn serve(
         _ = shutdown.cancelled() => Ok(()),
     };
     shards.shutdown_all().await;
-    stop_outbox.cancel();
-    let delivered = delivering
-        .await
-        .map_err(|e| DiscordError::Gateway(format!("the outbox task failed: {e}")))?;
-    outcome?;
-    delivered.map_err(DiscordError::Outbox)
+    outcome
 }
 
 /// What serenity's `proxy` takes: the API URL without `/api/v10` (serenity

@@ -43,7 +43,7 @@ use crate::app::App;
 use crate::config::{TelegramMode, TelegramSettings};
 use crate::controller::{COMMANDS, ControllerError, NOT_OPEN, Outcome, REFUSED};
 use crate::domain::Platform;
-use crate::outbox::{Dispatcher, RateLimits};
+use crate::outbox::RateLimits;
 use crate::runtime::Service;
 use crate::store::{RecordedUpdate, Store, StoreError, now_ms};
 use incoming::{Incoming, IncomingKind};
@@ -80,10 +80,6 @@ pub enum TelegramError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the outbox stopped")]
-    Outbox(#[source] StoreError),
-    #[error("the outbox task panicked: {0}")]
-    OutboxPanicked(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -122,34 +118,21 @@ pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), TelegramEr
     })
     .await?;
 
-    let limits = if settings.rate_limits {
-        // Kept a little under Telegram's 30/s and 20/min: the outbox counts
-        // a send when it starts, Telegram when it arrives, and a burst
-        // sent exactly at the limit arrives with jitter that crosses it
-        // (the bench saw 429s at exactly 30/s, none at 25/s).
-        RateLimits {
-            global_per_second: 25,
-            group_per_minute: 18,
-            ..RateLimits::telegram()
-        }
-    } else {
-        RateLimits::unlimited()
-    };
-    let outbox = TelegramOutbox::new(
+    let limits = RateLimits::telegram().when(settings.rate_limits);
+    let stop = shutdown.child_token();
+    let deliverer = TelegramOutbox::new(
         bot.clone(),
         app.store.clone(),
         redact.clone(),
         limits.per_chat_interval,
     );
-    let dispatcher = Dispatcher::new(app.store.clone(), Arc::new(outbox), limits);
+    let outbox = crate::outbox::start(app.store.clone(), Arc::new(deliverer), limits, stop.clone());
     let handler = Arc::new(Handler {
-        wake: dispatcher.waker(),
+        wake: outbox.waker(),
         app: app.clone(),
         bot: bot.clone(),
         redact: redact.clone(),
     });
-    let stop = shutdown.child_token();
-    let mut delivering = tokio::spawn(dispatcher.run(Duration::from_secs(1), stop.clone()));
     let lanes = Lanes::new(
         move |incoming: Incoming| {
             let handler = handler.clone();
@@ -169,21 +152,9 @@ pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), TelegramEr
             TelegramMode::Webhook => webhook(&bot, intake.clone(), &settings, &redact, &stop).await,
         }
     };
-    let result = tokio::select! {
-        result = receiving => result,
-        finished = &mut delivering => {
-            // Before shutdown, the dispatcher stops only on a store error.
-            return match finished {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(TelegramError::Outbox(error)),
-                Err(panic) => Err(TelegramError::OutboxPanicked(panic.to_string())),
-            };
-        }
-    };
+    let result = receiving.await;
     stop.cancel();
-    if let Ok(Err(error)) = delivering.await {
-        tracing::error!(error = ?error, "the Telegram outbox stopped with an error");
-    }
+    outbox.stopped().await;
     result
 }
 
