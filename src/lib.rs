@@ -37,6 +37,7 @@ pub mod doctor;
 pub mod domain;
 pub mod engine;
 pub mod flows;
+pub mod frontdoor;
 pub mod outbox;
 pub mod runtime;
 pub mod store;

@@ -18,7 +18,7 @@ pub use budget::{ActionLookup, BudgetRefusal, Caps, PeriodStatus, Reservation};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::{InboundRecord, OutboxMessage};
 pub use runs::{ClaimedRun, NewArtifact, NewRun, RunRow, Transition};
-pub use updates::RecordedUpdate;
+pub use updates::{PendingInteraction, RecordedUpdate};
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -190,6 +190,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "platform updates",
                 include_str!("../../migrations/postgres/0002_platform_updates.sql"),
             ),
+            (
+                3,
+                "front door",
+                include_str!("../../migrations/postgres/0003_front_door.sql"),
+            ),
         ],
         Backend::Sqlite => &[
             (
@@ -201,6 +206,11 @@ fn migrator(backend: Backend) -> Migrator {
                 2,
                 "platform updates",
                 include_str!("../../migrations/sqlite/0002_platform_updates.sql"),
+            ),
+            (
+                3,
+                "front door",
+                include_str!("../../migrations/sqlite/0003_front_door.sql"),
             ),
         ],
     };

@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use soloist::adapters::discord::{self, DiscordError};
+use soloist::app::App;
 use soloist::config::{Secret, Settings};
-use soloist::domain::{ApprovalRole, ChatRef, Inbound, InboundContent, Platform};
+use soloist::domain::{ApprovalRole, ChatKind, ChatRef, Inbound, InboundContent, Origin, Platform};
 use soloist::engine::StartRun;
+use soloist::frontdoor::Handles;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +23,23 @@ use crate::on_both_backends;
 on_both_backends!(
     a_slash_draft_is_deferred_then_answered_and_approve_closes_the_offer,
     a_telegram_started_approval_is_decided_on_discord_and_closed_on_both,
+    the_owner_is_one_identity_whichever_platform_they_press_on,
+    a_press_by_someone_not_allowed_is_refused_privately_and_decides_nothing,
+    a_slash_command_from_someone_not_allowed_is_refused_privately_before_any_model,
+    an_allowed_user_may_act_under_their_own_name,
+    a_double_press_records_one_decision_and_the_second_is_told_privately,
+    a_forged_button_is_refused_at_once_and_touches_nothing,
+    a_gateway_disconnect_and_resume_loses_no_event,
+    server_messages_count_when_they_mention_the_bot_and_dms_always,
+    long_and_marked_up_drafts_arrive_escaped_within_2000_characters_with_the_text_attached,
+    a_channel_429_holds_the_message_back_and_it_is_sent_once,
+    a_global_429_pauses_every_bot_request_until_it_lapses,
+    a_rate_limited_acknowledgement_is_retried_within_the_3_seconds,
+    slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally_otherwise,
+    cost_and_run_commands_answer_through_slash_commands,
+    a_refused_token_stops_the_adapter_with_a_sentence_that_does_not_print_it,
+    shutdown_stops_the_adapter_cleanly,
+    the_outbox_counts_each_discord_message_delivered_once,
 );
 
 /// The owner (`owner.discord_user_id`), recorded as `business.owner`.
@@ -41,6 +60,8 @@ const OWNER_NAME: &str = "Maya Okafor";
 const DM: &str = "700000000000000001";
 const CHANNEL: &str = "700000000000000002";
 const OTHER_CHANNEL: &str = "700000000000000003";
+/// A server channel not in `discord.allowed_channel_ids`.
+const CLOSED_CHANNEL: &str = "700000000000000004";
 
 /// soloist with its Discord adapter connected to a fake Discord.
 struct Bot {
@@ -60,7 +81,13 @@ fn connect(settings: &mut Settings, discord: &FakeDiscord) {
     settings.discord.token = Secret::new(TOKEN);
     settings.discord.api_url = discord.api_url.clone();
     settings.discord.allowed_user_ids = vec![HELPER.id.into()];
+    settings.discord.allowed_channel_ids = vec![CHANNEL.into(), OTHER_CHANNEL.into()];
     settings.owner.discord_user_id = OWNER.id.into();
+}
+
+/// The Discord adapter of `app`, running until `shutdown`.
+fn spawn_adapter(app: &App, shutdown: &CancellationToken) -> JoinHandle<Result<(), DiscordError>> {
+    tokio::spawn(discord::run(Handles::of(app), shutdown.clone()))
 }
 
 impl Bot {
@@ -76,7 +103,7 @@ impl Bot {
         })
         .await;
         let shutdown = CancellationToken::new();
-        let running = tokio::spawn(discord::run(test.app.clone(), shutdown.clone()));
+        let running = spawn_adapter(&test.app, &shutdown);
         discord
             .wait_for("the gateway session", |w| w.connected().then_some(()))
             .await;
@@ -243,9 +270,8 @@ async fn a_telegram_started_approval_is_decided_on_discord_and_closed_on_both(db
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_owner_is_one_identity_whichever_platform_they_press_on() {
-    let bot = Bot::start_with(Db::Sqlite, |s| s.owner.telegram_user_id = "5550001".into()).await;
+async fn the_owner_is_one_identity_whichever_platform_they_press_on(db: Db) {
+    let bot = Bot::start_with(db, |s| s.owner.telegram_user_id = "5550001".into()).await;
     let first = bot.draft(Place::Dm, DM).await;
     let second = bot.draft(Place::Dm, DM).await;
 
@@ -260,6 +286,8 @@ async fn the_owner_is_one_identity_whichever_platform_they_press_on() {
         user_name: "maya_tg".into(),
         message_id: None,
         content: InboundContent::Button(second.custom_id("Approve").try_into().unwrap()),
+        chat_kind: ChatKind::Private,
+        origin: Origin::Typed,
     };
     bot.test
         .app
@@ -281,9 +309,8 @@ async fn the_owner_is_one_identity_whichever_platform_they_press_on() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_press_by_someone_not_allowed_is_refused_privately_and_decides_nothing() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_press_by_someone_not_allowed_is_refused_privately_and_decides_nothing(db: Db) {
+    let bot = Bot::start(db).await;
     let offer = bot.draft(Place::Guild, CHANNEL).await;
 
     let press = bot.discord.press(
@@ -311,9 +338,8 @@ async fn a_press_by_someone_not_allowed_is_refused_privately_and_decides_nothing
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slash_command_from_someone_not_allowed_is_refused_privately_before_any_model() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_slash_command_from_someone_not_allowed_is_refused_privately_before_any_model(db: Db) {
+    let bot = Bot::start(db).await;
 
     let command = bot.discord.slash(
         STRANGER,
@@ -333,9 +359,8 @@ async fn a_slash_command_from_someone_not_allowed_is_refused_privately_before_an
     assert_eq!(refusals(&bot).await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_allowed_user_may_act_under_their_own_name() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn an_allowed_user_may_act_under_their_own_name(db: Db) {
+    let bot = Bot::start(db).await;
     let offer = bot.draft(Place::Guild, CHANNEL).await;
 
     bot.discord
@@ -345,9 +370,8 @@ async fn an_allowed_user_may_act_under_their_own_name() {
     assert_eq!(bot.decisions().await[0].1, "Sam");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_double_press_records_one_decision_and_the_second_is_told_privately() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_double_press_records_one_decision_and_the_second_is_told_privately(db: Db) {
+    let bot = Bot::start(db).await;
     let offer = bot.draft(Place::Guild, CHANNEL).await;
     let approve = offer.custom_id("Approve");
 
@@ -368,9 +392,8 @@ async fn a_double_press_records_one_decision_and_the_second_is_told_privately() 
     assert_eq!(saved, 1, "the run went on once");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_button_is_refused_at_once_and_touches_nothing() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_forged_button_is_refused_at_once_and_touches_nothing(db: Db) {
+    let bot = Bot::start(db).await;
     let offer = bot.draft(Place::Guild, CHANNEL).await;
 
     let forged = bot.discord.press(
@@ -395,9 +418,8 @@ async fn a_forged_button_is_refused_at_once_and_touches_nothing() {
     assert_eq!(bot.discord.message(offer.id).buttons().len(), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_disconnect_and_resume_loses_no_event() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_gateway_disconnect_and_resume_loses_no_event(db: Db) {
+    let bot = Bot::start(db).await;
     bot.discord.post(OWNER, Place::Dm, DM, "/runs", false);
     bot.posted(DM, "No runs yet").await;
 
@@ -432,9 +454,8 @@ async fn a_gateway_disconnect_and_resume_loses_no_event() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_messages_count_when_they_mention_the_bot_and_dms_always() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn server_messages_count_when_they_mention_the_bot_and_dms_always(db: Db) {
+    let bot = Bot::start(db).await;
 
     bot.discord
         .post(OWNER, Place::Guild, CHANNEL, "/help not for the bot", false);
@@ -466,9 +487,10 @@ async fn server_messages_count_when_they_mention_the_bot_and_dms_always() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_and_marked_up_drafts_arrive_escaped_within_2000_characters_with_the_text_attached() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn long_and_marked_up_drafts_arrive_escaped_within_2000_characters_with_the_text_attached(
+    db: Db,
+) {
+    let bot = Bot::start(db).await;
     let long = format!(
         "**Big news** @everyone <@{}>\n{}",
         OWNER.id,
@@ -501,9 +523,8 @@ async fn long_and_marked_up_drafts_arrive_escaped_within_2000_characters_with_th
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_channel_429_holds_the_message_back_and_it_is_sent_once() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_channel_429_holds_the_message_back_and_it_is_sent_once(db: Db) {
+    let bot = Bot::start(db).await;
     bot.discord.rate_limit_next("/messages", 0.6, false);
 
     bot.discord.post(OWNER, Place::Dm, DM, "/runs", false);
@@ -519,9 +540,8 @@ async fn a_channel_429_holds_the_message_back_and_it_is_sent_once() {
     assert_eq!(reply.content, "No runs yet. Start one with /draft …");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_global_429_pauses_every_bot_request_until_it_lapses() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_global_429_pauses_every_bot_request_until_it_lapses(db: Db) {
+    let bot = Bot::start(db).await;
     bot.discord.rate_limit_next("/messages", 1.0, true);
 
     bot.discord.post(OWNER, Place::Dm, DM, "/runs", false);
@@ -537,10 +557,15 @@ async fn a_global_429_pauses_every_bot_request_until_it_lapses() {
 
     let calls = bot.discord.see(|w| w.calls.clone());
     let limited = calls.iter().find(|c| c.status == 429).unwrap();
-    for call in calls
+    let sent: Vec<_> = calls
         .iter()
-        .filter(|c| c.status == 200 && c.route.contains("/messages"))
-    {
+        .filter(|c| c.status == 200 && c.route.contains("/messages") && c.method == "POST")
+        .collect();
+    assert!(
+        sent.len() >= 2,
+        "both replies were posted after the 429: {sent:#?}"
+    );
+    for call in sent {
         assert!(
             call.at - limited.at >= Duration::from_millis(950),
             "{} went {:?} after a global 429",
@@ -550,9 +575,8 @@ async fn a_global_429_pauses_every_bot_request_until_it_lapses() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rate_limited_acknowledgement_is_retried_within_the_3_seconds() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_rate_limited_acknowledgement_is_retried_within_the_3_seconds(db: Db) {
+    let bot = Bot::start(db).await;
     bot.discord.rate_limit_next("/callback", 0.4, false);
 
     let command = bot.discord.slash(OWNER, Place::Dm, DM, "help", None);
@@ -566,10 +590,9 @@ async fn a_rate_limited_acknowledgement_is_retried_within_the_3_seconds() {
     assert!(answer.content.contains("I run your business workflows"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally_otherwise() {
-    let global = Bot::start(Db::Sqlite).await;
-    let in_guild = Bot::start_with(Db::Sqlite, |s| s.discord.guild_id = GUILD_ID.into()).await;
+async fn slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally_otherwise(db: Db) {
+    let global = Bot::start(db).await;
+    let in_guild = Bot::start_with(db, |s| s.discord.guild_id = GUILD_ID.into()).await;
 
     let (scope, commands) = global.discord.see(|w| w.commands[0].clone());
     assert_eq!(scope, None);
@@ -587,9 +610,8 @@ async fn slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally
     assert_eq!(scope.as_deref(), Some(GUILD_ID));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cost_and_run_commands_answer_through_slash_commands() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn cost_and_run_commands_answer_through_slash_commands(db: Db) {
+    let bot = Bot::start(db).await;
     bot.draft(Place::Dm, DM).await;
 
     let cost = bot.discord.slash(OWNER, Place::Dm, DM, "cost", None);
@@ -612,16 +634,15 @@ async fn cost_and_run_commands_answer_through_slash_commands() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_token_stops_the_adapter_with_a_sentence_that_does_not_print_it() {
+async fn a_refused_token_stops_the_adapter_with_a_sentence_that_does_not_print_it(db: Db) {
     let discord = FakeDiscord::start().await;
-    let test = TestApp::spawn_with(Db::Sqlite, |s| {
+    let test = TestApp::spawn_with(db, |s| {
         connect(s, &discord);
         s.discord.token = Secret::new("wrong-token-value");
     })
     .await;
 
-    let error = discord::run(test.app.clone(), CancellationToken::new())
+    let error = discord::run(Handles::of(&test.app), CancellationToken::new())
         .await
         .unwrap_err()
         .to_string();
@@ -632,10 +653,34 @@ async fn a_refused_token_stops_the_adapter_with_a_sentence_that_does_not_print_i
     let _ = APP_ID;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_stops_the_adapter_cleanly() {
-    let bot = Bot::start(Db::Sqlite).await;
-    bot.stop().await.unwrap();
+async fn shutdown_stops_the_adapter_cleanly(db: Db) {
+    let bot = Bot::start(db).await;
+    let store = bot.test.app.store.clone();
+    let discord = bot.discord.clone();
+
+    let stopped = tokio::time::timeout(Duration::from_secs(5), bot.stop()).await;
+
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "stopped in time, without an error"
+    );
+    discord
+        .wait_for("the gateway connection closed", |w| {
+            (!w.connected()).then_some(())
+        })
+        .await;
+    store
+        .enqueue(
+            &ChatRef::new(Platform::Discord, DM),
+            &soloist::domain::Outbound::text("after shutdown"),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        discord.see(|w| w.in_channel(DM).is_empty()),
+        "nothing is delivered after shutdown"
+    );
 }
 
 #[test]
@@ -651,9 +696,8 @@ fn every_event_the_fake_sends_parses_as_serenity_reads_it() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_outbox_counts_each_discord_message_delivered_once() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn the_outbox_counts_each_discord_message_delivered_once(db: Db) {
+    let bot = Bot::start(db).await;
     bot.draft(Place::Dm, DM).await;
     bot.discord.post(OWNER, Place::Dm, DM, "/runs", false);
     bot.posted(DM, "Recent runs").await;

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use soloist::adapters::platform_services;
 use soloist::app::App;
 use soloist::config::{Secret, Settings, TelegramMode};
 use soloist::controller::{NOT_OPEN, REFUSED};
 use soloist::domain::{ChatRef, Image, Outbound, Platform};
+use soloist::runtime::platform_services;
 use soloist::runtime::{self, RuntimeError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
