@@ -19,6 +19,7 @@ use crate::fake_discord::{self, APP_ID, FakeDiscord, GUILD_ID, Place, TOKEN, Use
 use crate::fake_llm::{Behavior, DEFAULT_DRAFT};
 use crate::helpers::{Db, TestApp, count};
 use crate::on_both_backends;
+use crate::telegram::{allow_inserts, refuse_inserts};
 
 on_both_backends!(
     a_slash_draft_is_deferred_then_answered_and_approve_closes_the_offer,
@@ -40,6 +41,11 @@ on_both_backends!(
     a_refused_token_stops_the_adapter_with_a_sentence_that_does_not_print_it,
     shutdown_stops_the_adapter_cleanly,
     the_outbox_counts_each_discord_message_delivered_once,
+    a_slash_command_is_recorded_before_it_is_acknowledged,
+    after_a_restart_the_reply_still_fills_the_deferred_response,
+    a_public_reply_never_fills_another_users_thinking_response,
+    in_a_server_channel_not_listed_nothing_is_done_and_reports_stay_private,
+    a_strangers_words_are_not_stored_and_not_answered_in_public,
 );
 
 /// The owner (`owner.discord_user_id`), recorded as `business.owner`.
@@ -113,6 +119,37 @@ impl Bot {
             shutdown,
             running: Some(running),
         }
+    }
+
+    /// Stops this process's adapter (work in flight is dropped, as in a
+    /// crash) and starts a new one on the same database and fake Discord.
+    async fn restart(&mut self, adjust: impl FnOnce(&mut Settings)) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            let _ = running.await;
+        }
+        let discord = self.discord.clone();
+        let app = self
+            .test
+            .restart(move |settings| {
+                connect(settings, &discord);
+                adjust(settings);
+            })
+            .await;
+        self.shutdown = CancellationToken::new();
+        self.running = Some(spawn_adapter(&app, &self.shutdown));
+        self.discord
+            .wait_for("a new gateway session", |w| w.connected().then_some(()))
+            .await;
+    }
+
+    /// The callback type an interaction was answered with.
+    async fn callback_of(&self, id: &str) -> u64 {
+        self.discord
+            .wait_for("the interaction's callback", |w| {
+                w.interactions[id].callback.map(|(kind, _, _)| kind)
+            })
+            .await
     }
 
     /// Stops the adapter and returns how it ended.
@@ -718,4 +755,157 @@ async fn the_outbox_counts_each_discord_message_delivered_once(db: Db) {
     .unwrap();
     assert_eq!(delivered, 2);
     assert_eq!(count(store, "outbox").await, 2);
+}
+
+async fn a_slash_command_is_recorded_before_it_is_acknowledged(db: Db) {
+    let bot = Bot::start(db).await;
+    let store = bot.test.app.store.clone();
+    refuse_inserts(&store, db, "platform_updates").await;
+
+    let unrecorded = bot.discord.slash(OWNER, Place::Dm, DM, "help", None);
+    let kind = bot.callback_of(&unrecorded).await;
+    allow_inserts(&store, db, "platform_updates").await;
+    let recorded = bot.discord.slash(OWNER, Place::Dm, DM, "help", None);
+    let answer = bot.discord.original_of(&recorded).await;
+
+    assert_eq!(
+        kind, 4,
+        "not deferred: what could not be recorded is answered at once"
+    );
+    assert!(bot.discord.interaction(&unrecorded).original.is_some());
+    assert_eq!(bot.callback_of(&recorded).await, 5, "deferred once recorded");
+    assert!(answer.content.contains("I run your business workflows"));
+    assert_eq!(count(&store, "platform_updates").await, 1);
+}
+
+async fn after_a_restart_the_reply_still_fills_the_deferred_response(db: Db) {
+    let mut bot = Bot::start_with(db, |s| s.engine.lease_secs = 1.0).await;
+    bot.test.llm.then(Behavior::Hang(Duration::from_secs(30)));
+    let command = bot.discord.slash(
+        OWNER,
+        Place::Dm,
+        DM,
+        "draft",
+        Some("a LinkedIn post announcing the new Website Audit price"),
+    );
+    assert_eq!(bot.callback_of(&command).await, 5);
+    bot.discord
+        .wait_for("the model call", |_| (bot.test.llm.calls() == 1).then_some(()))
+        .await;
+    assert_eq!(count(&bot.test.app.store, "pending_interactions").await, 1);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    bot.restart(|s| s.engine.lease_secs = 1.0).await;
+    let answer = bot.discord.original_of(&command).await;
+
+    assert!(answer.content.contains(DEFAULT_DRAFT), "{}", answer.content);
+    assert_eq!(answer.buttons().len(), 3, "the offer fills the deferral");
+    assert!(
+        bot.discord.see(|w| w.in_channel(DM).len()) <= 1,
+        "not posted again as a new message"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&bot.test.app.store, "pending_interactions").await, 0);
+}
+
+async fn a_public_reply_never_fills_another_users_thinking_response(db: Db) {
+    let bot = Bot::start(db).await;
+    bot.test.llm.then(Behavior::Hang(Duration::from_secs(30)));
+    let helpers_draft = bot.discord.slash(
+        HELPER,
+        Place::Guild,
+        CHANNEL,
+        "draft",
+        Some("a slow post"),
+    );
+    assert_eq!(bot.callback_of(&helpers_draft).await, 5);
+
+    bot.discord.post(OWNER, Place::Guild, CHANNEL, "/help", true);
+    let help = bot.posted(CHANNEL, "I run your business workflows").await;
+
+    let helpers = bot.discord.interaction(&helpers_draft);
+    assert!(
+        helpers.original.is_none_or(|id| id != help.id),
+        "the owner's answer did not fill the helper's deferral"
+    );
+    let original_content = helpers
+        .original
+        .map(|id| bot.discord.message(id).content)
+        .unwrap_or_default();
+    assert!(
+        !original_content.contains("I run your business"),
+        "{original_content}"
+    );
+}
+
+async fn in_a_server_channel_not_listed_nothing_is_done_and_reports_stay_private(db: Db) {
+    let bot = Bot::start(db).await;
+    let dm_only = Bot::start_with(db, |s| s.discord.allowed_channel_ids.clear()).await;
+
+    let closed = bot.discord.slash(
+        OWNER,
+        Place::Guild,
+        CLOSED_CHANNEL,
+        "draft",
+        Some("a post for the server"),
+    );
+    let refusal = bot.discord.original_of(&closed).await;
+    let cost = bot.discord.slash(OWNER, Place::Guild, CHANNEL, "cost", None);
+    let private = bot.discord.follow_up_of(&cost).await;
+
+    assert!(refusal.is_ephemeral());
+    assert!(
+        refusal.content.contains("I work only in private chats"),
+        "{}",
+        refusal.content
+    );
+    assert_eq!(bot.test.llm.calls(), 0);
+    assert!(private.is_ephemeral());
+    assert!(
+        private.content.contains("only in a private chat"),
+        "{}",
+        private.content
+    );
+    assert!(!private.content.contains("Spend today"));
+    let contexts = |bot: &Bot| bot.discord.see(|w| w.commands[0].1[0]["contexts"].clone());
+    assert_eq!(contexts(&bot), serde_json::json!([0, 1]));
+    assert_eq!(
+        contexts(&dm_only),
+        serde_json::json!([1]),
+        "with no channel listed, commands are offered in DMs only"
+    );
+}
+
+async fn a_strangers_words_are_not_stored_and_not_answered_in_public(db: Db) {
+    let bot = Bot::start(db).await;
+    bot.discord.post(
+        STRANGER,
+        Place::Guild,
+        CHANNEL,
+        "my card is 4111 1111 1111 1111",
+        true,
+    );
+    for _ in 0..100 {
+        if refusals(&bot).await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert_eq!(refusals(&bot).await, 1, "audited");
+    assert!(
+        bot.discord.see(|w| w.in_channel(CHANNEL).is_empty()),
+        "no refusal posted in front of the server"
+    );
+    let pool = bot.test.app.store.pool();
+    for (table, column) in [("platform_updates", "payload"), ("messages", "text")] {
+        let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {table} WHERE {column} LIKE '%4111%'"
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(found, 0, "the stranger's words are in {table}");
+    }
 }
