@@ -123,7 +123,7 @@ impl Bot {
 
     /// Stops this process's adapter (work in flight is dropped, as in a
     /// crash) and starts a new one on the same database and fake Discord.
-    async fn restart(&mut self, adjust: impl FnOnce(&mut Settings)) {
+    async fn restart(&mut self, adjust: impl FnOnce(&mut Settings)) -> App {
         self.shutdown.cancel();
         if let Some(running) = self.running.take() {
             let _ = running.await;
@@ -141,6 +141,7 @@ impl Bot {
         self.discord
             .wait_for("a new gateway session", |w| w.connected().then_some(()))
             .await;
+        app
     }
 
     /// The callback type an interaction was answered with.
@@ -188,6 +189,14 @@ impl Bot {
         );
         self.discord.original_of(&id).await
     }
+}
+
+/// Interactions stored as waiting for their answer.
+async fn pending_interactions(bot: &Bot) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM pending_interactions")
+        .fetch_one(bot.test.app.store.pool())
+        .await
+        .unwrap()
 }
 
 /// Rows in the audit log saying someone was refused.
@@ -773,7 +782,11 @@ async fn a_slash_command_is_recorded_before_it_is_acknowledged(db: Db) {
         "not deferred: what could not be recorded is answered at once"
     );
     assert!(bot.discord.interaction(&unrecorded).original.is_some());
-    assert_eq!(bot.callback_of(&recorded).await, 5, "deferred once recorded");
+    assert_eq!(
+        bot.callback_of(&recorded).await,
+        5,
+        "deferred once recorded"
+    );
     assert!(answer.content.contains("I run your business workflows"));
     assert_eq!(count(&store, "platform_updates").await, 1);
 }
@@ -790,12 +803,16 @@ async fn after_a_restart_the_reply_still_fills_the_deferred_response(db: Db) {
     );
     assert_eq!(bot.callback_of(&command).await, 5);
     bot.discord
-        .wait_for("the model call", |_| (bot.test.llm.calls() == 1).then_some(()))
+        .wait_for("the model call", |_| {
+            (bot.test.llm.calls() == 1).then_some(())
+        })
         .await;
-    assert_eq!(count(&bot.test.app.store, "pending_interactions").await, 1);
+    assert_eq!(pending_interactions(&bot).await, 1);
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    bot.restart(|s| s.engine.lease_secs = 1.0).await;
+    let app = bot.restart(|s| s.engine.lease_secs = 1.0).await;
+    // What `soloist run`'s worker does at start: resume the lapsed run.
+    app.engine.resume_runnable().await.unwrap();
     let answer = bot.discord.original_of(&command).await;
 
     assert!(answer.content.contains(DEFAULT_DRAFT), "{}", answer.content);
@@ -805,22 +822,19 @@ async fn after_a_restart_the_reply_still_fills_the_deferred_response(db: Db) {
         "not posted again as a new message"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(count(&bot.test.app.store, "pending_interactions").await, 0);
+    assert_eq!(pending_interactions(&bot).await, 0);
 }
 
 async fn a_public_reply_never_fills_another_users_thinking_response(db: Db) {
     let bot = Bot::start(db).await;
     bot.test.llm.then(Behavior::Hang(Duration::from_secs(30)));
-    let helpers_draft = bot.discord.slash(
-        HELPER,
-        Place::Guild,
-        CHANNEL,
-        "draft",
-        Some("a slow post"),
-    );
+    let helpers_draft =
+        bot.discord
+            .slash(HELPER, Place::Guild, CHANNEL, "draft", Some("a slow post"));
     assert_eq!(bot.callback_of(&helpers_draft).await, 5);
 
-    bot.discord.post(OWNER, Place::Guild, CHANNEL, "/help", true);
+    bot.discord
+        .post(OWNER, Place::Guild, CHANNEL, "/help", true);
     let help = bot.posted(CHANNEL, "I run your business workflows").await;
 
     let helpers = bot.discord.interaction(&helpers_draft);
@@ -850,7 +864,9 @@ async fn in_a_server_channel_not_listed_nothing_is_done_and_reports_stay_private
         Some("a post for the server"),
     );
     let refusal = bot.discord.original_of(&closed).await;
-    let cost = bot.discord.slash(OWNER, Place::Guild, CHANNEL, "cost", None);
+    let cost = bot
+        .discord
+        .slash(OWNER, Place::Guild, CHANNEL, "cost", None);
     let private = bot.discord.follow_up_of(&cost).await;
 
     assert!(refusal.is_ephemeral());

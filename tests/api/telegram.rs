@@ -713,16 +713,17 @@ async fn an_update_that_keeps_failing_is_marked_failed_and_the_sender_told(db: D
         1,
         "recorded as failed after every attempt, not as handled"
     );
-    assert_eq!(
-        store.failed_updates(Platform::Telegram).await.unwrap(),
-        1
-    );
+    assert_eq!(store.failed_updates(Platform::Telegram).await.unwrap(), 1);
 }
 
 async fn in_a_group_not_listed_the_owner_is_not_served_and_reports_stay_private(db: Db) {
-    let bot = Bot::start(db, |s| s.telegram.allowed_chat_ids = vec![GROUP.to_string()]).await;
+    let bot = Bot::start(db, |s| {
+        s.telegram.allowed_chat_ids = vec![GROUP.to_string()]
+    })
+    .await;
 
-    bot.tg.user_says_in(CLOSED_GROUP, OWNER, "/draft a post for the team");
+    bot.tg
+        .user_says_in(CLOSED_GROUP, OWNER, "/draft a post for the team");
     bot.tg.user_says_in(GROUP, OWNER, "/cost");
     bot.tg.user_says_in(GROUP, OWNER, "/help");
     bot.tg.user_says(OWNER, "/cost");
@@ -762,7 +763,10 @@ async fn in_a_group_not_listed_the_owner_is_not_served_and_reports_stay_private(
 }
 
 async fn a_strangers_words_are_kept_only_as_length_and_hash_and_not_answered_in_a_group(db: Db) {
-    let bot = Bot::start(db, |s| s.telegram.allowed_chat_ids = vec![GROUP.to_string()]).await;
+    let bot = Bot::start(db, |s| {
+        s.telegram.allowed_chat_ids = vec![GROUP.to_string()]
+    })
+    .await;
     let secret = "my card is 4111 1111 1111 1111, call me";
 
     bot.tg.user_says(STRANGER, secret);
@@ -847,7 +851,10 @@ async fn raw_payloads_are_emptied_after_the_retention_period(db: Db) {
 
 async fn a_refused_get_me_stops_soloist_run_with_an_error(db: Db) {
     let tg = FakeTelegram::start().await;
-    tg.fail_next("getMe", Failure::Refused(400, "Bad Request: bot was deactivated"));
+    tg.fail_next(
+        "getMe",
+        Failure::Refused(400, "Bad Request: bot was deactivated"),
+    );
     let fake = tg.clone();
     let test = TestApp::spawn_with(db, move |s| telegram_settings(s, &fake)).await;
     let shutdown = CancellationToken::new();
