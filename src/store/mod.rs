@@ -20,7 +20,7 @@ pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::InboundRecord;
 pub use outbox::{Claim, OutboxMessage, OutboxTrouble, Settlement};
 pub use runs::{ClaimedRun, NewArtifact, NewRun, RunRow, Transition};
-pub use updates::RecordedUpdate;
+pub use updates::{PendingInteraction, RecordedUpdate};
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -193,6 +193,11 @@ fn migrator(backend: Backend) -> Migrator {
                 include_str!("../../migrations/postgres/0002_platform_updates.sql"),
             ),
             (
+                3,
+                "front door",
+                include_str!("../../migrations/postgres/0003_front_door.sql"),
+            ),
+            (
                 5,
                 "outbox claims",
                 include_str!("../../migrations/postgres/0005_outbox_claims.sql"),
@@ -208,6 +213,11 @@ fn migrator(backend: Backend) -> Migrator {
                 2,
                 "platform updates",
                 include_str!("../../migrations/sqlite/0002_platform_updates.sql"),
+            ),
+            (
+                3,
+                "front door",
+                include_str!("../../migrations/sqlite/0003_front_door.sql"),
             ),
             (
                 5,

@@ -269,7 +269,7 @@ impl Redactor {
 
     /// An error and its causes on one line, without the token.
     pub fn error(&self, error: &dyn std::error::Error) -> String {
-        self.scrub(&crate::doctor::error_chain(error))
+        self.scrub(&crate::frontdoor::error_chain(error))
     }
 }
 
