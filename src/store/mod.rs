@@ -4,20 +4,34 @@
 //! milliseconds), and the few dialect differences are chosen by [`Backend`].
 //! Both backends pass the same conformance tests (`tests/store.rs`).
 
+//!
+//! Files by table: `runs` (run rows, artifacts), `journal`, `leases`
+//! (claims, fenced writes), `approvals`, `actions` (action buttons),
+//! `messages` (inbound, outbox, audit), `budget`, `ledger`, `batch`,
+//! `updates` (raw platform updates); `shared` holds the transaction handle
+//! [`Tx`] the engine composes its transitions in.
+
+mod actions;
 mod approvals;
 mod batch;
 mod budget;
+mod journal;
+mod leases;
 mod ledger;
 mod messages;
 mod runs;
+mod shared;
 mod updates;
 
-pub use approvals::{ApprovalSummary, DecideError, Decided, NewApproval};
+pub use actions::ActionLookup;
+pub use approvals::{ApprovalSummary, Decided, NewApproval};
 pub use batch::{BatchItem, BatchOutcome, NewBatchItem};
-pub use budget::{ActionLookup, BudgetRefusal, Caps, PeriodStatus, Reservation};
+pub use budget::{BudgetRefusal, Caps, PeriodStatus, Reservation};
+pub use leases::{ClaimedRun, Fenced};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::{InboundRecord, OutboxMessage};
-pub use runs::{ClaimedRun, NewArtifact, NewRun, RunRow, Transition};
+pub use runs::{NewArtifact, NewRun, RunRow};
+pub use shared::Tx;
 pub use updates::RecordedUpdate;
 
 use std::borrow::Cow;
@@ -190,6 +204,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "platform updates",
                 include_str!("../../migrations/postgres/0002_platform_updates.sql"),
             ),
+            (
+                4,
+                "input from the presser",
+                include_str!("../../migrations/postgres/0004_input_from.sql"),
+            ),
         ],
         Backend::Sqlite => &[
             (
@@ -201,6 +220,11 @@ fn migrator(backend: Backend) -> Migrator {
                 2,
                 "platform updates",
                 include_str!("../../migrations/sqlite/0002_platform_updates.sql"),
+            ),
+            (
+                4,
+                "input from the presser",
+                include_str!("../../migrations/sqlite/0004_input_from.sql"),
             ),
         ],
     };

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use soloist::domain::{ChatRef, Platform, RunStatus};
-use soloist::engine::{StartRun, StepOutcome, render_replay};
+use soloist::engine::{Actor, StartRun, StepOutcome, render_replay};
 
 use crate::helpers::{Db, TestApp, button, drain, texts};
 use crate::on_both_backends;
@@ -94,10 +94,14 @@ async fn a_decision_made_before_a_restart_is_acted_on_after_it(db: Db) {
     let app = TestApp::spawn(db).await;
     let draft = app.say("/draft a post").await;
     // The press is recorded, but the process dies before driving the run.
+    let maya = Actor {
+        name: "Maya",
+        user_id: "owner",
+    };
     let decided = app
         .app
-        .store
-        .decide(&button(&draft, "Approve").token, "Maya")
+        .engine
+        .decide(&button(&draft, "Approve").token, maya)
         .await
         .unwrap();
 
