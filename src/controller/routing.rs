@@ -142,7 +142,7 @@ fn guess_schema(options: &[(String, String)]) -> Value {
         "type": "object",
         "properties": {
             "intent": {"type": "string", "enum": names},
-            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "confidence": {"type": "number"},
         },
         "required": ["intent", "confidence"],
         "additionalProperties": false,
