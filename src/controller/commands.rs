@@ -231,15 +231,25 @@ impl Controller {
             Ok(run) => run,
             Err(message) => return Ok(Handled::reply(message)),
         };
-        if self.engine.retry(run.id, &inbound.user_name, None).await? {
-            Ok(Handled::drive(run.id))
+        // The retry and the update's handling commit together, so a
+        // redelivered /retry after a crash is a duplicate, not "not failed".
+        let mut tx = self.store.begin().await?;
+        let handled = if self
+            .engine
+            .retry_in(&mut tx, run.id, &inbound.user_name, None)
+            .await?
+        {
+            Handled::drive(run.id)
         } else {
-            Ok(Handled::reply(format!(
+            Handled::reply(format!(
                 "Run {} is {}, not failed; there is nothing to retry.",
                 run.id.short(),
                 run.status
-            )))
-        }
+            ))
+        };
+        tx.finish_inbound(inbound, &handled.replies).await?;
+        tx.commit().await?;
+        Ok(handled.finished())
     }
 
     /// Starts `flow` for `request`, unless it needs a model and none is

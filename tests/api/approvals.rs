@@ -309,7 +309,12 @@ async fn an_edit_text_taken_before_a_crash_is_not_routed_again_as_a_new_request(
 
     let run = app.app.store.recent_runs(1).await.unwrap().remove(0);
     assert_eq!(app.count("runs").await, 1, "no new request was started");
-    assert_eq!(run.status, RunStatus::WaitingApproval, "{}", texts(&replies));
+    assert_eq!(
+        run.status,
+        RunStatus::WaitingApproval,
+        "{}",
+        texts(&replies)
+    );
     assert!(
         texts(&replies).contains("Draft for review") && texts(&replies).contains("My own version."),
         "{}",
@@ -391,22 +396,31 @@ async fn edit_text_is_taken_only_from_the_person_who_pressed(db: Db) {
     let run = app.app.store.recent_runs(10).await.unwrap();
     let draft_run = run.iter().find(|r| r.flow == "draft").unwrap();
     assert_eq!(
-        app.app.store.run(draft_run.id).await.unwrap().unwrap().status,
+        app.app
+            .store
+            .run(draft_run.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         RunStatus::WaitingInput,
         "another person's message is not the edit"
     );
     controller
-        .handle(&from(
-            "111",
-            InboundContent::Text("My own version.".into()),
-        ))
+        .handle(&from("111", InboundContent::Text("My own version.".into())))
         .await
         .unwrap();
 
     let journal = app.app.store.journal(draft_run.id).await.unwrap();
     assert_eq!(inputs_received(&journal), ["My own version."]);
     assert_eq!(
-        app.app.store.run(draft_run.id).await.unwrap().unwrap().status,
+        app.app
+            .store
+            .run(draft_run.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         RunStatus::WaitingApproval
     );
 }

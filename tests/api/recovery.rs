@@ -43,6 +43,9 @@ async fn a_run_interrupted_after_the_model_step_resumes_without_calling_the_mode
         app.app.engine.try_execute_step(run).await.unwrap(),
         StepOutcome::Executed(RunStatus::Runnable)
     );
+    // Each claim is exclusive, the same engine's too: the next step waits
+    // for the kept lease to lapse.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         app.app.engine.try_execute_step(run).await.unwrap(),
         StepOutcome::Executed(RunStatus::Runnable)
@@ -181,7 +184,12 @@ async fn a_step_slower_than_its_lease_keeps_its_run_and_is_paid_for_once(db: Db)
     };
     let app = TestApp::spawn_with(db, short_lease).await;
     app.llm.then(slow(1500, DEFAULT_DRAFT));
-    let run = app.app.engine.start(start("a post", "slow-1")).await.unwrap();
+    let run = app
+        .app
+        .engine
+        .start(start("a post", "slow-1"))
+        .await
+        .unwrap();
     let engine = app.app.engine.clone();
     let driving = tokio::spawn(async move { engine.drive(run).await });
 
@@ -208,7 +216,12 @@ async fn a_commit_under_a_claim_that_lapsed_and_was_taken_over_is_refused(db: Db
     app.llm
         .then(slow(800, "The superseded draft."))
         .then(slow(1500, "The draft of the current claim."));
-    let run = app.app.engine.start(start("a post", "fence-1")).await.unwrap();
+    let run = app
+        .app
+        .engine
+        .start(start("a post", "fence-1"))
+        .await
+        .unwrap();
     let engine = app.app.engine.clone();
     let first = tokio::spawn(async move { engine.drive(run).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -238,7 +251,12 @@ async fn a_commit_under_a_claim_that_lapsed_and_was_taken_over_is_refused(db: Db
 async fn a_drive_and_a_resume_of_one_run_make_one_model_call(db: Db) {
     let app = TestApp::spawn(db).await;
     app.llm.always(slow(500, DEFAULT_DRAFT));
-    let run = app.app.engine.start(start("a post", "burst-1")).await.unwrap();
+    let run = app
+        .app
+        .engine
+        .start(start("a post", "burst-1"))
+        .await
+        .unwrap();
     let engine = &app.app.engine;
 
     // The resume worker picks the new run up; the controller's drive of the
@@ -248,7 +266,7 @@ async fn a_drive_and_a_resume_of_one_run_make_one_model_call(db: Db) {
         engine.drive(run).await
     });
 
+    assert_eq!(app.llm.calls(), 1, "one step, one model call");
     assert_eq!(resumed.unwrap(), vec![run]);
     assert_eq!(driven.unwrap(), None, "the second claim must be refused");
-    assert_eq!(app.llm.calls(), 1);
 }

@@ -18,7 +18,10 @@ async fn free_text_routing_asks_for_structured_output_and_is_costed_as_routing(d
 
     let report = texts(&app.say("how much have the models cost me").await);
 
-    let format = app.llm.response_format(0).expect("structured output asked for");
+    let format = app
+        .llm
+        .response_format(0)
+        .expect("structured output asked for");
     assert_eq!(format["type"], "json_schema", "{format}");
     let names = format["json_schema"]["schema"]["properties"]["intent"]["enum"].to_string();
     assert!(
