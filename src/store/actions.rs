@@ -3,8 +3,8 @@
 
 use sqlx::{Any, Transaction};
 
-use super::shared::{Tx, to_json};
 use super::{Store, StoreResult, corrupt, now_ms};
+use super::{Tx, to_json};
 use crate::domain::{Action, ButtonToken};
 
 /// What a pressed token turned out to be.

@@ -6,8 +6,8 @@ use sqlx::{Any, Transaction};
 
 use super::messages::enqueue_in;
 use super::runs::RunRow;
-use super::shared::{Tx, parse_id};
 use super::{Store, StoreResult, corrupt, now_ms};
+use super::{Tx, parse_id};
 use crate::domain::{
     ApprovalId, ApprovalRole, Button, ButtonToken, ChatRef, Decision, Outbound, Platform, RunId,
 };

@@ -8,7 +8,7 @@ use sqlx::{Any, Row, Transaction};
 use super::budget::settle_in;
 use super::journal::append_events;
 use super::ledger::insert_call;
-use super::shared::parse_id;
+use super::parse_id;
 use super::{LedgerEntry, Reservation, Store, StoreResult, now_ms};
 use crate::domain::{JournalEvent, RunId};
 

@@ -2,8 +2,8 @@
 //! claim is exclusive, whoever asks (two engines of one process included),
 //! and a write fenced by a token that is no longer the run's is refused.
 
-use super::shared::{Tx, parse_id};
 use super::{Backend, RunRow, Store, StoreResult, now_ms};
+use super::{Tx, parse_id};
 use crate::domain::{InputPurpose, RunId, RunStatus};
 
 /// A run held under one claim's lease token.

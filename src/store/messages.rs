@@ -3,7 +3,7 @@
 
 use sqlx::{Any, Transaction};
 
-use super::shared::to_json;
+use super::to_json;
 use super::{Store, StoreResult, corrupt, now_ms};
 use crate::domain::{
     ApprovalId, ApprovalRole, ChatRef, Inbound, InboundContent, Outbound, Platform, RunId,

@@ -8,8 +8,10 @@
 //! Files by table: `runs` (run rows, artifacts), `journal`, `leases`
 //! (claims, fenced writes), `approvals`, `actions` (action buttons),
 //! `messages` (inbound, outbox, audit), `budget`, `ledger`, `batch`,
-//! `updates` (raw platform updates); `shared` holds the transaction handle
-//! [`Tx`] the engine composes its transitions in.
+//! `updates` (raw platform updates); `tx` the transaction helpers for
+//! tables owned elsewhere. [`Tx`], the transaction handle the engine
+//! composes its transitions in, is defined here with the helpers every
+//! file uses, so no store file imports another for them.
 
 mod actions;
 mod approvals;
@@ -20,7 +22,7 @@ mod leases;
 mod ledger;
 mod messages;
 mod runs;
-mod shared;
+mod tx;
 mod updates;
 
 pub use actions::ActionLookup;
@@ -31,7 +33,6 @@ pub use leases::{ClaimedRun, Fenced};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::{InboundRecord, OutboxMessage};
 pub use runs::{NewArtifact, NewRun, RunRow};
-pub use shared::Tx;
 pub use updates::RecordedUpdate;
 
 use std::borrow::Cow;
@@ -41,7 +42,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, SqlSafeStr};
+use sqlx::{Any, AnyPool, SqlSafeStr, Transaction};
 
 /// Store failures. `Unavailable` is worth retrying (database down or
 /// restarting); the rest are bugs or corrupt data.
@@ -268,4 +269,48 @@ pub fn now_ms() -> i64 {
 
 fn corrupt(what: impl Into<String>) -> StoreError {
     StoreError::Corrupt(what.into())
+}
+
+/// One open transaction. The store's table helpers take it, so a caller can
+/// make several changes (wake a run, journal why, mark the update handled)
+/// commit together or not at all. Dropped without [`Tx::commit`], it rolls
+/// back.
+///
+/// On SQLite the pool has one connection: while a `Tx` is open, the same
+/// task must not use the [`Store`] directly, or it waits for itself.
+pub struct Tx {
+    pub(super) inner: Transaction<'static, Any>,
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    pub async fn begin(&self) -> StoreResult<Tx> {
+        Ok(Tx {
+            inner: self.pool.begin().await?,
+        })
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> StoreResult<()> {
+        Ok(self.inner.commit().await?)
+    }
+
+    pub async fn rollback(self) -> StoreResult<()> {
+        Ok(self.inner.rollback().await?)
+    }
+}
+
+pub(super) fn parse_id<T: std::str::FromStr>(text: &str) -> StoreResult<T> {
+    text.parse()
+        .map_err(|_| corrupt(format!("'{text}' is not a valid id")))
+}
+
+pub(super) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| corrupt(format!("cannot encode: {e}")))
 }

@@ -6,8 +6,8 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::journal::append_events;
-use super::shared::{Tx, parse_id, to_json};
 use super::{Store, StoreResult, corrupt, now_ms};
+use super::{Tx, parse_id, to_json};
 use crate::domain::{
     ApprovalId, ArtifactId, ChatRef, InputPurpose, JournalEvent, Platform, RunId, RunInput,
     RunStatus,
