@@ -277,3 +277,23 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LoadOptions;
+
+    #[test]
+    fn a_heartbeat_slower_than_a_third_of_the_lease_is_a_problem() {
+        let mut settings = Settings::load(&LoadOptions::default()).unwrap();
+        assert!(!check_heartbeat(&settings).is_problem(), "the defaults fit");
+        settings.engine.heartbeat_secs = settings.engine.lease_secs / 2.0;
+        let finding = check_heartbeat(&settings);
+        assert!(finding.is_problem());
+        assert!(
+            finding.line().contains("heartbeat_secs"),
+            "{}",
+            finding.line()
+        );
+    }
+}
