@@ -37,6 +37,9 @@ pub struct ModelCall {
     pub run_id: Option<RunId>,
     pub flow: Option<String>,
     pub step: Option<String>,
+    /// A JSON schema the reply must follow, sent as structured output to
+    /// providers that support it (the router's guess).
+    pub reply_schema: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +153,7 @@ impl<'a> Attempt<'a> {
                 prompt: &call.prompt,
                 max_tokens,
                 temperature: call.temperature,
+                reply_schema: call.reply_schema.as_ref(),
             },
         }
     }

@@ -26,6 +26,8 @@ pub struct Prompt<'a> {
     pub prompt: &'a str,
     pub max_tokens: u64,
     pub temperature: Option<f64>,
+    /// Structured output: the JSON schema the reply must follow.
+    pub reply_schema: Option<&'a serde_json::Value>,
 }
 
 /// What the provider answered, with its own token counts.
@@ -115,7 +117,12 @@ impl Provider {
         let request = CompletionRequest::new(prompt.prompt.to_string())
             .preamble(prompt.system.to_string())
             .max_tokens(prompt.max_tokens)
-            .temperature(prompt.temperature);
+            .temperature(prompt.temperature)
+            .output_schema(
+                prompt
+                    .reply_schema
+                    .and_then(|schema| rig_core::schemars::Schema::try_from(schema.clone()).ok()),
+            );
         // rig 0.44's `.completion()` speaks OpenAI's newer /responses
         // endpoint, which Ollama, vLLM and OpenRouter do not: use Chat.
         let sent = async {

@@ -149,6 +149,8 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct EngineSettings {
     pub lease_secs: f64,
+    /// How often a worker renews the lease of the run it executes.
+    pub heartbeat_secs: f64,
     pub max_input_chars: usize,
 }
 

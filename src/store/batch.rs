@@ -6,8 +6,9 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::budget::settle_in;
+use super::journal::append_events;
 use super::ledger::insert_call;
-use super::runs::{append_events, parse_id};
+use super::parse_id;
 use super::{LedgerEntry, Reservation, Store, StoreResult, now_ms};
 use crate::domain::{JournalEvent, RunId};
 

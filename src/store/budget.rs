@@ -1,4 +1,4 @@
-//! Budget periods and action buttons. A model call reserves its worst-case
+//! Budget periods. A model call reserves its worst-case
 //! cost in the day's and the month's period before it starts; the guarded
 //! UPDATE makes concurrent reservations queue on the row, so together they
 //! can never pass the cap. After the call the reservation becomes the real
@@ -7,9 +7,7 @@
 use sqlx::{Any, Transaction};
 
 use super::ledger::insert_call;
-use super::runs::to_json;
-use super::{LedgerEntry, Store, StoreResult, corrupt, now_ms};
-use crate::domain::{Action, ButtonToken};
+use super::{LedgerEntry, Store, StoreResult};
 
 /// Where a reservation was made, and how much.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,17 +39,6 @@ pub struct BudgetRefusal {
     pub month: PeriodStatus,
     /// Which cap stopped it: "today's" or "this month's".
     pub which: &'static str,
-}
-
-/// What a pressed token turned out to be.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ActionLookup {
-    /// An action button, pressed for the first time: do this.
-    Taken(Action),
-    /// An action button pressed before.
-    Used,
-    /// Not an action button (maybe an approval's).
-    Unknown,
 }
 
 /// The caps a reservation is checked against.
@@ -144,55 +131,29 @@ impl Store {
 
     /// Raises one day's cap, once: false if it was raised already.
     pub async fn raise_daily_cap(&self, day: &str, amount_usd: f64) -> StoreResult<bool> {
-        let period = format!("day:{day}");
         let mut tx = self.pool.begin().await?;
-        ensure_period(&mut tx, &period).await?;
-        let raised = sqlx::query(
-            "UPDATE budget_periods SET extra_cap_usd = $1 WHERE period = $2 AND extra_cap_usd = 0",
-        )
-        .bind(amount_usd)
-        .bind(&period)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
+        let raised = raise_daily_cap_in(&mut tx, day, amount_usd).await?;
         tx.commit().await?;
         Ok(raised)
     }
+}
 
-    /// Takes an action button's action, once.
-    pub async fn use_action(&self, token: &ButtonToken) -> StoreResult<ActionLookup> {
-        let action: Option<String> = sqlx::query_scalar(
-            "UPDATE action_buttons SET used_at = $1 WHERE token = $2 AND used_at IS NULL RETURNING action",
-        )
-        .bind(now_ms())
-        .bind(token.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(action) = action {
-            let action = serde_json::from_str(&action)
-                .map_err(|e| corrupt(format!("action button: {e}")))?;
-            return Ok(ActionLookup::Taken(action));
-        }
-        let known: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM action_buttons WHERE token = $1")
-                .bind(token.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(if known.is_some() {
-            ActionLookup::Used
-        } else {
-            ActionLookup::Unknown
-        })
-    }
-
-    /// Stores action buttons outside any other change.
-    pub async fn create_actions(&self, actions: &[(ButtonToken, Action)]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        insert_actions(&mut tx, actions).await?;
-        tx.commit().await?;
-        Ok(())
-    }
+pub(super) async fn raise_daily_cap_in(
+    tx: &mut Transaction<'_, Any>,
+    day: &str,
+    amount_usd: f64,
+) -> StoreResult<bool> {
+    let period = format!("day:{day}");
+    ensure_period(tx, &period).await?;
+    Ok(sqlx::query(
+        "UPDATE budget_periods SET extra_cap_usd = $1 WHERE period = $2 AND extra_cap_usd = 0",
+    )
+    .bind(amount_usd)
+    .bind(&period)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// Replaces a reservation by what was spent, in both its periods.
@@ -216,21 +177,6 @@ pub(super) async fn settle_in(
         .bind(&period)
         .execute(&mut **tx)
         .await?;
-    }
-    Ok(())
-}
-
-pub(super) async fn insert_actions(
-    tx: &mut Transaction<'_, Any>,
-    actions: &[(ButtonToken, Action)],
-) -> StoreResult<()> {
-    for (token, action) in actions {
-        sqlx::query("INSERT INTO action_buttons (token, action, created_at) VALUES ($1, $2, $3)")
-            .bind(token.as_str())
-            .bind(to_json(action)?)
-            .bind(now_ms())
-            .execute(&mut **tx)
-            .await?;
     }
     Ok(())
 }

@@ -112,6 +112,17 @@ impl FakeLlm {
         self.shared.lock().unwrap().batch_calls.clone()
     }
 
+    /// The `response_format` (structured output) the `n`th request asked
+    /// for, if any.
+    pub fn response_format(&self, n: usize) -> Option<Value> {
+        let requests = self.shared.lock().unwrap();
+        requests
+            .requests
+            .get(n)
+            .and_then(|r| r.get("response_format"))
+            .cloned()
+    }
+
     pub fn calls(&self) -> usize {
         self.shared.lock().unwrap().requests.len()
     }

@@ -17,5 +17,6 @@ mod failures;
 mod models;
 mod outbox;
 mod recovery;
+mod routing;
 mod store;
 mod telegram;
