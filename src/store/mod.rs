@@ -9,6 +9,7 @@ mod batch;
 mod budget;
 mod ledger;
 mod messages;
+mod reservations;
 mod runs;
 mod updates;
 
@@ -17,6 +18,7 @@ pub use batch::{BatchItem, BatchOutcome, NewBatchItem};
 pub use budget::{ActionLookup, BudgetRefusal, Caps, PeriodStatus, Reservation};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::{InboundRecord, OutboxMessage};
+pub use reservations::{HeldReservation, Release, ReleasedSummary};
 pub use runs::{ClaimedRun, NewArtifact, NewRun, RunRow, Transition};
 pub use updates::RecordedUpdate;
 
@@ -190,6 +192,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "platform updates",
                 include_str!("../../migrations/postgres/0002_platform_updates.sql"),
             ),
+            (
+                6,
+                "budget reservations",
+                include_str!("../../migrations/postgres/0006_budget_reservations.sql"),
+            ),
         ],
         Backend::Sqlite => &[
             (
@@ -201,6 +208,11 @@ fn migrator(backend: Backend) -> Migrator {
                 2,
                 "platform updates",
                 include_str!("../../migrations/sqlite/0002_platform_updates.sql"),
+            ),
+            (
+                6,
+                "budget reservations",
+                include_str!("../../migrations/sqlite/0006_budget_reservations.sql"),
             ),
         ],
     };
