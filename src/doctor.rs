@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::{ProviderKind, ProviderSettings, Settings};
+use crate::config::{ProviderKind, ProviderSettings, Settings, redact_urls_in};
 use crate::domain::Tier;
 use crate::store::{Store, redact_url, sqlite_path};
 
@@ -200,6 +200,7 @@ async fn check_models(settings: &Settings) -> Vec<Finding> {
 /// Lists the provider's models: proves the address and the key.
 async fn check_provider(name: &str, provider: &ProviderSettings) -> Finding {
     let endpoint = provider.endpoint().trim_end_matches('/');
+    let shown = redact_url(endpoint);
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -227,25 +228,25 @@ async fn check_provider(name: &str, provider: &ProviderSettings) -> Finding {
     };
     match request.send().await {
         Ok(reply) if reply.status().is_success() => {
-            Finding::Ok(format!("provider {name} at {endpoint} answers"))
+            Finding::Ok(format!("provider {name} at {shown} answers"))
         }
         Ok(reply) if matches!(reply.status().as_u16(), 401 | 403) => Finding::Problem(
             format!(
-                "provider {name} at {endpoint} rejected the API key (HTTP {})",
+                "provider {name} at {shown} rejected the API key (HTTP {})",
                 reply.status().as_u16()
             ),
             format!("check models.providers.{name}.api_key (OPENAI_API_KEY / ANTHROPIC_API_KEY)"),
         ),
         Ok(reply) => Finding::Problem(
             format!(
-                "provider {name} at {endpoint} answered HTTP {}",
+                "provider {name} at {shown} answered HTTP {}",
                 reply.status().as_u16()
             ),
             "check its base URL: most OpenAI-compatible servers end in /v1".into(),
         ),
         Err(error) => Finding::Problem(
             format!(
-                "cannot reach provider {name} at {endpoint}: {}",
+                "cannot reach provider {name} at {shown}: {}",
                 error_chain(&error)
             ),
             "check its base URL (OPENAI_BASE_URL) and that the server is running".into(),
@@ -253,7 +254,8 @@ async fn check_provider(name: &str, provider: &ProviderSettings) -> Finding {
     }
 }
 
-/// An error with its causes, on one line.
+/// An error with its causes, on one line, with any URL in it redacted
+/// (drivers and HTTP clients quote the URL they failed on).
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -262,5 +264,5 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    text
+    redact_urls_in(&text)
 }

@@ -466,7 +466,7 @@ impl Batcher {
                 detail: format!(
                     "HTTP {}: {}",
                     status.as_u16(),
-                    crate::domain::clip(&body, 160)
+                    crate::domain::clip(&crate::config::redact_urls_in(&body), 160)
                 ),
             });
         }

@@ -86,16 +86,8 @@ impl Backend {
     }
 }
 
-/// A URL with any password replaced, fit for a log line or an error.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
+/// Kept here too: the store's callers redact the URLs they open.
+pub use crate::config::redact_url;
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]

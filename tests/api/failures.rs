@@ -24,6 +24,7 @@ on_both_backends!(
     a_call_dropped_mid_request_gives_its_reservation_back,
     a_batch_reservation_is_released_when_its_step_is_not_committed,
     the_sweeper_releases_reservations_a_dead_process_left_and_cost_shows_them,
+    an_unreachable_provider_with_credentials_in_its_url_never_shows_them,
 );
 
 async fn when_every_model_answers_500_the_run_fails_with_a_sentence_and_retry_recovers_it(db: Db) {
@@ -362,4 +363,25 @@ async fn the_sweeper_releases_reservations_a_dead_process_left_and_cost_shows_th
     assert!(app.app.store.sweep_reservations(0).await.unwrap().is_empty());
     let report = texts(&app.say("/cost").await);
     assert!(report.contains("1 swept ($0.2500)"), "{report}");
+}
+
+async fn an_unreachable_provider_with_credentials_in_its_url_never_shows_them(db: Db) {
+    // Nothing listens on port 9: the request fails before any reply.
+    let app = TestApp::spawn_with(db, |s| {
+        for provider in s.models.providers.values_mut() {
+            provider.base_url = "http://maya:hunter2secret@127.0.0.1:9/v1".into();
+        }
+    })
+    .await;
+
+    let failure = texts(&app.say("/draft a post").await);
+
+    assert!(failure.contains("could not be reached"), "{failure}");
+    assert!(!failure.contains("hunter2secret"), "{failure}");
+    let run = app.app.store.recent_runs(1).await.unwrap().remove(0);
+    assert_eq!(run.status, RunStatus::Failed);
+    let journal = app.app.store.journal(run.id).await.unwrap();
+    let stored = serde_json::to_string(&journal).unwrap();
+    assert!(stored.contains("could not be reached"), "{stored}");
+    assert!(!stored.contains("hunter2secret"), "{stored}");
 }
