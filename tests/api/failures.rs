@@ -366,10 +366,12 @@ async fn the_sweeper_releases_reservations_a_dead_process_left_and_cost_shows_th
 }
 
 async fn an_unreachable_provider_with_credentials_in_its_url_never_shows_them(db: Db) {
-    // Nothing listens on port 9: the request fails before any reply.
+    // Nothing listens on port 9: the request fails before any reply. (reqwest
+    // moves `user:pass@` into a header; a key in the query stays in the URL
+    // its error quotes.)
     let app = TestApp::spawn_with(db, |s| {
         for provider in s.models.providers.values_mut() {
-            provider.base_url = "http://maya:hunter2secret@127.0.0.1:9/v1".into();
+            provider.base_url = "http://maya:hunter2secret@127.0.0.1:9/v1?key=hunter2secret".into();
         }
     })
     .await;
