@@ -18,13 +18,16 @@
 //!   approval or input, resume after a crash, replay.
 //! - [`flows`]: flows as data (`config/flows/*.toml`) and prompt templates
 //!   (`prompts/*.md`).
-//! - [`agents`]: model calls through rig-core, with the cost ledger.
+//! - [`agents`]: model calls through rig-core: the fallback chain and
+//!   retries (`router`), the budget gate and its reservations (`budget`),
+//!   the cost ledger (`ledger`), batches (`batch`).
 //! - [`outbox`]: delivers queued messages to a platform, in order, within
 //!   its rate limits, once.
 //! - [`runtime`]: `soloist run`: the worker and the platforms until shutdown.
 //! - [`store`]: PostgreSQL or SQLite, one set of queries for both.
 //! - [`domain`]: `Inbound`, `Outbound`, buttons, ids, run events; no I/O.
-//! - [`config`]: layered typed settings with secrets that never print.
+//! - [`config`]: layered typed settings with secrets that never print, and
+//!   redaction of URLs that may carry credentials.
 //! - [`app`]: wiring: builds the pieces from settings.
 //! - [`doctor`]: `soloist doctor`'s checks.
 

@@ -163,7 +163,9 @@ impl Agents {
         match chain.first() {
             Some(model) => format!(
                 "{model} at {}",
-                crate::config::redact_url(self.inner.settings.providers[&model.provider].endpoint())
+                crate::config::redact_url(
+                    self.inner.settings.providers[&model.provider].endpoint()
+                )
             ),
             None => "none configured".into(),
         }

@@ -450,9 +450,8 @@ mod tests {
 
     #[test]
     fn the_database_url_is_a_secret_that_never_prints() {
-        let (_dir, options) = options_with_file(
-            "[database]\nurl = \"postgres://maya:hunter2secret@db/soloist\"\n",
-        );
+        let (_dir, options) =
+            options_with_file("[database]\nurl = \"postgres://maya:hunter2secret@db/soloist\"\n");
         let settings = Settings::load(&options).unwrap();
         let printed = format!("{settings:?}");
         assert!(!printed.contains("hunter2secret"), "{printed}");

@@ -37,7 +37,11 @@ pub fn redact_url(url: &str) -> String {
             .query_pairs()
             .map(|(name, value)| {
                 let hide = SECRET_PARAMETERS.contains(&name.to_ascii_lowercase().as_str());
-                let value = if hide { HIDDEN.to_string() } else { value.into_owned() };
+                let value = if hide {
+                    HIDDEN.to_string()
+                } else {
+                    value.into_owned()
+                };
                 (name.into_owned(), value)
             })
             .collect();

@@ -265,10 +265,12 @@ pub(super) async fn hand_to_batch(
     tx: &mut Transaction<'_, Any>,
     reservation: &Reservation,
 ) -> StoreResult<()> {
-    sqlx::query("UPDATE budget_reservations SET holder = 'batch' WHERE id = $1 AND status = 'held'")
-        .bind(&reservation.id)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE budget_reservations SET holder = 'batch' WHERE id = $1 AND status = 'held'",
+    )
+    .bind(&reservation.id)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -145,7 +145,13 @@ async fn a_crash_between_creating_a_batch_and_marking_it_adopts_the_batch_instea
     let _ = crashed.await;
 
     let restarted = app.restart(|_| {}).await;
-    let woken = restarted.engine.agents().batcher().tick(true).await.unwrap();
+    let woken = restarted
+        .engine
+        .agents()
+        .batcher()
+        .tick(true)
+        .await
+        .unwrap();
 
     assert_eq!(app.llm.batches_created(), 1, "{:?}", app.llm.batch_calls());
     assert_eq!(woken, vec![run.id], "the adopted batch came back");

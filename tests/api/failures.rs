@@ -247,7 +247,10 @@ async fn refuse_ledger_rows(app: &TestApp, outcome: &str) {
                 "CREATE TRIGGER refuse_rows BEFORE INSERT ON cost_ledger WHEN NEW.outcome = '{outcome}'
                  BEGIN SELECT RAISE(ABORT, 'the ledger refuses'); END"
             );
-            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(pool)
+                .await
+                .unwrap();
         }
         Backend::Postgres => {
             let function = format!(
@@ -272,7 +275,8 @@ async fn refuse_ledger_rows(app: &TestApp, outcome: &str) {
 
 async fn a_reservation_is_released_when_a_failed_attempts_ledger_row_cannot_be_written(db: Db) {
     let app = TestApp::spawn(db).await;
-    app.llm.always(Behavior::Status(500, "upstream exploded".into()));
+    app.llm
+        .always(Behavior::Status(500, "upstream exploded".into()));
     refuse_ledger_rows(&app, "http_500").await;
 
     let error = app.app.engine.agents().complete(&fast_call()).await;
@@ -349,7 +353,10 @@ async fn the_sweeper_releases_reservations_a_dead_process_left_and_cost_shows_th
     std::mem::forget(held);
 
     let young = agents.sweep_reservations().await.unwrap();
-    assert!(young.is_empty(), "a call that may still run keeps its money");
+    assert!(
+        young.is_empty(),
+        "a call that may still run keeps its money"
+    );
     assert_eq!(reserved_today(&app).await, 0.25);
     let settings = agents.settings();
     let slowest_tries = settings.timeout_secs * 3;
@@ -360,7 +367,14 @@ async fn the_sweeper_releases_reservations_a_dead_process_left_and_cost_shows_th
 
     assert_eq!(swept.len(), 1);
     assert_eq!(reserved_today(&app).await, 0.0);
-    assert!(app.app.store.sweep_reservations(0).await.unwrap().is_empty());
+    assert!(
+        app.app
+            .store
+            .sweep_reservations(0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let report = texts(&app.say("/cost").await);
     assert!(report.contains("1 swept ($0.2500)"), "{report}");
 }
