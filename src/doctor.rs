@@ -218,6 +218,7 @@ async fn check_models(settings: &Settings) -> Vec<Finding> {
 /// Lists the provider's models: proves the address and the key.
 async fn check_provider(name: &str, provider: &ProviderSettings) -> Finding {
     let endpoint = provider.endpoint().trim_end_matches('/');
+    let shown = redact_url(endpoint);
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -245,25 +246,25 @@ async fn check_provider(name: &str, provider: &ProviderSettings) -> Finding {
     };
     match request.send().await {
         Ok(reply) if reply.status().is_success() => {
-            Finding::Ok(format!("provider {name} at {endpoint} answers"))
+            Finding::Ok(format!("provider {name} at {shown} answers"))
         }
         Ok(reply) if matches!(reply.status().as_u16(), 401 | 403) => Finding::Problem(
             format!(
-                "provider {name} at {endpoint} rejected the API key (HTTP {})",
+                "provider {name} at {shown} rejected the API key (HTTP {})",
                 reply.status().as_u16()
             ),
             format!("check models.providers.{name}.api_key (OPENAI_API_KEY / ANTHROPIC_API_KEY)"),
         ),
         Ok(reply) => Finding::Problem(
             format!(
-                "provider {name} at {endpoint} answered HTTP {}",
+                "provider {name} at {shown} answered HTTP {}",
                 reply.status().as_u16()
             ),
             "check its base URL: most OpenAI-compatible servers end in /v1".into(),
         ),
         Err(error) => Finding::Problem(
             format!(
-                "cannot reach provider {name} at {endpoint}: {}",
+                "cannot reach provider {name} at {shown}: {}",
                 error_chain(&error)
             ),
             "check its base URL (OPENAI_BASE_URL) and that the server is running".into(),

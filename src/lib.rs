@@ -28,7 +28,9 @@
 //!   (`engine::transitions`), resume after a crash, replay.
 //! - [`flows`]: flows as data (`config/flows/*.toml`) and prompt templates
 //!   (`prompts/*.md`).
-//! - [`agents`]: model calls through rig-core, with the cost ledger.
+//! - [`agents`]: model calls through rig-core: the fallback chain and
+//!   retries (`router`), the budget gate and its reservations (`budget`),
+//!   the cost ledger (`ledger`), batches (`batch`).
 //! - [`outbox`]: delivers queued messages to a platform: rows claimed with
 //!   a lease, in order per chat, fair across chats, within the platform's
 //!   rate limits, retried until delivered, marked once. Started once for
@@ -40,7 +42,8 @@
 //! - [`store`]: PostgreSQL or SQLite, one set of queries for both; tables
 //!   and transactions ([`store::Tx`]), not the run state machine.
 //! - [`domain`]: `Inbound`, `Outbound`, buttons, ids, run events; no I/O.
-//! - [`config`]: layered typed settings with secrets that never print.
+//! - [`config`]: layered typed settings with secrets that never print, and
+//!   redaction of URLs that may carry credentials.
 //! - [`app`]: wiring: builds the pieces from settings.
 //! - [`doctor`]: `soloist doctor`'s checks.
 

@@ -175,9 +175,13 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     crate::retry_after::parse(headers.get("retry-after")?.to_str().ok()?)
 }
 
-/// The first line of a provider's message, short enough for a chat message.
+/// The first line of a provider's message, short enough for a chat message,
+/// with any URL in it redacted: reqwest's errors quote the request URL, and
+/// a self-hosted endpoint's URL can carry credentials. This text reaches the
+/// chat and the run's journal.
 fn excerpt(body: &str) -> String {
-    crate::domain::clip(body.lines().next().unwrap_or_default().trim(), 160)
+    let line = crate::config::redact_urls_in(body.lines().next().unwrap_or_default().trim());
+    crate::domain::clip(&line, 160)
 }
 
 #[cfg(test)]

@@ -7,11 +7,14 @@
 use sqlx::{Any, Transaction};
 
 use super::ledger::insert_call;
+use super::reservations::{HeldReservation, claim_held, give_back_amount, insert_reservation};
 use super::{LedgerEntry, Store, StoreResult};
 
-/// Where a reservation was made, and how much.
+/// Where a reservation was made, and how much. `id` names its row in
+/// `budget_reservations` (empty for reservations older than those rows).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
+    pub id: String,
     pub day: String,
     pub month: String,
     pub amount_usd: f64,
@@ -50,14 +53,15 @@ pub struct Caps {
 
 impl Store {
     /// Reserves `amount_usd` in both periods, or nothing if either cap
-    /// would be passed.
+    /// would be passed. The reservation is a row too, and the guard
+    /// returned gives it back if it is dropped unsettled.
     pub async fn reserve_budget(
         &self,
         day: &str,
         month: &str,
         amount_usd: f64,
         caps: Caps,
-    ) -> StoreResult<Result<Reservation, BudgetRefusal>> {
+    ) -> StoreResult<Result<HeldReservation, BudgetRefusal>> {
         let mut tx = self.pool.begin().await?;
         let day_ok = reserve_in(&mut tx, &format!("day:{day}"), amount_usd, caps.daily_usd).await?;
         let month_ok = day_ok
@@ -69,12 +73,15 @@ impl Store {
             )
             .await?;
         if day_ok && month_ok {
-            tx.commit().await?;
-            return Ok(Ok(Reservation {
+            let reservation = Reservation {
+                id: uuid::Uuid::new_v4().simple().to_string(),
                 day: day.to_string(),
                 month: month.to_string(),
                 amount_usd,
-            }));
+            };
+            insert_reservation(&mut tx, &reservation).await?;
+            tx.commit().await?;
+            return Ok(Ok(HeldReservation::new(self.clone(), reservation)));
         }
         tx.rollback().await?;
         let (day_status, month_status) = self.budget_status(day, month, caps).await?;
@@ -156,29 +163,20 @@ pub(super) async fn raise_daily_cap_in(
         == 1)
 }
 
-/// Replaces a reservation by what was spent, in both its periods.
+/// Replaces a reservation by what was spent, in both its periods. A
+/// reservation already released (swept while its call still ran) adds what
+/// was spent without giving its amount back a second time.
 pub(super) async fn settle_in(
     tx: &mut Transaction<'_, Any>,
     reservation: &Reservation,
     spent: f64,
 ) -> StoreResult<()> {
-    for period in [
-        format!("day:{}", reservation.day),
-        format!("month:{}", reservation.month),
-    ] {
-        sqlx::query(
-            "UPDATE budget_periods
-             SET reserved_usd = CASE WHEN reserved_usd > $1 THEN reserved_usd - $1 ELSE 0 END,
-                 spent_usd = spent_usd + $2
-             WHERE period = $3",
-        )
-        .bind(reservation.amount_usd)
-        .bind(spent)
-        .bind(&period)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
+    let reserved = if claim_held(tx, reservation).await? {
+        reservation.amount_usd
+    } else {
+        0.0
+    };
+    give_back_amount(tx, reservation, reserved, spent).await
 }
 
 async fn ensure_period(tx: &mut Transaction<'_, Any>, period: &str) -> StoreResult<()> {

@@ -22,6 +22,7 @@ mod leases;
 mod ledger;
 mod messages;
 mod outbox;
+mod reservations;
 mod runs;
 mod tx;
 mod updates;
@@ -34,6 +35,7 @@ pub use leases::{ClaimedRun, Fenced};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::InboundRecord;
 pub use outbox::{Claim, OutboxMessage, OutboxTrouble, Settlement};
+pub use reservations::{HeldReservation, Release, ReleasedSummary};
 pub use runs::{NewArtifact, NewRun, RunRow};
 pub use updates::{PendingInteraction, RecordedUpdate};
 
@@ -101,16 +103,8 @@ impl Backend {
     }
 }
 
-/// A URL with any password replaced, fit for a log line or an error.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
+/// Kept here too: the store's callers redact the URLs they open.
+pub use crate::config::redact_url;
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
@@ -193,63 +187,41 @@ impl Store {
     }
 }
 
+/// One migration a line, for both dialects: version, what it does, file
+/// name (the same under `migrations/postgres/` and `migrations/sqlite/`).
+macro_rules! migrations {
+    ($($version:literal $what:literal $file:literal,)*) => {
+        Migrations {
+            postgres: &[$(
+                ($version, $what, include_str!(concat!("../../migrations/postgres/", $file))),
+            )*],
+            sqlite: &[$(
+                ($version, $what, include_str!(concat!("../../migrations/sqlite/", $file))),
+            )*],
+        }
+    };
+}
+
+struct Migrations {
+    postgres: &'static [(i64, &'static str, &'static str)],
+    sqlite: &'static [(i64, &'static str, &'static str)],
+}
+
+/// Additive only: an older process keeps working on a newer schema.
+const MIGRATIONS: Migrations = migrations![
+    1 "init" "0001_init.sql",
+    2 "platform updates" "0002_platform_updates.sql",
+    3 "front door" "0003_front_door.sql",
+    4 "input from the presser" "0004_input_from.sql",
+    5 "outbox claims" "0005_outbox_claims.sql",
+    6 "budget reservations" "0006_budget_reservations.sql",
+];
+
 /// The migrations compiled into the binary, for one backend.
 fn migrator(backend: Backend) -> Migrator {
-    let sources: &[(i64, &str, &'static str)] = match backend {
-        Backend::Postgres => &[
-            (
-                1,
-                "init",
-                include_str!("../../migrations/postgres/0001_init.sql"),
-            ),
-            (
-                2,
-                "platform updates",
-                include_str!("../../migrations/postgres/0002_platform_updates.sql"),
-            ),
-            (
-                3,
-                "front door",
-                include_str!("../../migrations/postgres/0003_front_door.sql"),
-            ),
-            (
-                4,
-                "input from the presser",
-                include_str!("../../migrations/postgres/0004_input_from.sql"),
-            ),
-            (
-                5,
-                "outbox claims",
-                include_str!("../../migrations/postgres/0005_outbox_claims.sql"),
-            ),
-        ],
-        Backend::Sqlite => &[
-            (
-                1,
-                "init",
-                include_str!("../../migrations/sqlite/0001_init.sql"),
-            ),
-            (
-                2,
-                "platform updates",
-                include_str!("../../migrations/sqlite/0002_platform_updates.sql"),
-            ),
-            (
-                3,
-                "front door",
-                include_str!("../../migrations/sqlite/0003_front_door.sql"),
-            ),
-            (
-                4,
-                "input from the presser",
-                include_str!("../../migrations/sqlite/0004_input_from.sql"),
-            ),
-            (
-                5,
-                "outbox claims",
-                include_str!("../../migrations/sqlite/0005_outbox_claims.sql"),
-            ),
-        ],
+    let sources = match backend {
+        Backend::Postgres => MIGRATIONS.postgres,
+        Backend::Sqlite => MIGRATIONS.sqlite,
     };
     Migrator::with_migrations(
         sources
