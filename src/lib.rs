@@ -19,6 +19,10 @@
 //! - [`flows`]: flows as data (`config/flows/*.toml`) and prompt templates
 //!   (`prompts/*.md`).
 //! - [`agents`]: model calls through rig-core, with the cost ledger.
+//! - [`policy`]: guardrails on by default: trust levels and quoting of
+//!   text from others, injection detection, PII redaction before model
+//!   calls, draft checks (never-share, secrets, links, brand, prices),
+//!   effects that need an approval, rate limits; audited per run.
 //! - [`outbox`]: delivers queued messages to a platform, in order, within
 //!   its rate limits, once.
 //! - [`runtime`]: `soloist run`: the worker and the platforms until shutdown.
@@ -38,5 +42,6 @@ pub mod domain;
 pub mod engine;
 pub mod flows;
 pub mod outbox;
+pub mod policy;
 pub mod runtime;
 pub mod store;

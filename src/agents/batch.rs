@@ -234,6 +234,7 @@ impl Batcher {
             outcome: "ok".into(),
             batched: true,
             saved_usd: full.zip(cost).map_or(0.0, |(f, c)| f - c),
+            redacted_items: 0,
         };
         BatchOutcome::Done {
             entry: Box::new(entry),

@@ -37,6 +37,10 @@ pub struct ModelCall {
     pub run_id: Option<RunId>,
     pub flow: Option<String>,
     pub step: Option<String>,
+    /// POLICY: how many personal-data items were replaced by placeholders
+    /// before the call left the process. Set inside [`Agents::complete`]
+    /// (callers pass 0); recorded in the ledger row.
+    pub redacted_items: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +122,8 @@ struct Inner {
     store: Store,
     cache: ResponseCache,
     budget: BudgetGate,
+    /// POLICY HOOK: replaces personal data before every call.
+    redactor: crate::policy::Redactor,
 }
 
 impl std::fmt::Debug for Agents {
@@ -180,6 +186,8 @@ impl Agents {
             Duration::from_secs(settings.cache_ttl_secs),
         );
         let budget = BudgetGate::new(store.clone(), policy, timezone);
+        let redactor =
+            crate::policy::Redactor::new(&policy.guard.pii_kinds, &policy.guard.own_contacts);
         Agents {
             inner: Arc::new(Inner {
                 settings,
@@ -187,6 +195,7 @@ impl Agents {
                 store,
                 cache,
                 budget,
+                redactor,
             }),
         }
     }
@@ -229,6 +238,9 @@ impl Agents {
         call: &ModelCall,
         step: &str,
     ) -> Result<Option<NewBatchItem>, ModelError> {
+        // POLICY HOOK: the batch request carries placeholders, not PII.
+        let (redacted, _) = self.redacted(call);
+        let call = &redacted;
         let settings = &self.inner.settings;
         let policy = settings.policy(call.label);
         let tier = call.tier.min(policy.tier_cap);
@@ -279,6 +291,38 @@ impl Agents {
     /// budget is short.
     #[tracing::instrument(skip_all, fields(run = ?call.run_id, step = ?call.step, tier = %call.tier))]
     pub async fn complete(&self, call: &ModelCall) -> Result<Completion, ModelError> {
+        // POLICY HOOK: personal data leaves as placeholders ([EMAIL_1]) and
+        // is put back in the answer the operator sees.
+        let (redacted, redaction) = self.redacted(call);
+        if redaction.count() > 0 {
+            let detail = format!(
+                "{} personal-data items replaced by placeholders before the model call",
+                redaction.count()
+            );
+            self.inner
+                .store
+                .record_guardrail(call.run_id, "redacted", &detail)
+                .await
+                .map_err(ModelError::Ledger)?;
+        }
+        let mut completion = self.complete_redacted(&redacted).await?;
+        completion.text = redaction.restore(&completion.text);
+        Ok(completion)
+    }
+
+    /// The call with personal data replaced, and the placeholders used.
+    fn redacted(&self, call: &ModelCall) -> (ModelCall, crate::policy::Redaction<'_>) {
+        let mut redaction = self.inner.redactor.redaction();
+        let redacted = ModelCall {
+            system: redaction.redact(&call.system),
+            prompt: redaction.redact(&call.prompt),
+            redacted_items: redaction.count(),
+            ..call.clone()
+        };
+        (redacted, redaction)
+    }
+
+    async fn complete_redacted(&self, call: &ModelCall) -> Result<Completion, ModelError> {
         if !self.is_configured() {
             return Err(ModelError::NotConfigured);
         }
@@ -547,6 +591,7 @@ impl Agents {
             outcome: outcome.to_string(),
             batched: false,
             saved_usd: 0.0,
+            redacted_items: attempt.call.redacted_items as i64,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! neither lost nor answered twice.
 
 mod cost;
+mod policy_hooks;
 mod routing;
 
 pub use routing::{COMMAND_INTENTS, Guess, IntentRouter};
@@ -63,6 +64,7 @@ pub enum Command {
     Approvals,
     Retry(String),
     Cost,
+    Policy,
 }
 
 impl FromStr for Command {
@@ -86,6 +88,7 @@ impl FromStr for Command {
             "approvals" => Command::Approvals,
             "retry" => Command::Retry(args),
             "cost" => Command::Cost,
+            "policy" => Command::Policy,
             _ => return Err(name.chars().take(40).collect()),
         })
     }
@@ -93,7 +96,7 @@ impl FromStr for Command {
 
 /// The commands as a platform's command menu lists them: name, what it
 /// takes, what it does. `/help` prints the same list.
-pub const COMMANDS: [(&str, &str, &str); 7] = [
+pub const COMMANDS: [(&str, &str, &str); 8] = [
     (
         "draft",
         "TEXT",
@@ -112,6 +115,7 @@ pub const COMMANDS: [(&str, &str, &str); 7] = [
         "",
         "spend today and this month against the budget, by flow and by model",
     ),
+    ("policy", "", "what the guardrails check, in a few lines"),
     ("help", "", "this list"),
 ];
 
@@ -395,6 +399,10 @@ impl Controller {
                 "I act on commands until a model is configured: try /draft followed by what you need, or /help.",
             ));
         }
+        // POLICY HOOK: a burst beyond the limits gets one sentence, no model call.
+        if let Some(limited) = policy_hooks::limited(&self.engine, inbound, None).await? {
+            return Ok(limited);
+        }
         let guess = match self.router.classify(&self.engine, text).await {
             Ok(guess) => guess,
             Err(error) => {
@@ -451,6 +459,10 @@ impl Controller {
         request: String,
     ) -> Result<Handled, ControllerError> {
         if self.engine.flows().get(intent).is_some() {
+            // POLICY HOOK: the flow's own limit (the person's was taken when routing).
+            if let Some(limited) = policy_hooks::limited_flow(&self.engine, intent).await? {
+                return Ok(limited);
+            }
             return self.start_flow(inbound, intent, request).await;
         }
         match format!("/{intent}").parse::<Command>() {
@@ -472,6 +484,7 @@ impl Controller {
             Command::Approvals => self.list_approvals().await,
             Command::Retry(id) => self.retry(inbound, &id).await,
             Command::Cost => Ok(Handled::reply(cost::report(&self.engine).await?)),
+            Command::Policy => Ok(Handled::reply(self.engine.guard().summary())),
         }
     }
 
@@ -480,6 +493,10 @@ impl Controller {
             return Ok(Handled::reply(
                 "Tell me what to draft, e.g. /draft a LinkedIn post announcing the new Website Audit price",
             ));
+        }
+        // POLICY HOOK: a burst beyond the limits gets one sentence, no model call.
+        if let Some(limited) = policy_hooks::limited(&self.engine, inbound, Some("draft")).await? {
+            return Ok(limited);
         }
         self.start_flow(inbound, "draft", request).await
     }
@@ -498,9 +515,11 @@ impl Controller {
         if needs_model && !self.engine.agents().is_configured() {
             return Ok(Handled::reply(HOW_TO_CONFIGURE));
         }
+        // POLICY HOOK: the request's origin (forwarded text is data).
+        let origin = crate::policy::origin_of(inbound);
         let run = self
             .engine
-            .start(StartRun {
+            .start_with_origin(StartRun {
                 flow: flow.into(),
                 chat: inbound.chat.clone(),
                 request,
@@ -509,7 +528,7 @@ impl Controller {
                     "inbound:{}:{}",
                     inbound.chat.platform, inbound.update_key
                 ),
-            })
+            }, origin)
             .await?;
         Ok(Handled::drive(run))
     }
@@ -566,6 +585,8 @@ impl Controller {
         if let Some(error) = &state.error {
             let _ = write!(text, "\nError: {error}");
         }
+        // POLICY HOOK: the run's guardrail decisions.
+        text.push_str(&policy_hooks::run_lines(&self.engine, run.id).await?);
         Ok(Handled::reply(text))
     }
 

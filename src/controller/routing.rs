@@ -105,6 +105,7 @@ impl IntentRouter {
             run_id: None,
             flow: None,
             step: Some("route".into()),
+            redacted_items: 0,
         };
         let completion = engine.agents().complete(&call).await?;
         Ok(parse_guess(&completion.text, &options))

@@ -7,6 +7,7 @@
 //! After a crash the lease lapses and any worker resumes the run from its
 //! journal: a journaled step is never executed again.
 
+mod guard;
 mod replay;
 mod state;
 mod steps;
@@ -70,6 +71,7 @@ struct Inner {
     prompts: Prompts,
     agents: Agents,
     settings: Arc<Settings>,
+    guard: Arc<crate::policy::Guard>,
     worker: String,
     lease_ms: i64,
 }
@@ -82,6 +84,8 @@ pub struct EngineParts {
     pub prompts: Prompts,
     pub agents: Agents,
     pub settings: Arc<Settings>,
+    /// POLICY HOOK: the guardrails every step goes through.
+    pub guard: Arc<crate::policy::Guard>,
 }
 
 impl Engine {
@@ -94,6 +98,7 @@ impl Engine {
                 prompts: parts.prompts,
                 agents: parts.agents,
                 settings: parts.settings,
+                guard: parts.guard,
                 worker: format!("worker-{}", uuid::Uuid::new_v4().simple()),
                 lease_ms,
             }),
@@ -118,6 +123,10 @@ impl Engine {
 
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    pub fn guard(&self) -> &crate::policy::Guard {
+        &self.inner.guard
     }
 
     /// Creates the run (or finds the one created under the same key).

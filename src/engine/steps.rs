@@ -48,6 +48,10 @@ impl Engine {
         step: &StepDef,
         state: &RunState,
     ) -> Transition {
+        // POLICY HOOK: a required effect needs an approval in the journal.
+        if let Some(refused) = self.refuse_unapproved(run, step).await {
+            return refused;
+        }
         match &step.kind {
             StepKind::Context => self.gather_context(step, state),
             StepKind::Generate {
@@ -71,7 +75,12 @@ impl Engine {
             StepKind::Approve {
                 draft_from,
                 artifact_kind,
-            } => approve(run, step, state, draft_from, artifact_kind),
+            } => {
+                let mut transition = approve(run, step, state, draft_from, artifact_kind);
+                // POLICY HOOK: flags on the approval message.
+                self.guard_offer(run, state, &mut transition).await;
+                transition
+            }
         }
     }
 
@@ -130,7 +139,10 @@ impl Engine {
                 _ => {}
             }
         }
-        let values = self.template_values(state);
+        let mut values = self.template_values(state);
+        // POLICY HOOK: text from others reaches the prompt quoted as data.
+        let origin = self.run_origin(run.id).await;
+        values["request"] = crate::policy::quote(origin, &state.input.request).into();
         let prompts = &self.inner.prompts;
         let rendered = prompts
             .render(call.system, &values)
@@ -151,6 +163,7 @@ impl Engine {
             run_id: Some(run.id),
             flow: Some(flow.name.clone()),
             step: Some(step.name.clone()),
+            redacted_items: 0,
         };
         if !call.urgent {
             match self

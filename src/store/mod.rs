@@ -7,6 +7,7 @@
 mod approvals;
 mod batch;
 mod budget;
+mod guardrails;
 mod ledger;
 mod messages;
 mod runs;
@@ -15,6 +16,7 @@ mod updates;
 pub use approvals::{ApprovalSummary, DecideError, Decided, NewApproval};
 pub use batch::{BatchItem, BatchOutcome, NewBatchItem};
 pub use budget::{ActionLookup, BudgetRefusal, Caps, PeriodStatus, Reservation};
+pub use guardrails::GuardrailEvent;
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::{InboundRecord, OutboxMessage};
 pub use runs::{ClaimedRun, NewArtifact, NewRun, RunRow, Transition};
@@ -190,6 +192,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "platform updates",
                 include_str!("../../migrations/postgres/0002_platform_updates.sql"),
             ),
+            (
+                9,
+                "guardrails",
+                include_str!("../../migrations/postgres/0009_guardrails.sql"),
+            ),
         ],
         Backend::Sqlite => &[
             (
@@ -201,6 +208,11 @@ fn migrator(backend: Backend) -> Migrator {
                 2,
                 "platform updates",
                 include_str!("../../migrations/sqlite/0002_platform_updates.sql"),
+            ),
+            (
+                9,
+                "guardrails",
+                include_str!("../../migrations/sqlite/0009_guardrails.sql"),
             ),
         ],
     };
