@@ -55,9 +55,9 @@ impl Default for RateLimitSettings {
     fn default() -> Self {
         RateLimitSettings {
             per_user_per_minute: 20,
-            per_user_burst: 5,
+            per_user_burst: 10,
             per_flow_per_minute: 60,
-            per_flow_burst: 20,
+            per_flow_burst: 30,
         }
     }
 }
