@@ -91,9 +91,10 @@ async fn every_pii_line_reaches_the_model_as_placeholders_and_the_operator_sees_
         let ledger = app.app.store.ledger_for_run(run).await.unwrap();
         assert_eq!(ledger[0].redacted_items, values.len() as i64, "{text}");
         let detail = texts(&app.say(&format!("/run {}", run.short())).await);
-        assert!(detail.contains("redacted:"), "{detail}");
+        let (_, guardrails) = detail.split_once("Guardrails:").expect("guardrail lines");
+        assert!(guardrails.contains("redacted:"), "{detail}");
         for value in &values {
-            assert!(!detail.contains(value.as_str()), "/run shows {value}");
+            assert!(!guardrails.contains(value.as_str()), "the audit shows {value}");
         }
     }
     assert_eq!(leaked, 0, "PII values that reached the model");
