@@ -519,16 +519,19 @@ impl Controller {
         let origin = crate::policy::origin_of(inbound);
         let run = self
             .engine
-            .start_with_origin(StartRun {
-                flow: flow.into(),
-                chat: inbound.chat.clone(),
-                request,
-                requested_by: inbound.user_name.clone(),
-                idempotency_key: format!(
-                    "inbound:{}:{}",
-                    inbound.chat.platform, inbound.update_key
-                ),
-            }, origin)
+            .start_with_origin(
+                StartRun {
+                    flow: flow.into(),
+                    chat: inbound.chat.clone(),
+                    request,
+                    requested_by: inbound.user_name.clone(),
+                    idempotency_key: format!(
+                        "inbound:{}:{}",
+                        inbound.chat.platform, inbound.update_key
+                    ),
+                },
+                origin,
+            )
             .await?;
         Ok(Handled::drive(run))
     }

@@ -21,11 +21,17 @@ pub(super) async fn limited(
 }
 
 /// The same for a flow's own limit only.
-pub(super) async fn limited_flow(engine: &Engine, flow: &str) -> Result<Option<Handled>, StoreError> {
+pub(super) async fn limited_flow(
+    engine: &Engine,
+    flow: &str,
+) -> Result<Option<Handled>, StoreError> {
     refuse(engine, engine.guard().limit(None, Some(flow))).await
 }
 
-async fn refuse(engine: &Engine, outcome: Result<(), Limited>) -> Result<Option<Handled>, StoreError> {
+async fn refuse(
+    engine: &Engine,
+    outcome: Result<(), Limited>,
+) -> Result<Option<Handled>, StoreError> {
     let Err(limited) = outcome else {
         return Ok(None);
     };
@@ -33,7 +39,10 @@ async fn refuse(engine: &Engine, outcome: Result<(), Limited>) -> Result<Option<
         Limited::User(user) => format!("{user} is over the per-person rate limit"),
         Limited::Flow(flow) => format!("flow '{flow}' is over its rate limit"),
     };
-    engine.store().record_guardrail(None, "limited", &detail).await?;
+    engine
+        .store()
+        .record_guardrail(None, "limited", &detail)
+        .await?;
     Ok(Some(Handled::reply(LIMITED)))
 }
 

@@ -81,7 +81,11 @@ impl Engine {
 
     /// A failed transition when `step` has an effect that needs an
     /// approval and the journal holds no approve decision.
-    pub(super) async fn refuse_unapproved(&self, run: &RunRow, step: &StepDef) -> Option<Transition> {
+    pub(super) async fn refuse_unapproved(
+        &self,
+        run: &RunRow,
+        step: &StepDef,
+    ) -> Option<Transition> {
         let required = self.inner.guard.required();
         let declared = effects::step_effects(step).ok()?;
         if declared.is_disjoint(required) {
@@ -95,7 +99,10 @@ impl Engine {
             }
         };
         let effect = effects::missing_approval(step, required, &journal)?;
-        let detail = format!("step '{}' ({effect}) refused: no approval decision", step.name);
+        let detail = format!(
+            "step '{}' ({effect}) refused: no approval decision",
+            step.name
+        );
         if let Err(error) = self
             .inner
             .store

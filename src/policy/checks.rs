@@ -170,7 +170,12 @@ impl DraftRules {
             if allowed.iter().any(|a| (a - amount).abs() < 0.5) {
                 continue;
             }
-            let offer = nearest_offer(&self.offers, draft, capture.get(0).map_or(0, |m| m.start()), amount);
+            let offer = nearest_offer(
+                &self.offers,
+                draft,
+                capture.get(0).map_or(0, |m| m.start()),
+                amount,
+            );
             flags.push(Flag {
                 kind: FlagKind::Price,
                 detail: format!(
@@ -215,7 +220,10 @@ fn derivable_amounts(offers: &[Offer]) -> Vec<f64> {
         }
         if let Some(deposit) = offer.pricing.deposit_percent {
             let share = f64::from(deposit) / 100.0;
-            let with_deposits: Vec<f64> = derived.iter().flat_map(|d| [d * share, d * (1.0 - share)]).collect();
+            let with_deposits: Vec<f64> = derived
+                .iter()
+                .flat_map(|d| [d * share, d * (1.0 - share)])
+                .collect();
             derived.extend(with_deposits);
         }
         amounts.extend(derived);
@@ -286,7 +294,11 @@ mod tests {
         let flags = rules().check("The Brand Sprint now costs EUR 150.");
         assert_eq!(flags.len(), 1, "{flags:?}");
         assert!(flags[0].detail.contains("EUR 150"), "{}", flags[0].detail);
-        assert!(flags[0].detail.contains("Brand Sprint: EUR 4800"), "{}", flags[0].detail);
+        assert!(
+            flags[0].detail.contains("Brand Sprint: EUR 4800"),
+            "{}",
+            flags[0].detail
+        );
     }
 
     #[test]
@@ -297,7 +309,11 @@ mod tests {
             "Audit: 900 € plus EUR 60 per extra page, so EUR 960 for 13 pages.",
             "The retainer is EUR 2000 a month, EUR 6000 for the minimum three months.",
         ] {
-            assert!(kinds(draft).is_empty(), "{draft}: {:?}", rules().check(draft));
+            assert!(
+                kinds(draft).is_empty(),
+                "{draft}: {:?}",
+                rules().check(draft)
+            );
         }
     }
 
@@ -305,12 +321,18 @@ mod tests {
     fn a_link_outside_the_allowed_domains_is_flagged() {
         assert!(kinds("See https://harborandpine.example/work").is_empty());
         assert!(kinds("See https://www.linkedin.com/in/maya").is_empty());
-        assert_eq!(kinds("Pay at https://harb0r-pay.example/x"), [FlagKind::Link]);
+        assert_eq!(
+            kinds("Pay at https://harb0r-pay.example/x"),
+            [FlagKind::Link]
+        );
     }
 
     #[test]
     fn never_share_items_and_terms_are_flagged() {
-        assert_eq!(kinds("From my internal notes: they are slow."), [FlagKind::NeverShare]);
+        assert_eq!(
+            kinds("From my internal notes: they are slow."),
+            [FlagKind::NeverShare]
+        );
     }
 
     #[test]

@@ -51,7 +51,9 @@ impl fmt::Display for Effect {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown effect '{0}' (known: client communications, public posts, pricing, contracts, e-mail, refunds)")]
+#[error(
+    "unknown effect '{0}' (known: client communications, public posts, pricing, contracts, e-mail, refunds)"
+)]
 pub struct UnknownEffect(pub String);
 
 impl FromStr for Effect {
@@ -60,8 +62,11 @@ impl FromStr for Effect {
     fn from_str(name: &str) -> Result<Self, Self::Err> {
         let key = name.trim().to_lowercase().replace(['_', '-'], " ");
         Ok(match key.as_str() {
-            "client communications" | "client communication" | "client message"
-            | "message to client" | "client messages" => Effect::ClientMessage,
+            "client communications"
+            | "client communication"
+            | "client message"
+            | "message to client"
+            | "client messages" => Effect::ClientMessage,
             "public posts" | "public post" | "post" => Effect::PublicPost,
             "pricing" | "price quote" | "price quotes" | "quote" => Effect::PriceQuote,
             "contracts" | "contract" => Effect::Contract,
@@ -146,9 +151,14 @@ mod tests {
 
     #[test]
     fn the_default_config_names_only_known_effects() {
-        let names: Vec<String> = ["client communications", "pricing", "contracts", "public posts"]
-            .map(String::from)
-            .to_vec();
+        let names: Vec<String> = [
+            "client communications",
+            "pricing",
+            "contracts",
+            "public posts",
+        ]
+        .map(String::from)
+        .to_vec();
         assert_eq!(parse_required(&names).unwrap().len(), 4);
     }
 
@@ -172,7 +182,10 @@ mod tests {
         );
         let required = parse_required(&["public posts".into()]).unwrap();
         let error = check_flow(&flow(&text), &required).unwrap_err();
-        assert!(error.contains("'brief'") && error.contains("public posts"), "{error}");
+        assert!(
+            error.contains("'brief'") && error.contains("public posts"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -188,9 +201,8 @@ mod tests {
 
     #[test]
     fn a_step_with_a_required_effect_waits_for_an_approve_decision() {
-        let text = format!(
-            "{HEAD}[[steps]]\nname = \"p\"\nkind = \"context\"\neffects = [\"refund\"]\n"
-        );
+        let text =
+            format!("{HEAD}[[steps]]\nname = \"p\"\nkind = \"context\"\neffects = [\"refund\"]\n");
         let flow = flow(&text);
         let required = parse_required(&["refunds".into()]).unwrap();
         assert_eq!(
@@ -210,6 +222,9 @@ mod tests {
             decision: Decision::Approve,
             by: "Maya".into(),
         };
-        assert_eq!(missing_approval(&flow.steps[0], &required, &[approved]), None);
+        assert_eq!(
+            missing_approval(&flow.steps[0], &required, &[approved]),
+            None
+        );
     }
 }

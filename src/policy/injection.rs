@@ -18,7 +18,10 @@ const PATTERNS: [(&str, &str); 16] = [
         "prompt leak",
         r"\b(system prompt|hidden instructions|your instructions|your prompt)\b",
     ),
-    ("mode switch", r"\b(developer|admin|debug|god) (mode|override)\b"),
+    (
+        "mode switch",
+        r"\b(developer|admin|debug|god) (mode|override)\b",
+    ),
     (
         "fake authority",
         r"(^|\n|\s)\[?(system|assistant|developer)\]?\s*:|^\s*\[(system|admin)\]|\b(note|instruction|message) from (the )?(owner|maya|admin)\b|\bnew instruction",
@@ -52,7 +55,10 @@ const PATTERNS: [(&str, &str); 16] = [
         "price override",
         r"\b(price list is|prices? (is|are) (stale|outdated|wrong)|real .{0,30}price|quote that instead|use that in the offer|costs (eur|€|usd|\$) ?\d+ now)\b",
     ),
-    ("knowledge override", r"\b(knowledge base|price list) is (outdated|stale|wrong)\b"),
+    (
+        "knowledge override",
+        r"\b(knowledge base|price list) is (outdated|stale|wrong)\b",
+    ),
     (
         "style override",
         r"\b(all caps|in capitals|shout)\b|\bmention synergy\b",

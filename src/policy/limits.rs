@@ -9,8 +9,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use super::settings::RateLimitSettings;
 
 /// The sentence a limited request gets.
-pub const LIMITED: &str =
-    "You're sending requests faster than I take them; nothing was started. Wait a minute and send it again.";
+pub const LIMITED: &str = "You're sending requests faster than I take them; nothing was started. Wait a minute and send it again.";
 
 /// Which limit stopped a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +35,9 @@ impl std::fmt::Debug for Limits {
 fn limiter(per_minute: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<String>> {
     let rate = NonZeroU32::new(per_minute)?;
     let burst = NonZeroU32::new(burst).unwrap_or(rate);
-    Some(RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst)))
+    Some(RateLimiter::keyed(
+        Quota::per_minute(rate).allow_burst(burst),
+    ))
 }
 
 impl Limits {
@@ -107,7 +108,10 @@ mod tests {
         let limits = Limits::new(&settings(100, 2));
         assert!(limits.check(Some("a"), Some("draft")).is_ok());
         assert!(limits.check(Some("b"), Some("draft")).is_ok());
-        assert_eq!(limits.check(Some("c"), Some("draft")), Err(Limited::Flow("draft".into())));
+        assert_eq!(
+            limits.check(Some("c"), Some("draft")),
+            Err(Limited::Flow("draft".into()))
+        );
         assert!(limits.check(Some("c"), None).is_ok());
     }
 

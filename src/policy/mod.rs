@@ -111,7 +111,10 @@ impl Guard {
             .collect();
         if let Some(host) = url::Url::parse(&settings.business.website)
             .ok()
-            .and_then(|u| u.host_str().map(|h| h.trim_start_matches("www.").to_lowercase()))
+            .and_then(|u| {
+                u.host_str()
+                    .map(|h| h.trim_start_matches("www.").to_lowercase())
+            })
         {
             allowed_domains.push(host);
         }
@@ -135,7 +138,9 @@ impl Guard {
     /// Every flow whose step has a required effect must approve before it.
     pub fn check_flows(&self, flows: &FlowCatalog) -> Result<(), PolicyError> {
         for name in flows.names() {
-            let Some(flow) = flows.get(name) else { continue };
+            let Some(flow) = flows.get(name) else {
+                continue;
+            };
             effects::check_flow(flow, &self.required).map_err(|message| PolicyError::Flow {
                 flow: name.to_string(),
                 message,
@@ -179,20 +184,34 @@ impl Guard {
         let _ = write!(
             text,
             "\n• Personal data kept from the models: {}.",
-            if kinds.is_empty() { "none".into() } else { kinds.join(", ") }
+            if kinds.is_empty() {
+                "none".into()
+            } else {
+                kinds.join(", ")
+            }
         );
         let _ = write!(
             text,
             "\n• Approval required for: {}.",
-            if required.is_empty() { "nothing".into() } else { required.join(", ") }
+            if required.is_empty() {
+                "nothing".into()
+            } else {
+                required.join(", ")
+            }
         );
         let _ = write!(
             text,
             "\n• Drafts checked for: {} never-share items, secrets, links outside {}, {} forbidden words, {} exclamation marks at most, prices outside the {} offers.",
             rules.never_share.len(),
-            if rules.allowed_domains.is_empty() { "nowhere".into() } else { rules.allowed_domains.join(", ") },
+            if rules.allowed_domains.is_empty() {
+                "nowhere".into()
+            } else {
+                rules.allowed_domains.join(", ")
+            },
             rules.forbidden_words.len(),
-            rules.max_exclamation_marks.map_or("any number of".into(), |n| n.to_string()),
+            rules
+                .max_exclamation_marks
+                .map_or("any number of".into(), |n| n.to_string()),
             rules.offers.len(),
         );
         let _ = write!(
@@ -251,7 +270,10 @@ mod tests {
     #[test]
     fn an_unknown_effect_in_the_settings_is_a_start_up_error() {
         let mut settings = default_settings();
-        settings.policy.approval_required_for.push("mind reading".into());
+        settings
+            .policy
+            .approval_required_for
+            .push("mind reading".into());
         let error = Guard::new(&settings).unwrap_err().to_string();
         assert!(error.contains("mind reading"), "{error}");
     }
@@ -282,8 +304,17 @@ mod tests {
             "Our synergy: the Brand Sprint is EUR 150, see my internal notes at https://evil.example/x",
         );
         let kinds: Vec<FlagKind> = review.flags.iter().map(|f| f.kind).collect();
-        for kind in [FlagKind::ForbiddenWord, FlagKind::Price, FlagKind::NeverShare, FlagKind::Link] {
-            assert!(kinds.contains(&kind), "{kind:?} missing: {}", review.banner());
+        for kind in [
+            FlagKind::ForbiddenWord,
+            FlagKind::Price,
+            FlagKind::NeverShare,
+            FlagKind::Link,
+        ] {
+            assert!(
+                kinds.contains(&kind),
+                "{kind:?} missing: {}",
+                review.banner()
+            );
         }
     }
 
@@ -315,6 +346,9 @@ mod tests {
         }
         let per_message = started.elapsed() / (rounds * messages.len() as u32);
         println!("policy layer: {per_message:?} per message");
-        assert!(per_message < std::time::Duration::from_millis(20), "{per_message:?}");
+        assert!(
+            per_message < std::time::Duration::from_millis(20),
+            "{per_message:?}"
+        );
     }
 }

@@ -62,7 +62,9 @@ impl PiiKind {
     }
 
     pub fn parse(name: &str) -> Option<PiiKind> {
-        PiiKind::all().into_iter().find(|k| k.as_str() == name.trim())
+        PiiKind::all()
+            .into_iter()
+            .find(|k| k.as_str() == name.trim())
     }
 }
 
@@ -81,9 +83,7 @@ static TAX_KEYWORD: LazyLock<Regex> = LazyLock::new(|| {
 });
 static NINE_DIGITS: LazyLock<Regex> = LazyLock::new(|| regex(r"\b\d{9}\b"));
 static PASSPORT: LazyLock<Regex> = LazyLock::new(|| {
-    regex(
-        r"(?i:\bpassport\b(?:\s+(?:number|no\.?|nr\.?|#))?(?:\s+is)?\s*:?)\s*([A-Z0-9]{6,9})\b",
-    )
+    regex(r"(?i:\bpassport\b(?:\s+(?:number|no\.?|nr\.?|#))?(?:\s+is)?\s*:?)\s*([A-Z0-9]{6,9})\b")
 });
 static PHONE: LazyLock<Regex> = LazyLock::new(|| {
     regex(
@@ -113,9 +113,15 @@ fn luhn(digits: &str) -> bool {
         .iter()
         .rev()
         .enumerate()
-        .map(|(i, &d)| if i % 2 == 1 { (d * 2).div_euclid(10) + (d * 2) % 10 } else { d })
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                (d * 2).div_euclid(10) + (d * 2) % 10
+            } else {
+                d
+            }
+        })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// ISO 13616: move the first four characters to the end, letters to
@@ -170,7 +176,10 @@ fn iban_span(text: &str, start: usize, end: usize) -> Option<usize> {
 fn find_kind(kind: PiiKind, text: &str) -> Vec<Found> {
     let found = |start, end| Found { start, end, kind };
     match kind {
-        PiiKind::Email => EMAIL.find_iter(text).map(|m| found(m.start(), m.end())).collect(),
+        PiiKind::Email => EMAIL
+            .find_iter(text)
+            .map(|m| found(m.start(), m.end()))
+            .collect(),
         PiiKind::Iban => IBAN
             .find_iter(text)
             .filter_map(|m| iban_span(text, m.start(), m.end()).map(|end| found(m.start(), end)))
@@ -205,7 +214,10 @@ fn find_kind(kind: PiiKind, text: &str) -> Vec<Found> {
             .filter(|m| (8..=15).contains(&m.as_str().chars().filter(char::is_ascii_digit).count()))
             .map(|m| found(m.start(), m.end()))
             .collect(),
-        PiiKind::PostalAddress => ADDRESS.find_iter(text).map(|m| found(m.start(), m.end())).collect(),
+        PiiKind::PostalAddress => ADDRESS
+            .find_iter(text)
+            .map(|m| found(m.start(), m.end()))
+            .collect(),
     }
 }
 
@@ -317,7 +329,8 @@ impl Redaction<'_> {
         *n += 1;
         let placeholder = format!("[{}_{}]", kind.label(), n);
         self.by_value.insert(value.to_string(), placeholder.clone());
-        self.values.push((placeholder.clone(), value.to_string(), kind));
+        self.values
+            .push((placeholder.clone(), value.to_string(), kind));
         placeholder
     }
 
@@ -407,12 +420,18 @@ mod tests {
 
     #[test]
     fn the_business_own_contacts_are_not_redacted() {
-        let own = ["hello@harborandpine.example".to_string(), "+351 210 000 000".into()];
+        let own = [
+            "hello@harborandpine.example".to_string(),
+            "+351 210 000 000".into(),
+        ];
         let redactor = Redactor::new(&PiiKind::all(), &own);
         let mut redaction = redactor.redaction();
         let text = "Reach me at Hello@harborandpine.example or +351 210000000, not ana@x.example";
         let out = redaction.redact(text);
-        assert!(out.contains("Hello@harborandpine.example") && out.contains("+351 210000000"), "{out}");
+        assert!(
+            out.contains("Hello@harborandpine.example") && out.contains("+351 210000000"),
+            "{out}"
+        );
         assert!(out.contains("[EMAIL_1]"), "{out}");
     }
 

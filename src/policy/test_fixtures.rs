@@ -12,7 +12,10 @@ fn root() -> PathBuf {
 pub fn lines(relative: &str) -> Vec<String> {
     let path = root().join("tests/fixtures").join(relative);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect()
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The shared fixture's lines, when that folder is there.
@@ -22,7 +25,12 @@ pub fn shared_lines(relative: &str) -> Option<Vec<String>> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("../shared/fixtures"));
     let text = std::fs::read_to_string(dir.join(relative)).ok()?;
-    Some(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect())
+    Some(
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 pub fn default_settings() -> crate::config::Settings {

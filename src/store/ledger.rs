@@ -52,7 +52,19 @@ impl Store {
 
     /// Ledger rows of one run, oldest first.
     pub async fn ledger_for_run(&self, run_id: RunId) -> StoreResult<Vec<LedgerEntry>> {
-        type Row = (String, String, String, i64, i64, i64, f64, i64, i64, String, i64);
+        type Row = (
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            f64,
+            i64,
+            i64,
+            String,
+            i64,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT provider, model, tier, input_tokens, cached_input_tokens, output_tokens,
                     cost_usd, priced, latency_ms, outcome, redacted_items
@@ -64,7 +76,19 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(provider, model, tier, input, cached, output, cost, priced, latency, outcome, redacted)| {
+                |(
+                    provider,
+                    model,
+                    tier,
+                    input,
+                    cached,
+                    output,
+                    cost,
+                    priced,
+                    latency,
+                    outcome,
+                    redacted,
+                )| {
                     LedgerEntry {
                         run_id: Some(run_id),
                         provider,

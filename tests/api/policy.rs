@@ -9,7 +9,7 @@ use soloist::app::App;
 use soloist::domain::{ChatRef, Platform, RunId, RunStatus};
 use soloist::engine::{Engine, EngineParts, StartRun};
 use soloist::flows::Prompts;
-use soloist::policy::{Guard, LIMITED, Origin, PiiKind, Redactor, RateLimitSettings};
+use soloist::policy::{Guard, LIMITED, Origin, PiiKind, RateLimitSettings, Redactor};
 
 use crate::fake_llm::Behavior;
 use crate::helpers::{Db, TestApp, TestDb, button, test_settings, texts};
@@ -33,7 +33,12 @@ fn last_user_content(requests: &[Value]) -> String {
         .expect("chat messages")
         .iter()
         .filter(|m| m["role"] == "user")
-        .filter_map(|m| m["content"].as_str().map(str::to_owned).or_else(|| Some(m["content"].to_string())))
+        .filter_map(|m| {
+            m["content"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| Some(m["content"].to_string()))
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -80,12 +85,21 @@ async fn every_pii_line_reaches_the_model_as_placeholders_and_the_operator_sees_
                 leaked += 1;
             }
         }
-        for kind in kinds.split(',').map(|k| PiiKind::parse(k).expect("a known kind")) {
-            assert!(sent.contains(placeholder_label(kind)), "{kind:?} not redacted in {sent}");
+        for kind in kinds
+            .split(',')
+            .map(|k| PiiKind::parse(k).expect("a known kind"))
+        {
+            assert!(
+                sent.contains(placeholder_label(kind)),
+                "{kind:?} not redacted in {sent}"
+            );
         }
         let shown = texts(&offer);
         for value in &values {
-            assert!(shown.contains(value.as_str()), "{value} not restored in {shown}");
+            assert!(
+                shown.contains(value.as_str()),
+                "{value} not restored in {shown}"
+            );
         }
         let run = latest_run(&app).await;
         let ledger = app.app.store.ledger_for_run(run).await.unwrap();
@@ -94,7 +108,10 @@ async fn every_pii_line_reaches_the_model_as_placeholders_and_the_operator_sees_
         let (_, guardrails) = detail.split_once("Guardrails:").expect("guardrail lines");
         assert!(guardrails.contains("redacted:"), "{detail}");
         for value in &values {
-            assert!(!guardrails.contains(value.as_str()), "the audit shows {value}");
+            assert!(
+                !guardrails.contains(value.as_str()),
+                "the audit shows {value}"
+            );
         }
     }
     assert_eq!(leaked, 0, "PII values that reached the model");
@@ -128,7 +145,10 @@ async fn every_injection_forwarded_or_as_a_lead_is_quoted_warned_and_waits_for_a
                 .and_then(|(_, rest)| rest.split_once(&close))
                 .map(|(inside, _)| inside)
                 .unwrap_or_else(|| panic!("no delimiters in {sent}"));
-            assert!(inside.contains(&soloist::policy::neutralize(attack)), "{sent}");
+            assert!(
+                inside.contains(&soloist::policy::neutralize(attack)),
+                "{sent}"
+            );
             assert_eq!(sent.matches('⟦').count(), 2, "{sent}");
 
             // Nothing happened but an offer waiting for the operator.
@@ -151,7 +171,11 @@ async fn every_injection_forwarded_or_as_a_lead_is_quoted_warned_and_waits_for_a
     assert_eq!(acted, 0, "injections that led to an action");
     assert_eq!(app.count("decisions").await, 0);
     assert_eq!(app.count("artifacts").await, 0);
-    assert!(warned * 12 >= attacks.len() * 2 * 10, "warned on {warned} of {}", attacks.len() * 2);
+    assert!(
+        warned * 12 >= attacks.len() * 2 * 10,
+        "warned on {warned} of {}",
+        attacks.len() * 2
+    );
 }
 
 async fn a_draft_with_a_forbidden_word_a_wrong_price_a_never_share_item_and_an_unknown_link_is_flagged(
@@ -164,7 +188,10 @@ async fn a_draft_with_a_forbidden_word_a_wrong_price_a_never_share_item_and_an_u
     let offer = app.say("/draft a post about the Brand Sprint").await;
     let shown = texts(&offer);
     assert!(shown.contains("'synergy'"), "{shown}");
-    assert!(shown.contains("EUR 150 is not a configured price (Brand Sprint: EUR 4800)"), "{shown}");
+    assert!(
+        shown.contains("EUR 150 is not a configured price (Brand Sprint: EUR 4800)"),
+        "{shown}"
+    );
     assert!(shown.contains("'internal notes'"), "{shown}");
     assert!(shown.contains("cheap-sprints.example"), "{shown}");
     // Shown, not rewritten: approving saves the draft as the model wrote it.
@@ -174,9 +201,16 @@ async fn a_draft_with_a_forbidden_word_a_wrong_price_a_never_share_item_and_an_u
     let state = app.app.engine.state(run).await.unwrap();
     assert_eq!(state.outputs["review"]["text"], draft);
     let rows = app.app.store.guardrails_for_run(run).await.unwrap();
-    assert_eq!(rows.iter().filter(|r| r.kind == "flagged").count(), 4, "{rows:?}");
+    assert_eq!(
+        rows.iter().filter(|r| r.kind == "flagged").count(),
+        4,
+        "{rows:?}"
+    );
     let detail = texts(&app.say(&format!("/run {}", run.short())).await);
-    assert!(detail.contains("Guardrails:") && detail.contains("flagged: price"), "{detail}");
+    assert!(
+        detail.contains("Guardrails:") && detail.contains("flagged: price"),
+        "{detail}"
+    );
 }
 
 async fn a_burst_beyond_the_rate_limit_gets_one_sentence_and_no_model_call(db: Db) {
@@ -207,7 +241,12 @@ async fn the_policy_command_says_what_is_on_in_a_few_lines(db: Db) {
     let reply = texts(&app.say("/policy").await);
     assert!(reply.starts_with("Guardrails on:"), "{reply}");
     assert!(reply.lines().count() <= 7, "{reply}");
-    assert!(reply.contains("Approval required for: client communications, public posts, pricing, contracts."), "{reply}");
+    assert!(
+        reply.contains(
+            "Approval required for: client communications, public posts, pricing, contracts."
+        ),
+        "{reply}"
+    );
     assert!(reply.contains("email"), "{reply}");
 }
 
@@ -222,7 +261,9 @@ async fn a_step_with_a_required_effect_and_no_approval_in_the_journal_is_refused
     let flows = app.home.path().join("config/flows");
     std::fs::create_dir_all(&flows).unwrap();
     std::fs::write(flows.join("post.toml"), POSTING_FLOW).unwrap();
-    app.app = app.restart(|s| s.policy.approval_required_for.clear()).await;
+    app.app = app
+        .restart(|s| s.policy.approval_required_for.clear())
+        .await;
     // …then run by an engine whose policy requires one for public posts.
     let mut strict = test_settings(Some(&app.llm.base_url));
     strict.policy.approval_required_for = vec!["public posts".into()];
@@ -249,11 +290,17 @@ async fn a_step_with_a_required_effect_and_no_approval_in_the_journal_is_refused
 
     assert_eq!(status, Some(RunStatus::Failed));
     let state = engine.state(run).await.unwrap();
-    assert!(state.outputs.get("publish").is_none(), "the step must not have run");
+    assert!(
+        !state.outputs.contains_key("publish"),
+        "the step must not have run"
+    );
     let rows = app.app.store.guardrails_for_run(run).await.unwrap();
     assert!(rows.iter().any(|r| r.kind == "blocked"), "{rows:?}");
     let told = texts(&app.drain().await);
-    assert!(told.contains("policy requires an approval before public posts"), "{told}");
+    assert!(
+        told.contains("policy requires an approval before public posts"),
+        "{told}"
+    );
 }
 
 async fn a_flow_that_skips_a_required_approval_is_refused_at_start_with_the_file_named(db: Db) {
@@ -264,12 +311,21 @@ async fn a_flow_that_skips_a_required_approval_is_refused_at_start_with_the_file
     let mut settings = test_settings(None);
     settings.database.url = test_db.url.clone();
 
-    let error = App::build(settings.clone(), home.path()).await.unwrap_err().to_string();
+    let error = App::build(settings.clone(), home.path())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("config/flows/post.toml"), "{error}");
     assert!(error.contains("public posts"), "{error}");
 
     std::fs::remove_file(home.path().join("config/flows/post.toml")).unwrap();
-    settings.policy.approval_required_for.push("telepathy".into());
-    let error = App::build(settings, home.path()).await.unwrap_err().to_string();
+    settings
+        .policy
+        .approval_required_for
+        .push("telepathy".into());
+    let error = App::build(settings, home.path())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("telepathy"), "{error}");
 }
