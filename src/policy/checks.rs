@@ -355,6 +355,11 @@ mod tests {
             .map(|d| (d, rules.check(d)))
             .filter(|(_, f)| !f.is_empty())
             .collect();
+        println!(
+            "draft checks: {} of {} clean drafts flagged",
+            flagged.len(),
+            drafts.len()
+        );
         assert!(flagged.len() <= 1, "false positives: {flagged:#?}");
     }
 }

@@ -109,6 +109,11 @@ mod tests {
         let attacks = lines("adversarial/prompt_injection.txt");
         assert_eq!(attacks.len(), 12);
         let missed: Vec<_> = attacks.iter().filter(|a| !detect(a).fired()).collect();
+        println!(
+            "detector: {} of {} project injections",
+            attacks.len() - missed.len(),
+            attacks.len()
+        );
         assert!(missed.len() <= 2, "missed: {missed:#?}");
     }
 
@@ -118,6 +123,11 @@ mod tests {
             return;
         };
         let missed: Vec<_> = attacks.iter().filter(|a| !detect(a).fired()).collect();
+        println!(
+            "detector: {} of {} shared injections",
+            attacks.len() - missed.len(),
+            attacks.len()
+        );
         assert!(missed.len() <= 2, "missed: {missed:#?}");
     }
 
@@ -130,6 +140,11 @@ mod tests {
             .map(|c| (c, detect(c)))
             .filter(|(_, s)| s.fired())
             .collect();
+        println!(
+            "detector: {} of {} clean messages",
+            flagged.len(),
+            clean.len()
+        );
         assert!(flagged.len() <= 1, "false positives: {flagged:#?}");
     }
 
