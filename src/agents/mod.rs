@@ -322,6 +322,16 @@ impl Agents {
         (redacted, redaction)
     }
 
+    /// POLICY: `text` with the placeholders that redacting `system` and
+    /// `prompt` hands out put back (for batch answers, which come back
+    /// after the call's own placeholders are gone).
+    pub fn restore_redacted(&self, system: &str, prompt: &str, text: &str) -> String {
+        let mut redaction = self.inner.redactor.redaction();
+        let _ = redaction.redact(system);
+        let _ = redaction.redact(prompt);
+        redaction.restore(text)
+    }
+
     async fn complete_redacted(&self, call: &ModelCall) -> Result<Completion, ModelError> {
         if !self.is_configured() {
             return Err(ModelError::NotConfigured);
