@@ -30,8 +30,8 @@ mod helpers;
 
 use std::time::Duration;
 
-use soloist::adapters::platform_services;
 use soloist::config::{Secret, Settings};
+use soloist::runtime::platform_services;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

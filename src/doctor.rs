@@ -141,6 +141,11 @@ async fn check_database(settings: &Settings, home: &Path) -> Finding {
             "run `soloist migrate`".into(),
         ),
     };
+    // Delivery trouble is the database's news too (the outbox is a table).
+    let finding = match (&finding, crate::outbox::trouble(&store).await) {
+        (Finding::Ok(_), Ok(Some(problem))) => Finding::Problem(problem, "see the log lines \"has not been delivered\" for the cause (network, token, a blocked bot)".into()),
+        _ => finding,
+    };
     store.close().await;
     finding
 }
@@ -253,14 +258,5 @@ async fn check_provider(name: &str, provider: &ProviderSettings) -> Finding {
     }
 }
 
-/// An error with its causes, on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// Written once, in the front door; kept here under its old name.
+pub use crate::frontdoor::error_chain;

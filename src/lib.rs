@@ -8,12 +8,17 @@
 //!
 //! The path of one message, left to right:
 //!
-//! - [`adapters`]: platform types end here. `console` is the terminal;
-//!   `telegram` polls (or takes a webhook), records updates, answers buttons
-//!   and delivers the outbox within Telegram's limits.
-//!   `discord` takes slash commands, presses and mentions through the
-//!   gateway (serenity) and delivers the outbox over REST.
-//! - [`controller`]: who is speaking, which command or button, which flow.
+//! - [`adapters`]: platform types end here: parsing, rendering, the
+//!   platform's API client and its limits. `console` is the terminal;
+//!   `telegram` polls (or takes a webhook) and delivers the outbox within
+//!   Telegram's limits; `discord` takes slash commands, presses and mentions
+//!   through the gateway (serenity) and delivers the outbox over REST.
+//! - [`frontdoor`]: the same way in for every platform: record the update,
+//!   queue it in its chat's lane (in order per chat, chats in parallel,
+//!   bounded), hand it to the controller (retried, a failure never
+//!   dropped), wake delivery.
+//! - [`controller`]: who is speaking and where (`controller::access`),
+//!   which command or button, which flow.
 //! - [`engine`]: durable runs: claim, execute a step, journal, suspend for
 //!   approval or input, resume after a crash, replay.
 //! - [`flows`]: flows as data (`config/flows/*.toml`) and prompt templates
@@ -23,9 +28,14 @@
 //!   text from others, injection detection, PII redaction before model
 //!   calls, draft checks (never-share, secrets, links, brand, prices),
 //!   effects that need an approval, rate limits; audited per run.
-//! - [`outbox`]: delivers queued messages to a platform, in order, within
-//!   its rate limits, once.
-//! - [`runtime`]: `soloist run`: the worker and the platforms until shutdown.
+//! - [`outbox`]: delivers queued messages to a platform: rows claimed with
+//!   a lease, in order per chat, fair across chats, within the platform's
+//!   rate limits, retried until delivered, marked once. Started once for
+//!   every platform by [`outbox::start`].
+//! - [`retry_after`]: every server's "retry after", read with a cap.
+//! - [`runtime`]: `soloist run`: the worker and the platforms until
+//!   shutdown; a service that stops on its own stops the process with an
+//!   error.
 //! - [`store`]: PostgreSQL or SQLite, one set of queries for both.
 //! - [`domain`]: `Inbound`, `Outbound`, buttons, ids, run events; no I/O.
 //! - [`config`]: layered typed settings with secrets that never print.
@@ -41,7 +51,9 @@ pub mod doctor;
 pub mod domain;
 pub mod engine;
 pub mod flows;
+pub mod frontdoor;
 pub mod outbox;
 pub mod policy;
+pub mod retry_after;
 pub mod runtime;
 pub mod store;

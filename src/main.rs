@@ -127,7 +127,7 @@ async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<Exit
 async fn serve(settings: Settings, home: &std::path::Path) -> anyhow::Result<ExitCode> {
     let app = App::build(settings, home).await?;
     let shutdown = soloist::runtime::shutdown_on_signal();
-    let platforms = soloist::adapters::platform_services(&app, &shutdown);
+    let platforms = soloist::runtime::platform_services(&app, &shutdown);
     soloist::runtime::run(app.clone(), platforms, shutdown).await?;
     app.store.close().await;
     Ok(ExitCode::SUCCESS)

@@ -7,7 +7,9 @@
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::controller::Controller;
-use crate::domain::{Button, ChatRef, Inbound, InboundContent, Outbound, Platform};
+use crate::domain::{
+    Button, ChatKind, ChatRef, Inbound, InboundContent, Origin, Outbound, Platform,
+};
 use crate::store::StoreError;
 
 /// The terminal's one conversation.
@@ -81,6 +83,8 @@ impl<W: AsyncWrite + Unpin> Console<W> {
             user_name: self.user_name.clone(),
             message_id: None,
             content: self.interpret(line),
+            chat_kind: ChatKind::Private,
+            origin: Origin::Typed,
         };
         if let Err(error) = self.controller.handle(&inbound).await {
             tracing::error!(error = ?error, "handling a console line failed");

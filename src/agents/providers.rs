@@ -163,19 +163,32 @@ fn classify(error: rig_core::error::ProviderError) -> CallError {
     }
 }
 
-/// `retry-after` in seconds (the HTTP-date form is rare from model APIs and
-/// is treated as absent).
+/// `retry-after` in seconds, capped (see [`crate::retry_after`]).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get("retry-after")?.to_str().ok()?;
-    value
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    crate::retry_after::parse(headers.get("retry-after")?.to_str().ok()?)
 }
 
 /// The first line of a provider's message, short enough for a chat message.
 fn excerpt(body: &str) -> String {
     crate::domain::clip(body.lines().next().unwrap_or_default().trim(), 160)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> reqwest::header::HeaderMap {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("retry-after", value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_hostile_provider_retry_after_is_capped_not_a_panic() {
+        assert_eq!(retry_after(&headers("1e20")), Some(crate::retry_after::MAX));
+        assert_eq!(retry_after(&headers("inf")), Some(crate::retry_after::MAX));
+        assert_eq!(retry_after(&headers("NaN")), None);
+        assert_eq!(retry_after(&headers("-1")), None);
+        assert_eq!(retry_after(&headers("3")), Some(Duration::from_secs(3)));
+    }
 }

@@ -202,6 +202,14 @@ pub struct TelegramSettings {
     /// Who may drive flows and press buttons (owner first).
     #[serde(deserialize_with = "string_list")]
     pub allowed_user_ids: Vec<String>,
+    /// Group chats the bot works in; private chats with allowed users
+    /// always count, any other group is ignored.
+    #[serde(default, deserialize_with = "string_list")]
+    pub allowed_chat_ids: Vec<String>,
+    /// Hours a received update's raw payload is kept (for a restart to
+    /// handle what was not finished); after that only its audit row stays.
+    #[serde(default = "default_keep_payload_hours")]
+    pub keep_payload_hours: u32,
     /// Telegram's delivery limits (1 message/s per chat, 30/s in all, 20 a
     /// minute per group). Off only for benchmarks against a fake server.
     pub rate_limits: bool,
@@ -234,11 +242,23 @@ pub struct DiscordSettings {
     pub api_url: String,
     #[serde(deserialize_with = "string_list")]
     pub allowed_user_ids: Vec<String>,
+    /// Guild channels the bot works in; DMs with allowed users always
+    /// count, any other channel is ignored.
+    #[serde(default, deserialize_with = "string_list")]
+    pub allowed_channel_ids: Vec<String>,
+    /// Hours a received event's raw payload is kept (see the Telegram
+    /// setting of the same name).
+    #[serde(default = "default_keep_payload_hours")]
+    pub keep_payload_hours: u32,
     /// Register slash commands in this guild only (instant); empty: global.
     pub guild_id: String,
     /// Discord's delivery limits (5 messages per 5 s per channel, 50
     /// requests/s). Off only for benchmarks against a fake server.
     pub rate_limits: bool,
+}
+
+fn default_keep_payload_hours() -> u32 {
+    24
 }
 
 /// A list (of user ids, of models), from a TOML array (`[111, "222"]`) or
@@ -415,6 +435,19 @@ mod tests {
         let settings = Settings::load(&options).unwrap();
         assert_eq!(settings.telegram.allowed_user_ids, ["111", "222"]);
         assert_eq!(settings.discord.allowed_user_ids, ["333", "444"]);
+    }
+
+    #[test]
+    fn group_chats_and_guild_channels_are_closed_unless_listed() {
+        let closed = Settings::load(&LoadOptions::default()).unwrap();
+        assert!(closed.telegram.allowed_chat_ids.is_empty());
+        assert!(closed.discord.allowed_channel_ids.is_empty());
+        let (_dir, options) = options_with_file(
+            "[telegram]\nallowed_chat_ids = [-100123]\n[discord]\nallowed_channel_ids = \"77, 78\"\n",
+        );
+        let listed = Settings::load(&options).unwrap();
+        assert_eq!(listed.telegram.allowed_chat_ids, ["-100123"]);
+        assert_eq!(listed.discord.allowed_channel_ids, ["77", "78"]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! transaction that marks the update handled, so a redelivered update is
 //! neither lost nor answered twice.
 
+pub mod access;
 mod cost;
 mod policy_hooks;
 mod routing;
@@ -16,8 +17,8 @@ use std::time::Duration;
 
 use crate::agents::HOW_TO_CONFIGURE;
 use crate::domain::{
-    Action, ApprovalRole, ButtonToken, Decision, Inbound, InboundContent, Outbound, Platform,
-    RunId, action_buttons, clip,
+    Action, ApprovalRole, ButtonToken, Decision, Inbound, InboundContent, Outbound, RunId,
+    action_buttons, clip,
 };
 use crate::engine::{Engine, EngineError, StartRun};
 use crate::store::{ActionLookup, DecideError, InboundRecord, RunRow, StoreError};
@@ -48,8 +49,7 @@ impl ControllerError {
     }
 }
 
-/// The one sentence someone not allowed gets.
-pub const REFUSED: &str = "Sorry, this bot works only for its owner.";
+pub use access::REFUSED;
 
 /// The answer to a press on a decided, unknown or forged button.
 pub const NOT_OPEN: &str = "This approval is no longer open.";
@@ -230,23 +230,26 @@ impl Controller {
             _ => inbound,
         };
         let store = self.engine.store();
+        let access = access::decide(self.engine.settings(), inbound);
+        let inbound = &access::keepable(access, inbound);
         if store.record_inbound(inbound).await? == InboundRecord::Duplicate {
             tracing::debug!("duplicate update dropped");
             return Ok(Outcome::Duplicate);
         }
-        let handled = if self.is_allowed(inbound) {
+        let mut handled = if access == access::Access::Allowed {
             self.route(&self.as_known_speaker(inbound)).await?
         } else {
+            let detail = access::audit_detail(access, inbound);
             store
-                .audit(
-                    inbound.chat.platform,
-                    &inbound.user_id,
-                    "refused",
-                    "not an allowed user",
-                )
+                .audit(inbound.chat.platform, &inbound.user_id, "refused", &detail)
                 .await?;
-            Handled::private(inbound, REFUSED).with_outcome(Outcome::Refused)
+            Handled {
+                replies: access::refusal(access, inbound).into_iter().collect(),
+                drive: None,
+                outcome: Outcome::Refused,
+            }
         };
+        access::mark_answers(inbound, &mut handled.replies);
         store.finish_inbound(inbound, &handled.replies).await?;
         if let Some(run) = handled.drive {
             self.engine.drive(run).await?;
@@ -257,19 +260,7 @@ impl Controller {
     /// The terminal belongs to the owner; on chat platforms only the
     /// owner's account and the configured user ids may act.
     pub fn is_allowed(&self, inbound: &Inbound) -> bool {
-        let settings = self.engine.settings();
-        if settings
-            .owner
-            .is_owner(inbound.chat.platform, &inbound.user_id)
-        {
-            return true;
-        }
-        let allowed = match inbound.chat.platform {
-            Platform::Console => return true,
-            Platform::Telegram => &settings.telegram.allowed_user_ids,
-            Platform::Discord => &settings.discord.allowed_user_ids,
-        };
-        allowed.contains(&inbound.user_id)
+        access::decide(self.engine.settings(), inbound) == access::Access::Allowed
     }
 
     /// The update with the speaker's one name: the owner is `business.owner`
@@ -476,6 +467,13 @@ impl Controller {
         inbound: &Inbound,
         command: Command,
     ) -> Result<Handled, ControllerError> {
+        let report = matches!(
+            command,
+            Command::Runs | Command::Run(_) | Command::Approvals | Command::Cost
+        );
+        if let Some(refusal) = access::report_refusal(inbound, report) {
+            return Ok(Handled::private(inbound, refusal));
+        }
         match command {
             Command::Help => Ok(Handled::reply(help_text())),
             Command::Draft(request) => self.draft(inbound, request).await,

@@ -10,6 +10,7 @@ mod budget;
 mod guardrails;
 mod ledger;
 mod messages;
+mod outbox;
 mod runs;
 mod updates;
 
@@ -18,9 +19,10 @@ pub use batch::{BatchItem, BatchOutcome, NewBatchItem};
 pub use budget::{ActionLookup, BudgetRefusal, Caps, PeriodStatus, Reservation};
 pub use guardrails::GuardrailEvent;
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
-pub use messages::{InboundRecord, OutboxMessage};
+pub use messages::InboundRecord;
+pub use outbox::{Claim, OutboxMessage, OutboxTrouble, Settlement};
 pub use runs::{ClaimedRun, NewArtifact, NewRun, RunRow, Transition};
-pub use updates::RecordedUpdate;
+pub use updates::{PendingInteraction, RecordedUpdate};
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -193,6 +195,16 @@ fn migrator(backend: Backend) -> Migrator {
                 include_str!("../../migrations/postgres/0002_platform_updates.sql"),
             ),
             (
+                3,
+                "front door",
+                include_str!("../../migrations/postgres/0003_front_door.sql"),
+            ),
+            (
+                5,
+                "outbox claims",
+                include_str!("../../migrations/postgres/0005_outbox_claims.sql"),
+            ),
+            (
                 9,
                 "guardrails",
                 include_str!("../../migrations/postgres/0009_guardrails.sql"),
@@ -208,6 +220,16 @@ fn migrator(backend: Backend) -> Migrator {
                 2,
                 "platform updates",
                 include_str!("../../migrations/sqlite/0002_platform_updates.sql"),
+            ),
+            (
+                3,
+                "front door",
+                include_str!("../../migrations/sqlite/0003_front_door.sql"),
+            ),
+            (
+                5,
+                "outbox claims",
+                include_str!("../../migrations/sqlite/0005_outbox_claims.sql"),
             ),
             (
                 9,

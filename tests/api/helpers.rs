@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use soloist::app::App;
 use soloist::config::{LoadOptions, Secret, Settings};
-use soloist::domain::{Button, ChatRef, Inbound, InboundContent, Outbound, Platform};
+use soloist::domain::{
+    Button, ChatKind, ChatRef, Inbound, InboundContent, Origin, Outbound, Platform,
+};
 use soloist::store::Store;
 
 use crate::fake_llm::FakeLlm;
@@ -180,6 +182,8 @@ impl TestApp {
             user_name: "Maya".into(),
             message_id: None,
             content,
+            chat_kind: ChatKind::Private,
+            origin: Origin::Typed,
         }
     }
 
