@@ -390,6 +390,16 @@ impl Controller {
                 "I act on commands until a model is configured: try /draft followed by what you need, or /help.",
             ));
         }
+        // POLICY HOOK: forwarded text never picks a flow (the router would
+        // read it): it becomes the request of the draft flow, quoted as data.
+        if !crate::policy::origin_of(inbound).is_trusted() {
+            if let Some(limited) =
+                policy_hooks::limited(&self.engine, inbound, Some("draft")).await?
+            {
+                return Ok(limited);
+            }
+            return self.start_flow(inbound, "draft", text.to_string()).await;
+        }
         // POLICY HOOK: a burst beyond the limits gets one sentence, no model call.
         if let Some(limited) = policy_hooks::limited(&self.engine, inbound, None).await? {
             return Ok(limited);

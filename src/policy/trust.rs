@@ -79,11 +79,13 @@ impl FromStr for Origin {
     }
 }
 
-/// The origin of an inbound message's text. POLICY HOOK: today `Inbound`
-/// carries no forward marker, so everything an allowed user sends is
-/// typed by them; when the front door's forward origin lands, map it here.
-pub fn origin_of(_inbound: &Inbound) -> Origin {
-    Origin::Operator
+/// The origin of an inbound message's text: what the allowed person typed
+/// is theirs; what they forwarded is someone else's.
+pub fn origin_of(inbound: &Inbound) -> Origin {
+    match inbound.origin {
+        crate::domain::Origin::Typed => Origin::Operator,
+        crate::domain::Origin::Forwarded { .. } => Origin::Forwarded,
+    }
 }
 
 /// The delimiters untrusted text is quoted between. Their brackets are
