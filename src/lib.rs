@@ -18,12 +18,19 @@
 //!   bounded), hand it to the controller (retried, a failure never
 //!   dropped), wake delivery.
 //! - [`controller`]: who is speaking and where (`controller::access`),
-//!   which command or button, which flow.
-//! - [`engine`]: durable runs: claim, execute a step, journal, suspend for
-//!   approval or input, resume after a crash, replay.
+//!   which command or button, which flow. `commands` holds the one command
+//!   table (parsing, `/help`, the platforms' menus and the router's intents
+//!   come from it), `buttons` the presses, `reports` the read-only reports,
+//!   `routing` free text.
+//! - [`engine`]: durable runs and every run transition: claim (a fenced
+//!   lease per claim, renewed by a heartbeat while a step runs), execute a
+//!   step, commit it, decide, take input, retry, cancel
+//!   (`engine::transitions`), resume after a crash, replay.
 //! - [`flows`]: flows as data (`config/flows/*.toml`) and prompt templates
 //!   (`prompts/*.md`).
-//! - [`agents`]: model calls through rig-core, with the cost ledger.
+//! - [`agents`]: model calls through rig-core: the fallback chain and
+//!   retries (`router`), the budget gate and its reservations (`budget`),
+//!   the cost ledger (`ledger`), batches (`batch`).
 //! - [`policy`]: guardrails on by default: trust levels and quoting of
 //!   text from others, injection detection, PII redaction before model
 //!   calls, draft checks (never-share, secrets, links, brand, prices),
@@ -36,9 +43,11 @@
 //! - [`runtime`]: `soloist run`: the worker and the platforms until
 //!   shutdown; a service that stops on its own stops the process with an
 //!   error.
-//! - [`store`]: PostgreSQL or SQLite, one set of queries for both.
+//! - [`store`]: PostgreSQL or SQLite, one set of queries for both; tables
+//!   and transactions ([`store::Tx`]), not the run state machine.
 //! - [`domain`]: `Inbound`, `Outbound`, buttons, ids, run events; no I/O.
-//! - [`config`]: layered typed settings with secrets that never print.
+//! - [`config`]: layered typed settings with secrets that never print, and
+//!   redaction of URLs that may carry credentials.
 //! - [`app`]: wiring: builds the pieces from settings.
 //! - [`doctor`]: `soloist doctor`'s checks.
 

@@ -116,7 +116,8 @@ async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<Exit
         app.controller.clone(),
         tokio::io::stdout(),
         app.settings.business.owner.clone(),
-    );
+    )
+    .echo_input(!std::io::IsTerminal::is_terminal(&std::io::stdin()));
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
     console.run(stdin, &banner).await?;
     batches.cancel();

@@ -121,7 +121,8 @@ fn release_free_memory() {
 }
 
 /// Sends non-urgent calls in batches when due, collects batches that came
-/// back and drives their runs on, every `models.batch.poll_secs`.
+/// back and drives their runs on, and sweeps abandoned budget reservations,
+/// every `models.batch.poll_secs`.
 pub async fn batches(app: App, shutdown: CancellationToken) -> Result<(), String> {
     let batcher = app.engine.agents().batcher();
     loop {
@@ -134,6 +135,11 @@ pub async fn batches(app: App, shutdown: CancellationToken) -> Result<(), String
                 }
             }
             Err(error) => tracing::warn!(error = %error, "batch round failed; will try again"),
+        }
+        // Reservations a crashed process left behind (the schedules issue
+        // may give this its own schedule).
+        if let Err(error) = app.engine.agents().sweep_reservations().await {
+            tracing::warn!(error = ?error, "sweeping reservations failed; will try again");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

@@ -26,6 +26,8 @@ pub struct Prompt<'a> {
     pub prompt: &'a str,
     pub max_tokens: u64,
     pub temperature: Option<f64>,
+    /// Structured output: the JSON schema the reply must follow.
+    pub reply_schema: Option<&'a serde_json::Value>,
 }
 
 /// What the provider answered, with its own token counts.
@@ -115,7 +117,12 @@ impl Provider {
         let request = CompletionRequest::new(prompt.prompt.to_string())
             .preamble(prompt.system.to_string())
             .max_tokens(prompt.max_tokens)
-            .temperature(prompt.temperature);
+            .temperature(prompt.temperature)
+            .output_schema(
+                prompt
+                    .reply_schema
+                    .and_then(|schema| rig_core::schemars::Schema::try_from(schema.clone()).ok()),
+            );
         // rig 0.44's `.completion()` speaks OpenAI's newer /responses
         // endpoint, which Ollama, vLLM and OpenRouter do not: use Chat.
         let sent = async {
@@ -168,9 +175,13 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     crate::retry_after::parse(headers.get("retry-after")?.to_str().ok()?)
 }
 
-/// The first line of a provider's message, short enough for a chat message.
+/// The first line of a provider's message, short enough for a chat message,
+/// with any URL in it redacted: reqwest's errors quote the request URL, and
+/// a self-hosted endpoint's URL can carry credentials. This text reaches the
+/// chat and the run's journal.
 fn excerpt(body: &str) -> String {
-    crate::domain::clip(body.lines().next().unwrap_or_default().trim(), 160)
+    let line = crate::config::redact_urls_in(body.lines().next().unwrap_or_default().trim());
+    crate::domain::clip(&line, 160)
 }
 
 #[cfg(test)]

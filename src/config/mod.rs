@@ -7,6 +7,9 @@
 //! log or an error cannot leak them.
 
 mod models;
+mod redact;
+
+pub use redact::{redact_url, redact_urls_in};
 
 pub use models::{
     BatchSettings, LabelPolicy, ModelRef, ModelsSettings, OnBudget, Price, ProviderKind,
@@ -158,14 +161,17 @@ pub struct Policy {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
-    /// Empty: SQLite at `<home>/data/soloist.db`.
-    pub url: String,
+    /// Empty: SQLite at `<home>/data/soloist.db`. A secret: a PostgreSQL
+    /// URL carries its password (`user:pass@` or `?password=`).
+    pub url: Secret,
     pub max_connections: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct EngineSettings {
     pub lease_secs: f64,
+    /// How often a worker renews the lease of the run it executes.
+    pub heartbeat_secs: f64,
     pub max_input_chars: usize,
 }
 
@@ -358,14 +364,15 @@ impl Settings {
     }
 
     /// The database URL to use: the configured one, or the embedded SQLite
-    /// file under `home`.
+    /// file under `home`. Pass it to the driver only; show it through
+    /// [`redact_url`].
     pub fn database_url(&self, home: &Path) -> String {
-        match self.database.url.trim() {
-            "" => format!(
+        match self.database.url.expose() {
+            None => format!(
                 "sqlite://{}?mode=rwc",
                 home.join("data/soloist.db").display()
             ),
-            url => url.to_string(),
+            Some(url) => url.trim().to_string(),
         }
     }
 }
@@ -491,6 +498,19 @@ mod tests {
         assert!(!owner.is_owner(Platform::Console, "111"));
         let unset = Settings::load(&LoadOptions::default()).unwrap().owner;
         assert!(!unset.is_owner(Platform::Discord, ""));
+    }
+
+    #[test]
+    fn the_database_url_is_a_secret_that_never_prints() {
+        let (_dir, options) =
+            options_with_file("[database]\nurl = \"postgres://maya:hunter2secret@db/soloist\"\n");
+        let settings = Settings::load(&options).unwrap();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2secret"), "{printed}");
+        assert_eq!(
+            settings.database_url(Path::new(".")),
+            "postgres://maya:hunter2secret@db/soloist"
+        );
     }
 
     #[test]

@@ -123,16 +123,6 @@ pub fn report_refusal(inbound: &Inbound, is_report: bool) -> Option<&'static str
     (is_report && inbound.chat_kind != ChatKind::Private).then_some(REPORT_PRIVATE)
 }
 
-/// Marks `replies` as answering `inbound` (see [`Outbound::answers`]), so
-/// a platform fills only that update's pending response with them.
-pub fn mark_answers(inbound: &Inbound, replies: &mut [Outbound]) {
-    for reply in replies {
-        reply
-            .answers
-            .get_or_insert_with(|| inbound.update_key.clone());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,10 @@
-//! POLICY HOOKS in the controller: rate limits before work starts, and the
-//! guardrail lines of `/run ID`. The rules live in `crate::policy`.
+//! POLICY HOOKS in the controller: rate limits before work starts, the
+//! guardrail lines of `/run ID`, and the `/policy` command's handler. The
+//! rules live in `crate::policy`.
 
 use std::fmt::Write;
 
-use super::Handled;
+use super::{Controller, ControllerError, Handled};
 use crate::domain::{Inbound, RunId};
 use crate::engine::Engine;
 use crate::policy::{LIMITED, Limited};
@@ -58,4 +59,15 @@ pub(super) async fn run_lines(engine: &Engine, run: RunId) -> Result<String, Sto
         let _ = write!(text, "\n- {}: {}", event.kind, event.detail);
     }
     Ok(text)
+}
+
+impl Controller {
+    /// `/policy`: what the guardrails check, in a few lines.
+    pub(super) async fn policy(
+        &self,
+        _inbound: &Inbound,
+        _args: &str,
+    ) -> Result<Handled, ControllerError> {
+        Ok(Handled::reply(self.engine.guard().summary()))
+    }
 }

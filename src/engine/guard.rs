@@ -5,11 +5,12 @@
 use super::Engine;
 use super::state::RunState;
 use super::steps::failed;
+use super::transitions::Transition;
 use crate::domain::RunId;
 use crate::engine::{EngineError, StartRun};
 use crate::flows::StepDef;
 use crate::policy::{Origin, effects};
-use crate::store::{RunRow, Transition};
+use crate::store::RunRow;
 
 impl Engine {
     /// Starts a run whose request came from `origin`; text that is not

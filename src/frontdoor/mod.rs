@@ -274,10 +274,13 @@ impl<S: Side> Worker<S> {
                     "{} (I tried {attempts} times and have set this message aside.)",
                     error.user_message()
                 );
-                self.side.tell(&arrival, &text).await;
-                store
+                // Recorded as failed before the sender hears of it, so what
+                // they are told is already true.
+                let marked = store
                     .mark_update_failed(platform, arrival.update_id, attempts)
-                    .await
+                    .await;
+                self.side.tell(&arrival, &text).await;
+                marked
             }
         };
         if let Err(error) = marked {

@@ -6,7 +6,7 @@ pub fn utf16_len(text: &str) -> usize {
     text.chars().map(char::len_utf16).sum()
 }
 
-/// An error with its causes, on one line (for the log; the operator gets
+/// An error with its causes, on one line, with any URL in it redacted (for the log; the operator gets
 /// a sentence).
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -16,7 +16,9 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    text
+    // Drivers and HTTP clients quote the URL they failed on, which may
+    // carry credentials.
+    crate::config::redact_urls_in(&text)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use sqlx::{Any, Transaction};
 
-use super::runs::to_json;
+use super::to_json;
 use super::{Store, StoreResult, now_ms};
 use crate::domain::{ApprovalRole, ChatRef, Inbound, InboundContent, Outbound, Platform, RunId};
 
@@ -66,22 +66,7 @@ impl Store {
     /// a crash before this point re-handles the update, after it never.
     pub async fn finish_inbound(&self, inbound: &Inbound, replies: &[Outbound]) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        let finished = sqlx::query(
-            "UPDATE inbound_updates SET processed_at = $1
-             WHERE platform = $2 AND update_key = $3 AND processed_at IS NULL",
-        )
-        .bind(now_ms())
-        .bind(inbound.chat.platform.as_str())
-        .bind(&inbound.update_key)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if finished {
-            for reply in replies {
-                enqueue_in(&mut tx, &inbound.chat, None, reply).await?;
-            }
-        }
+        finish_inbound_in(&mut tx, inbound, replies).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -114,6 +99,38 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Marks the update handled and queues its replies; false (queuing
+/// nothing) when it was handled before.
+pub(super) async fn finish_inbound_in(
+    tx: &mut Transaction<'_, Any>,
+    inbound: &Inbound,
+    replies: &[Outbound],
+) -> StoreResult<bool> {
+    let finished = sqlx::query(
+        "UPDATE inbound_updates SET processed_at = $1
+         WHERE platform = $2 AND update_key = $3 AND processed_at IS NULL",
+    )
+    .bind(now_ms())
+    .bind(inbound.chat.platform.as_str())
+    .bind(&inbound.update_key)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if finished {
+        for reply in replies {
+            // A reply answers the update it is queued with, so a platform
+            // fills only that update's pending response with it.
+            let mut reply = reply.clone();
+            reply
+                .answers
+                .get_or_insert_with(|| inbound.update_key.clone());
+            enqueue_in(tx, &inbound.chat, None, &reply).await?;
+        }
+    }
+    Ok(finished)
 }
 
 pub(super) async fn enqueue_in(

@@ -1,6 +1,8 @@
 //! Non-urgent steps go out in a batch at the batch price; the run waits,
 //! then goes on when the batch comes back, and the ledger shows the saving.
 
+use std::time::Duration;
+
 use soloist::domain::RunStatus;
 
 use crate::fake_llm::DEFAULT_DRAFT;
@@ -11,6 +13,7 @@ on_both_backends!(
     a_non_urgent_step_waits_for_the_batch_and_costs_half,
     nothing_is_sent_before_the_batch_is_due,
     a_batched_draft_is_queued_without_personal_data_and_offered_with_it,
+    a_crash_between_creating_a_batch_and_marking_it_adopts_the_batch_instead_of_paying_twice,
 );
 
 /// A flow like `draft`, but its model step may wait for a batch.
@@ -55,6 +58,12 @@ async fn a_non_urgent_step_waits_for_the_batch_and_costs_half(db: Db) {
     let run = app.app.store.recent_runs(1).await.unwrap().remove(0);
     assert_eq!(run.status, RunStatus::WaitingBatch);
     assert_eq!(app.llm.calls(), 1, "only the routing call went out");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = app.app.engine.agents().budget().status().await.unwrap().0;
+    assert!(
+        held.reserved_usd > 0.0,
+        "the committed item holds its reservation: {held:?}"
+    );
 
     let batcher = app.app.engine.agents().batcher();
     let woken = batcher.tick(true).await.unwrap();
@@ -147,4 +156,54 @@ async fn a_batched_draft_is_queued_without_personal_data_and_offered_with_it(db:
         offered.contains("Dear ana.lopes@vinho.example, I will call +34 612 345 678."),
         "{offered}"
     );
+}
+
+async fn a_crash_between_creating_a_batch_and_marking_it_adopts_the_batch_instead_of_paying_twice(
+    db: Db,
+) {
+    let app = spawn(db).await;
+    app.llm.then(crate::fake_llm::Behavior::reply(
+        "{\"intent\": \"weekly\", \"confidence\": 0.9}",
+    ));
+    app.say("draft this week's newsletter").await;
+    let run = app.app.store.recent_runs(1).await.unwrap().remove(0);
+    // The provider creates the batch but its answer is slow; the process
+    // dies before it hears back (its batcher task is dropped mid-request).
+    app.llm.delay_next_batch_reply(Duration::from_secs(30));
+    let batcher = app.app.engine.agents().batcher();
+    let crashed = tokio::spawn(async move { batcher.tick(true).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.llm.batches_created() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no batch was created");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    crashed.abort();
+    let _ = crashed.await;
+
+    let restarted = app.restart(|_| {}).await;
+    let woken = restarted
+        .engine
+        .agents()
+        .batcher()
+        .tick(true)
+        .await
+        .unwrap();
+
+    assert_eq!(app.llm.batches_created(), 1, "{:?}", app.llm.batch_calls());
+    assert_eq!(woken, vec![run.id], "the adopted batch came back");
+    restarted.engine.drive(run.id).await.unwrap();
+    assert_eq!(
+        restarted.store.run(run.id).await.unwrap().unwrap().status,
+        RunStatus::WaitingApproval
+    );
+    let ledger = restarted.store.ledger_for_run(run.id).await.unwrap();
+    assert_eq!(ledger.len(), 1, "paid once: {ledger:?}");
+    let budget = restarted.engine.agents().budget().status().await.unwrap().0;
+    let routing = (321.0 * 0.15 + 54.0 * 0.60) / 1e6;
+    let half = (321.0 * 0.075 + 54.0 * 0.30) / 1e6;
+    assert!(
+        (budget.spent_usd - (routing + half)).abs() < 1e-12,
+        "{budget:?}"
+    );
+    assert_eq!(budget.reserved_usd, 0.0);
 }

@@ -136,7 +136,7 @@ impl TestApp {
         let llm = FakeLlm::start().await;
         let db = TestDb::create(db).await;
         let mut settings = test_settings(Some(&llm.base_url));
-        settings.database.url = db.url.clone();
+        settings.database.url = Secret::new(db.url.clone());
         adjust(&mut settings);
         let home = tempfile::tempdir().unwrap();
         let app = App::build(settings, home.path())
@@ -156,7 +156,7 @@ impl TestApp {
     /// beside the first).
     pub async fn restart(&self, adjust: impl FnOnce(&mut Settings)) -> App {
         let mut settings = test_settings(Some(&self.llm.base_url));
-        settings.database.url = self.db.url.clone();
+        settings.database.url = Secret::new(self.db.url.clone());
         adjust(&mut settings);
         App::build(settings, self.home.path())
             .await

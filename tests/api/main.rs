@@ -18,5 +18,6 @@ mod models;
 mod outbox;
 mod policy;
 mod recovery;
+mod routing;
 mod store;
 mod telegram;

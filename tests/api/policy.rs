@@ -310,7 +310,7 @@ async fn a_flow_that_skips_a_required_approval_is_refused_at_start_with_the_file
     std::fs::create_dir_all(home.path().join("config/flows")).unwrap();
     std::fs::write(home.path().join("config/flows/post.toml"), POSTING_FLOW).unwrap();
     let mut settings = test_settings(None);
-    settings.database.url = test_db.url.clone();
+    settings.database.url = soloist::config::Secret::new(test_db.url.clone());
 
     let error = App::build(settings.clone(), home.path())
         .await
