@@ -23,6 +23,8 @@ pub enum AppError {
     Prompt(#[from] PromptError),
     #[error(transparent)]
     Flow(#[from] FlowError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// A running soloist: everything a front end (console, chat platforms)
@@ -53,10 +55,15 @@ impl App {
     }
 
     /// Builds on an already opened store (tests share one this way).
-    pub fn with_store(settings: Settings, home: &Path, store: Store) -> Result<App, AppError> {
+    pub fn with_store(mut settings: Settings, home: &Path, store: Store) -> Result<App, AppError> {
+        // POLICY HOOK: unknown effects and flows that skip a required
+        // approval stop the start; the business's contacts are never redacted.
+        crate::policy::absorb_business_contacts(&mut settings);
+        let guard = Arc::new(crate::policy::Guard::new(&settings)?);
         let settings = Arc::new(settings);
         let prompts = Prompts::load(home)?;
         let flows = FlowCatalog::load(home, &prompts)?;
+        guard.check_flows(&flows)?;
         let timezone = settings.timezone().unwrap_or(chrono_tz::UTC);
         let agents = Agents::new(
             settings.models.clone(),
@@ -70,6 +77,7 @@ impl App {
             prompts,
             agents,
             settings: settings.clone(),
+            guard,
         });
         let database_label = describe_database(&settings.database_url(home), store.backend());
         Ok(App {

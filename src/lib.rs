@@ -31,6 +31,10 @@
 //! - [`agents`]: model calls through rig-core: the fallback chain and
 //!   retries (`router`), the budget gate and its reservations (`budget`),
 //!   the cost ledger (`ledger`), batches (`batch`).
+//! - [`policy`]: guardrails on by default: trust levels and quoting of
+//!   text from others, injection detection, PII redaction before model
+//!   calls, draft checks (never-share, secrets, links, brand, prices),
+//!   effects that need an approval, rate limits; audited per run.
 //! - [`outbox`]: delivers queued messages to a platform: rows claimed with
 //!   a lease, in order per chat, fair across chats, within the platform's
 //!   rate limits, retried until delivered, marked once. Started once for
@@ -58,6 +62,7 @@ pub mod engine;
 pub mod flows;
 pub mod frontdoor;
 pub mod outbox;
+pub mod policy;
 pub mod retry_after;
 pub mod runtime;
 pub mod store;

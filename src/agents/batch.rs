@@ -38,6 +38,9 @@ impl Agents {
         call: &ModelCall,
         step: &str,
     ) -> Result<Option<NewBatchItem>, ModelError> {
+        // POLICY HOOK: the batch request carries placeholders, not PII.
+        let (redacted, _) = self.redacted(call);
+        let call = &redacted;
         let settings = &self.inner.settings;
         let policy = settings.policy(call.label);
         let tier = call.tier.min(policy.tier_cap);
@@ -419,6 +422,7 @@ impl Batcher {
             outcome: "ok".into(),
             batched: true,
             saved_usd: full.zip(cost).map_or(0.0, |(f, c)| f - c),
+            redacted_items: 0,
         };
         BatchOutcome::Done {
             entry: Box::new(entry),

@@ -91,6 +91,7 @@ impl Agents {
             outcome: outcome.to_string(),
             batched: false,
             saved_usd: 0.0,
+            redacted_items: attempt.call.redacted_items as i64,
         }
     }
 }

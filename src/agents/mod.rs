@@ -8,7 +8,9 @@
 //! One job per file: `router` (fallback chain and retries), `budget` (the
 //! gate, reservations and their sweeper), `ledger` (the row each attempt
 //! leaves), `batch` (queueing for and talking to batch APIs), `cache`,
-//! `providers` (one HTTP call), `tokens` (prompt size bounds), `error`.
+//! `providers` (one HTTP call), `tokens` (prompt size bounds), `error`,
+//! `redact` (POLICY: personal data replaced before every call, put back
+//! after).
 
 mod batch;
 mod budget;
@@ -16,6 +18,7 @@ mod cache;
 mod error;
 mod ledger;
 mod providers;
+mod redact;
 mod router;
 mod tokens;
 
@@ -49,6 +52,10 @@ pub struct ModelCall {
     /// A JSON schema the reply must follow, sent as structured output to
     /// providers that support it (the router's guess).
     pub reply_schema: Option<serde_json::Value>,
+    /// POLICY: how many personal-data items were replaced by placeholders
+    /// before the call left the process. Set inside [`Agents::complete`]
+    /// (callers pass 0); recorded in the ledger row.
+    pub redacted_items: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +82,8 @@ struct Inner {
     store: Store,
     cache: ResponseCache,
     budget: BudgetGate,
+    /// POLICY HOOK: replaces personal data before every call.
+    redactor: crate::policy::Redactor,
 }
 
 impl std::fmt::Debug for Agents {
@@ -138,6 +147,8 @@ impl Agents {
             Duration::from_secs(settings.cache_ttl_secs),
         );
         let budget = BudgetGate::new(store.clone(), policy, timezone);
+        let redactor =
+            crate::policy::Redactor::new(&policy.guard.pii_kinds, &policy.guard.own_contacts);
         Agents {
             inner: Arc::new(Inner {
                 settings,
@@ -145,6 +156,7 @@ impl Agents {
                 store,
                 cache,
                 budget,
+                redactor,
             }),
         }
     }

@@ -14,9 +14,12 @@ use crate::store::HeldReservation;
 impl Agents {
     /// Calls a model of the call's tier (capped by its label), falling back
     /// down the chain and, when the label allows, to cheaper tiers when the
-    /// budget is short.
-    #[tracing::instrument(skip_all, fields(run = ?call.run_id, step = ?call.step, tier = %call.tier))]
-    pub async fn complete(&self, call: &ModelCall) -> Result<Completion, ModelError> {
+    /// budget is short. `call` is already redacted ([`Agents::complete`],
+    /// in `redact.rs`, is the way in).
+    pub(super) async fn complete_redacted(
+        &self,
+        call: &ModelCall,
+    ) -> Result<Completion, ModelError> {
         if !self.is_configured() {
             return Err(ModelError::NotConfigured);
         }

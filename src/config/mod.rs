@@ -106,6 +106,13 @@ pub struct Business {
     pub website: String,
     #[serde(default)]
     pub founded: Option<u16>,
+    // POLICY HOOK: the business's own contact details, never redacted.
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub phone: String,
+    #[serde(default)]
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -115,6 +122,9 @@ pub struct BrandVoice {
     pub dos: Vec<String>,
     #[serde(default)]
     pub dont: Vec<String>,
+    // POLICY HOOK: forbidden_words, max_exclamation_marks.
+    #[serde(flatten)]
+    pub rules: crate::policy::BrandRules,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -130,6 +140,9 @@ pub struct Offer {
     pub minimum_months: Option<u32>,
     #[serde(default)]
     pub includes: Vec<String>,
+    // POLICY HOOK: extras, discounts, deposit_percent.
+    #[serde(flatten)]
+    pub pricing: crate::policy::OfferPricing,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -140,6 +153,10 @@ pub struct Policy {
     pub never_share: Vec<String>,
     pub daily_budget_usd: f64,
     pub monthly_budget_usd: f64,
+    // POLICY HOOK: pii_kinds, never_share_terms, allowed_link_domains,
+    // own_contacts, rate_limits.
+    #[serde(flatten)]
+    pub guard: crate::policy::PolicySettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

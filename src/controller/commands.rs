@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::future::Future;
 use std::pin::Pin;
 
-use super::{Controller, ControllerError, Handled, access, cost};
+use super::{Controller, ControllerError, Handled, access, cost, policy_hooks};
 use crate::agents::HOW_TO_CONFIGURE;
 use crate::domain::Inbound;
 use crate::engine::StartRun;
@@ -118,6 +118,15 @@ pub const COMMAND_TABLE: &[CommandSpec] = &[
         intent: Some("report what the models cost today and this month against the budget"),
         report: true,
         handler: handler!(cost),
+    },
+    CommandSpec {
+        name: "policy",
+        aliases: &[],
+        args: "",
+        description: "what the guardrails check, in a few lines",
+        intent: None,
+        report: false,
+        handler: handler!(policy),
     },
     CommandSpec {
         name: "help",
@@ -236,6 +245,10 @@ impl Controller {
                 "Tell me what to draft, e.g. /draft a LinkedIn post announcing the new Website Audit price",
             ));
         }
+        // POLICY HOOK: a burst beyond the limits gets one sentence, no model call.
+        if let Some(limited) = policy_hooks::limited(&self.engine, inbound, Some("draft")).await? {
+            return Ok(limited);
+        }
         self.start_flow(inbound, "draft", request.to_string()).await
     }
 
@@ -276,9 +289,11 @@ impl Controller {
         if let Some(reply) = self.refuse_without_model(flow) {
             return Ok(reply);
         }
+        // POLICY HOOK: the request's origin (forwarded text is data).
+        let origin = crate::policy::origin_of(inbound);
         let run = self
             .engine
-            .start(self.start_request(inbound, flow, request))
+            .start_with_origin(self.start_request(inbound, flow, request), origin)
             .await?;
         Ok(Handled::drive(run))
     }

@@ -1,7 +1,8 @@
 //! Turns an [`Inbound`] into an action. First who is speaking, then what:
 //! a button press (`buttons`), a command (`commands`, whose table is the one
 //! command list), a message a waiting run asked for, or free text for the
-//! router (`routing`). Reports live in `reports`, `/cost` in `cost`.
+//! router (`routing`). Reports live in `reports`, `/cost` in `cost`, the
+//! guardrails' rate limits, `/run` lines and `/policy` in `policy_hooks`.
 //! Replies go through the outbox, queued in the same transaction that marks
 //! the update handled (and, for a press or a run's input, that makes the
 //! change), so a redelivered update is neither lost nor acted on twice.
@@ -10,6 +11,7 @@ pub mod access;
 mod buttons;
 mod commands;
 mod cost;
+mod policy_hooks;
 mod reports;
 mod routing;
 

@@ -71,6 +71,8 @@ impl Controller {
         if let Some(error) = &state.error {
             let _ = write!(text, "\nError: {error}");
         }
+        // POLICY HOOK: the run's guardrail decisions.
+        text.push_str(&super::policy_hooks::run_lines(&self.engine, run.id).await?);
         Ok(Handled::reply(text))
     }
 

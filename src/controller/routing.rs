@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::commands::{Command, command_intents, help_text};
-use super::{Controller, ControllerError, Handled, Outcome};
+use super::{Controller, ControllerError, Handled, Outcome, policy_hooks};
 use crate::agents::{ModelCall, ModelError};
 use crate::domain::{Action, CostLabel, Inbound, Outbound, Tier, action_buttons, clip};
 
@@ -123,6 +123,7 @@ impl IntentRouter {
             flow: Some(ROUTING_FLOW.into()),
             step: Some("route".into()),
             reply_schema: Some(guess_schema(&options)),
+            redacted_items: 0,
         };
         let completion = controller.agents.complete(&call).await?;
         Ok(parse_guess(&completion.text, &options))
@@ -212,6 +213,20 @@ impl Controller {
                 "I act on commands until a model is configured: try /draft followed by what you need, or /help.",
             ));
         }
+        // POLICY HOOK: forwarded text never picks a flow (the router would
+        // read it): it becomes the request of the draft flow, quoted as data.
+        if !crate::policy::origin_of(inbound).is_trusted() {
+            if let Some(limited) =
+                policy_hooks::limited(&self.engine, inbound, Some("draft")).await?
+            {
+                return Ok(limited);
+            }
+            return self.start_flow(inbound, "draft", text.to_string()).await;
+        }
+        // POLICY HOOK: a burst beyond the limits gets one sentence, no model call.
+        if let Some(limited) = policy_hooks::limited(&self.engine, inbound, None).await? {
+            return Ok(limited);
+        }
         let guess = match self.router.classify(self, text).await {
             Ok(guess) => guess,
             Err(error) => {
@@ -265,6 +280,10 @@ impl Controller {
         request: String,
     ) -> Result<Handled, ControllerError> {
         if self.flows.get(intent).is_some() {
+            // POLICY HOOK: the flow's own limit (the person's was taken when routing).
+            if let Some(limited) = policy_hooks::limited_flow(&self.engine, intent).await? {
+                return Ok(limited);
+            }
             return self.start_flow(inbound, intent, request).await;
         }
         self.perform_command(inbound, intent, &request).await

@@ -9,6 +9,7 @@
 //! lapses and any worker resumes the run from its journal: a journaled step
 //! is never executed again.
 
+mod guard;
 mod replay;
 mod state;
 mod steps;
@@ -76,6 +77,7 @@ struct Inner {
     prompts: Prompts,
     agents: Agents,
     settings: Arc<Settings>,
+    guard: Arc<crate::policy::Guard>,
     worker: String,
     lease_ms: i64,
     heartbeat: Duration,
@@ -89,6 +91,8 @@ pub struct EngineParts {
     pub prompts: Prompts,
     pub agents: Agents,
     pub settings: Arc<Settings>,
+    /// POLICY HOOK: the guardrails every step goes through.
+    pub guard: Arc<crate::policy::Guard>,
 }
 
 impl Engine {
@@ -103,6 +107,7 @@ impl Engine {
                 prompts: parts.prompts,
                 agents: parts.agents,
                 settings: parts.settings,
+                guard: parts.guard,
                 worker: format!("worker-{}", uuid::Uuid::new_v4().simple()),
                 lease_ms,
                 heartbeat,
@@ -128,6 +133,10 @@ impl Engine {
 
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    pub fn guard(&self) -> &crate::policy::Guard {
+        &self.inner.guard
     }
 
     /// The shared settings, for a part that keeps its own handle.

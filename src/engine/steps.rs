@@ -49,6 +49,10 @@ impl Engine {
         step: &StepDef,
         state: &RunState,
     ) -> Transition {
+        // POLICY HOOK: a required effect needs an approval in the journal.
+        if let Some(refused) = self.refuse_unapproved(run, step).await {
+            return refused;
+        }
         match &step.kind {
             StepKind::Context => self.gather_context(step, state),
             StepKind::Generate {
@@ -72,7 +76,12 @@ impl Engine {
             StepKind::Approve {
                 draft_from,
                 artifact_kind,
-            } => approve(run, step, state, draft_from, artifact_kind),
+            } => {
+                let mut transition = approve(run, step, state, draft_from, artifact_kind);
+                // POLICY HOOK: flags on the approval message.
+                self.guard_offer(run, state, &mut transition).await;
+                transition
+            }
         }
     }
 
@@ -115,7 +124,11 @@ impl Engine {
                 Some(JournalEvent::BatchFinished {
                     output: Some(output),
                     ..
-                }) => return completed(&step.name, output),
+                }) => {
+                    // POLICY HOOK: the batch answer carries placeholders.
+                    let output = self.restore_batch(run, state, &call, output).await;
+                    return completed(&step.name, output);
+                }
                 Some(JournalEvent::BatchFinished {
                     error: Some(error), ..
                 }) => {
@@ -131,7 +144,10 @@ impl Engine {
                 _ => {}
             }
         }
-        let values = self.template_values(state);
+        let mut values = self.template_values(state);
+        // POLICY HOOK: text from others reaches the prompt quoted as data.
+        let origin = self.run_origin(run.id).await;
+        values["request"] = crate::policy::quote(origin, &state.input.request).into();
         let prompts = &self.inner.prompts;
         let rendered = prompts
             .render(call.system, &values)
@@ -153,6 +169,7 @@ impl Engine {
             flow: Some(flow.name.clone()),
             step: Some(step.name.clone()),
             reply_schema: None,
+            redacted_items: 0,
         };
         if !call.urgent {
             match self
@@ -181,6 +198,35 @@ impl Engine {
             ),
             Err(error) => self.model_failure(run, step, &error, model_call.tier),
         }
+    }
+
+    /// POLICY HOOK: a batch answer with the personal data its request had
+    /// replaced put back. Redaction is deterministic, so rendering the same
+    /// prompts again gives the same placeholders.
+    async fn restore_batch(
+        &self,
+        run: &RunRow,
+        state: &RunState,
+        call: &GenerateCall<'_>,
+        mut output: serde_json::Value,
+    ) -> serde_json::Value {
+        let mut values = self.template_values(state);
+        let origin = self.run_origin(run.id).await;
+        values["request"] = crate::policy::quote(origin, &state.input.request).into();
+        let prompts = &self.inner.prompts;
+        let rendered = (
+            prompts.render(call.system, &values),
+            prompts.render(call.prompt, &values),
+        );
+        if let (Ok(system), Ok(prompt), Some(text)) = (
+            rendered.0,
+            rendered.1,
+            output.get("text").and_then(|t| t.as_str()),
+        ) {
+            let restored = self.inner.agents.restore_redacted(&system, &prompt, text);
+            output["text"] = restored.into();
+        }
+        output
     }
 
     /// The run stops, saying what failed, with buttons to go on.

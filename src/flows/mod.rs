@@ -45,6 +45,10 @@ pub struct Flow {
 #[derive(Debug, Clone, Deserialize)]
 pub struct StepDef {
     pub name: String,
+    /// POLICY: what the step does to the world (`policy::Effect` names);
+    /// a required effect needs an approve step before it.
+    #[serde(default)]
+    pub effects: Vec<String>,
     #[serde(flatten)]
     pub kind: StepKind,
 }

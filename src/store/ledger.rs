@@ -26,6 +26,9 @@ pub struct LedgerEntry {
     /// Sent through a batch API; `saved_usd` is what that saved.
     pub batched: bool,
     pub saved_usd: f64,
+    /// POLICY: how many personal-data items the call had replaced (never
+    /// the values).
+    pub redacted_items: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,10 +52,22 @@ impl Store {
 
     /// Ledger rows of one run, oldest first.
     pub async fn ledger_for_run(&self, run_id: RunId) -> StoreResult<Vec<LedgerEntry>> {
-        type Row = (String, String, String, i64, i64, i64, f64, i64, i64, String);
+        type Row = (
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            f64,
+            i64,
+            i64,
+            String,
+            i64,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT provider, model, tier, input_tokens, cached_input_tokens, output_tokens,
-                    cost_usd, priced, latency_ms, outcome
+                    cost_usd, priced, latency_ms, outcome, redacted_items
              FROM cost_ledger WHERE run_id = $1 ORDER BY id",
         )
         .bind(run_id.to_string())
@@ -61,7 +76,19 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(provider, model, tier, input, cached, output, cost, priced, latency, outcome)| {
+                |(
+                    provider,
+                    model,
+                    tier,
+                    input,
+                    cached,
+                    output,
+                    cost,
+                    priced,
+                    latency,
+                    outcome,
+                    redacted,
+                )| {
                     LedgerEntry {
                         run_id: Some(run_id),
                         provider,
@@ -73,6 +100,7 @@ impl Store {
                         cost_usd: (priced == 1).then_some(cost),
                         latency_ms: latency,
                         outcome,
+                        redacted_items: redacted,
                         ..LedgerEntry::default()
                     }
                 },
@@ -167,8 +195,8 @@ pub(super) async fn insert_call(
 
             "INSERT INTO cost_ledger (run_id, step, flow, provider, model, tier, input_tokens,
                  cached_input_tokens, output_tokens, cost_usd, priced, latency_ms, cache_hit, outcome,
-                 batched, saved_usd, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                 batched, saved_usd, created_at, redacted_items)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(entry.run_id.map(|r| r.to_string()))
         .bind(entry.step.as_deref())
@@ -187,6 +215,7 @@ pub(super) async fn insert_call(
         .bind(i64::from(entry.batched))
         .bind(entry.saved_usd)
         .bind(now_ms())
+        .bind(entry.redacted_items)
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -17,6 +17,7 @@ mod actions;
 mod approvals;
 mod batch;
 mod budget;
+mod guardrails;
 mod journal;
 mod leases;
 mod ledger;
@@ -31,6 +32,7 @@ pub use actions::ActionLookup;
 pub use approvals::{ApprovalSummary, Decided, NewApproval};
 pub use batch::{BatchItem, BatchOutcome, NewBatchItem};
 pub use budget::{BudgetRefusal, Caps, PeriodStatus, Reservation};
+pub use guardrails::GuardrailEvent;
 pub use leases::{ClaimedRun, Fenced};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::InboundRecord;
@@ -215,6 +217,7 @@ const MIGRATIONS: Migrations = migrations![
     4 "input from the presser" "0004_input_from.sql",
     5 "outbox claims" "0005_outbox_claims.sql",
     6 "budget reservations" "0006_budget_reservations.sql",
+    9 "guardrails" "0009_guardrails.sql",
 ];
 
 /// The migrations compiled into the binary, for one backend.

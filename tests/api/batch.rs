@@ -12,6 +12,7 @@ use crate::on_both_backends;
 on_both_backends!(
     a_non_urgent_step_waits_for_the_batch_and_costs_half,
     nothing_is_sent_before_the_batch_is_due,
+    a_batched_draft_is_queued_without_personal_data_and_offered_with_it,
     a_crash_between_creating_a_batch_and_marking_it_adopts_the_batch_instead_of_paying_twice,
 );
 
@@ -119,6 +120,41 @@ async fn nothing_is_sent_before_the_batch_is_due(db: Db) {
     assert!(
         app.llm.batch_calls().is_empty(),
         "1 item of 20, younger than 300 s: not due"
+    );
+}
+
+/// POLICY: the batch request holds placeholders; the offer the values.
+async fn a_batched_draft_is_queued_without_personal_data_and_offered_with_it(db: Db) {
+    let app = spawn(db).await;
+    let start = soloist::engine::StartRun {
+        flow: "weekly".into(),
+        chat: soloist::domain::ChatRef::new(soloist::domain::Platform::Console, "console"),
+        request: "a reply to ana.lopes@vinho.example, who called from +34 612 345 678".into(),
+        requested_by: "Maya".into(),
+        idempotency_key: "weekly-pii".into(),
+    };
+    let run = app.app.engine.start(start).await.unwrap();
+    app.app.engine.drive(run).await.unwrap();
+    let queued: String = sqlx::query_scalar("SELECT request FROM batch_items")
+        .fetch_one(app.app.store.pool())
+        .await
+        .unwrap();
+    assert!(!queued.contains("ana.lopes@vinho.example") && !queued.contains("612 345 678"));
+    assert!(
+        queued.contains("[EMAIL_1]") && queued.contains("[PHONE_1]"),
+        "{queued}"
+    );
+
+    app.llm.then(crate::fake_llm::Behavior::reply(
+        "Dear [EMAIL_1], I will call [PHONE_1].",
+    ));
+    app.app.engine.agents().batcher().tick(true).await.unwrap();
+    app.app.engine.drive(run).await.unwrap();
+
+    let offered = texts(&drain(&app.app.store).await);
+    assert!(
+        offered.contains("Dear ana.lopes@vinho.example, I will call +34 612 345 678."),
+        "{offered}"
     );
 }
 

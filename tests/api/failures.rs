@@ -218,6 +218,7 @@ fn fast_call() -> ModelCall {
         flow: Some("test".into()),
         step: Some("hello".into()),
         reply_schema: None,
+        redacted_items: 0,
     }
 }
 

@@ -114,6 +114,14 @@ pub fn test_settings(llm_url: Option<&str>) -> Settings {
     settings.models.timeout_secs = 5;
     // Retries in tests wait milliseconds, not seconds.
     settings.models.backoff_ms = 10;
+    // Rate limits are tested in policy.rs; elsewhere a test sends faster
+    // than any person would.
+    settings.policy.guard.rate_limits = soloist::policy::RateLimitSettings {
+        per_user_per_minute: 0,
+        per_user_burst: 0,
+        per_flow_per_minute: 0,
+        per_flow_burst: 0,
+    };
     settings
 }
 

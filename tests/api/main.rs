@@ -16,6 +16,7 @@ mod doctor;
 mod failures;
 mod models;
 mod outbox;
+mod policy;
 mod recovery;
 mod routing;
 mod store;

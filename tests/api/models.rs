@@ -42,6 +42,7 @@ fn call(label: CostLabel, tier: Tier, temperature: Option<f64>) -> ModelCall {
         flow: Some("test".into()),
         step: Some("hello".into()),
         reply_schema: None,
+        redacted_items: 0,
     }
 }
 
