@@ -21,7 +21,12 @@
 //! - [`agents`]: model calls through rig-core, with the cost ledger.
 //! - [`outbox`]: delivers queued messages to a platform, in order, within
 //!   its rate limits, once.
-//! - [`runtime`]: `soloist run`: the worker and the platforms until shutdown.
+//! - [`runtime`]: `soloist run`: the worker, the scheduler, HTTP and the
+//!   platforms until shutdown.
+//! - [`scheduler`]: cron schedules in the database; a due tick fires once
+//!   (unique key), missed ticks follow the catch-up policy and are recorded.
+//! - [`digest`]: the daily digest: SQL numbers, a template, a chart (PNG).
+//! - [`http`]: `/healthz` and `/metrics` (Prometheus) for `soloist run`.
 //! - [`store`]: PostgreSQL or SQLite, one set of queries for both.
 //! - [`domain`]: `Inbound`, `Outbound`, buttons, ids, run events; no I/O.
 //! - [`config`]: layered typed settings with secrets that never print.
@@ -33,10 +38,13 @@ pub mod agents;
 pub mod app;
 pub mod config;
 pub mod controller;
+pub mod digest;
 pub mod doctor;
 pub mod domain;
 pub mod engine;
 pub mod flows;
+pub mod http;
 pub mod outbox;
 pub mod runtime;
+pub mod scheduler;
 pub mod store;

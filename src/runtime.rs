@@ -1,6 +1,7 @@
 //! `soloist run`: the long-running bot. A worker that resumes runnable runs
-//! (after a crash, or woken by another process), and every configured chat
-//! platform, until Ctrl-C or SIGTERM.
+//! (after a crash, or woken by another process), the scheduler, the HTTP
+//! server (when `http.listen` is set) and every configured chat platform,
+//! until Ctrl-C or SIGTERM.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +37,14 @@ pub async fn run(
     }
     let mut services = tokio::task::JoinSet::new();
     services.spawn(batches(app.clone(), shutdown.clone()));
+    services.spawn(crate::scheduler::service(&app, shutdown.clone()));
+    let health = crate::http::Health::default();
+    if let Some(http) = crate::http::service(&app, health, shutdown.clone())
+        .await
+        .map_err(|e| RuntimeError::Service(format!("{e}: {:?}", std::error::Error::source(&e))))?
+    {
+        services.spawn(http);
+    }
     services.spawn(worker(app, shutdown.clone()));
     for platform in platforms {
         services.spawn(platform);

@@ -19,6 +19,7 @@ use crate::domain::{
     RunId, action_buttons, clip,
 };
 use crate::engine::{Engine, EngineError, StartRun};
+use crate::scheduler::commands as scheduler;
 use crate::store::{ActionLookup, DecideError, InboundRecord, RunRow, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,9 @@ pub enum Command {
     Approvals,
     Retry(String),
     Cost,
+    Digest,
+    Schedules,
+    Schedule(String),
 }
 
 impl FromStr for Command {
@@ -86,6 +90,9 @@ impl FromStr for Command {
             "approvals" => Command::Approvals,
             "retry" => Command::Retry(args),
             "cost" => Command::Cost,
+            "digest" => Command::Digest,
+            "schedules" => Command::Schedules,
+            "schedule" => Command::Schedule(args),
             _ => return Err(name.chars().take(40).collect()),
         })
     }
@@ -93,7 +100,7 @@ impl FromStr for Command {
 
 /// The commands as a platform's command menu lists them: name, what it
 /// takes, what it does. `/help` prints the same list.
-pub const COMMANDS: [(&str, &str, &str); 7] = [
+pub const COMMANDS: [(&str, &str, &str); 10] = [
     (
         "draft",
         "TEXT",
@@ -112,6 +119,9 @@ pub const COMMANDS: [(&str, &str, &str); 7] = [
         "",
         "spend today and this month against the budget, by flow and by model",
     ),
+    ("digest", "", "the daily digest now: runs, approvals, cost, with a chart"),
+    ("schedules", "", "schedules, their next run, pause or resume"),
+    ("schedule", "NAME HH:MM", "change when a schedule runs"),
     ("help", "", "this list"),
 ];
 
@@ -170,6 +180,14 @@ impl Handled {
     fn private(inbound: &Inbound, text: impl Into<String>) -> Self {
         Handled {
             replies: vec![Outbound::text(text).private_to(&inbound.update_key)],
+            drive: None,
+            outcome: Outcome::Done,
+        }
+    }
+
+    fn replies(replies: Vec<Outbound>) -> Self {
+        Handled {
+            replies,
             drive: None,
             outcome: Outcome::Done,
         }
@@ -380,6 +398,12 @@ impl Controller {
                 }))
             }
             Action::Route { intent, request } => self.perform(inbound, &intent, request).await,
+            Action::PauseSchedule { name } => Ok(Handled::reply(
+                scheduler::set_paused(store, &name, true).await?,
+            )),
+            Action::ResumeSchedule { name } => Ok(Handled::reply(
+                scheduler::set_paused(store, &name, false).await?,
+            )),
         }
     }
 
@@ -472,6 +496,13 @@ impl Controller {
             Command::Approvals => self.list_approvals().await,
             Command::Retry(id) => self.retry(inbound, &id).await,
             Command::Cost => Ok(Handled::reply(cost::report(&self.engine).await?)),
+            Command::Digest => Ok(Handled::replies(
+                scheduler::digest_now(self.engine.store(), self.engine.settings()).await?,
+            )),
+            Command::Schedules => Ok(Handled::replies(scheduler::list(self.engine.store()).await?)),
+            Command::Schedule(args) => Ok(Handled::reply(
+                scheduler::change(self.engine.store(), &args).await?,
+            )),
         }
     }
 

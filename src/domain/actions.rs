@@ -21,6 +21,9 @@ pub enum Action {
     /// Do what free text was routed to (a flow or a command), after the
     /// operator confirmed the guess.
     Route { intent: String, request: String },
+    /// Stop a schedule from firing until resumed (`/schedules`).
+    PauseSchedule { name: String },
+    ResumeSchedule { name: String },
 }
 
 /// Buttons for labelled actions, each with a fresh token, and the

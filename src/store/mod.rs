@@ -9,7 +9,9 @@ mod batch;
 mod budget;
 mod ledger;
 mod messages;
+mod digest;
 mod runs;
+mod schedules;
 mod updates;
 
 pub use approvals::{ApprovalSummary, DecideError, Decided, NewApproval};
@@ -19,6 +21,8 @@ pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::{InboundRecord, OutboxMessage};
 pub use runs::{ClaimedRun, NewArtifact, NewRun, RunRow, Transition};
 pub use updates::RecordedUpdate;
+pub use digest::{DailyCost, DigestSql, MetricTotals, Window};
+pub use schedules::{DueSchedule, FirePlan, MissRecord, PendingFire, ScheduleRow};
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -190,6 +194,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "platform updates",
                 include_str!("../../migrations/postgres/0002_platform_updates.sql"),
             ),
+            (
+                7,
+                "schedules",
+                include_str!("../../migrations/postgres/0007_schedules.sql"),
+            ),
         ],
         Backend::Sqlite => &[
             (
@@ -201,6 +210,11 @@ fn migrator(backend: Backend) -> Migrator {
                 2,
                 "platform updates",
                 include_str!("../../migrations/sqlite/0002_platform_updates.sql"),
+            ),
+            (
+                7,
+                "schedules",
+                include_str!("../../migrations/sqlite/0007_schedules.sql"),
             ),
         ],
     };
