@@ -28,7 +28,10 @@ fn main() {
         let now: DateTime<Utc> = "2027-02-10T10:00:00Z".parse().unwrap();
 
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("bench.db").display()
+        );
         let store = Store::open(&url, 1).await.unwrap();
         bench("SQLite", &store, &settings, now).await;
 

@@ -119,8 +119,16 @@ pub const COMMANDS: [(&str, &str, &str); 10] = [
         "",
         "spend today and this month against the budget, by flow and by model",
     ),
-    ("digest", "", "the daily digest now: runs, approvals, cost, with a chart"),
-    ("schedules", "", "schedules, their next run, pause or resume"),
+    (
+        "digest",
+        "",
+        "the daily digest now: runs, approvals, cost, with a chart",
+    ),
+    (
+        "schedules",
+        "",
+        "schedules, their next run, pause or resume",
+    ),
     ("schedule", "NAME HH:MM", "change when a schedule runs"),
     ("help", "", "this list"),
 ];
@@ -398,11 +406,8 @@ impl Controller {
                 }))
             }
             Action::Route { intent, request } => self.perform(inbound, &intent, request).await,
-            Action::PauseSchedule { name } => Ok(Handled::reply(
-                scheduler::set_paused(store, &name, true).await?,
-            )),
-            Action::ResumeSchedule { name } => Ok(Handled::reply(
-                scheduler::set_paused(store, &name, false).await?,
+            Action::SetSchedulePaused { name, paused } => Ok(Handled::reply(
+                scheduler::set_paused(store, &name, paused).await?,
             )),
         }
     }
@@ -499,7 +504,9 @@ impl Controller {
             Command::Digest => Ok(Handled::replies(
                 scheduler::digest_now(self.engine.store(), self.engine.settings()).await?,
             )),
-            Command::Schedules => Ok(Handled::replies(scheduler::list(self.engine.store()).await?)),
+            Command::Schedules => Ok(Handled::replies(
+                scheduler::list(self.engine.store()).await?,
+            )),
             Command::Schedule(args) => Ok(Handled::reply(
                 scheduler::change(self.engine.store(), &args).await?,
             )),

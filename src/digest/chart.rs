@@ -80,7 +80,12 @@ type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 fn draw_costs(area: &Area<'_>, data: &ChartData) -> Result<(), ChartError> {
     let days = data.days.len().max(1);
     let totals: Vec<f64> = (0..days)
-        .map(|d| data.flows.iter().map(|(_, v)| v.get(d).copied().unwrap_or(0.0)).sum())
+        .map(|d| {
+            data.flows
+                .iter()
+                .map(|(_, v)| v.get(d).copied().unwrap_or(0.0))
+                .sum()
+        })
         .collect();
     let top = totals
         .iter()
@@ -112,7 +117,10 @@ fn draw_costs(area: &Area<'_>, data: &ChartData) -> Result<(), ChartError> {
             .map(|d| {
                 let value = values.get(d).copied().unwrap_or(0.0);
                 let bar = Rectangle::new(
-                    [(d as f64 + 0.15, base[d]), (d as f64 + 0.85, base[d] + value)],
+                    [
+                        (d as f64 + 0.15, base[d]),
+                        (d as f64 + 0.85, base[d] + value),
+                    ],
                     color.filled(),
                 );
                 base[d] += value;
@@ -177,7 +185,11 @@ fn draw_decisions(area: &Area<'_>, data: &ChartData) -> Result<(), ChartError> {
         .label_style(("sans-serif", 12))
         .draw()
         .map_err(error)?;
-    let colors = [RGBColor(44, 160, 44), RGBColor(255, 191, 0), RGBColor(214, 39, 40)];
+    let colors = [
+        RGBColor(44, 160, 44),
+        RGBColor(255, 191, 0),
+        RGBColor(214, 39, 40),
+    ];
     chart
         .draw_series(counts.iter().enumerate().map(|(i, n)| {
             Rectangle::new(

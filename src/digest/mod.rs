@@ -134,7 +134,11 @@ impl Digest {
 }
 
 /// Builds the digest for the local day before `now`.
-pub async fn build(store: &Store, settings: &Settings, now: DateTime<Utc>) -> Result<Digest, DigestError> {
+pub async fn build(
+    store: &Store,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> Result<Digest, DigestError> {
     let timezone: Tz = settings
         .business
         .timezone
@@ -190,7 +194,10 @@ pub async fn numbers(
 
     let finished = store.finished_runs(yesterday).await?;
     let count = |rows: &[(String, i64)], key: &str| {
-        rows.iter().find(|(k, _)| k == key).map(|(_, n)| *n).unwrap_or(0)
+        rows.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
     };
     let failed_runs = store
         .failed_runs(yesterday, 10)
@@ -265,7 +272,9 @@ pub async fn chart_data(
 ) -> Result<ChartData, StoreError> {
     let today = now.with_timezone(&timezone).date_naive();
     let days = i64::from(settings.digest.chart_days.clamp(1, 92));
-    let dates: Vec<NaiveDate> = (0..=days).map(|i| today - Duration::days(days - i)).collect();
+    let dates: Vec<NaiveDate> = (0..=days)
+        .map(|i| today - Duration::days(days - i))
+        .collect();
     let boundaries: Vec<i64> = dates.iter().map(|d| local_midnight(timezone, *d)).collect();
     let mut flows: Vec<(String, Vec<f64>)> = Vec::new();
     for cost in store.daily_cost_by_flow(&boundaries).await? {
@@ -319,14 +328,20 @@ pub fn owner_chats(settings: &Settings) -> Vec<ChatRef> {
             .iter()
             .filter_map(|entry| {
                 let (platform, chat) = entry.split_once(':')?;
-                Some(ChatRef::new(platform.trim().parse::<Platform>().ok()?, chat.trim()))
+                Some(ChatRef::new(
+                    platform.trim().parse::<Platform>().ok()?,
+                    chat.trim(),
+                ))
             })
             .collect();
     }
     let mut chats = Vec::new();
     if settings.telegram.token.is_set() && !settings.owner.telegram_user_id.is_empty() {
         // A Telegram user's private chat has the user's id.
-        chats.push(ChatRef::new(Platform::Telegram, settings.owner.telegram_user_id.clone()));
+        chats.push(ChatRef::new(
+            Platform::Telegram,
+            settings.owner.telegram_user_id.clone(),
+        ));
     }
     chats
 }
@@ -404,6 +419,10 @@ pub fn local_midnight(timezone: Tz, date: NaiveDate) -> i64 {
 fn local_text(timezone: Tz, ms: i64) -> String {
     Utc.timestamp_millis_opt(ms)
         .single()
-        .map(|t| t.with_timezone(&timezone).format("%Y-%m-%d %H:%M").to_string())
+        .map(|t| {
+            t.with_timezone(&timezone)
+                .format("%Y-%m-%d %H:%M")
+                .to_string()
+        })
         .unwrap_or_default()
 }

@@ -7,18 +7,39 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use crate::store::{MetricTotals, Store, StoreError};
 
 fn describe() {
-    describe_counter!("soloist_model_calls_total", "Model calls, by model, tier and outcome.");
-    describe_counter!("soloist_model_cache_hits_total", "Model calls answered from the response cache.");
-    describe_counter!("soloist_model_tokens_total", "Tokens the providers counted, by kind.");
-    describe_gauge!("soloist_model_cost_usd_total", "Spend on model calls in USD.");
-    describe_counter!("soloist_runs_finished_total", "Runs that completed or failed, by flow.");
+    describe_counter!(
+        "soloist_model_calls_total",
+        "Model calls, by model, tier and outcome."
+    );
+    describe_counter!(
+        "soloist_model_cache_hits_total",
+        "Model calls answered from the response cache."
+    );
+    describe_counter!(
+        "soloist_model_tokens_total",
+        "Tokens the providers counted, by kind."
+    );
+    describe_gauge!(
+        "soloist_model_cost_usd_total",
+        "Spend on model calls in USD."
+    );
+    describe_counter!(
+        "soloist_runs_finished_total",
+        "Runs that completed or failed, by flow."
+    );
     describe_gauge!(
         "soloist_run_duration_seconds_sum",
         "Seconds from start to finish of finished runs, by flow and status."
     );
     describe_counter!("soloist_approvals_total", "Approval decisions, by outcome.");
-    describe_gauge!("soloist_outbox_backlog", "Messages waiting to be delivered.");
-    describe_counter!("soloist_updates_handled_total", "Platform updates handled, by platform.");
+    describe_gauge!(
+        "soloist_outbox_backlog",
+        "Messages waiting to be delivered."
+    );
+    describe_counter!(
+        "soloist_updates_handled_total",
+        "Platform updates handled, by platform."
+    );
 }
 
 /// The current totals in Prometheus text format. Each scrape records into
@@ -37,19 +58,24 @@ pub async fn render(store: &Store) -> Result<String, StoreError> {
 }
 
 fn record(totals: &MetricTotals) {
-    for (model, tier, outcome, calls, hits, input, cached, output, cost) in &totals.calls {
+    for call in &totals.calls {
         let labels = [
-            ("model", model.clone()),
-            ("tier", tier.clone()),
-            ("outcome", outcome.clone()),
+            ("model", call.model.clone()),
+            ("tier", call.tier.clone()),
+            ("outcome", call.outcome.clone()),
         ];
-        counter!("soloist_model_calls_total", &labels).absolute(as_u64(*calls));
-        counter!("soloist_model_cache_hits_total", &labels).absolute(as_u64(*hits));
-        for (kind, n) in [("input", input), ("cached_input", cached), ("output", output)] {
-            counter!("soloist_model_tokens_total", "model" => model.clone(), "tier" => tier.clone(), "outcome" => outcome.clone(), "kind" => kind)
-                .absolute(as_u64(*n));
+        counter!("soloist_model_calls_total", &labels).absolute(as_u64(call.calls));
+        counter!("soloist_model_cache_hits_total", &labels).absolute(as_u64(call.cache_hits));
+        for (kind, n) in [
+            ("input", call.input_tokens),
+            ("cached_input", call.cached_input_tokens),
+            ("output", call.output_tokens),
+        ] {
+            let mut labels = labels.to_vec();
+            labels.push(("kind", kind.to_string()));
+            counter!("soloist_model_tokens_total", &labels).absolute(as_u64(n));
         }
-        gauge!("soloist_model_cost_usd_total", &labels).set(*cost);
+        gauge!("soloist_model_cost_usd_total", &labels).set(call.cost_usd);
     }
     for (flow, status, runs, seconds) in &totals.finished_runs {
         let labels = [("flow", flow.clone()), ("status", status.clone())];

@@ -210,14 +210,14 @@ async fn metrics(
             .into_response();
     }
     match metrics_export::render(&state.store).await {
-        Ok(text) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            text,
-        )
-            .into_response(),
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(error) => {
             tracing::warn!(error = ?error, "reading metrics from the database failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "the database is unreachable\n").into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unreachable\n",
+            )
+                .into_response()
         }
     }
 }

@@ -1,8 +1,8 @@
 //! `/digest`, `/schedules`, `/schedule NAME HH:MM` and the pause / resume
 //! buttons. The controller dispatches here; replies go back as messages.
 
-use std::fmt::Write;
 use chrono::{TimeZone, Utc};
+use std::fmt::Write;
 
 use super::{Clock, DatabaseClock, Timetable};
 use crate::config::Settings;
@@ -40,15 +40,17 @@ pub async fn list(store: &Store) -> Result<Vec<Outbound>, StoreError> {
         let (label, action) = if schedule.paused {
             (
                 format!("Resume {}", schedule.name),
-                Action::ResumeSchedule {
+                Action::SetSchedulePaused {
                     name: schedule.name.clone(),
+                    paused: false,
                 },
             )
         } else {
             (
                 format!("Pause {}", schedule.name),
-                Action::PauseSchedule {
+                Action::SetSchedulePaused {
                     name: schedule.name.clone(),
+                    paused: true,
                 },
             )
         };
@@ -92,7 +94,9 @@ pub async fn change(store: &Store, args: &str) -> Result<String, StoreError> {
         return Ok(usage.into());
     };
     let Some(schedule) = store.schedule_named(name).await? else {
-        return Ok(format!("There is no schedule named '{name}'. /schedules lists them."));
+        return Ok(format!(
+            "There is no schedule named '{name}'. /schedules lists them."
+        ));
     };
     let Some(cron) = new_cron(&schedule.cron, when.trim()) else {
         return Ok(usage.into());
@@ -101,7 +105,9 @@ pub async fn change(store: &Store, args: &str) -> Result<String, StoreError> {
         Ok(table) => table,
         Err(error) => return Ok(error.to_string()),
     };
-    store.set_schedule_cron(name, &cron, Utc::now().timestamp_millis()).await?;
+    store
+        .set_schedule_cron(name, &cron, Utc::now().timestamp_millis())
+        .await?;
     let now = DatabaseClock(store.clone()).now().await?;
     let next = table
         .next_after(now)
@@ -153,8 +159,14 @@ mod tests {
 
     #[test]
     fn a_time_replaces_the_time_fields_and_keeps_the_days() {
-        assert_eq!(new_cron("0 0 8 * * Mon-Fri", "07:30").as_deref(), Some("0 30 7 * * Mon-Fri"));
+        assert_eq!(
+            new_cron("0 0 8 * * Mon-Fri", "07:30").as_deref(),
+            Some("0 30 7 * * Mon-Fri")
+        );
         assert_eq!(new_cron("0 0 8 * * *", "25:00"), None);
-        assert_eq!(new_cron("0 0 8 * * *", "0 15 6 * * *").as_deref(), Some("0 15 6 * * *"));
+        assert_eq!(
+            new_cron("0 0 8 * * *", "0 15 6 * * *").as_deref(),
+            Some("0 15 6 * * *")
+        );
     }
 }

@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::domain::{ChatRef, Outbound};
 use crate::engine::{Engine, StartRun};
-use crate::store::{DueSchedule, FirePlan, MissRecord, PendingFire, ScheduleRow, Store, StoreError};
+use crate::store::{
+    DueSchedule, FirePlan, MissRecord, PendingFire, ScheduleRow, Store, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -57,7 +59,10 @@ pub struct DatabaseClock(pub Store);
 impl Clock for DatabaseClock {
     async fn now(&self) -> Result<DateTime<Utc>, StoreError> {
         let ms = self.0.database_now_ms().await?;
-        Ok(Utc.timestamp_millis_opt(ms).single().unwrap_or_else(Utc::now))
+        Ok(Utc
+            .timestamp_millis_opt(ms)
+            .single()
+            .unwrap_or_else(Utc::now))
     }
 }
 
@@ -282,7 +287,9 @@ impl Scheduler {
     /// `scheduler.tick_secs` until shutdown.
     pub async fn service(self, shutdown: CancellationToken) -> Result<(), String> {
         if let Err(error) = self.sync_config().await {
-            return Err(format!("the schedules in the config are not valid: {error}"));
+            return Err(format!(
+                "the schedules in the config are not valid: {error}"
+            ));
         }
         let every = Duration::from_secs(self.settings.scheduler.tick_secs.max(1));
         loop {
@@ -291,7 +298,9 @@ impl Scheduler {
                     tracing::info!(fired = ?report.fired, "schedules fired")
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(error = ?error, "schedule tick failed; will try again"),
+                Err(error) => {
+                    tracing::warn!(error = ?error, "schedule tick failed; will try again")
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -387,10 +396,7 @@ const MAX_DUE_TICKS: i64 = 100_000;
 
 /// Ticks in `[next, now]`.
 fn due_ticks(timetable: &Timetable, next: i64, now: DateTime<Utc>) -> DueTicks {
-    let start = Utc
-        .timestamp_millis_opt(next - 1)
-        .single()
-        .unwrap_or(now);
+    let start = Utc.timestamp_millis_opt(next - 1).single().unwrap_or(now);
     let mut due = DueTicks {
         first: now,
         before_last: None,

@@ -149,7 +149,9 @@ mod tests {
     use super::*;
 
     fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn ticks(table: &Timetable, from: &str, to: &str) -> Vec<Tick> {
@@ -188,7 +190,10 @@ mod tests {
                 utc("2027-11-01T01:30:00Z"),
             ]
         );
-        let dates: Vec<_> = found.iter().map(|t| t.local_date.unwrap().to_string()).collect();
+        let dates: Vec<_> = found
+            .iter()
+            .map(|t| t.local_date.unwrap().to_string())
+            .collect();
         assert_eq!(dates, ["2027-10-30", "2027-10-31", "2027-11-01"]);
     }
 

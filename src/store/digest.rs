@@ -164,7 +164,9 @@ impl Store {
             "SELECT CAST({day} AS BIGINT), COALESCE(flow, '(none)'), SUM(cost_usd) FROM cost_ledger
              WHERE created_at >= $1 AND created_at < $2 GROUP BY 1, 2 ORDER BY 1, 2"
         );
-        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(*first).bind(*last);
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(*first)
+            .bind(*last);
         for boundary in &boundaries[1..] {
             query = query.bind(*boundary);
         }
@@ -184,9 +186,7 @@ impl Store {
 /// process sharing it reports the same numbers.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricTotals {
-    /// (model, tier, outcome, calls, cache hits, input, cached input,
-    /// output tokens, cost)
-    pub calls: Vec<(String, String, String, i64, i64, i64, i64, i64, f64)>,
+    pub calls: Vec<CallTotals>,
     /// (flow, status, runs, seconds from start to finish)
     pub finished_runs: Vec<(String, String, i64, f64)>,
     /// (decision, count)
@@ -196,9 +196,25 @@ pub struct MetricTotals {
     pub updates: Vec<(String, i64)>,
 }
 
+/// Model calls of one model, tier and outcome, all time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallTotals {
+    pub model: String,
+    pub tier: String,
+    pub outcome: String,
+    pub calls: i64,
+    pub cache_hits: i64,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+}
+
+type CallRow = (String, String, String, i64, i64, i64, i64, i64, f64);
+
 impl Store {
     pub async fn metric_totals(&self) -> StoreResult<MetricTotals> {
-        let calls = sqlx::query_as(
+        let calls: Vec<CallRow> = sqlx::query_as(
             "SELECT provider || '/' || model, tier, outcome, COUNT(*), CAST(SUM(cache_hit) AS BIGINT),
                     CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(cached_input_tokens) AS BIGINT),
                     CAST(SUM(output_tokens) AS BIGINT), SUM(cost_usd)
@@ -212,17 +228,34 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        let decisions = sqlx::query_as(
-            "SELECT decision, COUNT(*) FROM decisions GROUP BY decision ORDER BY 1",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let decisions =
+            sqlx::query_as("SELECT decision, COUNT(*) FROM decisions GROUP BY decision ORDER BY 1")
+                .fetch_all(&self.pool)
+                .await?;
         let updates = sqlx::query_as(
             "SELECT platform, COUNT(*) FROM inbound_updates WHERE processed_at IS NOT NULL
              GROUP BY platform ORDER BY 1",
         )
         .fetch_all(&self.pool)
         .await?;
+        let calls = calls
+            .into_iter()
+            .map(
+                |(model, tier, outcome, calls, cache_hits, input, cached, output, cost)| {
+                    CallTotals {
+                        model,
+                        tier,
+                        outcome,
+                        calls,
+                        cache_hits,
+                        input_tokens: input,
+                        cached_input_tokens: cached,
+                        output_tokens: output,
+                        cost_usd: cost,
+                    }
+                },
+            )
+            .collect();
         Ok(MetricTotals {
             calls,
             finished_runs,

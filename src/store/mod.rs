@@ -7,9 +7,9 @@
 mod approvals;
 mod batch;
 mod budget;
+mod digest;
 mod ledger;
 mod messages;
-mod digest;
 mod runs;
 mod schedules;
 mod updates;
@@ -17,12 +17,12 @@ mod updates;
 pub use approvals::{ApprovalSummary, DecideError, Decided, NewApproval};
 pub use batch::{BatchItem, BatchOutcome, NewBatchItem};
 pub use budget::{ActionLookup, BudgetRefusal, Caps, PeriodStatus, Reservation};
+pub use digest::{CallTotals, DailyCost, DigestSql, MetricTotals, Window};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::{InboundRecord, OutboxMessage};
 pub use runs::{ClaimedRun, NewArtifact, NewRun, RunRow, Transition};
-pub use updates::RecordedUpdate;
-pub use digest::{DailyCost, DigestSql, MetricTotals, Window};
 pub use schedules::{DueSchedule, FirePlan, MissRecord, PendingFire, ScheduleRow};
+pub use updates::RecordedUpdate;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};

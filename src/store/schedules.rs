@@ -150,7 +150,12 @@ impl Store {
 
     /// Pauses or resumes; resuming plans from now, so the paused stretch is
     /// not reported as missed. False when there is no such schedule.
-    pub async fn set_schedule_paused(&self, name: &str, paused: bool, now: i64) -> StoreResult<bool> {
+    pub async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        now: i64,
+    ) -> StoreResult<bool> {
         let result = sqlx::query(
             "UPDATE schedules SET paused = $1, next_fire_at = NULL, updated_at = $2 WHERE name = $3",
         )
@@ -217,14 +222,16 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(schedule_id, name, target, input, scheduled_for, late)| PendingFire {
-                schedule_id,
-                name,
-                target,
-                input,
-                scheduled_for,
-                late: late == 1,
-            })
+            .map(
+                |(schedule_id, name, target, input, scheduled_for, late)| PendingFire {
+                    schedule_id,
+                    name,
+                    target,
+                    input,
+                    scheduled_for,
+                    late: late == 1,
+                },
+            )
             .collect())
     }
 
@@ -294,14 +301,16 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(schedule, first_tick, last_tick, ticks, action, detected_at)| MissRecord {
-                schedule,
-                first_tick,
-                last_tick,
-                ticks,
-                action,
-                detected_at,
-            })
+            .map(
+                |(schedule, first_tick, last_tick, ticks, action, detected_at)| MissRecord {
+                    schedule,
+                    first_tick,
+                    last_tick,
+                    ticks,
+                    action,
+                    detected_at,
+                },
+            )
             .collect())
     }
 
@@ -309,8 +318,12 @@ impl Store {
     /// every process sharing it.
     pub async fn database_now_ms(&self) -> StoreResult<i64> {
         let sql = match self.backend {
-            Backend::Postgres => "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
-            Backend::Sqlite => "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Backend::Postgres => {
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+            }
+            Backend::Sqlite => {
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+            }
         };
         Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
     }

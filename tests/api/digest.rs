@@ -14,7 +14,9 @@ on_both_backends!(
 );
 
 fn ms(text: &str) -> i64 {
-    DateTime::parse_from_rfc3339(text).unwrap().timestamp_millis()
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .timestamp_millis()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -96,18 +98,113 @@ async fn the_digest_numbers_equal_what_the_seeded_ledger_and_journal_hold(db: Db
     let now = DateTime::parse_from_rfc3339("2027-02-10T10:00:00Z")
         .unwrap()
         .with_timezone(&Utc);
-    ledger(&store, "2027-02-09T09:00:00Z", Some("draft"), "gpt-4o", "quality", 0.30, false, 0.0).await;
-    ledger(&store, "2027-02-09T10:00:00Z", Some("draft"), "gpt-4o-mini", "fast", 0.02, false, 0.0).await;
-    ledger(&store, "2027-02-09T11:00:00Z", Some("draft"), "gpt-4o", "quality", 0.0, true, 0.0).await;
-    ledger(&store, "2027-02-09T23:59:00Z", None, "gpt-4o-mini", "router", 0.01, false, 0.01).await;
+    ledger(
+        &store,
+        "2027-02-09T09:00:00Z",
+        Some("draft"),
+        "gpt-4o",
+        "quality",
+        0.30,
+        false,
+        0.0,
+    )
+    .await;
+    ledger(
+        &store,
+        "2027-02-09T10:00:00Z",
+        Some("draft"),
+        "gpt-4o-mini",
+        "fast",
+        0.02,
+        false,
+        0.0,
+    )
+    .await;
+    ledger(
+        &store,
+        "2027-02-09T11:00:00Z",
+        Some("draft"),
+        "gpt-4o",
+        "quality",
+        0.0,
+        true,
+        0.0,
+    )
+    .await;
+    ledger(
+        &store,
+        "2027-02-09T23:59:00Z",
+        None,
+        "gpt-4o-mini",
+        "router",
+        0.01,
+        false,
+        0.01,
+    )
+    .await;
     // The day before (month and chart, not yesterday) and last month.
-    ledger(&store, "2027-02-08T12:00:00Z", Some("draft"), "gpt-4o", "quality", 0.50, false, 0.0).await;
-    ledger(&store, "2027-01-31T12:00:00Z", Some("draft"), "gpt-4o", "quality", 9.00, false, 0.0).await;
-    run(&store, "r-done-1", "completed", "2027-02-09T08:00:00Z", "2027-02-09T08:05:00Z").await;
-    run(&store, "r-done-2", "completed", "2027-02-09T09:00:00Z", "2027-02-09T09:30:00Z").await;
-    run(&store, "r-failed", "failed", "2027-02-09T10:00:00Z", "2027-02-09T10:01:00Z").await;
-    run(&store, "r-waiting", "waiting_approval", "2027-02-09T11:00:00Z", "2027-02-09T11:00:00Z").await;
-    run(&store, "r-old", "completed", "2027-02-07T11:00:00Z", "2027-02-07T11:00:00Z").await;
+    ledger(
+        &store,
+        "2027-02-08T12:00:00Z",
+        Some("draft"),
+        "gpt-4o",
+        "quality",
+        0.50,
+        false,
+        0.0,
+    )
+    .await;
+    ledger(
+        &store,
+        "2027-01-31T12:00:00Z",
+        Some("draft"),
+        "gpt-4o",
+        "quality",
+        9.00,
+        false,
+        0.0,
+    )
+    .await;
+    run(
+        &store,
+        "r-done-1",
+        "completed",
+        "2027-02-09T08:00:00Z",
+        "2027-02-09T08:05:00Z",
+    )
+    .await;
+    run(
+        &store,
+        "r-done-2",
+        "completed",
+        "2027-02-09T09:00:00Z",
+        "2027-02-09T09:30:00Z",
+    )
+    .await;
+    run(
+        &store,
+        "r-failed",
+        "failed",
+        "2027-02-09T10:00:00Z",
+        "2027-02-09T10:01:00Z",
+    )
+    .await;
+    run(
+        &store,
+        "r-waiting",
+        "waiting_approval",
+        "2027-02-09T11:00:00Z",
+        "2027-02-09T11:00:00Z",
+    )
+    .await;
+    run(
+        &store,
+        "r-old",
+        "completed",
+        "2027-02-07T11:00:00Z",
+        "2027-02-07T11:00:00Z",
+    )
+    .await;
     for (n, (kind, at)) in [
         ("approve", "2027-02-09T12:00:00Z"),
         ("approve", "2027-02-08T12:00:00Z"),
@@ -123,39 +220,66 @@ async fn the_digest_numbers_equal_what_the_seeded_ledger_and_journal_hold(db: Db
         decision(&store, "r-done-1", n, kind, at).await;
     }
 
-    let digest = soloist::digest::build(&store, &settings, now).await.unwrap();
+    let digest = soloist::digest::build(&store, &settings, now)
+        .await
+        .unwrap();
     let n = &digest.numbers;
 
     assert_eq!(n.date, "2027-02-09");
     assert_eq!((n.completed, n.failed, n.waiting), (2, 1, 1));
     assert_eq!(n.failed_runs[0].id, "r-failed");
-    assert!((n.cost_yesterday - 0.33).abs() < 1e-9, "{}", n.cost_yesterday);
+    assert!(
+        (n.cost_yesterday - 0.33).abs() < 1e-9,
+        "{}",
+        n.cost_yesterday
+    );
     assert!((n.cost_month - 0.83).abs() < 1e-9, "{}", n.cost_month);
     assert_eq!((n.daily_cap, n.monthly_cap), (2.0, 40.0));
     assert_eq!((n.calls, n.cache_hits), (4, 1));
     assert!((n.cache_hit_rate - 25.0).abs() < 1e-9);
     // One hit on gpt-4o, whose uncached call cost 0.30 yesterday.
-    assert!((n.cache_saved_usd - 0.30).abs() < 1e-9, "{}", n.cache_saved_usd);
+    assert!(
+        (n.cache_saved_usd - 0.30).abs() < 1e-9,
+        "{}",
+        n.cache_saved_usd
+    );
     assert!((n.batch_saved_usd - 0.01).abs() < 1e-9);
     let tiers: Vec<_> = n.tiers.iter().map(|l| (l.name.as_str(), l.calls)).collect();
     assert_eq!(tiers, [("quality", 2), ("fast", 1), ("router", 1)]);
-    let by_model: Vec<_> = n.month_by_model.iter().map(|l| (l.name.as_str(), l.calls)).collect();
+    let by_model: Vec<_> = n
+        .month_by_model
+        .iter()
+        .map(|l| (l.name.as_str(), l.calls))
+        .collect();
     assert_eq!(by_model, [("openai/gpt-4o", 3), ("openai/gpt-4o-mini", 2)]);
     assert_eq!((n.approved, n.edited, n.rejected), (3, 1, 1));
     assert!((n.intervention_rate - 40.0).abs() < 1e-9);
-    assert!(digest.text.contains("Spend yesterday: $0.3300 of $2.00"), "{}", digest.text);
+    assert!(
+        digest.text.contains("Spend yesterday: $0.3300 of $2.00"),
+        "{}",
+        digest.text
+    );
     assert!(digest.text.contains("/run r-failed"), "{}", digest.text);
-    assert!(digest.text.contains("3 approved as is, 1 edited, 1 rejected"), "{}", digest.text);
+    assert!(
+        digest
+            .text
+            .contains("3 approved as is, 1 edited, 1 rejected"),
+        "{}",
+        digest.text
+    );
 
     let tz: chrono_tz::Tz = "Europe/Lisbon".parse().unwrap();
-    let chart = soloist::digest::chart_data(&store, &settings, tz, now).await.unwrap();
+    let chart = soloist::digest::chart_data(&store, &settings, tz, now)
+        .await
+        .unwrap();
     assert_eq!(chart.days.len(), 14);
     let day = |i: usize| chart.flows.iter().map(|(_, v)| v[i]).sum::<f64>();
     assert!((day(13) - 0.33).abs() < 1e-9, "yesterday is the last bar");
     assert!((day(12) - 0.50).abs() < 1e-9);
     assert!(day(0).abs() < 1e-9);
 
-    let png = image::load_from_memory_with_format(&digest.chart_png, image::ImageFormat::Png).unwrap();
+    let png =
+        image::load_from_memory_with_format(&digest.chart_png, image::ImageFormat::Png).unwrap();
     assert_eq!((png.width(), png.height()), (WIDTH, HEIGHT));
 }
 
@@ -168,7 +292,11 @@ async fn digest_command_sends_the_digest_with_its_chart_and_the_open_approvals(d
 
     assert_eq!(sent.len(), 2, "the digest, then the open approval");
     assert!(sent[0].text.starts_with("Daily digest"), "{}", sent[0].text);
-    assert!(sent[0].text.contains("Approvals open: 1"), "{}", sent[0].text);
+    assert!(
+        sent[0].text.contains("Approvals open: 1"),
+        "{}",
+        sent[0].text
+    );
     assert!(sent[0].image.is_some());
     let labels: Vec<_> = sent[1].buttons.iter().map(|b| b.label.as_str()).collect();
     assert_eq!(labels, ["Approve", "Edit", "Reject"]);

@@ -41,21 +41,33 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
             );
             continue;
         }
-        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
         let metric = name.split('{').next().unwrap();
         assert!(
-            metric.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            metric
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad name: {line}"
         );
-        if let Some(labels) = name.strip_prefix(metric) {
-            if !labels.is_empty() {
-                assert!(labels.starts_with('{') && labels.ends_with('}'), "bad labels: {line}");
-                for pair in labels[1..labels.len() - 1].split("\",") {
-                    let (key, value) = pair.split_once("=\"").unwrap_or_else(|| panic!("bad label: {line}"));
-                    assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
-                    let _ = value;
-                }
+        let labels = &name[metric.len()..];
+        if !labels.is_empty() {
+            assert!(
+                labels.starts_with('{') && labels.ends_with('}'),
+                "bad labels: {line}"
+            );
+            for pair in labels[1..labels.len() - 1].split("\",") {
+                let (key, _) = pair
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("bad label: {line}"));
+                assert!(
+                    key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line}"
+                );
             }
         }
         series.insert(name.to_string(), value);
@@ -86,7 +98,10 @@ async fn metrics_parse_as_prometheus_text_and_model_calls_move_when_a_draft_runs
     let after = scrape().await;
 
     assert_eq!(total(&before, "soloist_model_calls_total"), 0.0);
-    assert!(total(&after, "soloist_model_calls_total") >= 1.0, "{after:#?}");
+    assert!(
+        total(&after, "soloist_model_calls_total") >= 1.0,
+        "{after:#?}"
+    );
     assert!(total(&after, "soloist_model_tokens_total") > 0.0);
     assert!(after.contains_key("soloist_outbox_backlog"));
     assert!(total(&after, "soloist_updates_handled_total") >= 1.0);
@@ -104,7 +119,13 @@ async fn healthz_turns_503_with_the_reason_when_the_database_is_down(db: Db) {
     health.set("telegram", false);
     let adapter_down = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(adapter_down.status(), 503);
-    assert!(adapter_down.text().await.unwrap().contains("telegram is not connected"));
+    assert!(
+        adapter_down
+            .text()
+            .await
+            .unwrap()
+            .contains("telegram is not connected")
+    );
 
     health.set("telegram", true);
     app.app.store.close().await;
@@ -112,7 +133,10 @@ async fn healthz_turns_503_with_the_reason_when_the_database_is_down(db: Db) {
     assert_eq!(down.status(), 503);
     let body: serde_json::Value = down.json().await.unwrap();
     assert_eq!(body["database"], "unreachable");
-    assert!(body["reasons"][0].as_str().unwrap().contains("database"), "{body}");
+    assert!(
+        body["reasons"][0].as_str().unwrap().contains("database"),
+        "{body}"
+    );
 }
 
 async fn schedules_list_their_next_fire_and_pause_with_a_button(db: Db) {
@@ -126,7 +150,13 @@ async fn schedules_list_their_next_fire_and_pause_with_a_button(db: Db) {
     scheduler.sync_config().await.unwrap();
 
     let listed = app.say("/schedules").await;
-    assert!(listed[0].text.contains("digest (digest, cron \"0 0 8 * * *\""), "{}", listed[0].text);
+    assert!(
+        listed[0]
+            .text
+            .contains("digest (digest, cron \"0 0 8 * * *\""),
+        "{}",
+        listed[0].text
+    );
     assert!(listed[0].text.contains("next 20"), "{}", listed[0].text);
     let pause = crate::helpers::button(&listed, "Pause digest");
     let reply = app.press(&pause).await;
@@ -136,7 +166,17 @@ async fn schedules_list_their_next_fire_and_pause_with_a_button(db: Db) {
     crate::helpers::button(&listed, "Resume digest");
 
     let changed = app.say("/schedule digest 07:30").await;
-    assert!(crate::helpers::texts(&changed).contains("\"0 30 7 * * *\""), "{}", crate::helpers::texts(&changed));
-    let row = app.app.store.schedule_named("digest").await.unwrap().unwrap();
+    assert!(
+        crate::helpers::texts(&changed).contains("\"0 30 7 * * *\""),
+        "{}",
+        crate::helpers::texts(&changed)
+    );
+    let row = app
+        .app
+        .store
+        .schedule_named("digest")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.cron, "0 30 7 * * *");
 }

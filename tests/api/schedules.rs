@@ -28,7 +28,9 @@ on_both_backends!(
 );
 
 fn utc(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 /// Counts the fires it runs; fails the first `fail_first` of them.
@@ -95,8 +97,13 @@ impl Harness {
     }
 
     fn scheduler_on(&self, store: Store, job: Arc<CountingJob>) -> Scheduler {
-        Scheduler::new(store, self.settings.clone(), None, Arc::new(self.clock.clone()))
-            .with_job("counting", job)
+        Scheduler::new(
+            store,
+            self.settings.clone(),
+            None,
+            Arc::new(self.clock.clone()),
+        )
+        .with_job("counting", job)
     }
 
     async fn fired(&self) -> Vec<DateTime<Utc>> {
@@ -111,13 +118,24 @@ impl Harness {
 }
 
 async fn a_due_tick_fires_once(db: Db) {
-    let h = Harness::new(db, "0 0 8 * * *", "UTC", CatchUp::Once, "2027-01-10T07:00:00Z").await;
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
     let job = Arc::new(CountingJob::default());
     let scheduler = h.scheduler(job.clone());
 
     h.clock.set(utc("2027-01-10T07:59:59Z"));
     assert!(scheduler.tick().await.unwrap().fired.is_empty());
-    for now in ["2027-01-10T08:00:05Z", "2027-01-10T08:00:20Z", "2027-01-10T09:00:00Z"] {
+    for now in [
+        "2027-01-10T08:00:05Z",
+        "2027-01-10T08:00:20Z",
+        "2027-01-10T09:00:00Z",
+    ] {
         h.clock.set(utc(now));
         scheduler.tick().await.unwrap();
     }
@@ -127,7 +145,14 @@ async fn a_due_tick_fires_once(db: Db) {
 }
 
 async fn a_restart_during_a_due_tick_fires_it_once(db: Db) {
-    let h = Harness::new(db, "0 0 8 * * *", "UTC", CatchUp::Once, "2027-01-10T07:00:00Z").await;
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
     // The first process records the fire, then dies inside the job.
     let dying = Arc::new(CountingJob {
         fail_first: 1,
@@ -147,13 +172,24 @@ async fn a_restart_during_a_due_tick_fires_it_once(db: Db) {
     let second = restarted.tick().await.unwrap();
 
     assert!(first.fired.is_empty() && second.fired.is_empty());
-    assert_eq!(first.completed + second.completed, 1, "the pending fire completes once");
+    assert_eq!(
+        first.completed + second.completed,
+        1,
+        "the pending fire completes once"
+    );
     assert_eq!(job.runs.load(Ordering::SeqCst), 1);
     assert_eq!(h.fired().await.len(), 1);
 }
 
 async fn a_clock_jump_back_never_fires_a_tick_again(db: Db) {
-    let h = Harness::new(db, "0 0 8 * * *", "UTC", CatchUp::Once, "2027-01-10T07:00:00Z").await;
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
     let job = Arc::new(CountingJob::default());
     let scheduler = h.scheduler(job.clone());
     h.clock.set(utc("2027-01-10T08:00:01Z"));
@@ -177,7 +213,14 @@ async fn a_clock_jump_back_never_fires_a_tick_again(db: Db) {
 async fn downtime_across_two_ticks_with_catch_up_once_fires_one_late_run_and_reports_the_miss(
     db: Db,
 ) {
-    let h = Harness::new(db, "0 0 8 * * *", "UTC", CatchUp::Once, "2027-01-10T07:00:00Z").await;
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
     let job = Arc::new(CountingJob::default());
     // Down from before 08:00 on the 10th until 09:00 on the 11th.
     h.clock.set(utc("2027-01-11T09:00:00Z"));
@@ -194,11 +237,22 @@ async fn downtime_across_two_ticks_with_catch_up_once_fires_one_late_run_and_rep
         .unwrap();
     assert_eq!(digest.numbers.misses.len(), 1);
     assert!(digest.text.contains("job: 2 tick(s)"), "{}", digest.text);
-    assert!(digest.text.contains("caught up with one late run"), "{}", digest.text);
+    assert!(
+        digest.text.contains("caught up with one late run"),
+        "{}",
+        digest.text
+    );
 }
 
 async fn downtime_across_two_ticks_with_catch_up_skip_fires_nothing_and_reports_the_miss(db: Db) {
-    let h = Harness::new(db, "0 0 8 * * *", "UTC", CatchUp::Skip, "2027-01-10T07:00:00Z").await;
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Skip,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
     let job = Arc::new(CountingJob::default());
     let scheduler = h.scheduler(job.clone());
     h.clock.set(utc("2027-01-11T09:00:00Z"));
@@ -206,7 +260,10 @@ async fn downtime_across_two_ticks_with_catch_up_skip_fires_nothing_and_reports_
 
     assert!(h.fired().await.is_empty());
     assert_eq!(report.missed.len(), 1);
-    assert_eq!((report.missed[0].ticks, report.missed[0].action.as_str()), (2, "skipped"));
+    assert_eq!(
+        (report.missed[0].ticks, report.missed[0].action.as_str()),
+        (2, "skipped")
+    );
 
     // The next tick fires on time as usual.
     h.clock.set(utc("2027-01-12T08:00:03Z"));
@@ -232,10 +289,22 @@ async fn walk(h: &Harness, scheduler: &Scheduler, from: &str, to: &str) {
 
 async fn the_spring_forward_day_fires_once(db: Db) {
     // 01:30 does not exist in Lisbon on 2027-03-28 (01:00 WET → 02:00 WEST).
-    let h = Harness::new(db, "0 30 1 * * *", "Europe/Lisbon", CatchUp::Once, "2027-03-27T12:00:00Z")
-        .await;
+    let h = Harness::new(
+        db,
+        "0 30 1 * * *",
+        "Europe/Lisbon",
+        CatchUp::Once,
+        "2027-03-27T12:00:00Z",
+    )
+    .await;
     let scheduler = h.scheduler(Arc::new(CountingJob::default()));
-    walk(&h, &scheduler, "2027-03-27T12:10:00Z", "2027-03-29T12:00:00Z").await;
+    walk(
+        &h,
+        &scheduler,
+        "2027-03-27T12:10:00Z",
+        "2027-03-29T12:00:00Z",
+    )
+    .await;
 
     assert_eq!(
         h.fired().await,
@@ -246,10 +315,22 @@ async fn the_spring_forward_day_fires_once(db: Db) {
 
 async fn the_fall_back_day_fires_once(db: Db) {
     // 01:30 happens twice in Lisbon on 2027-10-31 (02:00 WEST → 01:00 WET).
-    let h = Harness::new(db, "0 30 1 * * *", "Europe/Lisbon", CatchUp::Once, "2027-10-30T12:00:00Z")
-        .await;
+    let h = Harness::new(
+        db,
+        "0 30 1 * * *",
+        "Europe/Lisbon",
+        CatchUp::Once,
+        "2027-10-30T12:00:00Z",
+    )
+    .await;
     let scheduler = h.scheduler(Arc::new(CountingJob::default()));
-    walk(&h, &scheduler, "2027-10-30T12:10:00Z", "2027-11-01T12:00:00Z").await;
+    walk(
+        &h,
+        &scheduler,
+        "2027-10-30T12:10:00Z",
+        "2027-11-01T12:00:00Z",
+    )
+    .await;
 
     assert_eq!(
         h.fired().await,
@@ -259,7 +340,14 @@ async fn the_fall_back_day_fires_once(db: Db) {
 }
 
 async fn a_paused_schedule_does_not_fire_and_resuming_does_not_catch_up(db: Db) {
-    let h = Harness::new(db, "0 0 8 * * *", "UTC", CatchUp::Once, "2027-01-10T07:00:00Z").await;
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
     let scheduler = h.scheduler(Arc::new(CountingJob::default()));
     let now = utc("2027-01-10T07:30:00Z").timestamp_millis();
     assert!(h.store.set_schedule_paused("job", true, now).await.unwrap());
@@ -269,7 +357,12 @@ async fn a_paused_schedule_does_not_fire_and_resuming_does_not_catch_up(db: Db) 
     assert!(h.fired().await.is_empty());
 
     let now = utc("2027-01-11T09:00:00Z").timestamp_millis();
-    assert!(h.store.set_schedule_paused("job", false, now).await.unwrap());
+    assert!(
+        h.store
+            .set_schedule_paused("job", false, now)
+            .await
+            .unwrap()
+    );
     let report = scheduler.tick().await.unwrap();
     assert!(report.fired.is_empty() && report.missed.is_empty());
     h.clock.set(utc("2027-01-12T08:00:01Z"));
@@ -281,8 +374,14 @@ async fn a_paused_schedule_does_not_fire_and_resuming_does_not_catch_up(db: Db) 
 /// process).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_schedulers_on_one_postgres_fire_a_due_tick_once() {
-    let h = Harness::new(Db::Postgres, "0 0 8 * * *", "UTC", CatchUp::Once, "2027-01-10T07:00:00Z")
-        .await;
+    let h = Harness::new(
+        Db::Postgres,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
     let job = Arc::new(CountingJob::default());
     let other = Store::open(&h.db.url, 4).await.unwrap();
     let a = h.scheduler(job.clone());
@@ -302,11 +401,22 @@ async fn two_schedulers_on_one_postgres_fire_a_due_tick_once() {
 /// The scheduled digest lands once in the configured chat, with its chart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduled_digest_is_queued_once_with_its_chart() {
-    let h = Harness::new(Db::Sqlite, "0 0 8 * * *", "UTC", CatchUp::Once, "2027-01-10T07:00:00Z")
-        .await;
+    let h = Harness::new(
+        Db::Sqlite,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
     let mut settings = (*h.settings).clone();
     settings.schedules.get_mut("job").unwrap().target = "digest".into();
-    let scheduler = Scheduler::new(h.store.clone(), Arc::new(settings), None, Arc::new(h.clock.clone()));
+    let scheduler = Scheduler::new(
+        h.store.clone(),
+        Arc::new(settings),
+        None,
+        Arc::new(h.clock.clone()),
+    );
     scheduler.sync_config().await.unwrap();
 
     h.clock.set(utc("2027-01-10T08:00:02Z"));
