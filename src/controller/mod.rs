@@ -129,7 +129,11 @@ pub const COMMANDS: [(&str, &str, &str); 10] = [
         "",
         "schedules, their next run, pause or resume",
     ),
-    ("schedule", "NAME HH:MM", "change when a schedule runs"),
+    (
+        "schedule",
+        "WHEN",
+        "change when a schedule runs: NAME HH:MM, e.g. digest 07:30",
+    ),
     ("help", "", "this list"),
 ];
 

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::domain::{ChatRef, Outbound};
@@ -229,9 +230,13 @@ impl Scheduler {
         };
         let mut completed = 0;
         for fire in self.store.pending_fires().await? {
+            // The fire's span: its log lines (and a flow run's, which adds
+            // the run id) carry the schedule and the tick.
+            let span =
+                tracing::info_span!("fire", schedule = %fire.name, tick = fire.scheduled_for);
             let output = match self.jobs.get(&fire.target) {
-                Some(job) => job.run(&context, &fire).await,
-                None => self.start_flow(&fire).await,
+                Some(job) => job.run(&context, &fire).instrument(span).await,
+                None => self.start_flow(&fire).instrument(span).await,
             };
             match output {
                 Ok(output) => {
