@@ -61,6 +61,22 @@ async fn bench(backend: &str, store: &Store, settings: &Settings, now: DateTime<
         assert!(!digest.chart_png.is_empty());
     }
     report(&format!("{backend}: digest (numbers + chart)"), &samples);
+    let timezone: chrono_tz::Tz = settings.business.timezone.parse().unwrap();
+    let mut numbers: Vec<Duration> = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        soloist::digest::numbers(store, settings, timezone, now)
+            .await
+            .unwrap();
+        soloist::digest::chart_data(store, settings, timezone, now)
+            .await
+            .unwrap();
+        numbers.push(started.elapsed());
+    }
+    report(
+        &format!("{backend}: of which SQL (numbers + chart data)"),
+        &numbers,
+    );
 }
 
 /// Rows spread evenly over the last DAYS days, in a few large transactions.
