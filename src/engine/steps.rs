@@ -6,13 +6,14 @@ use serde_json::json;
 
 use super::Engine;
 use super::state::RunState;
+use super::transitions::Transition;
 use crate::agents::{ModelCall, ModelError};
 use crate::domain::{
     Action, ArtifactId, Decision, InputPurpose, JournalEvent, Outbound, RunId, RunStatus,
     action_buttons,
 };
 use crate::flows::{Flow, StepDef, StepKind, Tier};
-use crate::store::{NewApproval, NewArtifact, NewBatchItem, RunRow, Transition};
+use crate::store::{NewApproval, NewArtifact, NewBatchItem, RunRow};
 
 /// A step that finished; the engine adds the run's completion when it was
 /// the last.
@@ -151,6 +152,7 @@ impl Engine {
             run_id: Some(run.id),
             flow: Some(flow.name.clone()),
             step: Some(step.name.clone()),
+            reply_schema: None,
         };
         if !call.urgent {
             match self

@@ -1,5 +1,6 @@
 //! `/digest`, `/schedules`, `/schedule NAME HH:MM` and the pause / resume
-//! buttons. The controller dispatches here; replies go back as messages.
+//! buttons. The controller's handlers (`controller/schedules.rs`) call
+//! these; replies go back as messages.
 
 use chrono::{TimeZone, Utc};
 use std::fmt::Write;
@@ -7,7 +8,7 @@ use std::fmt::Write;
 use super::{Clock, DatabaseClock, Timetable};
 use crate::config::Settings;
 use crate::domain::{Action, Outbound, action_buttons};
-use crate::store::{ScheduleRow, Store, StoreError};
+use crate::store::{ScheduleRow, Store, StoreError, Tx};
 
 /// `/digest`: the digest now, with its chart and the open approvals.
 pub async fn digest_now(store: &Store, settings: &Settings) -> Result<Vec<Outbound>, StoreError> {
@@ -141,10 +142,17 @@ fn new_cron(current: &str, when: &str) -> Option<String> {
     Some(fields.join(" "))
 }
 
-/// The pause / resume buttons.
-pub async fn set_paused(store: &Store, name: &str, paused: bool) -> Result<String, StoreError> {
-    let now = DatabaseClock(store.clone()).now().await?.timestamp_millis();
-    Ok(if !store.set_schedule_paused(name, paused, now).await? {
+/// The pause / resume buttons, inside the press's transaction (so the
+/// press is used, the schedule changed and the update marked handled
+/// together). `now_ms` is the database's clock, read before the
+/// transaction opened (on SQLite the transaction holds the one connection).
+pub async fn set_paused_in(
+    tx: &mut Tx,
+    name: &str,
+    paused: bool,
+    now_ms: i64,
+) -> Result<String, StoreError> {
+    Ok(if !tx.set_schedule_paused(name, paused, now_ms).await? {
         format!("There is no schedule named '{name}'.")
     } else if paused {
         format!("{name} is paused. /schedules has the button to resume it.")

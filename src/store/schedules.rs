@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::messages::enqueue_in;
-use super::{Backend, Store, StoreResult, corrupt};
+use super::{Backend, Store, StoreResult, Tx, corrupt};
 use crate::domain::{ChatRef, Outbound};
 
 /// A schedule as stored.
@@ -156,15 +156,10 @@ impl Store {
         paused: bool,
         now: i64,
     ) -> StoreResult<bool> {
-        let result = sqlx::query(
-            "UPDATE schedules SET paused = $1, next_fire_at = NULL, updated_at = $2 WHERE name = $3",
-        )
-        .bind(i64::from(paused))
-        .bind(now)
-        .bind(name)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() == 1)
+        let mut tx = self.pool.begin().await?;
+        let found = set_schedule_paused_in(&mut tx, name, paused, now).await?;
+        tx.commit().await?;
+        Ok(found)
     }
 
     /// A new cron expression (from chat); the next tick is planned afresh.
@@ -332,6 +327,37 @@ impl Store {
 /// Inserts the fire and the miss (each at most once, whatever raced) and
 /// moves the schedule on. Returns the plan as applied: a fire that was
 /// already there is dropped from it.
+impl Tx {
+    /// Pauses or resumes a schedule inside the caller's transaction (a
+    /// pause button: the press and the change commit together); false
+    /// when there is no schedule by that name.
+    pub async fn set_schedule_paused(
+        &mut self,
+        name: &str,
+        paused: bool,
+        now: i64,
+    ) -> StoreResult<bool> {
+        set_schedule_paused_in(&mut self.inner, name, paused, now).await
+    }
+}
+
+async fn set_schedule_paused_in(
+    tx: &mut Transaction<'_, Any>,
+    name: &str,
+    paused: bool,
+    now: i64,
+) -> StoreResult<bool> {
+    let result = sqlx::query(
+        "UPDATE schedules SET paused = $1, next_fire_at = NULL, updated_at = $2 WHERE name = $3",
+    )
+    .bind(i64::from(paused))
+    .bind(now)
+    .bind(name)
+    .execute(&mut **tx)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
 async fn apply_plan(
     tx: &mut Transaction<'_, Any>,
     schedule: &ScheduleRow,

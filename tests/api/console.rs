@@ -5,7 +5,6 @@ use std::process::{Command, Stdio};
 
 use crate::fake_llm::{DEFAULT_DRAFT, FakeLlm};
 
-
 /// Runs `soloist chat` in `home` with `input` on stdin and a fake model.
 fn chat(home: &std::path::Path, llm: Option<&str>, input: &str) -> (String, String, bool) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_soloist"));
@@ -63,6 +62,13 @@ async fn a_piped_script_drafts_and_approves_by_button_number() {
         "{stdout}"
     );
     assert!(stdout.contains(DEFAULT_DRAFT));
+    // Piped input is echoed after its prompt: the transcript reads as a
+    // conversation.
+    assert!(
+        stdout.contains("> /draft a LinkedIn post announcing the new Website Audit price\n")
+            && stdout.contains("> 1\n"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("[1] Approve  [2] Edit  [3] Reject"),
         "{stdout}"
@@ -85,10 +91,9 @@ async fn every_hostile_line_gets_a_clear_reply_and_the_store_survives() {
     let lines = hostile.len();
     let input = hostile.join("\n") + "\n";
 
-    let (stdout, stderr, ok) =
-        tokio::task::spawn_blocking(move || chat(&path, Some(&url), &input))
-            .await
-            .unwrap();
+    let (stdout, stderr, ok) = tokio::task::spawn_blocking(move || chat(&path, Some(&url), &input))
+        .await
+        .unwrap();
 
     assert!(ok, "exit status; stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");

@@ -3,9 +3,9 @@
 //! model server.
 
 mod fake_discord;
-mod fixtures;
 mod fake_llm;
 mod fake_telegram;
+mod fixtures;
 mod helpers;
 
 mod approvals;
@@ -19,6 +19,7 @@ mod http;
 mod models;
 mod outbox;
 mod recovery;
+mod routing;
 mod schedules;
 mod store;
 mod telegram;

@@ -13,7 +13,7 @@ use soloist::scheduler::{
 };
 use soloist::store::{PendingFire, Store};
 
-use crate::helpers::{Db, TestDb, drain, test_settings};
+use crate::helpers::{Db, TestApp, TestDb, button, drain, test_settings, texts};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -25,6 +25,7 @@ on_both_backends!(
     the_spring_forward_day_fires_once,
     the_fall_back_day_fires_once,
     a_paused_schedule_does_not_fire_and_resuming_does_not_catch_up,
+    the_pause_button_pauses_once_and_the_resume_button_resumes,
 );
 
 fn utc(text: &str) -> DateTime<Utc> {
@@ -368,6 +369,54 @@ async fn a_paused_schedule_does_not_fire_and_resuming_does_not_catch_up(db: Db) 
     h.clock.set(utc("2027-01-12T08:00:01Z"));
     scheduler.tick().await.unwrap();
     assert_eq!(h.fired().await, [utc("2027-01-12T08:00:00Z")]);
+}
+
+/// The buttons `/schedules` offers go through the controller's press
+/// transaction: the schedule changes once, a second press of the same
+/// button changes nothing.
+async fn the_pause_button_pauses_once_and_the_resume_button_resumes(db: Db) {
+    let t = TestApp::spawn(db).await;
+    Scheduler::new(
+        t.app.store.clone(),
+        t.app.settings.clone(),
+        None,
+        Arc::new(ManualClock::at(utc("2027-01-10T07:00:00Z"))),
+    )
+    .sync_config()
+    .await
+    .unwrap();
+    let paused = |t: &TestApp| {
+        let store = t.app.store.clone();
+        async move {
+            store
+                .schedule_named("digest")
+                .await
+                .unwrap()
+                .unwrap()
+                .paused
+        }
+    };
+
+    let listed = t.say("/schedules").await;
+    assert!(texts(&listed).contains("digest"), "{}", texts(&listed));
+    let pause = button(&listed, "Pause digest");
+    let reply = t.press(&pause).await;
+    assert!(
+        texts(&reply).contains("digest is paused"),
+        "{}",
+        texts(&reply)
+    );
+    assert!(paused(&t).await);
+
+    let again = t.press(&pause).await;
+    assert!(texts(&again).contains("already used"), "{}", texts(&again));
+    assert!(paused(&t).await);
+
+    let listed = t.say("/schedules").await;
+    let resume = button(&listed, "Resume digest");
+    let reply = t.press(&resume).await;
+    assert!(texts(&reply).contains("running again"), "{}", texts(&reply));
+    assert!(!paused(&t).await);
 }
 
 /// Two processes on one PostgreSQL at the same due tick (SQLite is for one
