@@ -354,6 +354,9 @@ mod tests {
             assert!(find(spec.name).is_some());
         }
         let intents: Vec<&str> = command_intents().map(|(name, _)| name).collect();
-        assert_eq!(intents, ["runs", "approvals", "cost", "help"]);
+        assert_eq!(
+            intents,
+            ["runs", "approvals", "cost", "digest", "schedules", "help"]
+        );
     }
 }
