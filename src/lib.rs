@@ -40,9 +40,14 @@
 //!   rate limits, retried until delivered, marked once. Started once for
 //!   every platform by [`outbox::start`].
 //! - [`retry_after`]: every server's "retry after", read with a cap.
-//! - [`runtime`]: `soloist run`: the worker and the platforms until
-//!   shutdown; a service that stops on its own stops the process with an
-//!   error.
+//! - [`runtime`]: `soloist run`: the worker, the scheduler, HTTP and the
+//!   platforms until shutdown; a service that stops on its own stops the
+//!   process with an error.
+//! - [`scheduler`]: cron schedules in the database; a due tick fires once
+//!   (unique key), missed ticks follow the catch-up policy and are recorded.
+//!   Built-in periodic jobs (the budget reservation sweep) run as schedules.
+//! - [`digest`]: the daily digest: SQL numbers, a template, a chart (PNG).
+//! - [`http`]: `/healthz` and `/metrics` (Prometheus) for `soloist run`.
 //! - [`store`]: PostgreSQL or SQLite, one set of queries for both; tables
 //!   and transactions ([`store::Tx`]), not the run state machine.
 //! - [`domain`]: `Inbound`, `Outbound`, buttons, ids, run events; no I/O.
@@ -56,13 +61,16 @@ pub mod agents;
 pub mod app;
 pub mod config;
 pub mod controller;
+pub mod digest;
 pub mod doctor;
 pub mod domain;
 pub mod engine;
 pub mod flows;
 pub mod frontdoor;
+pub mod http;
 pub mod outbox;
 pub mod policy;
 pub mod retry_after;
 pub mod runtime;
+pub mod scheduler;
 pub mod store;

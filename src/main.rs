@@ -44,6 +44,15 @@ enum Command {
         /// The run's id (its first characters are enough).
         run_id: String,
     },
+    /// Print the daily digest and write its chart to a PNG file.
+    Digest {
+        /// Build it now (for yesterday) instead of waiting for its schedule.
+        #[arg(long)]
+        now: bool,
+        /// Where the chart goes.
+        #[arg(long, default_value = "digest.png")]
+        chart: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -51,13 +60,6 @@ async fn main() -> ExitCode {
     // Both ring and aws-lc-rs end up compiled in; rustls panics at the first
     // TLS connection unless one is chosen before.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
@@ -73,6 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cli.home.clone(),
         cli.config.clone(),
     ))?;
+    init_logging(settings.log.format);
     match cli.command {
         Command::Chat => chat(settings, &cli.home).await,
         Command::Run => serve(settings, &cli.home).await,
@@ -96,7 +99,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Replay { run_id } => replay(settings, &cli.home, &run_id).await,
+        Command::Digest { now, chart } => digest(settings, &cli.home, now, &chart).await,
     }
+}
+
+/// Logs to stderr, as text for people or JSON lines for collectors
+/// (`log.format`); RUST_LOG sets the level.
+fn init_logging(format: soloist::http::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        soloist::http::LogFormat::Json => builder.json().with_current_span(true).init(),
+        soloist::http::LogFormat::Text => builder.init(),
+    }
+}
+
+/// `soloist digest --now`: prints the digest and writes its chart.
+async fn digest(
+    settings: Settings,
+    home: &std::path::Path,
+    now: bool,
+    chart: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    if !now {
+        anyhow::bail!("soloist digest needs --now (the scheduled digest is sent by soloist run)");
+    }
+    let app = App::build(settings, home).await?;
+    let digest = soloist::digest::build_now(&app.store, &app.settings)
+        .await
+        .context("building the digest")?;
+    println!("{}", digest.text);
+    for approval in &digest.approvals {
+        println!("\n{}", approval.text);
+    }
+    std::fs::write(chart, &digest.chart_png)
+        .with_context(|| format!("writing the chart to {}", chart.display()))?;
+    println!("\nchart: {}", chart.display());
+    app.store.close().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -1,6 +1,7 @@
 //! `soloist run`: the long-running bot. A worker that resumes runnable runs
-//! (after a crash, or woken by another process), and every configured chat
-//! platform, until Ctrl-C or SIGTERM.
+//! (after a crash, or woken by another process), the scheduler, the HTTP
+//! server (when `http.listen` is set) and every configured chat platform,
+//! until Ctrl-C or SIGTERM.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -62,6 +63,14 @@ pub async fn run(
     }
     let mut services = tokio::task::JoinSet::new();
     services.spawn(batches(app.clone(), shutdown.clone()));
+    services.spawn(crate::scheduler::service(&app, shutdown.clone()));
+    let health = crate::http::Health::default();
+    if let Some(http) = crate::http::service(&app, health, shutdown.clone())
+        .await
+        .map_err(|error| RuntimeError::Service(format!("http: {}", error_chain(&error))))?
+    {
+        services.spawn(http);
+    }
     services.spawn(worker(app, shutdown.clone()));
     for platform in platforms {
         services.spawn(platform);
@@ -136,8 +145,10 @@ pub async fn batches(app: App, shutdown: CancellationToken) -> Result<(), String
             }
             Err(error) => tracing::warn!(error = %error, "batch round failed; will try again"),
         }
-        // Reservations a crashed process left behind (the schedules issue
-        // may give this its own schedule).
+        // Reservations a crashed process left behind. Swept here, every
+        // batch poll, rather than as a schedule: a scheduled job records a
+        // fire row per tick (nothing prunes them yet) and its missed ticks
+        // would fill the digest after every restart.
         if let Err(error) = app.engine.agents().sweep_reservations().await {
             tracing::warn!(error = ?error, "sweeping reservations failed; will try again");
         }

@@ -95,6 +95,16 @@ pub struct Settings {
     pub owner: OwnerSettings,
     pub telegram: TelegramSettings,
     pub discord: DiscordSettings,
+    #[serde(default)]
+    pub scheduler: crate::scheduler::SchedulerSettings,
+    #[serde(default)]
+    pub schedules: std::collections::BTreeMap<String, crate::scheduler::ScheduleConfig>,
+    #[serde(default)]
+    pub digest: crate::digest::DigestSettings,
+    #[serde(default)]
+    pub http: crate::http::HttpSettings,
+    #[serde(default)]
+    pub log: crate::http::LogSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

@@ -1,12 +1,13 @@
 //! Button presses: an action button (retry, cancel, raise the cap, a
-//! routing choice) or an approval decision. Each press is taken in one
-//! transaction with what it does and with marking its update handled, so
-//! a crash anywhere leaves either nothing done (the redelivered press
+//! routing choice, pause or resume a schedule) or an approval decision.
+//! Each press is taken in one transaction with what it does and with
+//! marking its update handled, so a crash anywhere leaves either nothing done (the redelivered press
 //! works) or everything (the redelivery is a duplicate).
 
 use super::{Controller, ControllerError, Handled, NOT_OPEN, Outcome, actor};
 use crate::domain::{Action, ButtonToken, Inbound};
 use crate::engine::DecideError;
+use crate::scheduler::commands as scheduler;
 use crate::store::ActionLookup;
 
 const ALREADY_USED: &str = "That button was already used.";
@@ -62,6 +63,12 @@ impl Controller {
             }
             _ => None,
         };
+        // A pause / resume stamps the schedule with the database's clock:
+        // read it before the transaction, for the same reason.
+        let schedule_now = match &action {
+            Action::SetSchedulePaused { .. } => Some(self.store.database_now_ms().await?),
+            _ => None,
+        };
         let mut tx = self.store.begin().await?;
         if !matches!(tx.use_action(token).await?, ActionLookup::Taken(_)) {
             tx.rollback().await?;
@@ -108,6 +115,10 @@ impl Controller {
                     }
                 },
             },
+            Action::SetSchedulePaused { name, paused } => {
+                let now_ms = schedule_now.unwrap_or_default();
+                Handled::reply(scheduler::set_paused_in(&mut tx, &name, paused, now_ms).await?)
+            }
         };
         tx.finish_inbound(inbound, &handled.replies).await?;
         tx.commit().await?;

@@ -129,6 +129,33 @@ pub const COMMAND_TABLE: &[CommandSpec] = &[
         handler: handler!(policy),
     },
     CommandSpec {
+        name: "digest",
+        aliases: &[],
+        args: "",
+        description: "the daily digest now: runs, approvals, cost, with a chart",
+        intent: Some("send the daily digest now: runs, approvals and cost, with a chart"),
+        report: true,
+        handler: handler!(digest),
+    },
+    CommandSpec {
+        name: "schedules",
+        aliases: &[],
+        args: "",
+        description: "schedules, their next run, pause or resume",
+        intent: Some("list the schedules, when each runs next, and pause or resume one"),
+        report: false,
+        handler: handler!(list_schedules),
+    },
+    CommandSpec {
+        name: "schedule",
+        aliases: &[],
+        args: "WHEN",
+        description: "change when a schedule runs: NAME HH:MM, e.g. digest 07:30",
+        intent: None,
+        report: false,
+        handler: handler!(change_schedule),
+    },
+    CommandSpec {
         name: "help",
         aliases: &["start"],
         args: "",
@@ -342,6 +369,9 @@ mod tests {
             assert!(find(spec.name).is_some());
         }
         let intents: Vec<&str> = command_intents().map(|(name, _)| name).collect();
-        assert_eq!(intents, ["runs", "approvals", "cost", "help"]);
+        assert_eq!(
+            intents,
+            ["runs", "approvals", "cost", "digest", "schedules", "help"]
+        );
     }
 }

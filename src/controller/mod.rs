@@ -14,6 +14,7 @@ mod cost;
 mod policy_hooks;
 mod reports;
 mod routing;
+mod schedules;
 
 pub use commands::{COMMAND_TABLE, COMMANDS, Command, CommandSpec, help_text};
 pub use routing::{Guess, IntentRouter};

@@ -21,6 +21,8 @@ pub enum Action {
     /// Do what free text was routed to (a flow or a command), after the
     /// operator confirmed the guess.
     Route { intent: String, request: String },
+    /// Pause (or resume) a schedule, from `/schedules`.
+    SetSchedulePaused { name: String, paused: bool },
 }
 
 /// Buttons for labelled actions, each with a fresh token, and the

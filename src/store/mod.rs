@@ -17,6 +17,7 @@ mod actions;
 mod approvals;
 mod batch;
 mod budget;
+mod digest;
 mod guardrails;
 mod journal;
 mod leases;
@@ -25,6 +26,7 @@ mod messages;
 mod outbox;
 mod reservations;
 mod runs;
+mod schedules;
 mod tx;
 mod updates;
 
@@ -32,6 +34,7 @@ pub use actions::ActionLookup;
 pub use approvals::{ApprovalSummary, Decided, NewApproval};
 pub use batch::{BatchItem, BatchOutcome, NewBatchItem};
 pub use budget::{BudgetRefusal, Caps, PeriodStatus, Reservation};
+pub use digest::{CallTotals, DailyCost, DigestSql, MetricTotals, Window};
 pub use guardrails::GuardrailEvent;
 pub use leases::{ClaimedRun, Fenced};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
@@ -39,6 +42,7 @@ pub use messages::InboundRecord;
 pub use outbox::{Claim, OutboxMessage, OutboxTrouble, Settlement};
 pub use reservations::{HeldReservation, Release, ReleasedSummary};
 pub use runs::{NewArtifact, NewRun, RunRow};
+pub use schedules::{DueSchedule, FirePlan, MissRecord, PendingFire, ScheduleRow};
 pub use updates::{PendingInteraction, RecordedUpdate};
 
 use std::borrow::Cow;
@@ -217,6 +221,7 @@ const MIGRATIONS: Migrations = migrations![
     4 "input from the presser" "0004_input_from.sql",
     5 "outbox claims" "0005_outbox_claims.sql",
     6 "budget reservations" "0006_budget_reservations.sql",
+    7 "schedules" "0007_schedules.sql",
     9 "guardrails" "0009_guardrails.sql",
 ];
 

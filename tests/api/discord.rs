@@ -658,6 +658,9 @@ async fn slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally
             "retry",
             "cost",
             "policy",
+            "digest",
+            "schedules",
+            "schedule",
             "help"
         ]
     );

@@ -226,6 +226,9 @@ async fn a_draft_is_offered_with_buttons_and_approving_edits_the_offer_in_place(
             "retry",
             "cost",
             "policy",
+            "digest",
+            "schedules",
+            "schedule",
             "help"
         ]
     );

@@ -48,6 +48,7 @@ pub fn definitions(in_servers: bool) -> Value {
 fn option_description(takes: &str) -> &'static str {
     match takes {
         "ID" => "The run's id (its first 4 characters are enough)",
+        "WHEN" => "The schedule and its new time, e.g. digest 07:30",
         _ => "What you need, e.g. a LinkedIn post about the new price",
     }
 }

@@ -1,0 +1,428 @@
+//! The daily digest: what ran yesterday, what waits, what it cost against
+//! the caps, how often the owner stepped in, and any missed schedule tick.
+//! Every number is a SQL aggregate ([`crate::store`]'s digest queries);
+//! the text is `prompts/digest.md` rendered with minijinja — never written
+//! by a model — and the chart is drawn in process ([`chart`]).
+
+pub mod chart;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Settings;
+use crate::domain::{ApprovalRole, ChatRef, Image, Outbound, Platform};
+use crate::scheduler::{Job, JobContext, JobOutput};
+use crate::store::{CostLine, DigestSql, PendingFire, Store, StoreError, Window};
+
+pub use chart::{ChartData, ChartError};
+
+const TEMPLATE: &str = include_str!("../../prompts/digest.md");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DigestSettings {
+    /// "platform:chat_id" entries; empty: the owner's private chats.
+    pub chats: Vec<String>,
+    pub chart_days: u32,
+}
+
+impl Default for DigestSettings {
+    fn default() -> Self {
+        DigestSettings {
+            chats: Vec::new(),
+            chart_days: 14,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DigestError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the digest template prompts/digest.md is broken")]
+    Template(#[source] minijinja::Error),
+    #[error(transparent)]
+    Chart(#[from] ChartError),
+    #[error("'{0}' is not a time zone name")]
+    TimeZone(String),
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Line {
+    pub name: String,
+    pub calls: i64,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FailedRun {
+    pub id: String,
+    pub flow: String,
+    pub summary: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MissLine {
+    pub schedule: String,
+    pub ticks: i64,
+    pub first: String,
+    pub last: String,
+    pub action: String,
+}
+
+/// Every number the digest shows.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DigestNumbers {
+    pub business: String,
+    pub timezone: String,
+    /// Yesterday, the day reported, local.
+    pub date: String,
+    pub completed: i64,
+    pub failed: i64,
+    pub failed_runs: Vec<FailedRun>,
+    pub waiting: i64,
+    pub approvals_open: i64,
+    pub cost_yesterday: f64,
+    pub daily_cap: f64,
+    pub cost_month: f64,
+    pub monthly_cap: f64,
+    pub yesterday_by_flow: Vec<Line>,
+    pub month_by_flow: Vec<Line>,
+    pub month_by_model: Vec<Line>,
+    pub calls: i64,
+    pub cache_hits: i64,
+    /// Percent of yesterday's calls served from the cache.
+    pub cache_hit_rate: f64,
+    pub cache_saved_usd: f64,
+    pub batch_saved_usd: f64,
+    pub tiers: Vec<Line>,
+    pub approved: i64,
+    pub edited: i64,
+    pub rejected: i64,
+    pub decisions_total: i64,
+    /// Percent of decisions over 7 days that were edits or rejections.
+    pub intervention_rate: f64,
+    pub misses: Vec<MissLine>,
+}
+
+/// A built digest: the text, the chart, and the open approvals' offers.
+#[derive(Debug, Clone)]
+pub struct Digest {
+    pub numbers: DigestNumbers,
+    pub text: String,
+    pub chart_png: Vec<u8>,
+    pub approvals: Vec<Outbound>,
+}
+
+impl Digest {
+    /// The messages to send: the text with the chart, then each open
+    /// approval with its buttons.
+    pub fn messages(&self) -> Vec<Outbound> {
+        let mut main = Outbound::text(self.text.clone());
+        main.image = Some(Image {
+            file_name: format!("digest-{}.png", self.numbers.date),
+            png_base64: base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                &self.chart_png,
+            ),
+        });
+        std::iter::once(main)
+            .chain(self.approvals.iter().cloned())
+            .collect()
+    }
+}
+
+/// Builds the digest for the local day before `now`.
+pub async fn build(
+    store: &Store,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> Result<Digest, DigestError> {
+    let timezone: Tz = settings
+        .business
+        .timezone
+        .parse()
+        .map_err(|_| DigestError::TimeZone(settings.business.timezone.clone()))?;
+    let numbers = numbers(store, settings, timezone, now).await?;
+    let text = render(&numbers)?;
+    let chart_png = chart::render_png(&chart_data(store, settings, timezone, now).await?)?;
+    let approvals = store
+        .pending_approvals()
+        .await?
+        .into_iter()
+        .map(|a| {
+            Outbound::text(format!(
+                "Waiting for your decision (run {}):\n\n{}",
+                a.run_id.short(),
+                a.draft
+            ))
+            .with_buttons(a.buttons)
+            .linked_to(a.id, ApprovalRole::Offer)
+        })
+        .collect();
+    Ok(Digest {
+        numbers,
+        text,
+        chart_png,
+        approvals,
+    })
+}
+
+/// The digest's numbers, from SQL aggregates.
+pub async fn numbers(
+    store: &Store,
+    settings: &Settings,
+    timezone: Tz,
+    now: DateTime<Utc>,
+) -> Result<DigestNumbers, StoreError> {
+    let today = now.with_timezone(&timezone).date_naive();
+    let yesterday_date = today - Duration::days(1);
+    let yesterday = Window {
+        from: local_midnight(timezone, yesterday_date),
+        to: local_midnight(timezone, today),
+    };
+    let month_start = today.with_day(1).unwrap_or(today);
+    let month = Window {
+        from: local_midnight(timezone, month_start),
+        to: now.timestamp_millis(),
+    };
+    let week = Window {
+        from: now.timestamp_millis() - Duration::days(7).num_milliseconds(),
+        to: now.timestamp_millis(),
+    };
+
+    let finished = store.finished_runs(yesterday).await?;
+    let count = |rows: &[(String, i64)], key: &str| {
+        rows.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    let failed_runs = store
+        .failed_runs(yesterday, 10)
+        .await?
+        .into_iter()
+        .map(|(id, flow, summary)| FailedRun { id, flow, summary })
+        .collect();
+    let waiting = store.waiting_runs().await?.iter().map(|(_, n)| n).sum();
+    let yesterday_by_flow = store.cost_lines(yesterday, DigestSql::Flow).await?;
+    let tiers = store.cost_lines(yesterday, DigestSql::Tier).await?;
+    let month_by_flow = store.cost_lines(month, DigestSql::Flow).await?;
+    let month_by_model = store.cost_lines(month, DigestSql::Model).await?;
+    let (cache_saved_usd, batch_saved_usd) = store.cache_and_batch_savings(yesterday).await?;
+    let decisions = store.decision_counts(week).await?;
+    let calls: i64 = yesterday_by_flow.iter().map(|l| l.calls).sum();
+    let cache_hits: i64 = yesterday_by_flow.iter().map(|l| l.cache_hits).sum();
+    let (approved, edited, rejected) = (
+        count(&decisions, "approve"),
+        count(&decisions, "edit"),
+        count(&decisions, "reject"),
+    );
+    let decisions_total = approved + edited + rejected;
+    let misses = store
+        .schedule_misses(yesterday.from, now.timestamp_millis() + 1)
+        .await?
+        .into_iter()
+        .map(|m| MissLine {
+            schedule: m.schedule,
+            ticks: m.ticks,
+            first: local_text(timezone, m.first_tick),
+            last: local_text(timezone, m.last_tick),
+            action: m.action,
+        })
+        .collect();
+    Ok(DigestNumbers {
+        business: settings.business.name.clone(),
+        timezone: settings.business.timezone.clone(),
+        date: yesterday_date.to_string(),
+        completed: count(&finished, "completed"),
+        failed: count(&finished, "failed"),
+        failed_runs,
+        waiting,
+        approvals_open: store.pending_approvals().await?.len() as i64,
+        cost_yesterday: sum_cost(&yesterday_by_flow),
+        daily_cap: settings.policy.daily_budget_usd,
+        cost_month: sum_cost(&month_by_flow),
+        monthly_cap: settings.policy.monthly_budget_usd,
+        yesterday_by_flow: lines(yesterday_by_flow),
+        month_by_flow: lines(month_by_flow),
+        month_by_model: lines(month_by_model),
+        calls,
+        cache_hits,
+        cache_hit_rate: percent(cache_hits, calls),
+        cache_saved_usd,
+        batch_saved_usd,
+        tiers: lines(tiers),
+        approved,
+        edited,
+        rejected,
+        decisions_total,
+        intervention_rate: percent(edited + rejected, decisions_total),
+        misses,
+    })
+}
+
+/// The chart's data: the `digest.chart_days` local days up to yesterday.
+pub async fn chart_data(
+    store: &Store,
+    settings: &Settings,
+    timezone: Tz,
+    now: DateTime<Utc>,
+) -> Result<ChartData, StoreError> {
+    let today = now.with_timezone(&timezone).date_naive();
+    let days = i64::from(settings.digest.chart_days.clamp(1, 92));
+    let dates: Vec<NaiveDate> = (0..=days)
+        .map(|i| today - Duration::days(days - i))
+        .collect();
+    let boundaries: Vec<i64> = dates.iter().map(|d| local_midnight(timezone, *d)).collect();
+    let mut flows: Vec<(String, Vec<f64>)> = Vec::new();
+    for cost in store.daily_cost_by_flow(&boundaries).await? {
+        let index = match flows.iter().position(|(f, _)| *f == cost.flow) {
+            Some(index) => index,
+            None => {
+                flows.push((cost.flow.clone(), vec![0.0; days as usize]));
+                flows.len() - 1
+            }
+        };
+        if let Some(slot) = flows[index].1.get_mut(cost.day) {
+            *slot += cost.cost_usd;
+        }
+    }
+    let decisions = store
+        .decision_counts(Window {
+            from: boundaries[0],
+            to: now.timestamp_millis(),
+        })
+        .await?;
+    Ok(ChartData {
+        days: dates[..days as usize]
+            .iter()
+            .map(|d| d.format("%m-%d").to_string())
+            .collect(),
+        flows,
+        daily_cap_usd: settings.policy.daily_budget_usd,
+        decisions,
+    })
+}
+
+/// The digest text from `prompts/digest.md` (compiled in).
+pub fn render(numbers: &DigestNumbers) -> Result<String, DigestError> {
+    let mut env = minijinja::Environment::new();
+    env.add_template("digest", TEMPLATE)
+        .map_err(DigestError::Template)?;
+    env.get_template("digest")
+        .and_then(|t| t.render(minijinja::value::Serde(numbers)))
+        .map(|text| text.trim().to_string())
+        .map_err(DigestError::Template)
+}
+
+/// Where a scheduled digest goes: `digest.chats`, or the owner's private
+/// chat on each platform where the owner's account is known. (A Discord
+/// DM needs its channel id, so Discord is reached through `digest.chats`.)
+pub fn owner_chats(settings: &Settings) -> Vec<ChatRef> {
+    if !settings.digest.chats.is_empty() {
+        return settings
+            .digest
+            .chats
+            .iter()
+            .filter_map(|entry| {
+                let (platform, chat) = entry.split_once(':')?;
+                Some(ChatRef::new(
+                    platform.trim().parse::<Platform>().ok()?,
+                    chat.trim(),
+                ))
+            })
+            .collect();
+    }
+    let mut chats = Vec::new();
+    if settings.telegram.token.is_set() && !settings.owner.telegram_user_id.is_empty() {
+        // A Telegram user's private chat has the user's id.
+        chats.push(ChatRef::new(
+            Platform::Telegram,
+            settings.owner.telegram_user_id.clone(),
+        ));
+    }
+    chats
+}
+
+/// The scheduled digest job.
+#[derive(Debug)]
+pub struct DigestJob;
+
+#[async_trait::async_trait]
+impl Job for DigestJob {
+    async fn run(&self, context: &JobContext, fire: &PendingFire) -> Result<JobOutput, String> {
+        let digest = build(&context.store, &context.settings, context.now)
+            .await
+            .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+        let chats = owner_chats(&context.settings);
+        if chats.is_empty() {
+            tracing::warn!(schedule = %fire.name, "the digest has nowhere to go: set owner.telegram_user_id or digest.chats");
+        }
+        let messages = digest.messages();
+        Ok(JobOutput {
+            messages: chats
+                .into_iter()
+                .flat_map(|chat| messages.iter().map(move |m| (chat.clone(), m.clone())))
+                .collect(),
+            run_id: None,
+        })
+    }
+}
+
+/// The digest now, for `/digest` and `soloist digest --now`.
+pub async fn build_now(store: &Store, settings: &Settings) -> Result<Digest, DigestError> {
+    let now = crate::scheduler::Clock::now(&crate::scheduler::DatabaseClock(store.clone())).await?;
+    build(store, settings, now).await
+}
+
+fn lines(lines: Vec<CostLine>) -> Vec<Line> {
+    lines
+        .into_iter()
+        .map(|l| Line {
+            name: l.name,
+            calls: l.calls,
+            cost_usd: l.cost_usd,
+        })
+        .collect()
+}
+
+fn sum_cost(lines: &[CostLine]) -> f64 {
+    lines.iter().map(|l| l.cost_usd).sum()
+}
+
+fn percent(part: i64, whole: i64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// Unix ms of 00:00 on `date` in `timezone` (the first 00:00 if repeated,
+/// the end of the gap if skipped).
+pub fn local_midnight(timezone: Tz, date: NaiveDate) -> i64 {
+    let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
+    timezone
+        .from_local_datetime(&midnight)
+        .earliest()
+        .or_else(|| {
+            timezone
+                .from_local_datetime(&(midnight + Duration::hours(1)))
+                .earliest()
+        })
+        .map(|t| t.timestamp_millis())
+        .unwrap_or_else(|| midnight.and_utc().timestamp_millis())
+}
+
+fn local_text(timezone: Tz, ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| {
+            t.with_timezone(&timezone)
+                .format("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,479 @@
+//! Schedules with a clock the test moves: a tick fires once, whatever
+//! races it (a second process, a restart, a clock jump); missed ticks
+//! follow the catch-up policy and are recorded; daylight-saving days fire
+//! once each.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::{DateTime, Duration, Utc};
+use soloist::config::Settings;
+use soloist::scheduler::{
+    CatchUp, Job, JobContext, JobOutput, ManualClock, ScheduleConfig, Scheduler,
+};
+use soloist::store::{PendingFire, Store};
+
+use crate::helpers::{Db, TestApp, TestDb, button, drain, test_settings, texts};
+use crate::on_both_backends;
+
+on_both_backends!(
+    a_due_tick_fires_once,
+    a_restart_during_a_due_tick_fires_it_once,
+    a_clock_jump_back_never_fires_a_tick_again,
+    downtime_across_two_ticks_with_catch_up_once_fires_one_late_run_and_reports_the_miss,
+    downtime_across_two_ticks_with_catch_up_skip_fires_nothing_and_reports_the_miss,
+    the_spring_forward_day_fires_once,
+    the_fall_back_day_fires_once,
+    a_paused_schedule_does_not_fire_and_resuming_does_not_catch_up,
+    the_pause_button_pauses_once_and_the_resume_button_resumes,
+);
+
+fn utc(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+/// Counts the fires it runs; fails the first `fail_first` of them.
+#[derive(Default)]
+struct CountingJob {
+    runs: AtomicUsize,
+    fail_first: usize,
+}
+
+#[async_trait::async_trait]
+impl Job for CountingJob {
+    async fn run(&self, _: &JobContext, _: &PendingFire) -> Result<JobOutput, String> {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
+        if n < self.fail_first {
+            return Err("the process died mid-job".into());
+        }
+        Ok(JobOutput::default())
+    }
+}
+
+struct Harness {
+    db: TestDb,
+    store: Store,
+    settings: Arc<Settings>,
+    clock: ManualClock,
+}
+
+impl Harness {
+    /// One schedule named "job" with this cron, zone and policy, and the
+    /// digest going to the console.
+    async fn new(db: Db, cron: &str, timezone: &str, catch_up: CatchUp, start: &str) -> Harness {
+        let db = TestDb::create(db).await;
+        let store = Store::open(&db.url, 4).await.unwrap();
+        let mut settings = test_settings(None);
+        settings.schedules.clear();
+        settings.schedules.insert(
+            "job".into(),
+            ScheduleConfig {
+                cron: cron.into(),
+                timezone: timezone.into(),
+                catch_up,
+                target: "counting".into(),
+                input: String::new(),
+                enabled: true,
+            },
+        );
+        settings.digest.chats = vec!["console:console".into()];
+        let harness = Harness {
+            db,
+            store,
+            settings: Arc::new(settings),
+            clock: ManualClock::at(utc(start)),
+        };
+        let scheduler = harness.scheduler(Arc::new(CountingJob::default()));
+        scheduler.sync_config().await.unwrap();
+        // The first tick only plans the next fire time.
+        let report = scheduler.tick().await.unwrap();
+        assert!(report.fired.is_empty());
+        harness
+    }
+
+    fn scheduler(&self, job: Arc<CountingJob>) -> Scheduler {
+        self.scheduler_on(self.store.clone(), job)
+    }
+
+    fn scheduler_on(&self, store: Store, job: Arc<CountingJob>) -> Scheduler {
+        Scheduler::new(
+            store,
+            self.settings.clone(),
+            None,
+            Arc::new(self.clock.clone()),
+        )
+        .with_job("counting", job)
+    }
+
+    async fn fired(&self) -> Vec<DateTime<Utc>> {
+        self.store
+            .fired_ticks("job")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|ms| DateTime::from_timestamp_millis(ms).unwrap())
+            .collect()
+    }
+}
+
+async fn a_due_tick_fires_once(db: Db) {
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
+    let job = Arc::new(CountingJob::default());
+    let scheduler = h.scheduler(job.clone());
+
+    h.clock.set(utc("2027-01-10T07:59:59Z"));
+    assert!(scheduler.tick().await.unwrap().fired.is_empty());
+    for now in [
+        "2027-01-10T08:00:05Z",
+        "2027-01-10T08:00:20Z",
+        "2027-01-10T09:00:00Z",
+    ] {
+        h.clock.set(utc(now));
+        scheduler.tick().await.unwrap();
+    }
+
+    assert_eq!(h.fired().await, [utc("2027-01-10T08:00:00Z")]);
+    assert_eq!(job.runs.load(Ordering::SeqCst), 1);
+}
+
+async fn a_restart_during_a_due_tick_fires_it_once(db: Db) {
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
+    // The first process records the fire, then dies inside the job.
+    let dying = Arc::new(CountingJob {
+        fail_first: 1,
+        ..CountingJob::default()
+    });
+    h.clock.set(utc("2027-01-10T08:00:01Z"));
+    let report = h.scheduler(dying.clone()).tick().await.unwrap();
+    assert_eq!(report.fired.len(), 1);
+    assert_eq!(report.completed, 0);
+
+    // A new process on the same database, same moment and a bit later.
+    let store = Store::open(&h.db.url, 4).await.unwrap();
+    let job = Arc::new(CountingJob::default());
+    let restarted = h.scheduler_on(store, job.clone());
+    let first = restarted.tick().await.unwrap();
+    h.clock.set(utc("2027-01-10T08:00:30Z"));
+    let second = restarted.tick().await.unwrap();
+
+    assert!(first.fired.is_empty() && second.fired.is_empty());
+    assert_eq!(
+        first.completed + second.completed,
+        1,
+        "the pending fire completes once"
+    );
+    assert_eq!(job.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(h.fired().await.len(), 1);
+}
+
+async fn a_clock_jump_back_never_fires_a_tick_again(db: Db) {
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
+    let job = Arc::new(CountingJob::default());
+    let scheduler = h.scheduler(job.clone());
+    h.clock.set(utc("2027-01-10T08:00:01Z"));
+    scheduler.tick().await.unwrap();
+
+    // The stored plan is rewound as if the clock (or a stale process) saw
+    // 08:00 as still to come: only the unique key stands in the way.
+    sqlx::query("UPDATE schedules SET next_fire_at = $1")
+        .bind(utc("2027-01-10T08:00:00Z").timestamp_millis())
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    h.clock.set(utc("2027-01-10T08:00:02Z"));
+    let report = scheduler.tick().await.unwrap();
+
+    assert!(report.fired.is_empty());
+    assert_eq!(h.fired().await.len(), 1);
+    assert_eq!(job.runs.load(Ordering::SeqCst), 1);
+}
+
+async fn downtime_across_two_ticks_with_catch_up_once_fires_one_late_run_and_reports_the_miss(
+    db: Db,
+) {
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
+    let job = Arc::new(CountingJob::default());
+    // Down from before 08:00 on the 10th until 09:00 on the 11th.
+    h.clock.set(utc("2027-01-11T09:00:00Z"));
+    let report = h.scheduler(job.clone()).tick().await.unwrap();
+
+    assert_eq!(h.fired().await, [utc("2027-01-11T08:00:00Z")]);
+    assert_eq!(job.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(report.missed.len(), 1);
+    let miss = &report.missed[0];
+    assert_eq!((miss.ticks, miss.action.as_str()), (2, "caught_up"));
+
+    let digest = soloist::digest::build(&h.store, &h.settings, utc("2027-01-12T08:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(digest.numbers.misses.len(), 1);
+    assert!(digest.text.contains("job: 2 tick(s)"), "{}", digest.text);
+    assert!(
+        digest.text.contains("caught up with one late run"),
+        "{}",
+        digest.text
+    );
+}
+
+async fn downtime_across_two_ticks_with_catch_up_skip_fires_nothing_and_reports_the_miss(db: Db) {
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Skip,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
+    let job = Arc::new(CountingJob::default());
+    let scheduler = h.scheduler(job.clone());
+    h.clock.set(utc("2027-01-11T09:00:00Z"));
+    let report = scheduler.tick().await.unwrap();
+
+    assert!(h.fired().await.is_empty());
+    assert_eq!(report.missed.len(), 1);
+    assert_eq!(
+        (report.missed[0].ticks, report.missed[0].action.as_str()),
+        (2, "skipped")
+    );
+
+    // The next tick fires on time as usual.
+    h.clock.set(utc("2027-01-12T08:00:03Z"));
+    scheduler.tick().await.unwrap();
+    assert_eq!(h.fired().await, [utc("2027-01-12T08:00:00Z")]);
+
+    let digest = soloist::digest::build(&h.store, &h.settings, utc("2027-01-12T08:00:00Z"))
+        .await
+        .unwrap();
+    assert!(digest.text.contains("job: 2 tick(s)"), "{}", digest.text);
+    assert!(digest.text.contains("skipped"), "{}", digest.text);
+}
+
+/// Moves the clock in 10-minute steps from `from` to `to`, ticking each.
+async fn walk(h: &Harness, scheduler: &Scheduler, from: &str, to: &str) {
+    let mut now = utc(from);
+    while now <= utc(to) {
+        h.clock.set(now);
+        scheduler.tick().await.unwrap();
+        now += Duration::minutes(10);
+    }
+}
+
+async fn the_spring_forward_day_fires_once(db: Db) {
+    // 01:30 does not exist in Lisbon on 2027-03-28 (01:00 WET → 02:00 WEST).
+    let h = Harness::new(
+        db,
+        "0 30 1 * * *",
+        "Europe/Lisbon",
+        CatchUp::Once,
+        "2027-03-27T12:00:00Z",
+    )
+    .await;
+    let scheduler = h.scheduler(Arc::new(CountingJob::default()));
+    walk(
+        &h,
+        &scheduler,
+        "2027-03-27T12:10:00Z",
+        "2027-03-29T12:00:00Z",
+    )
+    .await;
+
+    assert_eq!(
+        h.fired().await,
+        [utc("2027-03-28T01:30:00Z"), utc("2027-03-29T00:30:00Z")],
+        "02:30 WEST on the 28th, 01:30 WEST on the 29th"
+    );
+}
+
+async fn the_fall_back_day_fires_once(db: Db) {
+    // 01:30 happens twice in Lisbon on 2027-10-31 (02:00 WEST → 01:00 WET).
+    let h = Harness::new(
+        db,
+        "0 30 1 * * *",
+        "Europe/Lisbon",
+        CatchUp::Once,
+        "2027-10-30T12:00:00Z",
+    )
+    .await;
+    let scheduler = h.scheduler(Arc::new(CountingJob::default()));
+    walk(
+        &h,
+        &scheduler,
+        "2027-10-30T12:10:00Z",
+        "2027-11-01T12:00:00Z",
+    )
+    .await;
+
+    assert_eq!(
+        h.fired().await,
+        [utc("2027-10-31T00:30:00Z"), utc("2027-11-01T01:30:00Z")],
+        "once on the 31st (the first 01:30), once on the 1st"
+    );
+}
+
+async fn a_paused_schedule_does_not_fire_and_resuming_does_not_catch_up(db: Db) {
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
+    let scheduler = h.scheduler(Arc::new(CountingJob::default()));
+    let now = utc("2027-01-10T07:30:00Z").timestamp_millis();
+    assert!(h.store.set_schedule_paused("job", true, now).await.unwrap());
+
+    h.clock.set(utc("2027-01-11T09:00:00Z"));
+    scheduler.tick().await.unwrap();
+    assert!(h.fired().await.is_empty());
+
+    let now = utc("2027-01-11T09:00:00Z").timestamp_millis();
+    assert!(
+        h.store
+            .set_schedule_paused("job", false, now)
+            .await
+            .unwrap()
+    );
+    let report = scheduler.tick().await.unwrap();
+    assert!(report.fired.is_empty() && report.missed.is_empty());
+    h.clock.set(utc("2027-01-12T08:00:01Z"));
+    scheduler.tick().await.unwrap();
+    assert_eq!(h.fired().await, [utc("2027-01-12T08:00:00Z")]);
+}
+
+/// The buttons `/schedules` offers go through the controller's press
+/// transaction: the schedule changes once, a second press of the same
+/// button changes nothing.
+async fn the_pause_button_pauses_once_and_the_resume_button_resumes(db: Db) {
+    let t = TestApp::spawn(db).await;
+    Scheduler::new(
+        t.app.store.clone(),
+        t.app.settings.clone(),
+        None,
+        Arc::new(ManualClock::at(utc("2027-01-10T07:00:00Z"))),
+    )
+    .sync_config()
+    .await
+    .unwrap();
+    let paused = |t: &TestApp| {
+        let store = t.app.store.clone();
+        async move {
+            store
+                .schedule_named("digest")
+                .await
+                .unwrap()
+                .unwrap()
+                .paused
+        }
+    };
+
+    let listed = t.say("/schedules").await;
+    assert!(texts(&listed).contains("digest"), "{}", texts(&listed));
+    let pause = button(&listed, "Pause digest");
+    let reply = t.press(&pause).await;
+    assert!(
+        texts(&reply).contains("digest is paused"),
+        "{}",
+        texts(&reply)
+    );
+    assert!(paused(&t).await);
+
+    let again = t.press(&pause).await;
+    assert!(texts(&again).contains("already used"), "{}", texts(&again));
+    assert!(paused(&t).await);
+
+    let listed = t.say("/schedules").await;
+    let resume = button(&listed, "Resume digest");
+    let reply = t.press(&resume).await;
+    assert!(texts(&reply).contains("running again"), "{}", texts(&reply));
+    assert!(!paused(&t).await);
+}
+
+/// Two processes on one PostgreSQL at the same due tick (SQLite is for one
+/// process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedulers_on_one_postgres_fire_a_due_tick_once() {
+    let h = Harness::new(
+        Db::Postgres,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
+    let job = Arc::new(CountingJob::default());
+    let other = Store::open(&h.db.url, 4).await.unwrap();
+    let a = h.scheduler(job.clone());
+    let b = h.scheduler_on(other, job.clone());
+
+    h.clock.set(utc("2027-01-10T08:00:01Z"));
+    for _ in 0..3 {
+        let (ra, rb) = tokio::join!(a.tick(), b.tick());
+        ra.unwrap();
+        rb.unwrap();
+    }
+
+    assert_eq!(h.fired().await.len(), 1);
+    assert_eq!(job.runs.load(Ordering::SeqCst), 1);
+}
+
+/// The scheduled digest lands once in the configured chat, with its chart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_digest_is_queued_once_with_its_chart() {
+    let h = Harness::new(
+        Db::Sqlite,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
+    let mut settings = (*h.settings).clone();
+    settings.schedules.get_mut("job").unwrap().target = "digest".into();
+    let scheduler = Scheduler::new(
+        h.store.clone(),
+        Arc::new(settings),
+        None,
+        Arc::new(h.clock.clone()),
+    );
+    scheduler.sync_config().await.unwrap();
+
+    h.clock.set(utc("2027-01-10T08:00:02Z"));
+    scheduler.tick().await.unwrap();
+    scheduler.tick().await.unwrap();
+
+    let sent = drain(&h.store).await;
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert!(sent[0].text.starts_with("Daily digest"), "{}", sent[0].text);
+    assert!(sent[0].image.is_some());
+}
