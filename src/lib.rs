@@ -19,6 +19,10 @@
 //! - [`flows`]: flows as data (`config/flows/*.toml`) and prompt templates
 //!   (`prompts/*.md`).
 //! - [`agents`]: model calls through rig-core, with the cost ledger.
+//! - [`memory`]: knowledge with provenance (ingest, chunks, full-text
+//!   retrieval on both databases), the decision log, the chat window and
+//!   working memory; the `retrieve` step and `/remember`, `/memory`,
+//!   `/forget`, `/sources`.
 //! - [`outbox`]: delivers queued messages to a platform, in order, within
 //!   its rate limits, once.
 //! - [`runtime`]: `soloist run`: the worker and the platforms until shutdown.
@@ -37,6 +41,7 @@ pub mod doctor;
 pub mod domain;
 pub mod engine;
 pub mod flows;
+pub mod memory;
 pub mod outbox;
 pub mod runtime;
 pub mod store;

@@ -39,6 +39,18 @@ enum Command {
     Migrate,
     /// Check configuration, database, model provider and tokens.
     Doctor,
+    /// Add a file or a folder (Markdown, plain text, HTML) to what soloist knows.
+    Ingest {
+        /// A file, or a folder read recursively.
+        path: PathBuf,
+    },
+    /// Measure retrieval: `soloist eval retrieval FILE.tsv`.
+    Eval {
+        /// What to evaluate: `retrieval`.
+        what: String,
+        /// A TSV file: a header line, then question<TAB>expected_source.
+        file: PathBuf,
+    },
     /// Rebuild a run from its journal and print it.
     Replay {
         /// The run's id (its first characters are enough).
@@ -96,6 +108,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Replay { run_id } => replay(settings, &cli.home, &run_id).await,
+        Command::Ingest { path } => soloist::memory::cli::ingest(settings, &cli.home, &path).await,
+        Command::Eval { what, file } => {
+            soloist::memory::cli::eval(settings, &cli.home, &what, &file).await
+        }
     }
 }
 

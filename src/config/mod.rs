@@ -92,6 +92,8 @@ pub struct Settings {
     pub owner: OwnerSettings,
     pub telegram: TelegramSettings,
     pub discord: DiscordSettings,
+    #[serde(default)]
+    pub memory: crate::memory::MemorySettings,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

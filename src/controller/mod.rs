@@ -63,6 +63,7 @@ pub enum Command {
     Approvals,
     Retry(String),
     Cost,
+    Memory(crate::memory::commands::MemoryCommand),
 }
 
 impl FromStr for Command {
@@ -86,14 +87,17 @@ impl FromStr for Command {
             "approvals" => Command::Approvals,
             "retry" => Command::Retry(args),
             "cost" => Command::Cost,
-            _ => return Err(name.chars().take(40).collect()),
+            other => match crate::memory::commands::MemoryCommand::parse(other, &args) {
+                Some(command) => Command::Memory(command),
+                None => return Err(name.chars().take(40).collect()),
+            },
         })
     }
 }
 
 /// The commands as a platform's command menu lists them: name, what it
 /// takes, what it does. `/help` prints the same list.
-pub const COMMANDS: [(&str, &str, &str); 7] = [
+pub const COMMANDS: [(&str, &str, &str); 11] = [
     (
         "draft",
         "TEXT",
@@ -112,6 +116,10 @@ pub const COMMANDS: [(&str, &str, &str); 7] = [
         "",
         "spend today and this month against the budget, by flow and by model",
     ),
+    crate::memory::commands::COMMANDS[0],
+    crate::memory::commands::COMMANDS[1],
+    crate::memory::commands::COMMANDS[2],
+    crate::memory::commands::COMMANDS[3],
     ("help", "", "this list"),
 ];
 
@@ -472,6 +480,14 @@ impl Controller {
             Command::Approvals => self.list_approvals().await,
             Command::Retry(id) => self.retry(inbound, &id).await,
             Command::Cost => Ok(Handled::reply(cost::report(&self.engine).await?)),
+            Command::Memory(command) => {
+                let memory = crate::memory::Memory::new(
+                    self.engine.store().clone(),
+                    self.engine.settings().memory.clone(),
+                );
+                let by = &inbound.user_name;
+                Ok(Handled::reply(crate::memory::commands::handle(&memory, command, by).await))
+            }
         }
     }
 

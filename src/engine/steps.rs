@@ -68,6 +68,7 @@ impl Engine {
                 };
                 self.generate(run, flow, step, state, call).await
             }
+            StepKind::Retrieve { top_k } => self.retrieve(run, step, state, *top_k).await,
             StepKind::Approve {
                 draft_from,
                 artifact_kind,
@@ -86,6 +87,27 @@ impl Engine {
                 "offers": settings.offers,
             }),
         )
+    }
+
+    /// What the business knows about the request; the output is the
+    /// retrieval trace (query, chunks, scores, why) and the quoted material.
+    async fn retrieve(
+        &self,
+        run: &RunRow,
+        step: &StepDef,
+        state: &RunState,
+        top_k: Option<usize>,
+    ) -> Transition {
+        let settings = &self.inner.settings.memory;
+        let memory = crate::memory::Memory::new(self.inner.store.clone(), settings.clone());
+        let k = top_k.unwrap_or(settings.top_k);
+        match memory.recall(&state.input.request, &run.chat, k).await {
+            Ok(recall) => completed(&step.name, recall.to_json()),
+            Err(error) => {
+                tracing::warn!(error = ?error, "retrieval failed");
+                failed(run, &step.name, error.to_string(), "Check the database (soloist doctor).")
+            }
+        }
     }
 
     /// The values every prompt template sees.
@@ -288,6 +310,9 @@ fn approve(
 ) -> Transition {
     let conversation = state.conversation(&step.name);
     let draft = conversation.draft.clone().unwrap_or_default();
+    let sources = crate::memory::sources_in(&state.outputs)
+        .map(|s| format!("\n\nSources: {s}"))
+        .unwrap_or_default();
     match &conversation.latest {
         None => {
             let first_draft = state
@@ -296,7 +321,7 @@ fn approve(
                 .and_then(|o| o.get("text"))
                 .and_then(|t| t.as_str())
                 .unwrap_or_default();
-            offer(run, step, first_draft)
+            offer(run, step, first_draft, &sources)
         }
         Some(JournalEvent::Decided { decision, .. }) => match decision {
             Decision::Approve => save(run, step, artifact_kind, &draft, None),
@@ -312,7 +337,7 @@ fn approve(
             ),
         },
         Some(JournalEvent::InputReceived { purpose, text, .. }) => match purpose {
-            InputPurpose::EditedDraft => offer(run, step, text),
+            InputPurpose::EditedDraft => offer(run, step, text, &sources),
             InputPurpose::RejectReason => {
                 let Some(approval_id) = conversation.approval_id else {
                     return failed(
@@ -339,11 +364,11 @@ fn approve(
     }
 }
 
-fn offer(run: &RunRow, step: &StepDef, draft: &str) -> Transition {
+fn offer(run: &RunRow, step: &StepDef, draft: &str, sources: &str) -> Transition {
     let approval = NewApproval::offer(
         &step.name,
         draft,
-        format!("Draft for review (run {}):\n\n{draft}", run.id.short()),
+        format!("Draft for review (run {}):\n\n{draft}{sources}", run.id.short()),
     );
     let mut transition = Transition::new(RunStatus::WaitingApproval);
     transition.events.push(JournalEvent::ApprovalRequested {

@@ -190,6 +190,11 @@ fn migrator(backend: Backend) -> Migrator {
                 "platform updates",
                 include_str!("../../migrations/postgres/0002_platform_updates.sql"),
             ),
+            (
+                8,
+                "memory",
+                include_str!("../../migrations/postgres/0008_memory.sql"),
+            ),
         ],
         Backend::Sqlite => &[
             (
@@ -201,6 +206,11 @@ fn migrator(backend: Backend) -> Migrator {
                 2,
                 "platform updates",
                 include_str!("../../migrations/sqlite/0002_platform_updates.sql"),
+            ),
+            (
+                8,
+                "memory",
+                include_str!("../../migrations/sqlite/0008_memory.sql"),
             ),
         ],
     };

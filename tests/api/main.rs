@@ -14,6 +14,7 @@ mod console;
 mod discord;
 mod doctor;
 mod failures;
+mod memory;
 mod models;
 mod outbox;
 mod recovery;

@@ -1,0 +1,145 @@
+//! The memory chat commands: `/remember`, `/memory`, `/forget`, `/sources`.
+//! The controller parses the name and hands the rest here; every answer is
+//! one message of plain text.
+
+use std::fmt::Write;
+
+use super::chunk::Format;
+use super::{Document, IngestOutcome, Memory, SourceKind, content_hash, label};
+use crate::domain::clip;
+
+/// Name, arguments, what it does: for `/help` and the platforms' menus.
+pub const COMMANDS: [(&str, &str, &str); 4] = [
+    ("remember", "TEXT", "keep a fact or note for later drafts"),
+    (
+        "memory",
+        "QUERY",
+        "what I would retrieve for that text, and why",
+    ),
+    ("forget", "SOURCE", "remove a source and everything cut from it"),
+    ("sources", "", "what I know from: files, pages and notes"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryCommand {
+    Remember(String),
+    Search(String),
+    Forget(String),
+    Sources,
+}
+
+impl MemoryCommand {
+    /// The command called `name` (lower case, no slash), or None.
+    pub fn parse(name: &str, args: &str) -> Option<MemoryCommand> {
+        let args = args.trim().to_string();
+        Some(match name {
+            "remember" => MemoryCommand::Remember(args),
+            "memory" => MemoryCommand::Search(args),
+            "forget" => MemoryCommand::Forget(args),
+            "sources" => MemoryCommand::Sources,
+            _ => return None,
+        })
+    }
+}
+
+/// Carries out `command` for `by`; the reply, including failures as a
+/// sentence (the cause chain goes to the log).
+pub async fn handle(memory: &Memory, command: MemoryCommand, by: &str) -> String {
+    let result = match command {
+        MemoryCommand::Remember(text) => remember(memory, &text, by).await,
+        MemoryCommand::Search(query) => search(memory, &query).await,
+        MemoryCommand::Forget(name) => forget(memory, &name).await,
+        MemoryCommand::Sources => sources(memory).await,
+    };
+    result.unwrap_or_else(|error| {
+        tracing::warn!(error = ?error, "memory command failed");
+        "I could not reach my memory just now (the database failed). Nothing changed; try again in a moment.".into()
+    })
+}
+
+async fn remember(memory: &Memory, text: &str, by: &str) -> Result<String, super::MemoryError> {
+    if text.is_empty() {
+        return Ok("Tell me what to remember, e.g. /remember The studio is closed in August.".into());
+    }
+    if (text.starts_with("http://") || text.starts_with("https://")) && !text.contains(char::is_whitespace) {
+        return Ok("Fetching links is not built yet: save the page and run soloist ingest FILE, or send the text itself with /remember.".into());
+    }
+    let name = format!("note:{}", &content_hash(text)[..12]);
+    let doc = Document {
+        name: name.clone(),
+        kind: SourceKind::Note,
+        format: Format::Text,
+        text: text.to_string(),
+        url: String::new(),
+        origin: format!("chat message from {by}"),
+    };
+    Ok(match memory.ingest(&doc).await? {
+        IngestOutcome::Unchanged => format!("I already knew that ({name})."),
+        _ => format!("Remembered as {name}. /forget {name} removes it."),
+    })
+}
+
+async fn search(memory: &Memory, query: &str) -> Result<String, super::MemoryError> {
+    if query.is_empty() {
+        return Ok("Tell me what to look up, e.g. /memory Brand Sprint price".into());
+    }
+    let hits = memory.retrieve(query, memory.settings().top_k.max(1)).await?;
+    if hits.is_empty() {
+        return Ok(format!(
+            "Nothing in memory matches '{}'. /sources lists what I know from.",
+            clip(query, 60)
+        ));
+    }
+    let mut text = format!("For '{}' I would retrieve:", clip(query, 60));
+    for (n, hit) in hits.iter().enumerate() {
+        let _ = write!(
+            text,
+            "\n{}. {} (score {:.2}; {})\n   “{}”",
+            n + 1,
+            hit.citation(),
+            hit.score,
+            hit.why,
+            clip(&hit.text, 140)
+        );
+    }
+    Ok(text)
+}
+
+async fn forget(memory: &Memory, name: &str) -> Result<String, super::MemoryError> {
+    if name.is_empty() {
+        return Ok("Tell me which source to forget; /sources lists them.".into());
+    }
+    Ok(match memory.forget(name).await? {
+        Some((full, chunks)) => format!("Forgot {full} ({chunks} chunks removed)."),
+        None => format!(
+            "No single source is called '{}'; /sources lists them by name.",
+            clip(name, 60)
+        ),
+    })
+}
+
+async fn sources(memory: &Memory) -> Result<String, super::MemoryError> {
+    let sources = memory.sources().await?;
+    if sources.is_empty() {
+        return Ok("I know nothing yet: run soloist ingest PATH, or send /remember TEXT.".into());
+    }
+    let mut text = format!("I know from {} sources:", sources.len());
+    for source in &sources {
+        let day = chrono::DateTime::from_timestamp_millis(source.refreshed_at)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default();
+        let _ = write!(
+            text,
+            "\n{} ({}, {} chunks, checked {day}){}",
+            source.name,
+            source.kind,
+            source.chunks,
+            if label(&source.name) != source.title {
+                format!(": {}", clip(&source.title, 60))
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(text)
+}
