@@ -486,7 +486,9 @@ impl Controller {
                     self.engine.settings().memory.clone(),
                 );
                 let by = &inbound.user_name;
-                Ok(Handled::reply(crate::memory::commands::handle(&memory, command, by).await))
+                Ok(Handled::reply(
+                    crate::memory::commands::handle(&memory, command, by).await,
+                ))
             }
         }
     }

@@ -105,7 +105,12 @@ impl Engine {
             Ok(recall) => completed(&step.name, recall.to_json()),
             Err(error) => {
                 tracing::warn!(error = ?error, "retrieval failed");
-                failed(run, &step.name, error.to_string(), "Check the database (soloist doctor).")
+                failed(
+                    run,
+                    &step.name,
+                    error.to_string(),
+                    "Check the database (soloist doctor).",
+                )
             }
         }
     }
@@ -368,7 +373,10 @@ fn offer(run: &RunRow, step: &StepDef, draft: &str, sources: &str) -> Transition
     let approval = NewApproval::offer(
         &step.name,
         draft,
-        format!("Draft for review (run {}):\n\n{draft}{sources}", run.id.short()),
+        format!(
+            "Draft for review (run {}):\n\n{draft}{sources}",
+            run.id.short()
+        ),
     );
     let mut transition = Transition::new(RunStatus::WaitingApproval);
     transition.events.push(JournalEvent::ApprovalRequested {

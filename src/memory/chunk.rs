@@ -300,7 +300,11 @@ mod tests {
         for chunk in &parsed.chunks {
             assert!(chunk.text.chars().count() <= 300 + 60 + 4, "{chunk:?}");
         }
-        assert!(parsed.chunks[1].text.starts_with('…'), "{:?}", parsed.chunks[1]);
+        assert!(
+            parsed.chunks[1].text.starts_with('…'),
+            "{:?}",
+            parsed.chunks[1]
+        );
     }
 
     #[test]

@@ -11,9 +11,7 @@ use crate::store::Store;
 
 async fn open(settings: &Settings, home: &Path) -> anyhow::Result<Memory> {
     let url = settings.database_url(home);
-    let store = Store::open(&url, 1)
-        .await
-        .context("opening the database")?;
+    let store = Store::open(&url, 1).await.context("opening the database")?;
     Ok(Memory::new(store, settings.memory.clone()))
 }
 
@@ -44,8 +42,8 @@ pub async fn eval(
     if what != "retrieval" {
         anyhow::bail!("soloist eval knows 'retrieval' only (got '{what}')");
     }
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let questions = eval::parse_questions(&text).map_err(anyhow::Error::msg)?;
     let memory = open(&settings, home).await?;
     let report = eval::evaluate(&memory, &questions).await?;

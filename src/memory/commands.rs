@@ -16,7 +16,11 @@ pub const COMMANDS: [(&str, &str, &str); 4] = [
         "QUERY",
         "what I would retrieve for that text, and why",
     ),
-    ("forget", "SOURCE", "remove a source and everything cut from it"),
+    (
+        "forget",
+        "SOURCE",
+        "remove a source and everything cut from it",
+    ),
     ("sources", "", "what I know from: files, pages and notes"),
 ];
 
@@ -59,9 +63,13 @@ pub async fn handle(memory: &Memory, command: MemoryCommand, by: &str) -> String
 
 async fn remember(memory: &Memory, text: &str, by: &str) -> Result<String, super::MemoryError> {
     if text.is_empty() {
-        return Ok("Tell me what to remember, e.g. /remember The studio is closed in August.".into());
+        return Ok(
+            "Tell me what to remember, e.g. /remember The studio is closed in August.".into(),
+        );
     }
-    if (text.starts_with("http://") || text.starts_with("https://")) && !text.contains(char::is_whitespace) {
+    if (text.starts_with("http://") || text.starts_with("https://"))
+        && !text.contains(char::is_whitespace)
+    {
         return Ok("Fetching links is not built yet: save the page and run soloist ingest FILE, or send the text itself with /remember.".into());
     }
     let name = format!("note:{}", &content_hash(text)[..12]);
@@ -83,7 +91,9 @@ async fn search(memory: &Memory, query: &str) -> Result<String, super::MemoryErr
     if query.is_empty() {
         return Ok("Tell me what to look up, e.g. /memory Brand Sprint price".into());
     }
-    let hits = memory.retrieve(query, memory.settings().top_k.max(1)).await?;
+    let hits = memory
+        .retrieve(query, memory.settings().top_k.max(1))
+        .await?;
     if hits.is_empty() {
         return Ok(format!(
             "Nothing in memory matches '{}'. /sources lists what I know from.",

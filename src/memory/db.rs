@@ -272,7 +272,8 @@ pub async fn search(
     if terms.is_empty() {
         return Ok(Vec::new());
     }
-    let columns = "c.id, s.name, s.kind, s.title, s.url, c.section, c.text, s.weight, s.meta, s.refreshed_at";
+    let columns =
+        "c.id, s.name, s.kind, s.title, s.url, c.section, c.text, s.weight, s.meta, s.refreshed_at";
     let (sql, query) = match store.backend() {
         // Each term quoted: raw text in MATCH is a query language
         // ("web-site" or "foo:" would be read as operators or columns).
@@ -422,11 +423,13 @@ pub async fn get_working(store: &Store, run_id: &str, key: &str) -> StoreResult<
 
 /// Deletes every item expired at `now`; returns how many.
 pub async fn purge_working(store: &Store, now: i64) -> StoreResult<u64> {
-    Ok(sqlx::query("DELETE FROM working_memory WHERE expires_at <= $1")
-        .bind(now)
-        .execute(store.pool())
-        .await?
-        .rows_affected())
+    Ok(
+        sqlx::query("DELETE FROM working_memory WHERE expires_at <= $1")
+            .bind(now)
+            .execute(store.pool())
+            .await?
+            .rows_affected(),
+    )
 }
 
 /// The chat's most recent messages, newest first: (direction, user, text).

@@ -42,7 +42,10 @@ pub fn parse_questions(tsv: &str) -> Result<Vec<(String, String)>, String> {
             continue;
         }
         let Some((question, expected)) = line.split_once('\t') else {
-            return Err(format!("line {}: expected question<TAB>expected_source", n + 1));
+            return Err(format!(
+                "line {}: expected question<TAB>expected_source",
+                n + 1
+            ));
         };
         pairs.push((question.trim().to_string(), expected.trim().to_string()));
     }
@@ -65,7 +68,10 @@ pub async fn evaluate(
         let started = Instant::now();
         let hits = memory.retrieve(question, 10).await?;
         times.push(started.elapsed().as_secs_f64() * 1000.0);
-        let rank = hits.iter().position(|h| matches(h, expected)).map(|i| i + 1);
+        let rank = hits
+            .iter()
+            .position(|h| matches(h, expected))
+            .map(|i| i + 1);
         if rank.is_none_or(|r| r > 3) {
             misses.push(format!("{question} (expected {expected})"));
         }
@@ -78,7 +84,11 @@ pub async fn evaluate(
         questions: questions.len(),
         recall_at_1: within(1),
         recall_at_3: within(3),
-        mrr: ranks.iter().map(|r| r.map_or(0.0, |r| 1.0 / r as f64)).sum::<f64>() / n,
+        mrr: ranks
+            .iter()
+            .map(|r| r.map_or(0.0, |r| 1.0 / r as f64))
+            .sum::<f64>()
+            / n,
         p50_ms: percentile(&times, 0.50),
         p95_ms: percentile(&times, 0.95),
         misses,

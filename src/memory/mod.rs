@@ -145,8 +145,8 @@ impl Memory {
 
     /// Keeps a run's intermediate value until `working_ttl_secs` from now.
     pub async fn keep(&self, run_id: &str, key: &str, value: &str) -> Result<(), MemoryError> {
-        let ttl = i64::try_from(self.settings.working_ttl_secs.saturating_mul(1000))
-            .unwrap_or(i64::MAX);
+        let ttl =
+            i64::try_from(self.settings.working_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let expires_at = crate::store::now_ms().saturating_add(ttl);
         Ok(db::put_working(&self.store, run_id, key, value, expires_at).await?)
     }

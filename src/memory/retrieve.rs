@@ -9,8 +9,8 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::db::{self, NewSource, RawHit, Scope};
 use super::chunk::Chunk;
+use super::db::{self, NewSource, RawHit, Scope};
 use super::{Memory, MemoryError, label};
 use crate::domain::{ChatRef, RunInput, clip};
 use crate::store::now_ms;
@@ -241,7 +241,11 @@ impl Memory {
                 break;
             }
             used += tokens;
-            let who = if direction == "in" { "operator" } else { "soloist" };
+            let who = if direction == "in" {
+                "operator"
+            } else {
+                "soloist"
+            };
             turns.push(Turn {
                 who: who.into(),
                 text,
@@ -260,9 +264,8 @@ impl Memory {
     ) -> Result<Recall, MemoryError> {
         let chunks = self.retrieve(request, k).await?;
         let decisions = self.decisions_like(request, 6).await?;
-        let (rejections, approvals): (Vec<_>, Vec<_>) = decisions
-            .into_iter()
-            .partition(|d| d.status == "rejected");
+        let (rejections, approvals): (Vec<_>, Vec<_>) =
+            decisions.into_iter().partition(|d| d.status == "rejected");
         let rejections: Vec<DecisionHit> = rejections
             .into_iter()
             .filter(|d| !d.reason.trim().is_empty())
@@ -385,7 +388,9 @@ fn quote(recall: &Recall) -> String {
 
 /// The sources line of a run's retrieval, from its step outputs: the first
 /// output carrying a non-empty `sources`.
-pub fn sources_in(outputs: &std::collections::BTreeMap<String, serde_json::Value>) -> Option<String> {
+pub fn sources_in(
+    outputs: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Option<String> {
     outputs
         .values()
         .filter_map(|o| o.get("sources").and_then(|s| s.as_str()))

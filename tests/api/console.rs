@@ -5,7 +5,6 @@ use std::process::{Command, Stdio};
 
 use crate::fake_llm::{DEFAULT_DRAFT, FakeLlm};
 
-
 /// Runs `soloist chat` in `home` with `input` on stdin and a fake model.
 fn chat(home: &std::path::Path, llm: Option<&str>, input: &str) -> (String, String, bool) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_soloist"));
@@ -85,10 +84,9 @@ async fn every_hostile_line_gets_a_clear_reply_and_the_store_survives() {
     let lines = hostile.len();
     let input = hostile.join("\n") + "\n";
 
-    let (stdout, stderr, ok) =
-        tokio::task::spawn_blocking(move || chat(&path, Some(&url), &input))
-            .await
-            .unwrap();
+    let (stdout, stderr, ok) = tokio::task::spawn_blocking(move || chat(&path, Some(&url), &input))
+        .await
+        .unwrap();
 
     assert!(ok, "exit status; stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");

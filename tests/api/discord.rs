@@ -581,7 +581,19 @@ async fn slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally
         .collect();
     assert_eq!(
         names,
-        ["draft", "runs", "run", "approvals", "retry", "cost", "help"]
+        [
+            "draft",
+            "runs",
+            "run",
+            "approvals",
+            "retry",
+            "cost",
+            "remember",
+            "memory",
+            "forget",
+            "sources",
+            "help"
+        ]
     );
     let (scope, _) = in_guild.discord.see(|w| w.commands[0].clone());
     assert_eq!(scope.as_deref(), Some(GUILD_ID));

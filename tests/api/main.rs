@@ -3,9 +3,9 @@
 //! model server.
 
 mod fake_discord;
-mod fixtures;
 mod fake_llm;
 mod fake_telegram;
+mod fixtures;
 mod helpers;
 
 mod approvals;

@@ -173,7 +173,19 @@ async fn a_draft_is_offered_with_buttons_and_approving_edits_the_offer_in_place(
     });
     assert_eq!(
         commands,
-        ["draft", "runs", "run", "approvals", "retry", "cost", "help"]
+        [
+            "draft",
+            "runs",
+            "run",
+            "approvals",
+            "retry",
+            "cost",
+            "remember",
+            "memory",
+            "forget",
+            "sources",
+            "help"
+        ]
     );
 }
 
