@@ -36,6 +36,8 @@ pub async fn run(
     }
     let mut services = tokio::task::JoinSet::new();
     services.spawn(batches(app.clone(), shutdown.clone()));
+    let memory = crate::memory::Memory::new(app.store.clone(), app.settings.memory.clone());
+    services.spawn(crate::memory::purge_periodically(memory, shutdown.clone()));
     services.spawn(worker(app, shutdown.clone()));
     for platform in platforms {
         services.spawn(platform);

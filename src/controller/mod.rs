@@ -485,10 +485,8 @@ impl Controller {
                     self.engine.store().clone(),
                     self.engine.settings().memory.clone(),
                 );
-                let by = &inbound.user_name;
-                Ok(Handled::reply(
-                    crate::memory::commands::handle(&memory, command, by).await,
-                ))
+                let reply = crate::memory::commands::handle(&memory, command, inbound).await;
+                Ok(Handled::reply(reply))
             }
         }
     }

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use super::chunk::Format;
 use super::{Document, IngestOutcome, Memory, SourceKind, content_hash, label};
-use crate::domain::clip;
+use crate::domain::{Inbound, clip};
 
 /// Name, arguments, what it does: for `/help` and the platforms' menus.
 pub const COMMANDS: [(&str, &str, &str); 4] = [
@@ -30,6 +30,8 @@ pub enum MemoryCommand {
     Search(String),
     Forget(String),
     Sources,
+    /// Erase what is stored about one person (an e-mail or a name).
+    ForgetPerson(String),
 }
 
 impl MemoryCommand {
@@ -41,6 +43,7 @@ impl MemoryCommand {
             "memory" => MemoryCommand::Search(args),
             "forget" => MemoryCommand::Forget(args),
             "sources" => MemoryCommand::Sources,
+            "forget-person" | "forget_person" => MemoryCommand::ForgetPerson(args),
             _ => return None,
         })
     }
@@ -48,8 +51,10 @@ impl MemoryCommand {
 
 /// Carries out `command` for `by`; the reply, including failures as a
 /// sentence (the cause chain goes to the log).
-pub async fn handle(memory: &Memory, command: MemoryCommand, by: &str) -> String {
+pub async fn handle(memory: &Memory, command: MemoryCommand, inbound: &Inbound) -> String {
+    let by = &inbound.user_name;
     let result = match command {
+        MemoryCommand::ForgetPerson(who) => forget_person(memory, &who, inbound).await,
         MemoryCommand::Remember(text) => remember(memory, &text, by).await,
         MemoryCommand::Search(query) => search(memory, &query).await,
         MemoryCommand::Forget(name) => forget(memory, &name).await,
@@ -152,4 +157,36 @@ async fn sources(memory: &Memory) -> Result<String, super::MemoryError> {
         );
     }
     Ok(text)
+}
+
+/// Names shorter than this would match too much to erase safely.
+const MIN_PERSON_CHARS: usize = 3;
+
+async fn forget_person(
+    memory: &Memory,
+    who: &str,
+    inbound: &Inbound,
+) -> Result<String, super::MemoryError> {
+    let who = who.trim();
+    if who.chars().count() < MIN_PERSON_CHARS {
+        return Ok(format!(
+            "Give the person's e-mail or full name (at least {MIN_PERSON_CHARS} characters), e.g. /forget-person ana@example.com"
+        ));
+    }
+    let erased = super::db::erase_mentions(memory.store(), who).await?;
+    let total = erased.knowledge_chunks + erased.decisions + erased.messages;
+    // The audit keeps that an erasure happened and its size, never whom.
+    memory
+        .store()
+        .audit(
+            inbound.chat.platform,
+            &inbound.user_id,
+            "erasure",
+            &format!("forget-person removed {total} rows"),
+        )
+        .await?;
+    Ok(format!(
+        "Erased what I stored about that person: {} knowledge chunks, {} saved drafts, {} chat messages ({total} rows). The audit log notes only that an erasure happened.",
+        erased.knowledge_chunks, erased.decisions, erased.messages
+    ))
 }

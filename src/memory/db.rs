@@ -449,3 +449,78 @@ pub async fn recent_messages(
     .fetch_all(store.pool())
     .await?)
 }
+
+/// How many rows an erasure removed, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Erased {
+    pub knowledge_chunks: u64,
+    pub decisions: u64,
+    pub messages: u64,
+}
+
+/// Deletes every knowledge chunk, saved draft (with its decision-log index
+/// entry) and logged chat message that mentions `who` (case-insensitive),
+/// in one transaction. A draft goes when its text, its rejection reason or
+/// its run's request mentions them.
+pub async fn erase_mentions(store: &Store, who: &str) -> StoreResult<Erased> {
+    let escaped = who
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    let pattern = format!("%{escaped}%");
+    let backend = store.backend();
+    let mut tx = store.pool().begin().await?;
+    let decisions = sqlx::query(
+        "DELETE FROM artifacts WHERE LOWER(content) LIKE $1 ESCAPE '\\'
+            OR LOWER(COALESCE(note, '')) LIKE $1 ESCAPE '\\'
+            OR run_id IN (SELECT id FROM runs WHERE LOWER(input) LIKE $1 ESCAPE '\\')",
+    )
+    .bind(&pattern)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    // Index entries of drafts that are gone, or that mention them.
+    let stale: Vec<String> = sqlx::query_scalar(
+        "SELECT s.id FROM memory_sources s WHERE s.kind = 'decision'
+           AND (LOWER(s.meta) LIKE $1 ESCAPE '\\' OR LOWER(s.title) LIKE $1 ESCAPE '\\'
+                OR NOT EXISTS (SELECT 1 FROM artifacts a WHERE 'decision:' || a.id = s.name))",
+    )
+    .bind(&pattern)
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in &stale {
+        delete_source_in(&mut tx, backend, id).await?;
+    }
+    let chunks: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM memory_chunks WHERE LOWER(text) LIKE $1 ESCAPE '\\'")
+            .bind(&pattern)
+            .fetch_all(&mut *tx)
+            .await?;
+    for id in &chunks {
+        if backend == Backend::Sqlite {
+            sqlx::query("DELETE FROM memory_fts WHERE rowid = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM memory_chunks WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let messages = sqlx::query(
+        "DELETE FROM messages WHERE LOWER(text) LIKE $1 ESCAPE '\\' OR LOWER(user_id) = $2",
+    )
+    .bind(&pattern)
+    .bind(who.to_lowercase())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(Erased {
+        knowledge_chunks: chunks.len() as u64,
+        decisions,
+        messages,
+    })
+}

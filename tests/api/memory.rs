@@ -397,3 +397,64 @@ on_both_backends!(
     a_working_memory_item_expires_and_the_purge_removes_it,
     the_chat_window_holds_the_last_turns_within_its_token_bound,
 );
+
+async fn forget_person_erases_their_mentions_everywhere_and_audits_only_the_count(db: Db) {
+    let app = app_with_knowledge(db).await;
+    let memory = Memory::new(app.app.store.clone(), MemorySettings::default());
+    memory
+        .ingest(&markdown(
+            "crm/leads.md",
+            "# Leads\n\n## Ana\n\nAna Lima (ana@example.com) asked about an audit.\n\n## Other\n\nA bakery asked about a sprint.\n",
+        ))
+        .await
+        .unwrap();
+    app.say("/remember Ana Lima prefers calls on Tuesdays")
+        .await;
+    let out = app
+        .say("/draft a reply to ana@example.com about the audit")
+        .await;
+    app.press(&button(&out, "Approve")).await;
+    app.say("/memory audit").await; // indexes the approved draft
+    let messages_before = app.count("messages").await;
+    let reply = texts(&app.say("/forget-person Ana Lima").await);
+    assert!(
+        reply.starts_with("Erased what I stored about that person: 2 knowledge chunks"),
+        "{reply}"
+    );
+    let reply = texts(&app.say("/forget-person ana@example.com").await);
+    assert!(reply.contains("1 saved drafts"), "{reply}");
+
+    for query in ["Ana Lima Tuesdays", "ana example com"] {
+        let hits = memory.retrieve(query, 10).await.unwrap();
+        assert!(
+            hits.iter().all(|h| !h.text.to_lowercase().contains("ana")),
+            "{hits:?}"
+        );
+    }
+    assert!(
+        memory
+            .decisions_like("reply audit", 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(app.count("messages").await < messages_before);
+    // The other lead is kept; the audit row does not name the person.
+    let kept = memory.retrieve("bakery asked sprint", 5).await.unwrap();
+    assert!(
+        kept.iter().any(|h| h.citation() == "leads.md § Other"),
+        "{kept:?}"
+    );
+    let details: Vec<String> =
+        sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'erasure'")
+            .fetch_all(app.app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(details.len(), 2);
+    assert!(
+        details.iter().all(|d| !d.to_lowercase().contains("ana")),
+        "{details:?}"
+    );
+}
+
+on_both_backends!(forget_person_erases_their_mentions_everywhere_and_audits_only_the_count);
