@@ -18,6 +18,18 @@ async fn open(settings: &Settings, home: &Path) -> anyhow::Result<Memory> {
 /// Ingests a file or folder and prints one line per file.
 pub async fn ingest(settings: Settings, home: &Path, path: &Path) -> anyhow::Result<ExitCode> {
     let memory = open(&settings, home).await?;
+    if let Some(url) = path
+        .to_str()
+        .filter(|p| p.starts_with("http://") || p.starts_with("https://"))
+    {
+        let (fetched, outcome) = memory
+            .ingest_url(url, "soloist ingest")
+            .await
+            .with_context(|| format!("ingesting {url}"))?;
+        println!("{url} (fetched {fetched}): {outcome}");
+        memory.store().close().await;
+        return Ok(ExitCode::SUCCESS);
+    }
     let outcomes = memory
         .ingest_path(path)
         .await

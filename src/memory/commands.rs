@@ -75,7 +75,16 @@ async fn remember(memory: &Memory, text: &str, by: &str) -> Result<String, super
     if (text.starts_with("http://") || text.starts_with("https://"))
         && !text.contains(char::is_whitespace)
     {
-        return Ok("Fetching links is not built yet: save the page and run soloist ingest FILE, or send the text itself with /remember.".into());
+        return Ok(
+            match memory.ingest_url(text, &format!("link sent by {by}")).await {
+                Ok((_, IngestOutcome::Unchanged)) => format!("I already had {text}, unchanged."),
+                Ok((_, outcome)) => format!("Read {text}: {outcome}. /forget {text} removes it."),
+                Err(super::MemoryError::Fetch(error)) => {
+                    format!("I could not read that link: {error}.")
+                }
+                Err(other) => return Err(other),
+            },
+        );
     }
     let name = format!("note:{}", &content_hash(text)[..12]);
     let doc = Document {

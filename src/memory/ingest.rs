@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::chunk::{ChunkLimits, Format, parse};
 use super::db::{self, NewSource};
+use super::fetch::{self, FetchLimits};
 use super::{Memory, MemoryError, content_hash, label};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +127,39 @@ impl Memory {
             outcomes.push((shown, self.ingest(&doc).await?));
         }
         Ok(outcomes)
+    }
+}
+
+impl Memory {
+    /// Fetches a public page (see [`super::fetch`]) and ingests its text
+    /// under its URL. Returns where the fetch ended up and what happened.
+    pub async fn ingest_url(
+        &self,
+        url: &str,
+        origin: &str,
+    ) -> Result<(String, IngestOutcome), MemoryError> {
+        self.ingest_url_guarded(url, origin, FetchLimits::default(), fetch::is_public)
+            .await
+    }
+
+    /// [`Memory::ingest_url`] with other limits and address rule (tests).
+    pub async fn ingest_url_guarded(
+        &self,
+        url: &str,
+        origin: &str,
+        limits: FetchLimits,
+        allowed: impl Fn(std::net::IpAddr) -> bool,
+    ) -> Result<(String, IngestOutcome), MemoryError> {
+        let page = fetch::fetch(url, limits, allowed).await?;
+        let doc = Document {
+            name: url.to_string(),
+            kind: SourceKind::Url,
+            format: page.format,
+            text: page.text,
+            url: page.final_url.clone(),
+            origin: origin.to_string(),
+        };
+        Ok((page.final_url, self.ingest(&doc).await?))
     }
 }
 

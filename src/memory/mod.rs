@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commands;
 mod db;
 pub mod eval;
+pub mod fetch;
 mod ingest;
 mod retrieve;
 
@@ -86,6 +87,8 @@ pub enum MemoryError {
     },
     #[error("{0} is not a file or folder soloist can read (Markdown, plain text or HTML)")]
     Unsupported(String),
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
 }
 
 impl From<sqlx::Error> for MemoryError {

@@ -458,3 +458,118 @@ async fn forget_person_erases_their_mentions_everywhere_and_audits_only_the_coun
 }
 
 on_both_backends!(forget_person_erases_their_mentions_everywhere_and_audits_only_the_count);
+
+/// A local web server: a page with navigation, a redirect to another
+/// loopback address, a large page. Counts the requests it gets.
+async fn web_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::routing::get;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counter = hits.clone();
+    let app = axum::Router::new()
+        .route(
+            "/page",
+            get(|| async {
+                axum::response::Html(
+                    "<html><body><nav>Home | Shop | Login</nav><h1>Spring offer</h1>\
+                     <p>The Website Audit is EUR 850 until May.</p><footer>Cookies</footer></body></html>",
+                )
+            }),
+        )
+        .route(
+            "/moved",
+            get(|| async { axum::response::Redirect::temporary("/page") }),
+        )
+        .route(
+            "/to-private",
+            get(move || async move {
+                axum::response::Redirect::temporary(&format!("http://127.0.0.2:{port}/page"))
+            }),
+        )
+        .route("/big", get(|| async { "x".repeat(64 * 1024) }))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                next.run(request)
+            },
+        ));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://127.0.0.1:{port}"), hits)
+}
+
+async fn a_fetched_page_is_ingested_as_readable_text_and_private_addresses_are_refused(db: Db) {
+    use soloist::memory::MemoryError;
+    use soloist::memory::fetch::{FetchError, FetchLimits};
+    use std::sync::atomic::Ordering;
+    let (memory, _db) = memory_on(db).await;
+    let (base, hits) = web_server().await;
+    let only_this_server = |ip: std::net::IpAddr| ip == std::net::Ipv4Addr::LOCALHOST;
+
+    // The production rule refuses loopback before any request is made.
+    for url in [
+        format!("{base}/page"),
+        "http://169.254.169.254/latest".into(),
+        "http://[::1]/".into(),
+    ] {
+        let error = memory.ingest_url(&url, "test").await.unwrap_err();
+        assert!(
+            matches!(error, MemoryError::Fetch(FetchError::NotPublic(_))),
+            "{url}: {error:?}"
+        );
+    }
+    for url in ["file:///etc/passwd", "ftp://example.com/x"] {
+        let error = memory.ingest_url(url, "test").await.unwrap_err();
+        assert!(
+            matches!(error, MemoryError::Fetch(FetchError::Scheme(_))),
+            "{url}: {error:?}"
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+
+    // A redirect is followed and checked again.
+    let url = format!("{base}/moved");
+    let (fetched, outcome) = memory
+        .ingest_url_guarded(&url, "test", FetchLimits::default(), only_this_server)
+        .await
+        .unwrap();
+    assert_eq!(fetched, format!("{base}/page"));
+    assert_eq!(outcome, IngestOutcome::Added { chunks: 1 });
+    let hit = &memory.retrieve("website audit spring", 1).await.unwrap()[0];
+    assert_eq!(hit.citation(), format!("{url} § Spring offer"));
+    assert!(
+        hit.text.contains("EUR 850") && !hit.text.contains("Login"),
+        "{hit:?}"
+    );
+    assert_eq!(hit.url, format!("{base}/page"));
+
+    let error = memory
+        .ingest_url_guarded(
+            &format!("{base}/to-private"),
+            "test",
+            FetchLimits::default(),
+            only_this_server,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, MemoryError::Fetch(FetchError::NotPublic(ref host)) if host == "127.0.0.2"),
+        "{error:?}"
+    );
+
+    let small = FetchLimits {
+        max_bytes: 1024,
+        ..FetchLimits::default()
+    };
+    let error = memory
+        .ingest_url_guarded(&format!("{base}/big"), "test", small, only_this_server)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, MemoryError::Fetch(FetchError::TooLarge(..))),
+        "{error:?}"
+    );
+}
+
+on_both_backends!(a_fetched_page_is_ingested_as_readable_text_and_private_addresses_are_refused);
