@@ -41,8 +41,12 @@ enum Command {
     Doctor,
     /// Add a file or a folder (Markdown, plain text, HTML) to what soloist knows.
     Ingest {
-        /// A file, or a folder read recursively.
-        path: PathBuf,
+        /// A file, a folder read recursively, or an http(s) URL.
+        #[arg(required_unless_present = "refresh")]
+        path: Option<PathBuf>,
+        /// Fetch every URL source again; changes are replaced and audited.
+        #[arg(long)]
+        refresh: bool,
     },
     /// Measure retrieval: `soloist eval retrieval FILE.tsv`.
     Eval {
@@ -108,7 +112,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Replay { run_id } => replay(settings, &cli.home, &run_id).await,
-        Command::Ingest { path } => soloist::memory::cli::ingest(settings, &cli.home, &path).await,
+        Command::Ingest { path, refresh } => {
+            soloist::memory::cli::ingest(settings, &cli.home, path.as_deref(), refresh).await
+        }
         Command::Eval { what, file } => {
             soloist::memory::cli::eval(settings, &cli.home, &what, &file).await
         }

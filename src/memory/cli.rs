@@ -15,9 +15,27 @@ async fn open(settings: &Settings, home: &Path) -> anyhow::Result<Memory> {
     Ok(Memory::new(store, settings.memory.clone()))
 }
 
-/// Ingests a file or folder and prints one line per file.
-pub async fn ingest(settings: Settings, home: &Path, path: &Path) -> anyhow::Result<ExitCode> {
+/// Ingests a file, folder or URL and prints one line per source; with
+/// `refresh`, fetches every URL source again first.
+pub async fn ingest(
+    settings: Settings,
+    home: &Path,
+    path: Option<&Path>,
+    refresh: bool,
+) -> anyhow::Result<ExitCode> {
     let memory = open(&settings, home).await?;
+    if refresh {
+        for (name, outcome) in memory.refresh_urls().await? {
+            match outcome {
+                Ok(outcome) => println!("{name}: {outcome}"),
+                Err(error) => println!("{name}: not refreshed: {error}"),
+            }
+        }
+    }
+    let Some(path) = path else {
+        memory.store().close().await;
+        return Ok(ExitCode::SUCCESS);
+    };
     if let Some(url) = path
         .to_str()
         .filter(|p| p.starts_with("http://") || p.starts_with("https://"))

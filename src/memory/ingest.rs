@@ -142,6 +142,57 @@ impl Memory {
             .await
     }
 
+    /// Fetches every URL source again (against drift): an unchanged page
+    /// only moves its `refreshed_at`; a changed one has its chunks replaced
+    /// and the change noted in the audit log. The scheduler calls this on
+    /// a cron; `soloist ingest --refresh` calls it by hand. One page that
+    /// fails does not stop the others.
+    pub async fn refresh_urls(
+        &self,
+    ) -> Result<Vec<(String, Result<IngestOutcome, String>)>, MemoryError> {
+        self.refresh_urls_guarded(FetchLimits::default(), fetch::is_public)
+            .await
+    }
+
+    /// [`Memory::refresh_urls`] with other limits and address rule (tests).
+    pub async fn refresh_urls_guarded(
+        &self,
+        limits: FetchLimits,
+        allowed: impl Fn(std::net::IpAddr) -> bool + Copy,
+    ) -> Result<Vec<(String, Result<IngestOutcome, String>)>, MemoryError> {
+        let mut outcomes = Vec::new();
+        for source in db::sources(&self.store).await? {
+            if source.kind != "url" {
+                continue;
+            }
+            let result = self
+                .ingest_url_guarded(&source.name, &source.origin, limits, allowed)
+                .await;
+            let outcome = match result {
+                Ok((_, outcome)) => {
+                    if matches!(outcome, IngestOutcome::Replaced { .. }) {
+                        self.store
+                            .audit(
+                                crate::domain::Platform::Console,
+                                "soloist",
+                                "source_changed",
+                                &format!("{} changed since it was last fetched", source.name),
+                            )
+                            .await?;
+                    }
+                    Ok(outcome)
+                }
+                Err(MemoryError::Store(error)) => return Err(MemoryError::Store(error)),
+                Err(error) => {
+                    tracing::warn!(source = %source.name, error = ?error, "refreshing a source failed");
+                    Err(error.to_string())
+                }
+            };
+            outcomes.push((source.name, outcome));
+        }
+        Ok(outcomes)
+    }
+
     /// [`Memory::ingest_url`] with other limits and address rule (tests).
     pub async fn ingest_url_guarded(
         &self,

@@ -558,6 +558,18 @@ async fn a_fetched_page_is_ingested_as_readable_text_and_private_addresses_are_r
         "{error:?}"
     );
 
+    // Refresh: unchanged, nothing; a refresh that cannot fetch says so.
+    let refreshed = memory
+        .refresh_urls_guarded(FetchLimits::default(), only_this_server)
+        .await
+        .unwrap();
+    assert_eq!(refreshed, vec![(url.clone(), Ok(IngestOutcome::Unchanged))]);
+    let refused = memory.refresh_urls().await.unwrap();
+    assert!(
+        refused[0].1.as_ref().unwrap_err().contains("private"),
+        "{refused:?}"
+    );
+
     let small = FetchLimits {
         max_bytes: 1024,
         ..FetchLimits::default()
