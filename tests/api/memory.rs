@@ -468,6 +468,7 @@ async fn web_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let counter = hits.clone();
+    let visits = std::sync::Arc::new(AtomicUsize::new(0));
     let app = axum::Router::new()
         .route(
             "/page",
@@ -489,6 +490,14 @@ async fn web_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>
             }),
         )
         .route("/big", get(|| async { "x".repeat(64 * 1024) }))
+        .route(
+            "/changing",
+            get(move || async move {
+                // A new price on every fetch: the page drifts.
+                let n = visits.fetch_add(1, Ordering::SeqCst);
+                axum::response::Html(format!("<h1>Prices</h1><p>Audit: EUR {}</p>", 900 + n))
+            }),
+        )
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
                 counter.fetch_add(1, Ordering::SeqCst);
@@ -585,3 +594,39 @@ async fn a_fetched_page_is_ingested_as_readable_text_and_private_addresses_are_r
 }
 
 on_both_backends!(a_fetched_page_is_ingested_as_readable_text_and_private_addresses_are_refused);
+
+async fn refreshing_a_changed_page_replaces_its_chunks_and_audits_the_change(db: Db) {
+    use soloist::memory::fetch::FetchLimits;
+    let (memory, _db) = memory_on(db).await;
+    let (base, _) = web_server().await;
+    let only_this_server = |ip: std::net::IpAddr| ip == std::net::Ipv4Addr::LOCALHOST;
+    let url = format!("{base}/changing");
+    memory
+        .ingest_url_guarded(&url, "test", FetchLimits::default(), only_this_server)
+        .await
+        .unwrap();
+
+    let refreshed = memory
+        .refresh_urls_guarded(FetchLimits::default(), only_this_server)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        refreshed,
+        vec![(url.clone(), Ok(IngestOutcome::Replaced { chunks: 1 }))]
+    );
+    let hits = memory.retrieve("audit prices", 5).await.unwrap();
+    assert_eq!(hits.len(), 1);
+    assert!(hits[0].text.contains("EUR 901"), "{hits:?}");
+    let details: Vec<String> =
+        sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'source_changed'")
+            .fetch_all(memory.store().pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        details,
+        vec![format!("{url} changed since it was last fetched")]
+    );
+}
+
+on_both_backends!(refreshing_a_changed_page_replaces_its_chunks_and_audits_the_change);
