@@ -222,7 +222,12 @@ impl Memory {
                 section: decision.status.clone(),
                 text: request,
             };
-            db::replace_source(&self.store, &source, &[chunk]).await?;
+            // Two workers may index the same decision at once; the loser's
+            // unique-name error is harmless (the entry is there) and must
+            // not fail the draft that asked.
+            if let Err(error) = db::replace_source(&self.store, &source, &[chunk]).await {
+                tracing::debug!(error = ?error, artifact = %decision.artifact_id, "decision already indexed");
+            }
         }
         Ok(pending.len())
     }
