@@ -630,3 +630,44 @@ async fn refreshing_a_changed_page_replaces_its_chunks_and_audits_the_change(db:
 }
 
 on_both_backends!(refreshing_a_changed_page_replaces_its_chunks_and_audits_the_change);
+
+/// Runs the `soloist` binary in `home` (its SQLite database there).
+fn soloist(home: &std::path::Path, args: &[&str]) -> (String, bool) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_soloist"))
+        .args(args)
+        .current_dir(home)
+        .env_remove("DATABASE_URL")
+        .env_remove("SOLOIST_HOME")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run soloist");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (text, output.status.success())
+}
+
+#[test]
+fn soloist_ingest_skips_unchanged_files_and_eval_retrieval_prints_recall_and_mrr() {
+    let home = tempfile::tempdir().unwrap();
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let knowledge = format!("{fixtures}/knowledge");
+
+    let (first, ok) = soloist(home.path(), &["ingest", &knowledge]);
+    assert!(ok, "{first}");
+    assert_eq!(first.matches(": added (").count(), 4, "{first}");
+    let (again, ok) = soloist(home.path(), &["ingest", &knowledge]);
+    assert!(ok, "{again}");
+    assert_eq!(again.matches(": unchanged").count(), 4, "{again}");
+
+    let questions = format!("{fixtures}/eval/retrieval.tsv");
+    let (report, ok) = soloist(home.path(), &["eval", "retrieval", &questions]);
+    assert!(ok, "{report}");
+    assert!(report.contains("questions  12"), "{report}");
+    assert!(report.contains("recall@3   1.000"), "{report}");
+    for line in ["recall@1", "MRR", "p50", "p95"] {
+        assert!(report.contains(line), "{report}");
+    }
+
+    let (refused, ok) = soloist(home.path(), &["ingest", "http://127.0.0.1:9/page"]);
+    assert!(!ok && refused.contains("public pages only"), "{refused}");
+}
