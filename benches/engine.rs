@@ -58,7 +58,7 @@ async fn step_overhead(url: &str) -> Vec<Duration> {
     let home = tempfile::tempdir().unwrap();
     write_bench_flow(home.path());
     let mut settings = Settings::load(&LoadOptions::default()).unwrap();
-    settings.database.url = url.to_string();
+    settings.database.url = soloist::config::Secret::new(url.to_string());
     let app = App::build(settings, home.path()).await.unwrap();
     let mut samples = Vec::with_capacity(RUNS * STEPS_PER_RUN);
     for n in 0..RUNS {

@@ -28,6 +28,7 @@ fn main() {
             prompt: &prompt,
             max_tokens: 900,
             temperature: Some(0.0),
+            reply_schema: None,
         };
         let cache = ResponseCache::new(settings.models.cache_capacity, Duration::from_secs(3600));
         let reply = Reply {

@@ -30,8 +30,8 @@ mod helpers;
 
 use std::time::Duration;
 
-use soloist::adapters::platform_services;
 use soloist::config::{Secret, Settings};
+use soloist::runtime::platform_services;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -72,9 +72,8 @@ async fn start(rate_limits: bool, durable: bool) -> (TestApp, FakeTelegram, Canc
     let fake = tg.clone();
     let test = TestApp::spawn_with(Db::Postgres, move |s: &mut Settings| {
         if !durable {
-            s.database
-                .url
-                .push_str("&options=-c%20synchronous_commit%3Doff");
+            let url = s.database.url.expose().unwrap_or_default();
+            s.database.url = Secret::new(format!("{url}&options=-c%20synchronous_commit%3Doff"));
         }
         s.telegram.token = Secret::new(fake.token.clone());
         s.telegram.api_url = fake.api_url.clone();

@@ -39,15 +39,7 @@ pub async fn check(settings: &Settings, home: &Path) -> Vec<Finding> {
     ))];
     findings.push(check_database(settings, home).await);
     findings.extend(check_models(settings).await);
-    if settings.engine.lease_secs <= settings.models.timeout_secs as f64 {
-        findings.push(Finding::Problem(
-            format!(
-                "engine.lease_secs ({}) is not above model.timeout_secs ({}): a slow model call could lose its run to another worker",
-                settings.engine.lease_secs, settings.models.timeout_secs
-            ),
-            "raise engine.lease_secs or lower model.timeout_secs".into(),
-        ));
-    }
+    findings.push(check_heartbeat(settings));
     for (name, token, variable) in [
         ("Telegram", &settings.telegram.token, "TELEGRAM_BOT_TOKEN"),
         ("Discord", &settings.discord.token, "DISCORD_TOKEN"),
@@ -63,6 +55,27 @@ pub async fn check(settings: &Settings, home: &Path) -> Vec<Finding> {
     findings.extend(check_who_may_act(settings));
     findings.push(crate::memory::doctor_finding(&settings.memory));
     findings
+}
+
+/// A running step renews its run's lease every heartbeat; with fewer than
+/// three beats per lease, one slow renewal (a busy database) lets another
+/// worker take the run mid-step.
+fn check_heartbeat(settings: &Settings) -> Finding {
+    let engine = &settings.engine;
+    if engine.heartbeat_secs > 0.0 && engine.heartbeat_secs * 3.0 <= engine.lease_secs {
+        Finding::Ok(format!(
+            "run leases: {}s, renewed every {}s while a step runs",
+            engine.lease_secs, engine.heartbeat_secs
+        ))
+    } else {
+        Finding::Problem(
+            format!(
+                "engine.heartbeat_secs ({}) is not at most a third of engine.lease_secs ({}): a running step could lose its run to another worker",
+                engine.heartbeat_secs, engine.lease_secs
+            ),
+            "lower engine.heartbeat_secs or raise engine.lease_secs".into(),
+        )
+    }
 }
 
 /// A platform with a token but nobody allowed refuses everyone, the owner
@@ -142,6 +155,11 @@ async fn check_database(settings: &Settings, home: &Path) -> Finding {
             "run `soloist migrate`".into(),
         ),
     };
+    // Delivery trouble is the database's news too (the outbox is a table).
+    let finding = match (&finding, crate::outbox::trouble(&store).await) {
+        (Finding::Ok(_), Ok(Some(problem))) => Finding::Problem(problem, "see the log lines \"has not been delivered\" for the cause (network, token, a blocked bot)".into()),
+        _ => finding,
+    };
     store.close().await;
     finding
 }
@@ -201,6 +219,7 @@ async fn check_models(settings: &Settings) -> Vec<Finding> {
 /// Lists the provider's models: proves the address and the key.
 async fn check_provider(name: &str, provider: &ProviderSettings) -> Finding {
     let endpoint = provider.endpoint().trim_end_matches('/');
+    let shown = redact_url(endpoint);
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -228,25 +247,25 @@ async fn check_provider(name: &str, provider: &ProviderSettings) -> Finding {
     };
     match request.send().await {
         Ok(reply) if reply.status().is_success() => {
-            Finding::Ok(format!("provider {name} at {endpoint} answers"))
+            Finding::Ok(format!("provider {name} at {shown} answers"))
         }
         Ok(reply) if matches!(reply.status().as_u16(), 401 | 403) => Finding::Problem(
             format!(
-                "provider {name} at {endpoint} rejected the API key (HTTP {})",
+                "provider {name} at {shown} rejected the API key (HTTP {})",
                 reply.status().as_u16()
             ),
             format!("check models.providers.{name}.api_key (OPENAI_API_KEY / ANTHROPIC_API_KEY)"),
         ),
         Ok(reply) => Finding::Problem(
             format!(
-                "provider {name} at {endpoint} answered HTTP {}",
+                "provider {name} at {shown} answered HTTP {}",
                 reply.status().as_u16()
             ),
             "check its base URL: most OpenAI-compatible servers end in /v1".into(),
         ),
         Err(error) => Finding::Problem(
             format!(
-                "cannot reach provider {name} at {endpoint}: {}",
+                "cannot reach provider {name} at {shown}: {}",
                 error_chain(&error)
             ),
             "check its base URL (OPENAI_BASE_URL) and that the server is running".into(),
@@ -254,14 +273,25 @@ async fn check_provider(name: &str, provider: &ProviderSettings) -> Finding {
     }
 }
 
-/// An error with its causes, on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// Written once, in the front door; kept here under its old name.
+pub use crate::frontdoor::error_chain;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LoadOptions;
+
+    #[test]
+    fn a_heartbeat_slower_than_a_third_of_the_lease_is_a_problem() {
+        let mut settings = Settings::load(&LoadOptions::default()).unwrap();
+        assert!(!check_heartbeat(&settings).is_problem(), "the defaults fit");
+        settings.engine.heartbeat_secs = settings.engine.lease_secs / 2.0;
+        let finding = check_heartbeat(&settings);
+        assert!(finding.is_problem());
+        assert!(
+            finding.line().contains("heartbeat_secs"),
+            "{}",
+            finding.line()
+        );
     }
-    text
 }

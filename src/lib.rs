@@ -8,27 +8,46 @@
 //!
 //! The path of one message, left to right:
 //!
-//! - [`adapters`]: platform types end here. `console` is the terminal;
-//!   `telegram` polls (or takes a webhook), records updates, answers buttons
-//!   and delivers the outbox within Telegram's limits.
-//!   `discord` takes slash commands, presses and mentions through the
-//!   gateway (serenity) and delivers the outbox over REST.
-//! - [`controller`]: who is speaking, which command or button, which flow.
-//! - [`engine`]: durable runs: claim, execute a step, journal, suspend for
-//!   approval or input, resume after a crash, replay.
+//! - [`adapters`]: platform types end here: parsing, rendering, the
+//!   platform's API client and its limits. `console` is the terminal;
+//!   `telegram` polls (or takes a webhook) and delivers the outbox within
+//!   Telegram's limits; `discord` takes slash commands, presses and mentions
+//!   through the gateway (serenity) and delivers the outbox over REST.
+//! - [`frontdoor`]: the same way in for every platform: record the update,
+//!   queue it in its chat's lane (in order per chat, chats in parallel,
+//!   bounded), hand it to the controller (retried, a failure never
+//!   dropped), wake delivery.
+//! - [`controller`]: who is speaking and where (`controller::access`),
+//!   which command or button, which flow. `commands` holds the one command
+//!   table (parsing, `/help`, the platforms' menus and the router's intents
+//!   come from it), `buttons` the presses, `reports` the read-only reports,
+//!   `routing` free text.
+//! - [`engine`]: durable runs and every run transition: claim (a fenced
+//!   lease per claim, renewed by a heartbeat while a step runs), execute a
+//!   step, commit it, decide, take input, retry, cancel
+//!   (`engine::transitions`), resume after a crash, replay.
 //! - [`flows`]: flows as data (`config/flows/*.toml`) and prompt templates
 //!   (`prompts/*.md`).
-//! - [`agents`]: model calls through rig-core, with the cost ledger.
+//! - [`agents`]: model calls through rig-core: the fallback chain and
+//!   retries (`router`), the budget gate and its reservations (`budget`),
+//!   the cost ledger (`ledger`), batches (`batch`).
 //! - [`memory`]: knowledge with provenance (ingest, chunks, full-text
 //!   retrieval on both databases), the decision log, the chat window and
 //!   working memory; the `retrieve` step and `/remember`, `/memory`,
-//!   `/forget`, `/sources`.
-//! - [`outbox`]: delivers queued messages to a platform, in order, within
-//!   its rate limits, once.
-//! - [`runtime`]: `soloist run`: the worker and the platforms until shutdown.
-//! - [`store`]: PostgreSQL or SQLite, one set of queries for both.
+//!   `/forget`, `/sources`, `/forget_person`.
+//! - [`outbox`]: delivers queued messages to a platform: rows claimed with
+//!   a lease, in order per chat, fair across chats, within the platform's
+//!   rate limits, retried until delivered, marked once. Started once for
+//!   every platform by [`outbox::start`].
+//! - [`retry_after`]: every server's "retry after", read with a cap.
+//! - [`runtime`]: `soloist run`: the worker and the platforms until
+//!   shutdown; a service that stops on its own stops the process with an
+//!   error.
+//! - [`store`]: PostgreSQL or SQLite, one set of queries for both; tables
+//!   and transactions ([`store::Tx`]), not the run state machine.
 //! - [`domain`]: `Inbound`, `Outbound`, buttons, ids, run events; no I/O.
-//! - [`config`]: layered typed settings with secrets that never print.
+//! - [`config`]: layered typed settings with secrets that never print, and
+//!   redaction of URLs that may carry credentials.
 //! - [`app`]: wiring: builds the pieces from settings.
 //! - [`doctor`]: `soloist doctor`'s checks.
 
@@ -41,7 +60,9 @@ pub mod doctor;
 pub mod domain;
 pub mod engine;
 pub mod flows;
+pub mod frontdoor;
 pub mod memory;
 pub mod outbox;
+pub mod retry_after;
 pub mod runtime;
 pub mod store;

@@ -138,7 +138,8 @@ async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<Exit
         app.controller.clone(),
         tokio::io::stdout(),
         app.settings.business.owner.clone(),
-    );
+    )
+    .echo_input(!std::io::IsTerminal::is_terminal(&std::io::stdin()));
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
     console.run(stdin, &banner).await?;
     batches.cancel();
@@ -149,7 +150,7 @@ async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<Exit
 async fn serve(settings: Settings, home: &std::path::Path) -> anyhow::Result<ExitCode> {
     let app = App::build(settings, home).await?;
     let shutdown = soloist::runtime::shutdown_on_signal();
-    let platforms = soloist::adapters::platform_services(&app, &shutdown);
+    let platforms = soloist::runtime::platform_services(&app, &shutdown);
     soloist::runtime::run(app.clone(), platforms, shutdown).await?;
     app.store.close().await;
     Ok(ExitCode::SUCCESS)

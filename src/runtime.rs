@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::adapters::{discord, telegram};
 use crate::app::App;
+use crate::frontdoor::{Handles, error_chain};
 
 /// A service that runs until the token is cancelled; its error, if any,
 /// stops the whole process.
@@ -22,6 +24,30 @@ pub enum RuntimeError {
     NoPlatform,
     #[error("{0}")]
     Service(String),
+}
+
+/// The services of every chat platform configured in `app.settings`
+/// (a platform is configured when its token is set).
+pub fn platform_services(app: &App, shutdown: &CancellationToken) -> Vec<Service> {
+    let mut services: Vec<Service> = Vec::new();
+    let handles = Handles::of(app);
+    if app.settings.telegram.token.is_set() {
+        let (handles, shutdown) = (handles.clone(), shutdown.clone());
+        services.push(Box::pin(async move {
+            telegram::run(handles, shutdown)
+                .await
+                .map_err(|error| format!("telegram: {}", error_chain(&error)))
+        }));
+    }
+    if app.settings.discord.token.is_set() {
+        let shutdown = shutdown.clone();
+        services.push(Box::pin(async move {
+            discord::run(handles, shutdown)
+                .await
+                .map_err(|error| format!("discord: {}", error_chain(&error)))
+        }));
+    }
+    services
 }
 
 /// Runs the worker and `platforms` until `shutdown` is cancelled or one of
@@ -44,7 +70,9 @@ pub async fn run(
     }
     let mut outcome = Ok(());
     while let Some(finished) = services.join_next().await {
-        let result = finished.unwrap_or_else(|panic| Err(format!("a service panicked: {panic}")));
+        let result = finished
+            .unwrap_or_else(|panic| Err(format!("a service panicked: {panic}")))
+            .and_then(|()| ended_on_request(&shutdown));
         if let Err(error) = result {
             tracing::error!(%error, "service stopped; shutting down");
             if outcome.is_ok() {
@@ -54,6 +82,16 @@ pub async fn run(
         shutdown.cancel();
     }
     outcome
+}
+
+/// A service that ends before shutdown was asked for has stopped working:
+/// that is a failure, whatever it returned.
+fn ended_on_request(shutdown: &CancellationToken) -> Result<(), String> {
+    if shutdown.is_cancelled() {
+        Ok(())
+    } else {
+        Err("a service stopped on its own before shutdown; see the log above".into())
+    }
 }
 
 /// Resumes runnable runs nobody holds: crash leftovers, and runs woken while
@@ -85,7 +123,8 @@ fn release_free_memory() {
 }
 
 /// Sends non-urgent calls in batches when due, collects batches that came
-/// back and drives their runs on, every `models.batch.poll_secs`.
+/// back and drives their runs on, and sweeps abandoned budget reservations,
+/// every `models.batch.poll_secs`.
 pub async fn batches(app: App, shutdown: CancellationToken) -> Result<(), String> {
     let batcher = app.engine.agents().batcher();
     loop {
@@ -98,6 +137,11 @@ pub async fn batches(app: App, shutdown: CancellationToken) -> Result<(), String
                 }
             }
             Err(error) => tracing::warn!(error = %error, "batch round failed; will try again"),
+        }
+        // Reservations a crashed process left behind (the schedules issue
+        // may give this its own schedule).
+        if let Err(error) = app.engine.agents().sweep_reservations().await {
+            tracing::warn!(error = ?error, "sweeping reservations failed; will try again");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

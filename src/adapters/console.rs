@@ -2,12 +2,15 @@
 //! messages, shows buttons as `[1] Approve  [2] Edit  [3] Reject`; typing a
 //! number presses that button. Each line is handled to the end (the run
 //! waits or finishes) before the next is read, so piped scripts behave the
-//! same every time.
+//! same every time; with [`Console::echo_input`] each line read is printed
+//! after its prompt, so a piped transcript reads as a conversation.
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::controller::Controller;
-use crate::domain::{Button, ChatRef, Inbound, InboundContent, Outbound, Platform};
+use crate::domain::{
+    Button, ChatKind, ChatRef, Inbound, InboundContent, Origin, Outbound, Platform,
+};
 use crate::store::StoreError;
 
 /// The terminal's one conversation.
@@ -29,6 +32,7 @@ pub struct Console<W> {
     session: String,
     line_number: u64,
     buttons: Vec<Button>,
+    echo: bool,
 }
 
 impl<W: AsyncWrite + Unpin> Console<W> {
@@ -40,7 +44,15 @@ impl<W: AsyncWrite + Unpin> Console<W> {
             session: uuid::Uuid::new_v4().simple().to_string(),
             line_number: 0,
             buttons: Vec::new(),
+            echo: false,
         }
+    }
+
+    /// Prints each input line after the prompt: for input that is not a
+    /// terminal (which echoes what is typed itself).
+    pub fn echo_input(mut self, echo: bool) -> Self {
+        self.echo = echo;
+        self
     }
 
     /// Prints the banner, resumes runs a crash interrupted, then handles
@@ -64,6 +76,11 @@ impl<W: AsyncWrite + Unpin> Console<W> {
             let Some(line) = lines.next_line().await? else {
                 break;
             };
+            if self.echo {
+                self.output
+                    .write_all(format!("{}\n", sanitize(&line)).as_bytes())
+                    .await?;
+            }
             self.handle_line(&line).await?;
         }
         self.output.write_all(b"\n").await?;
@@ -81,6 +98,8 @@ impl<W: AsyncWrite + Unpin> Console<W> {
             user_name: self.user_name.clone(),
             message_id: None,
             content: self.interpret(line),
+            chat_kind: ChatKind::Private,
+            origin: Origin::Typed,
         };
         if let Err(error) = self.controller.handle(&inbound).await {
             tracing::error!(error = ?error, "handling a console line failed");
@@ -107,7 +126,7 @@ impl<W: AsyncWrite + Unpin> Console<W> {
 
     /// Prints and marks delivered every pending console message, in order.
     async fn deliver(&mut self) -> Result<(), ConsoleError> {
-        let store = self.controller.engine().store().clone();
+        let store = self.controller.store().clone();
         loop {
             let pending = store.pending_outbox(Platform::Console, 50).await?;
             if pending.is_empty() {

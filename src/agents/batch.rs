@@ -1,16 +1,88 @@
-//! The batcher: sends queued non-urgent calls together through OpenAI's
-//! Batch API (`/files`, `/batches`), at the batch price, and finishes each
-//! item when its batch comes back. rig-core has no batch client, so this is
-//! plain HTTP with reqwest; the JSON is OpenAI's documented wire format.
+//! Batches: a non-urgent call is queued with its worst case reserved at
+//! the batch price, and the batcher sends queued calls together through
+//! OpenAI's Batch API (`/files`, `/batches`) and finishes each item when its
+//! batch comes back. rig-core has no batch client, so this is plain HTTP
+//! with reqwest; the JSON is OpenAI's documented wire format.
+//!
+//! Creating a batch is paid for, so it happens once: the intent (a
+//! submission id) is stored before the provider is asked, the batch's
+//! metadata carries it, and a submission found unfinished after a crash is
+//! looked up at the provider before anything is created again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::{Agents, Attempt, ModelCall, ModelError, scaled_max_tokens};
 use crate::config::{ModelRef, ModelsSettings, ProviderKind, ProviderSettings};
 use crate::domain::RunId;
-use crate::store::{BatchItem, BatchOutcome, LedgerEntry, Store, StoreError, now_ms};
+use crate::store::{BatchItem, BatchOutcome, LedgerEntry, NewBatchItem, Store, StoreError, now_ms};
+
+/// The batch metadata key that carries our submission id.
+const SUBMISSION_KEY: &str = "soloist_submission";
+
+/// Pages of `GET /batches` read when looking for a submission (100 each):
+/// the batch was created moments before the crash, so it is among the
+/// newest.
+const LOOKUP_PAGES: usize = 5;
+
+impl Agents {
+    /// Prepares a non-urgent call for the next batch: the tier's first
+    /// model, when its provider has a batch API (OpenAI kind), with its
+    /// worst case reserved at the batch price. None means: no batch API
+    /// here, call it now. The item holds its reservation: dropped without
+    /// being committed (its step lost the run), it gives it back.
+    pub async fn queue_for_batch(
+        &self,
+        call: &ModelCall,
+        step: &str,
+    ) -> Result<Option<NewBatchItem>, ModelError> {
+        let settings = &self.inner.settings;
+        let policy = settings.policy(call.label);
+        let tier = call.tier.min(policy.tier_cap);
+        let Some(model) = settings.usable_chain(tier).into_iter().next() else {
+            return Err(ModelError::NotConfigured);
+        };
+        if settings.providers[&model.provider].kind != ProviderKind::Openai {
+            return Ok(None);
+        }
+        let max_tokens = scaled_max_tokens(call, &policy);
+        let attempt = Attempt::new(call, &model, tier, max_tokens);
+        let reservation = match self
+            .reserve_at(&attempt, settings.batch.price_factor)
+            .await?
+        {
+            Ok(reservation) => reservation,
+            Err(refusal) => {
+                self.record(&attempt, "blocked", None, Duration::ZERO)
+                    .await?;
+                return Err(ModelError::Blocked(refusal));
+            }
+        };
+        let mut request = json!({
+            "model": model.model,
+            "messages": [
+                {"role": "system", "content": call.system},
+                {"role": "user", "content": call.prompt},
+            ],
+            "max_tokens": max_tokens,
+        });
+        if let Some(temperature) = call.temperature {
+            request["temperature"] = json!(temperature);
+        }
+        Ok(Some(NewBatchItem {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            step: step.to_string(),
+            flow: call.flow.clone().unwrap_or_default(),
+            provider: model.provider.clone(),
+            model: model.model.clone(),
+            tier: tier.as_str().to_string(),
+            request,
+            reservation,
+        }))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -19,6 +91,9 @@ pub enum BatchError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// One request to the batch API may take this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Batcher {
@@ -33,20 +108,28 @@ impl Batcher {
             settings,
             store,
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
+                .timeout(REQUEST_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
         }
     }
 
-    /// Sends every queue that is due (all of them when `force`), collects
-    /// every batch that came back, and returns the runs that can go on.
+    /// Finishes submissions a crash interrupted, sends every queue that is
+    /// due (all of them when `force`), collects every batch that came back,
+    /// and returns the runs that can go on.
     pub async fn tick(&self, force: bool) -> Result<Vec<RunId>, BatchError> {
         let mut woken = Vec::new();
         for (name, provider) in self.batch_providers() {
-            let queued = self.store.queued_batch_items(name).await?;
-            if self.is_due(&queued, force) {
-                self.submit(name, provider, &queued).await?;
+            let (started, fresh): (Vec<_>, Vec<_>) = self
+                .store
+                .queued_batch_items(name)
+                .await?
+                .into_iter()
+                .partition(|item| item.submission_id.is_some());
+            self.resume_submissions(name, provider, started, force)
+                .await?;
+            if self.is_due(&fresh, force) {
+                self.submit(name, provider, &fresh).await?;
             }
             woken.extend(self.collect(name, provider).await?);
         }
@@ -75,11 +158,108 @@ impl Batcher {
             || now_ms() - oldest.created_at >= (batch.max_wait_secs * 1000) as i64
     }
 
-    /// Uploads the items as a JSONL file and starts a batch over it.
+    /// Records the intent to send `items` (those no other process
+    /// claimed first), then sends them.
     async fn submit(
         &self,
         name: &str,
         provider: &ProviderSettings,
+        items: &[BatchItem],
+    ) -> Result<(), BatchError> {
+        let submission = uuid::Uuid::new_v4().simple().to_string();
+        let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+        let claimed = self.store.begin_batch_submission(&ids, &submission).await?;
+        let items: Vec<BatchItem> = items
+            .iter()
+            .filter(|i| claimed.contains(&i.id))
+            .cloned()
+            .collect();
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.create(name, provider, &submission, &items).await
+    }
+
+    /// Submissions whose intent was stored but whose batch was never marked
+    /// (a crash, or a failed request, between the two): adopt the batch the
+    /// provider has for them, or create it if it never got there. A
+    /// submission younger than a request's timeout may still be in flight
+    /// in another process; it is left alone unless `force`.
+    async fn resume_submissions(
+        &self,
+        name: &str,
+        provider: &ProviderSettings,
+        started: Vec<BatchItem>,
+        force: bool,
+    ) -> Result<(), BatchError> {
+        let mut by_submission: BTreeMap<String, Vec<BatchItem>> = BTreeMap::new();
+        for item in started {
+            by_submission
+                .entry(item.submission_id.clone().unwrap_or_default())
+                .or_default()
+                .push(item);
+        }
+        let settled_after = REQUEST_TIMEOUT.as_millis() as i64 * 2;
+        for (submission, items) in by_submission {
+            let started_at = items
+                .iter()
+                .filter_map(|i| i.submission_started_at)
+                .max()
+                .unwrap_or(0);
+            if !force && now_ms() - started_at < settled_after {
+                continue;
+            }
+            match self.find_batch(name, provider, &submission).await? {
+                Some(batch_id) => {
+                    let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+                    self.store.mark_batch_submitted(&ids, &batch_id).await?;
+                    tracing::warn!(provider = name, batch = %batch_id, %submission, "adopted a batch created before a crash");
+                }
+                None => self.create(name, provider, &submission, &items).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The provider's batch whose metadata carries `submission`, if any.
+    async fn find_batch(
+        &self,
+        name: &str,
+        provider: &ProviderSettings,
+        submission: &str,
+    ) -> Result<Option<String>, BatchError> {
+        let mut after: Option<String> = None;
+        for _ in 0..LOOKUP_PAGES {
+            let mut url = format!("{}/batches?limit=100", base(provider));
+            if let Some(after) = &after {
+                url.push_str(&format!("&after={after}"));
+            }
+            let page = self
+                .send(name, self.authorised(provider, self.http.get(url)))
+                .await?;
+            let batches = page["data"].as_array().cloned().unwrap_or_default();
+            if let Some(found) = batches
+                .iter()
+                .find(|b| b["metadata"][SUBMISSION_KEY].as_str() == Some(submission))
+            {
+                return Ok(Some(string_field(found, "id", name)?));
+            }
+            let last = batches.last().and_then(|b| b["id"].as_str());
+            match (page["has_more"].as_bool(), last) {
+                (Some(true), Some(last)) => after = Some(last.to_string()),
+                _ => break,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Uploads the items as a JSONL file and starts a batch over it,
+    /// labelled with the submission id.
+    async fn create(
+        &self,
+        name: &str,
+        provider: &ProviderSettings,
+        submission: &str,
         items: &[BatchItem],
     ) -> Result<(), BatchError> {
         let lines: Vec<String> = items
@@ -98,7 +278,12 @@ impl Batcher {
             .send(name, self.post(provider, "files").multipart(form))
             .await?;
         let file_id = string_field(&uploaded, "id", name)?;
-        let body = json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"});
+        let body = json!({
+            "input_file_id": file_id,
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "metadata": {SUBMISSION_KEY: submission},
+        });
         let batch = self
             .send(name, self.post(provider, "batches").json(&body))
             .await?;
@@ -281,7 +466,7 @@ impl Batcher {
                 detail: format!(
                     "HTTP {}: {}",
                     status.as_u16(),
-                    crate::domain::clip(&body, 160)
+                    crate::domain::clip(&crate::config::redact_urls_in(&body), 160)
                 ),
             });
         }

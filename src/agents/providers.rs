@@ -26,6 +26,8 @@ pub struct Prompt<'a> {
     pub prompt: &'a str,
     pub max_tokens: u64,
     pub temperature: Option<f64>,
+    /// Structured output: the JSON schema the reply must follow.
+    pub reply_schema: Option<&'a serde_json::Value>,
 }
 
 /// What the provider answered, with its own token counts.
@@ -115,7 +117,12 @@ impl Provider {
         let request = CompletionRequest::new(prompt.prompt.to_string())
             .preamble(prompt.system.to_string())
             .max_tokens(prompt.max_tokens)
-            .temperature(prompt.temperature);
+            .temperature(prompt.temperature)
+            .output_schema(
+                prompt
+                    .reply_schema
+                    .and_then(|schema| rig_core::schemars::Schema::try_from(schema.clone()).ok()),
+            );
         // rig 0.44's `.completion()` speaks OpenAI's newer /responses
         // endpoint, which Ollama, vLLM and OpenRouter do not: use Chat.
         let sent = async {
@@ -163,19 +170,36 @@ fn classify(error: rig_core::error::ProviderError) -> CallError {
     }
 }
 
-/// `retry-after` in seconds (the HTTP-date form is rare from model APIs and
-/// is treated as absent).
+/// `retry-after` in seconds, capped (see [`crate::retry_after`]).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get("retry-after")?.to_str().ok()?;
-    value
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    crate::retry_after::parse(headers.get("retry-after")?.to_str().ok()?)
 }
 
-/// The first line of a provider's message, short enough for a chat message.
+/// The first line of a provider's message, short enough for a chat message,
+/// with any URL in it redacted: reqwest's errors quote the request URL, and
+/// a self-hosted endpoint's URL can carry credentials. This text reaches the
+/// chat and the run's journal.
 fn excerpt(body: &str) -> String {
-    crate::domain::clip(body.lines().next().unwrap_or_default().trim(), 160)
+    let line = crate::config::redact_urls_in(body.lines().next().unwrap_or_default().trim());
+    crate::domain::clip(&line, 160)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> reqwest::header::HeaderMap {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("retry-after", value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_hostile_provider_retry_after_is_capped_not_a_panic() {
+        assert_eq!(retry_after(&headers("1e20")), Some(crate::retry_after::MAX));
+        assert_eq!(retry_after(&headers("inf")), Some(crate::retry_after::MAX));
+        assert_eq!(retry_after(&headers("NaN")), None);
+        assert_eq!(retry_after(&headers("-1")), None);
+        assert_eq!(retry_after(&headers("3")), Some(Duration::from_secs(3)));
+    }
 }

@@ -7,6 +7,9 @@
 //! log or an error cannot leak them.
 
 mod models;
+mod redact;
+
+pub use redact::{redact_url, redact_urls_in};
 
 pub use models::{
     BatchSettings, LabelPolicy, ModelRef, ModelsSettings, OnBudget, Price, ProviderKind,
@@ -143,14 +146,17 @@ pub struct Policy {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
-    /// Empty: SQLite at `<home>/data/soloist.db`.
-    pub url: String,
+    /// Empty: SQLite at `<home>/data/soloist.db`. A secret: a PostgreSQL
+    /// URL carries its password (`user:pass@` or `?password=`).
+    pub url: Secret,
     pub max_connections: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct EngineSettings {
     pub lease_secs: f64,
+    /// How often a worker renews the lease of the run it executes.
+    pub heartbeat_secs: f64,
     pub max_input_chars: usize,
 }
 
@@ -187,6 +193,14 @@ pub struct TelegramSettings {
     /// Who may drive flows and press buttons (owner first).
     #[serde(deserialize_with = "string_list")]
     pub allowed_user_ids: Vec<String>,
+    /// Group chats the bot works in; private chats with allowed users
+    /// always count, any other group is ignored.
+    #[serde(default, deserialize_with = "string_list")]
+    pub allowed_chat_ids: Vec<String>,
+    /// Hours a received update's raw payload is kept (for a restart to
+    /// handle what was not finished); after that only its audit row stays.
+    #[serde(default = "default_keep_payload_hours")]
+    pub keep_payload_hours: u32,
     /// Telegram's delivery limits (1 message/s per chat, 30/s in all, 20 a
     /// minute per group). Off only for benchmarks against a fake server.
     pub rate_limits: bool,
@@ -219,11 +233,23 @@ pub struct DiscordSettings {
     pub api_url: String,
     #[serde(deserialize_with = "string_list")]
     pub allowed_user_ids: Vec<String>,
+    /// Guild channels the bot works in; DMs with allowed users always
+    /// count, any other channel is ignored.
+    #[serde(default, deserialize_with = "string_list")]
+    pub allowed_channel_ids: Vec<String>,
+    /// Hours a received event's raw payload is kept (see the Telegram
+    /// setting of the same name).
+    #[serde(default = "default_keep_payload_hours")]
+    pub keep_payload_hours: u32,
     /// Register slash commands in this guild only (instant); empty: global.
     pub guild_id: String,
     /// Discord's delivery limits (5 messages per 5 s per channel, 50
     /// requests/s). Off only for benchmarks against a fake server.
     pub rate_limits: bool,
+}
+
+fn default_keep_payload_hours() -> u32 {
+    24
 }
 
 /// A list (of user ids, of models), from a TOML array (`[111, "222"]`) or
@@ -323,14 +349,15 @@ impl Settings {
     }
 
     /// The database URL to use: the configured one, or the embedded SQLite
-    /// file under `home`.
+    /// file under `home`. Pass it to the driver only; show it through
+    /// [`redact_url`].
     pub fn database_url(&self, home: &Path) -> String {
-        match self.database.url.trim() {
-            "" => format!(
+        match self.database.url.expose() {
+            None => format!(
                 "sqlite://{}?mode=rwc",
                 home.join("data/soloist.db").display()
             ),
-            url => url.to_string(),
+            Some(url) => url.trim().to_string(),
         }
     }
 }
@@ -403,6 +430,19 @@ mod tests {
     }
 
     #[test]
+    fn group_chats_and_guild_channels_are_closed_unless_listed() {
+        let closed = Settings::load(&LoadOptions::default()).unwrap();
+        assert!(closed.telegram.allowed_chat_ids.is_empty());
+        assert!(closed.discord.allowed_channel_ids.is_empty());
+        let (_dir, options) = options_with_file(
+            "[telegram]\nallowed_chat_ids = [-100123]\n[discord]\nallowed_channel_ids = \"77, 78\"\n",
+        );
+        let listed = Settings::load(&options).unwrap();
+        assert_eq!(listed.telegram.allowed_chat_ids, ["-100123"]);
+        assert_eq!(listed.discord.allowed_channel_ids, ["77", "78"]);
+    }
+
+    #[test]
     fn a_tier_model_without_a_price_is_a_start_up_error() {
         let (_dir, options) =
             options_with_file("[models.tiers]\nquality = [\"openai/gpt-9-imaginary\"]\n");
@@ -443,6 +483,19 @@ mod tests {
         assert!(!owner.is_owner(Platform::Console, "111"));
         let unset = Settings::load(&LoadOptions::default()).unwrap().owner;
         assert!(!unset.is_owner(Platform::Discord, ""));
+    }
+
+    #[test]
+    fn the_database_url_is_a_secret_that_never_prints() {
+        let (_dir, options) =
+            options_with_file("[database]\nurl = \"postgres://maya:hunter2secret@db/soloist\"\n");
+        let settings = Settings::load(&options).unwrap();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2secret"), "{printed}");
+        assert_eq!(
+            settings.database_url(Path::new(".")),
+            "postgres://maya:hunter2secret@db/soloist"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `/cost`: today's and this month's spend against the budget, by flow and
-//! by model, from the ledger.
+//! by model, from the ledger, and the reservations given back unsettled
+//! (a call that died, or one the sweeper found after a crash).
 
 use std::fmt::Write;
 
@@ -37,6 +38,14 @@ pub async fn report(engine: &Engine) -> Result<String, ControllerError> {
         "\nThis month ({month}): ${:.4} of ${:.2}",
         this_month.spent_usd, this_month.cap_usd
     );
+    let released = store.released_reservations_since(month_start).await?;
+    if released.abandoned + released.swept > 0 {
+        let _ = write!(
+            text,
+            "\nReservations released unsettled this month: {} abandoned (${:.4}), {} swept (${:.4})",
+            released.abandoned, released.abandoned_usd, released.swept, released.swept_usd
+        );
+    }
     let month_summary = store.cost_since(month_start).await?;
     if month_summary.batched > 0 {
         let _ = write!(

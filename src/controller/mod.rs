@@ -1,25 +1,32 @@
 //! Turns an [`Inbound`] into an action. First who is speaking, then what:
-//! a button press (an approval decision), a command, or a message a waiting
-//! run asked for. Replies go through the outbox, queued in the same
-//! transaction that marks the update handled, so a redelivered update is
-//! neither lost nor answered twice.
+//! a button press (`buttons`), a command (`commands`, whose table is the one
+//! command list), a message a waiting run asked for, or free text for the
+//! router (`routing`). Reports live in `reports`, `/cost` in `cost`, the
+//! memory commands in `memory`.
+//! Replies go through the outbox, queued in the same transaction that marks
+//! the update handled (and, for a press or a run's input, that makes the
+//! change), so a redelivered update is neither lost nor acted on twice.
 
+pub mod access;
+mod buttons;
+mod commands;
 mod cost;
+mod memory;
+mod reports;
 mod routing;
 
-pub use routing::{COMMAND_INTENTS, Guess, IntentRouter};
+pub use commands::{COMMAND_TABLE, COMMANDS, Command, CommandSpec, help_text};
+pub use routing::{Guess, IntentRouter};
 
-use std::fmt::Write;
-use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agents::HOW_TO_CONFIGURE;
-use crate::domain::{
-    Action, ApprovalRole, ButtonToken, Decision, Inbound, InboundContent, Outbound, Platform,
-    RunId, action_buttons, clip,
-};
-use crate::engine::{Engine, EngineError, StartRun};
-use crate::store::{ActionLookup, DecideError, InboundRecord, RunRow, StoreError};
+use crate::agents::Agents;
+use crate::config::Settings;
+use crate::domain::{Decision, Inbound, InboundContent, Outbound, RunId};
+use crate::engine::{Actor, Engine, EngineError};
+use crate::flows::FlowCatalog;
+use crate::store::{InboundRecord, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -47,96 +54,10 @@ impl ControllerError {
     }
 }
 
-/// The one sentence someone not allowed gets.
-pub const REFUSED: &str = "Sorry, this bot works only for its owner.";
+pub use access::REFUSED;
 
 /// The answer to a press on a decided, unknown or forged button.
 pub const NOT_OPEN: &str = "This approval is no longer open.";
-
-/// The commands soloist understands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    Help,
-    Draft(String),
-    Runs,
-    Run(String),
-    Approvals,
-    Retry(String),
-    Cost,
-    Memory(crate::memory::commands::MemoryCommand),
-}
-
-impl FromStr for Command {
-    type Err = String;
-
-    /// `/name args`; a Telegram-style `/name@botname` suffix is ignored.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim();
-        let (head, args) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
-        let name = head
-            .trim_start_matches('/')
-            .split('@')
-            .next()
-            .unwrap_or_default();
-        let args = args.trim().to_string();
-        Ok(match name.to_ascii_lowercase().as_str() {
-            "help" | "start" => Command::Help,
-            "draft" => Command::Draft(args),
-            "runs" => Command::Runs,
-            "run" => Command::Run(args),
-            "approvals" => Command::Approvals,
-            "retry" => Command::Retry(args),
-            "cost" => Command::Cost,
-            other => match crate::memory::commands::MemoryCommand::parse(other, &args) {
-                Some(command) => Command::Memory(command),
-                None => return Err(name.chars().take(40).collect()),
-            },
-        })
-    }
-}
-
-/// The commands as a platform's command menu lists them: name, what it
-/// takes, what it does. `/help` prints the same list.
-pub const COMMANDS: [(&str, &str, &str); 11] = [
-    (
-        "draft",
-        "TEXT",
-        "draft content in your brand voice, then approve, edit or reject it",
-    ),
-    ("runs", "", "recent runs and their status"),
-    ("run", "ID", "one run in detail"),
-    (
-        "approvals",
-        "",
-        "drafts waiting for your decision, with their buttons",
-    ),
-    ("retry", "ID", "try a failed run again"),
-    (
-        "cost",
-        "",
-        "spend today and this month against the budget, by flow and by model",
-    ),
-    crate::memory::commands::COMMANDS[0],
-    crate::memory::commands::COMMANDS[1],
-    crate::memory::commands::COMMANDS[2],
-    crate::memory::commands::COMMANDS[3],
-    ("help", "", "this list"),
-];
-
-/// `/help`'s answer.
-pub fn help_text() -> String {
-    let mut text = String::from("I run your business workflows and ask before anything goes out.");
-    for (name, args, description) in COMMANDS {
-        let args = if args.is_empty() {
-            String::new()
-        } else {
-            format!(" {args}")
-        };
-        let _ = write!(text, "\n/{name}{args}: {description}");
-    }
-    text.push_str("\nOr just write what you need: with a model configured, I work out which of these you mean.");
-    text
-}
 
 /// What handling an update came to, for platforms that owe the person an
 /// answer of their own (Telegram's button toast, Discord's interaction
@@ -159,35 +80,38 @@ pub enum Outcome {
 /// What handling an update produced: replies to queue, and a run to drive
 /// once they are queued.
 #[derive(Debug)]
-struct Handled {
+pub struct Handled {
     replies: Vec<Outbound>,
     drive: Option<RunId>,
     outcome: Outcome,
+    /// The update was already marked handled (with these replies) in the
+    /// transaction that made its change.
+    finished: bool,
 }
 
 impl Handled {
-    fn reply(text: impl Into<String>) -> Self {
+    fn replies(replies: Vec<Outbound>) -> Self {
         Handled {
-            replies: vec![Outbound::text(text)],
+            replies,
             drive: None,
             outcome: Outcome::Done,
+            finished: false,
         }
+    }
+
+    fn reply(text: impl Into<String>) -> Self {
+        Handled::replies(vec![Outbound::text(text)])
     }
 
     /// A reply only the sender of `inbound` needs to see.
     fn private(inbound: &Inbound, text: impl Into<String>) -> Self {
-        Handled {
-            replies: vec![Outbound::text(text).private_to(&inbound.update_key)],
-            drive: None,
-            outcome: Outcome::Done,
-        }
+        Handled::replies(vec![Outbound::text(text).private_to(&inbound.update_key)])
     }
 
     fn drive(run: RunId) -> Self {
         Handled {
-            replies: Vec::new(),
             drive: Some(run),
-            outcome: Outcome::Done,
+            ..Handled::replies(Vec::new())
         }
     }
 
@@ -195,11 +119,29 @@ impl Handled {
         self.outcome = outcome;
         self
     }
+
+    fn finished(mut self) -> Self {
+        self.finished = true;
+        self
+    }
 }
 
+/// The person acting, as the engine journals them.
+fn actor(inbound: &Inbound) -> Actor<'_> {
+    Actor {
+        name: &inbound.user_name,
+        user_id: &inbound.user_id,
+    }
+}
+
+/// Cheap to clone. Holds its own handles; the engine is for transitions.
 #[derive(Debug, Clone)]
 pub struct Controller {
     engine: Engine,
+    store: Store,
+    agents: Agents,
+    flows: FlowCatalog,
+    settings: Arc<Settings>,
     router: IntentRouter,
 }
 
@@ -210,7 +152,18 @@ impl Controller {
             Duration::from_secs(models.cache_ttl_secs),
             models.cache_capacity,
         );
-        Controller { engine, router }
+        Controller {
+            store: engine.store().clone(),
+            agents: engine.agents().clone(),
+            flows: engine.flows().clone(),
+            settings: engine.settings_handle(),
+            engine,
+            router,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn engine(&self) -> &Engine {
@@ -233,25 +186,30 @@ impl Controller {
             }
             _ => inbound,
         };
-        let store = self.engine.store();
+        let store = &self.store;
+        let access = access::decide(&self.settings, inbound);
+        let inbound = &access::keepable(access, inbound);
         if store.record_inbound(inbound).await? == InboundRecord::Duplicate {
             tracing::debug!("duplicate update dropped");
             return Ok(Outcome::Duplicate);
         }
-        let handled = if self.is_allowed(inbound) {
+        let handled = if access == access::Access::Allowed {
             self.route(&self.as_known_speaker(inbound)).await?
         } else {
+            let detail = access::audit_detail(access, inbound);
             store
-                .audit(
-                    inbound.chat.platform,
-                    &inbound.user_id,
-                    "refused",
-                    "not an allowed user",
-                )
+                .audit(inbound.chat.platform, &inbound.user_id, "refused", &detail)
                 .await?;
-            Handled::private(inbound, REFUSED).with_outcome(Outcome::Refused)
+            Handled {
+                replies: access::refusal(access, inbound).into_iter().collect(),
+                drive: None,
+                outcome: Outcome::Refused,
+                finished: false,
+            }
         };
-        store.finish_inbound(inbound, &handled.replies).await?;
+        if !handled.finished {
+            store.finish_inbound(inbound, &handled.replies).await?;
+        }
         if let Some(run) = handled.drive {
             self.engine.drive(run).await?;
         }
@@ -261,25 +219,13 @@ impl Controller {
     /// The terminal belongs to the owner; on chat platforms only the
     /// owner's account and the configured user ids may act.
     pub fn is_allowed(&self, inbound: &Inbound) -> bool {
-        let settings = self.engine.settings();
-        if settings
-            .owner
-            .is_owner(inbound.chat.platform, &inbound.user_id)
-        {
-            return true;
-        }
-        let allowed = match inbound.chat.platform {
-            Platform::Console => return true,
-            Platform::Telegram => &settings.telegram.allowed_user_ids,
-            Platform::Discord => &settings.discord.allowed_user_ids,
-        };
-        allowed.contains(&inbound.user_id)
+        access::decide(&self.settings, inbound) == access::Access::Allowed
     }
 
     /// The update with the speaker's one name: the owner is `business.owner`
     /// on every platform, so runs and decisions record one identity.
     fn as_known_speaker(&self, inbound: &Inbound) -> Inbound {
-        let settings = self.engine.settings();
+        let settings = &self.settings;
         let mut inbound = inbound.clone();
         if settings
             .owner
@@ -301,7 +247,7 @@ impl Controller {
             InboundContent::Text(text) => text,
         };
         let trimmed = text.trim();
-        let limit = self.engine.settings().engine.max_input_chars;
+        let limit = self.settings.engine.max_input_chars;
         let length = trimmed.chars().count();
         if trimmed.is_empty() {
             return Ok(Handled::reply(
@@ -314,365 +260,31 @@ impl Controller {
             )));
         }
         if trimmed.starts_with('/') {
-            return match trimmed.parse::<Command>() {
+            return match Command::parse(trimmed) {
                 Ok(command) => self.command(inbound, command).await,
                 Err(name) => Ok(Handled::reply(format!(
                     "I don't know the command /{name}. Type /help to see what I can do."
                 ))),
             };
         }
-        let store = self.engine.store();
-        match store
-            .deliver_input(&inbound.chat, trimmed, &inbound.user_name)
+        // The input and the update's handling commit together: a crash in
+        // between must not hand the text to the run and then route it
+        // again as a new request.
+        let mut tx = self.store.begin().await?;
+        match self
+            .engine
+            .deliver_input_in(&mut tx, &inbound.chat, trimmed, actor(inbound))
             .await?
         {
-            Some(run) => Ok(Handled::drive(run)),
-            None => self.route_free_text(inbound, trimmed).await,
-        }
-    }
-
-    /// A button: an action button (retry, cancel, raise the cap, a routing
-    /// choice) or an approval decision.
-    async fn press(
-        &self,
-        inbound: &Inbound,
-        token: &ButtonToken,
-    ) -> Result<Handled, ControllerError> {
-        match self.engine.store().use_action(token).await? {
-            ActionLookup::Taken(action) => self.act(inbound, action).await,
-            ActionLookup::Used => Ok(Handled::private(inbound, "That button was already used.")),
-            ActionLookup::Unknown => {
-                match self.engine.decide(token, &inbound.user_name).await {
-                    Ok(decided) => Ok(Handled::drive(decided.run_id)
-                        .with_outcome(Outcome::Decided(decided.decision))),
-                    Err(DecideError::NotOpen) => {
-                        Ok(Handled::private(inbound, NOT_OPEN).with_outcome(Outcome::NotOpen))
-                    }
-                    Err(DecideError::Store(error)) => Err(error.into()),
-                }
+            Some(run) => {
+                tx.finish_inbound(inbound, &[]).await?;
+                tx.commit().await?;
+                Ok(Handled::drive(run).finished())
+            }
+            None => {
+                tx.rollback().await?;
+                self.route_free_text(inbound, trimmed).await
             }
         }
-    }
-
-    async fn act(&self, inbound: &Inbound, action: Action) -> Result<Handled, ControllerError> {
-        let store = self.engine.store();
-        let by = &inbound.user_name;
-        match action {
-            Action::RaiseDailyCap { day, amount_usd } => Ok(Handled::reply(
-                if store.raise_daily_cap(&day, amount_usd).await? {
-                    format!(
-                        "Today's cap is raised by ${amount_usd:.2}, for today only. Press Retry on the stopped run to continue."
-                    )
-                } else {
-                    "Today's cap was already raised once; it can be raised once a day.".to_string()
-                },
-            )),
-            Action::RetryRun { run_id, tier } => {
-                if store.retry_run(run_id, by, tier).await? {
-                    Ok(Handled::drive(run_id))
-                } else {
-                    Ok(Handled::reply(format!(
-                        "Run {} is no longer waiting for a retry.",
-                        run_id.short()
-                    )))
-                }
-            }
-            Action::CancelRun { run_id } => {
-                Ok(Handled::reply(if store.cancel_run(run_id, by).await? {
-                    format!("Run {} is cancelled.", run_id.short())
-                } else {
-                    format!(
-                        "Run {} is no longer waiting; nothing to cancel.",
-                        run_id.short()
-                    )
-                }))
-            }
-            Action::Route { intent, request } => self.perform(inbound, &intent, request).await,
-        }
-    }
-
-    /// Free text with no run waiting for it: the router guesses what it
-    /// means; a confident guess is acted on, an unsure one is asked about.
-    async fn route_free_text(
-        &self,
-        inbound: &Inbound,
-        text: &str,
-    ) -> Result<Handled, ControllerError> {
-        if !self.engine.agents().is_configured() {
-            return Ok(Handled::reply(
-                "I act on commands until a model is configured: try /draft followed by what you need, or /help.",
-            ));
-        }
-        let guess = match self.router.classify(&self.engine, text).await {
-            Ok(guess) => guess,
-            Err(error) => {
-                tracing::warn!(error = ?error, "routing failed");
-                return Ok(Handled::reply(format!(
-                    "I could not work out what you meant ({error}). Use a command instead: /help lists them."
-                )));
-            }
-        };
-        let threshold = self.engine.agents().settings().route_confidence;
-        if guess.intent != "none" && guess.confidence >= threshold {
-            return self.perform(inbound, &guess.intent, text.to_string()).await;
-        }
-        self.ask_which(&guess, text).await
-    }
-
-    /// Offers the router's best guess as a button, and the command list.
-    async fn ask_which(&self, guess: &Guess, text: &str) -> Result<Handled, ControllerError> {
-        let options = routing::intent_options(&self.engine);
-        let mut choices: Vec<(String, Action)> = Vec::new();
-        if let Some((name, description)) = options.iter().find(|(name, _)| *name == guess.intent) {
-            choices.push((
-                format!("{name}: {}", clip(description, 40)),
-                Action::Route {
-                    intent: name.clone(),
-                    request: text.to_string(),
-                },
-            ));
-        }
-        choices.push((
-            "Show the commands".into(),
-            Action::Route {
-                intent: "help".into(),
-                request: String::new(),
-            },
-        ));
-        let (buttons, actions) = action_buttons(choices);
-        self.engine.store().create_actions(&actions).await?;
-        Ok(Handled {
-            replies: vec![
-                Outbound::text("I'm not sure what you want. Is it this?").with_buttons(buttons),
-            ],
-            drive: None,
-            outcome: Outcome::Done,
-        })
-    }
-
-    /// Does what an intent names: start a flow with `request`, or run a
-    /// built-in command.
-    async fn perform(
-        &self,
-        inbound: &Inbound,
-        intent: &str,
-        request: String,
-    ) -> Result<Handled, ControllerError> {
-        if self.engine.flows().get(intent).is_some() {
-            return self.start_flow(inbound, intent, request).await;
-        }
-        match format!("/{intent}").parse::<Command>() {
-            Ok(command) => self.command(inbound, command).await,
-            Err(_) => Ok(Handled::reply(help_text())),
-        }
-    }
-
-    async fn command(
-        &self,
-        inbound: &Inbound,
-        command: Command,
-    ) -> Result<Handled, ControllerError> {
-        match command {
-            Command::Help => Ok(Handled::reply(help_text())),
-            Command::Draft(request) => self.draft(inbound, request).await,
-            Command::Runs => self.list_runs().await,
-            Command::Run(id) => self.show_run(&id).await,
-            Command::Approvals => self.list_approvals().await,
-            Command::Retry(id) => self.retry(inbound, &id).await,
-            Command::Cost => Ok(Handled::reply(cost::report(&self.engine).await?)),
-            Command::Memory(command) => {
-                let memory = crate::memory::Memory::new(
-                    self.engine.store().clone(),
-                    self.engine.settings().memory.clone(),
-                );
-                let reply = crate::memory::commands::handle(&memory, command, inbound).await;
-                Ok(Handled::reply(reply))
-            }
-        }
-    }
-
-    async fn draft(&self, inbound: &Inbound, request: String) -> Result<Handled, ControllerError> {
-        if request.is_empty() {
-            return Ok(Handled::reply(
-                "Tell me what to draft, e.g. /draft a LinkedIn post announcing the new Website Audit price",
-            ));
-        }
-        self.start_flow(inbound, "draft", request).await
-    }
-
-    async fn start_flow(
-        &self,
-        inbound: &Inbound,
-        flow: &str,
-        request: String,
-    ) -> Result<Handled, ControllerError> {
-        let needs_model = self
-            .engine
-            .flows()
-            .get(flow)
-            .is_some_and(|f| f.needs_model());
-        if needs_model && !self.engine.agents().is_configured() {
-            return Ok(Handled::reply(HOW_TO_CONFIGURE));
-        }
-        let run = self
-            .engine
-            .start(StartRun {
-                flow: flow.into(),
-                chat: inbound.chat.clone(),
-                request,
-                requested_by: inbound.user_name.clone(),
-                idempotency_key: format!(
-                    "inbound:{}:{}",
-                    inbound.chat.platform, inbound.update_key
-                ),
-            })
-            .await?;
-        Ok(Handled::drive(run))
-    }
-
-    async fn list_runs(&self) -> Result<Handled, ControllerError> {
-        let runs = self.engine.store().recent_runs(10).await?;
-        if runs.is_empty() {
-            return Ok(Handled::reply("No runs yet. Start one with /draft …"));
-        }
-        let mut text = String::from("Recent runs:");
-        for run in runs {
-            let _ = write!(
-                text,
-                "\n{}  {}  {}  {}",
-                run.id.short(),
-                run.flow,
-                run.status,
-                clip(&run.input.request, 50)
-            );
-        }
-        Ok(Handled::reply(text))
-    }
-
-    async fn show_run(&self, id: &str) -> Result<Handled, ControllerError> {
-        let run = match self.find_run(id).await? {
-            Ok(run) => run,
-            Err(message) => return Ok(Handled::reply(message)),
-        };
-        let state = self.engine.state(run.id).await?;
-        let ledger = self.engine.store().ledger_for_run(run.id).await?;
-        let cost: f64 = ledger.iter().filter_map(|e| e.cost_usd).sum();
-        let tokens: i64 = ledger
-            .iter()
-            .map(|e| e.input_tokens + e.output_tokens)
-            .sum();
-        let mut text = format!(
-            "Run {} ({}): {}\nRequest: {}\nSteps done: {}\nModel calls: {}, {} tokens, ${:.4}",
-            run.id.short(),
-            run.flow,
-            run.status,
-            clip(&run.input.request, 200),
-            if state.outputs.is_empty() {
-                "none".to_string()
-            } else {
-                state.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
-            },
-            ledger.len(),
-            tokens,
-            cost,
-        );
-        if let Some(summary) = &state.summary {
-            let _ = write!(text, "\nOutcome: {summary}");
-        }
-        if let Some(error) = &state.error {
-            let _ = write!(text, "\nError: {error}");
-        }
-        Ok(Handled::reply(text))
-    }
-
-    async fn list_approvals(&self) -> Result<Handled, ControllerError> {
-        let approvals = self.engine.store().pending_approvals().await?;
-        if approvals.is_empty() {
-            return Ok(Handled::reply("No approvals are waiting."));
-        }
-        let replies = approvals
-            .into_iter()
-            .map(|a| {
-                Outbound::text(format!(
-                    "Waiting for your decision (run {}):\n\n{}",
-                    a.run_id.short(),
-                    a.draft
-                ))
-                .with_buttons(a.buttons)
-                .linked_to(a.id, ApprovalRole::Offer)
-            })
-            .collect();
-        Ok(Handled {
-            replies,
-            drive: None,
-            outcome: Outcome::Done,
-        })
-    }
-
-    async fn retry(&self, inbound: &Inbound, id: &str) -> Result<Handled, ControllerError> {
-        let run = match self.find_run(id).await? {
-            Ok(run) => run,
-            Err(message) => return Ok(Handled::reply(message)),
-        };
-        if self
-            .engine
-            .store()
-            .retry_run(run.id, &inbound.user_name, None)
-            .await?
-        {
-            Ok(Handled::drive(run.id))
-        } else {
-            Ok(Handled::reply(format!(
-                "Run {} is {}, not failed; there is nothing to retry.",
-                run.id.short(),
-                run.status
-            )))
-        }
-    }
-
-    /// The run a person means by a (short) id, or a sentence saying why
-    /// there is none.
-    async fn find_run(&self, id: &str) -> Result<Result<RunRow, String>, ControllerError> {
-        let id = id.trim();
-        if id.len() < 4 {
-            return Ok(Err(
-                "Give me a run id (at least its first 4 characters); /runs lists them.".into(),
-            ));
-        }
-        let mut matches = self.engine.store().runs_with_prefix(id).await?;
-        Ok(match matches.len() {
-            0 => Err(format!(
-                "No run starts with '{}'. /runs lists recent ones.",
-                clip(id, 40)
-            )),
-            1 => Ok(matches.remove(0)),
-            _ => Err(format!(
-                "Several runs start with '{}'; give more of the id.",
-                clip(id, 40)
-            )),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commands_parse_with_arguments_and_bot_suffixes() {
-        assert_eq!(
-            "/draft a post".parse::<Command>(),
-            Ok(Command::Draft("a post".into()))
-        );
-        assert_eq!(
-            "/draft@soloist_bot  hi ".parse::<Command>(),
-            Ok(Command::Draft("hi".into()))
-        );
-        assert_eq!("/RUNS".parse::<Command>(), Ok(Command::Runs));
-        assert_eq!("/cost".parse::<Command>(), Ok(Command::Cost));
-        assert_eq!(
-            "/unknowncommand with args".parse::<Command>(),
-            Err("unknowncommand".into())
-        );
     }
 }

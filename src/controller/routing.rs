@@ -1,5 +1,7 @@
 //! Free text to intent: the `router` tier (a small model) picks a flow or a
 //! built-in command, with a confidence; below the threshold the bot asks.
+//! The call asks for structured output (a JSON schema the provider
+//! enforces, where it can) and the reply is read tolerantly either way.
 //! Guesses are cached on the normalised text, so a repeated request costs
 //! nothing.
 
@@ -8,26 +10,15 @@ use std::time::Duration;
 
 use moka::future::Cache;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
+use super::commands::{Command, command_intents, help_text};
+use super::{Controller, ControllerError, Handled, Outcome};
 use crate::agents::{ModelCall, ModelError};
-use crate::domain::{CostLabel, Tier};
-use crate::engine::Engine;
+use crate::domain::{Action, CostLabel, Inbound, Outbound, Tier, action_buttons, clip};
 
-/// The built-in commands free text may mean, with the words the router
-/// reads.
-pub const COMMAND_INTENTS: [(&str, &str); 4] = [
-    ("runs", "list recent runs (workflows) and their status"),
-    (
-        "approvals",
-        "show the drafts waiting for the operator's decision",
-    ),
-    (
-        "cost",
-        "report what the models cost today and this month against the budget",
-    ),
-    ("help", "explain what the assistant can do and its commands"),
-];
+/// What `/cost` calls the router's spend.
+pub const ROUTING_FLOW: &str = "routing";
 
 /// What the router made of a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +51,31 @@ impl std::fmt::Debug for IntentRouter {
 struct RawGuess {
     intent: String,
     #[serde(default)]
-    confidence: f64,
+    confidence: Confidence,
+}
+
+/// A confidence as a number or, from a model that quotes everything, a
+/// string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Confidence {
+    Number(f64),
+    Text(String),
+}
+
+impl Default for Confidence {
+    fn default() -> Self {
+        Confidence::Number(0.0)
+    }
+}
+
+impl Confidence {
+    fn value(&self) -> f64 {
+        match self {
+            Confidence::Number(n) => *n,
+            Confidence::Text(t) => t.trim().parse().unwrap_or(0.0),
+        }
+    }
 }
 
 impl IntentRouter {
@@ -74,74 +89,198 @@ impl IntentRouter {
     }
 
     /// Classifies `text` (from the cache when the same words came before).
-    pub async fn classify(&self, engine: &Engine, text: &str) -> Result<Guess, RouteError> {
+    async fn classify(&self, controller: &Controller, text: &str) -> Result<Guess, RouteError> {
         let key = normalise(text);
         if let Some(guess) = self.guesses.get(&key).await {
             return Ok((*guess).clone());
         }
-        let guess = self.ask_router(engine, text).await?;
+        let guess = self.ask_router(controller, text).await?;
         self.guesses.insert(key, Arc::new(guess.clone())).await;
         Ok(guess)
     }
 
-    async fn ask_router(&self, engine: &Engine, text: &str) -> Result<Guess, RouteError> {
-        let options = intent_options(engine);
+    async fn ask_router(&self, controller: &Controller, text: &str) -> Result<Guess, RouteError> {
+        let options = controller.intent_options();
         let values = json!({
-            "business": engine.settings().business,
+            "business": controller.settings.business,
             "options": options.iter().map(|(name, description)| json!({"name": name, "description": description})).collect::<Vec<_>>(),
             "message": text,
         });
-        let prompt = engine
-            .prompts()
-            .render("route", &values)
-            .map_err(|e| RouteError::Prompt(e.to_string()))?;
+        let prompts = controller.engine.prompts();
+        let render = |name: &str| {
+            prompts
+                .render(name, &values)
+                .map_err(|e| RouteError::Prompt(e.to_string()))
+        };
         let call = ModelCall {
             tier: Tier::Router,
             label: CostLabel::Balanced,
-            system: "You classify requests. Answer with JSON only.".into(),
-            prompt,
+            system: render("route_system")?,
+            prompt: render("route")?,
             max_tokens: 60,
             temperature: Some(0.0),
             run_id: None,
-            flow: None,
+            flow: Some(ROUTING_FLOW.into()),
             step: Some("route".into()),
+            reply_schema: Some(guess_schema(&options)),
         };
-        let completion = engine.agents().complete(&call).await?;
+        let completion = controller.agents.complete(&call).await?;
         Ok(parse_guess(&completion.text, &options))
     }
 }
 
-/// Flows first, then the built-in commands.
-pub fn intent_options(engine: &Engine) -> Vec<(String, String)> {
-    let flows = engine.flows();
-    flows
-        .names()
-        .filter_map(|name| flows.get(name))
-        .map(|flow| (flow.name.clone(), flow.description.clone()))
-        .chain(
-            COMMAND_INTENTS
-                .iter()
-                .map(|(n, d)| (n.to_string(), d.to_string())),
-        )
-        .collect()
+/// The JSON schema of a guess: one of the options (or "none") and a
+/// confidence. Providers with structured output hold the model to it.
+fn guess_schema(options: &[(String, String)]) -> Value {
+    let names: Vec<&str> = options
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .chain(["none"])
+        .collect();
+    json!({
+        "title": "route_guess",
+        "type": "object",
+        "properties": {
+            "intent": {"type": "string", "enum": names},
+            "confidence": {"type": "number"},
+        },
+        "required": ["intent", "confidence"],
+        "additionalProperties": false,
+    })
 }
 
-/// Reads the router's JSON (tolerating text around it); anything unreadable
-/// or naming no known option is a guess of "none" with no confidence.
+/// Reads the router's answer tolerantly: the JSON object (with text around
+/// it, in a code fence, or with a quoted or missing confidence), else a
+/// reply that is just an option's name. Anything unreadable or naming no
+/// known option is a guess of "none" with no confidence.
 fn parse_guess(reply: &str, options: &[(String, String)]) -> Guess {
+    let known = |intent: &str| {
+        options
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(intent))
+            .map(|(name, _)| name.clone())
+    };
     let object = match (reply.find('{'), reply.rfind('}')) {
         (Some(start), Some(end)) if start < end => &reply[start..=end],
         _ => "",
     };
-    match serde_json::from_str::<RawGuess>(object) {
-        Ok(raw) if options.iter().any(|(name, _)| *name == raw.intent) => Guess {
-            intent: raw.intent,
-            confidence: raw.confidence.clamp(0.0, 1.0),
+    if let Ok(raw) = serde_json::from_str::<RawGuess>(object)
+        && let Some(intent) = known(raw.intent.trim())
+    {
+        return Guess {
+            intent,
+            confidence: raw.confidence.value().clamp(0.0, 1.0),
+        };
+    }
+    // A small model may answer with the bare name ("draft", "`cost`.").
+    let bare = reply
+        .trim()
+        .trim_matches(|c: char| !c.is_alphanumeric() && c != '_');
+    match known(bare) {
+        Some(intent) => Guess {
+            intent,
+            confidence: 1.0,
         },
-        _ => Guess {
+        None => Guess {
             intent: "none".into(),
             confidence: 0.0,
         },
+    }
+}
+
+impl Controller {
+    /// Flows first, then the built-in commands.
+    fn intent_options(&self) -> Vec<(String, String)> {
+        let flows = &self.flows;
+        flows
+            .names()
+            .filter_map(|name| flows.get(name))
+            .map(|flow| (flow.name.clone(), flow.description.clone()))
+            .chain(command_intents().map(|(n, d)| (n.to_string(), d.to_string())))
+            .collect()
+    }
+
+    /// Free text with no run waiting for it: the router guesses what it
+    /// means; a confident guess is acted on, an unsure one is asked about.
+    pub(super) async fn route_free_text(
+        &self,
+        inbound: &Inbound,
+        text: &str,
+    ) -> Result<Handled, ControllerError> {
+        if !self.agents.is_configured() {
+            return Ok(Handled::reply(
+                "I act on commands until a model is configured: try /draft followed by what you need, or /help.",
+            ));
+        }
+        let guess = match self.router.classify(self, text).await {
+            Ok(guess) => guess,
+            Err(error) => {
+                tracing::warn!(error = ?error, "routing failed");
+                return Ok(Handled::reply(format!(
+                    "I could not work out what you meant ({error}). Use a command instead: /help lists them."
+                )));
+            }
+        };
+        let threshold = self.agents.settings().route_confidence;
+        if guess.intent != "none" && guess.confidence >= threshold {
+            return self.perform(inbound, &guess.intent, text.to_string()).await;
+        }
+        self.ask_which(&guess, text).await
+    }
+
+    /// Offers the router's best guess as a button, and the command list.
+    async fn ask_which(&self, guess: &Guess, text: &str) -> Result<Handled, ControllerError> {
+        let options = self.intent_options();
+        let mut choices: Vec<(String, Action)> = Vec::new();
+        if let Some((name, description)) = options.iter().find(|(name, _)| *name == guess.intent) {
+            choices.push((
+                format!("{name}: {}", clip(description, 40)),
+                Action::Route {
+                    intent: name.clone(),
+                    request: text.to_string(),
+                },
+            ));
+        }
+        choices.push((
+            "Show the commands".into(),
+            Action::Route {
+                intent: "help".into(),
+                request: String::new(),
+            },
+        ));
+        let (buttons, actions) = action_buttons(choices);
+        self.store.create_actions(&actions).await?;
+        Ok(Handled::replies(vec![
+            Outbound::text("I'm not sure what you want. Is it this?").with_buttons(buttons),
+        ])
+        .with_outcome(Outcome::Done))
+    }
+
+    /// Does what an intent names: start a flow with `request`, or run a
+    /// built-in command.
+    async fn perform(
+        &self,
+        inbound: &Inbound,
+        intent: &str,
+        request: String,
+    ) -> Result<Handled, ControllerError> {
+        if self.flows.get(intent).is_some() {
+            return self.start_flow(inbound, intent, request).await;
+        }
+        self.perform_command(inbound, intent, &request).await
+    }
+
+    /// Runs the built-in command an intent names (help for anything else).
+    pub(super) async fn perform_command(
+        &self,
+        inbound: &Inbound,
+        intent: &str,
+        _request: &str,
+    ) -> Result<Handled, ControllerError> {
+        match Command::parse(&format!("/{intent}")) {
+            Ok(command) => self.command(inbound, command).await,
+            Err(_) => Ok(Handled::reply(help_text())),
+        }
     }
 }
 
@@ -190,6 +329,31 @@ mod tests {
             0.0
         );
         assert_eq!(parse_guess("no json here", &options()).intent, "none");
+    }
+
+    #[test]
+    fn a_fenced_quoted_or_bare_answer_is_read_tolerantly() {
+        let fenced = parse_guess(
+            "```json\n{\"intent\": \"Cost\", \"confidence\": \"0.8\"}\n```",
+            &options(),
+        );
+        assert_eq!(
+            fenced,
+            Guess {
+                intent: "cost".into(),
+                confidence: 0.8
+            }
+        );
+        assert_eq!(parse_guess("`draft`.", &options()).intent, "draft");
+    }
+
+    #[test]
+    fn the_schema_allows_only_the_options_and_none() {
+        let schema = guess_schema(&options());
+        assert_eq!(
+            schema["properties"]["intent"]["enum"],
+            json!(["draft", "cost", "none"])
+        );
     }
 
     #[test]

@@ -71,8 +71,9 @@ impl ChatRef {
     }
 }
 
-/// Something a person did: typed text, or pressed a button.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Something a person did: typed text, or pressed a button. Serializable:
+/// the front door records it before handling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inbound {
     pub chat: ChatRef,
     /// Unique per platform update; a second delivery of the same update
@@ -83,9 +84,82 @@ pub struct Inbound {
     /// The platform's id for the message, when it has one.
     pub message_id: Option<String>,
     pub content: InboundContent,
+    /// A private chat with the bot, or a chat others read too: what may be
+    /// said there depends on it (see `controller::access`).
+    #[serde(default)]
+    pub chat_kind: ChatKind,
+    /// Who wrote the text: the sender, or a third party whose message the
+    /// sender forwarded (untrusted data, never instructions).
+    #[serde(default)]
+    pub origin: Origin,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Inbound {
+    /// An update typed by `user_id` in a private chat; adapters set
+    /// [`Inbound::chat_kind`] and [`Inbound::origin`] when they know better.
+    pub fn new(
+        chat: ChatRef,
+        update_key: impl Into<String>,
+        user_id: impl Into<String>,
+        user_name: impl Into<String>,
+        content: InboundContent,
+    ) -> Self {
+        Inbound {
+            chat,
+            update_key: update_key.into(),
+            user_id: user_id.into(),
+            user_name: user_name.into(),
+            message_id: None,
+            content,
+            chat_kind: ChatKind::Private,
+            origin: Origin::Typed,
+        }
+    }
+}
+
+impl Inbound {
+    /// Whether a reply can reach the sender alone: in a private chat, or
+    /// through an interaction only its sender sees the answer to (Discord
+    /// slash commands and presses, keyed `interaction:…`).
+    pub fn answerable_privately(&self) -> bool {
+        self.chat_kind == ChatKind::Private || self.update_key.starts_with("interaction:")
+    }
+}
+
+/// Whether a chat is the bot and one person, or a room others read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatKind {
+    /// A one-to-one chat with the bot (a Telegram private chat, a Discord
+    /// DM, the terminal).
+    #[default]
+    Private,
+    /// A group, supergroup, channel or guild channel.
+    Group,
+}
+
+/// Where an update's text comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    /// The sender wrote it.
+    #[default]
+    Typed,
+    /// The sender forwarded someone else's message: `from` names the
+    /// original author (and when, as the platform tells it). The text is
+    /// data from outside, not an instruction of the sender's.
+    Forwarded { from: String },
+}
+
+impl Origin {
+    /// Whether the text is the sender's own words.
+    pub fn is_trusted(&self) -> bool {
+        matches!(self, Origin::Typed)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
 pub enum InboundContent {
     Text(String),
     Button(ButtonToken),
@@ -113,6 +187,12 @@ pub struct Outbound {
     /// the others send it as usual.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_to: Option<String>,
+    /// The update this message answers directly (set by the controller on
+    /// its replies). A platform that shows "working on it" for an update
+    /// (Discord's deferred response) fills that response with this message
+    /// and with no other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<String>,
 }
 
 /// How a message relates to an approval.
@@ -139,6 +219,7 @@ impl Outbound {
             image: None,
             approval: None,
             private_to: None,
+            answers: None,
         }
     }
 

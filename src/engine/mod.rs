@@ -1,26 +1,31 @@
 //! Durable runs. A run is a row; its history is the journal. To execute a
-//! step the engine claims the run (a lease in the row), folds the journal
-//! into the run's state, executes the step at the cursor and commits the
-//! outcome (events, status, messages, approvals) in one transaction before
-//! the next step starts. A run suspended for approval or input is woken by
-//! the store in the same transaction that records the decision or message.
-//! After a crash the lease lapses and any worker resumes the run from its
-//! journal: a journaled step is never executed again.
+//! step the engine claims the run (a lease under a token unique to the
+//! claim), folds the journal into the run's state, executes the step at the
+//! cursor and commits the outcome (events, status, messages, approvals) in
+//! one transaction fenced by that token. A heartbeat renews the lease while
+//! a step runs, so a slow model call keeps its run and a dead worker's run
+//! is taken over within one short lease. Every other transition (decide,
+//! input, retry, cancel) is in [`transitions`]. After a crash the lease
+//! lapses and any worker resumes the run from its journal: a journaled step
+//! is never executed again.
 
 mod replay;
 mod state;
 mod steps;
+mod transitions;
 
 pub use replay::render_replay;
 pub use state::{FoldError, RunState, StepConversation};
+pub use transitions::{Actor, DecideError, Transition};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::agents::Agents;
 use crate::config::Settings;
-use crate::domain::{ButtonToken, ChatRef, RunId, RunInput, RunStatus};
+use crate::domain::{ChatRef, RunId, RunInput, RunStatus};
 use crate::flows::{FlowCatalog, Prompts};
-use crate::store::{ClaimedRun, DecideError, Decided, NewRun, Store, StoreError};
+use crate::store::{ClaimedRun, NewRun, Store, StoreError, Tx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -57,7 +62,8 @@ pub enum StepOutcome {
     LeaseLost,
 }
 
-/// Cheap to clone; all clones share one worker identity.
+/// Cheap to clone. Clones share a worker name (for the log), but every
+/// claim takes its own lease token: no two claims of one run overlap.
 #[derive(Clone, Debug)]
 pub struct Engine {
     inner: Arc<Inner>,
@@ -72,6 +78,7 @@ struct Inner {
     settings: Arc<Settings>,
     worker: String,
     lease_ms: i64,
+    heartbeat: Duration,
 }
 
 /// What an engine is built from.
@@ -87,6 +94,8 @@ pub struct EngineParts {
 impl Engine {
     pub fn new(parts: EngineParts) -> Engine {
         let lease_ms = (parts.settings.engine.lease_secs * 1000.0).round().max(1.0) as i64;
+        let heartbeat =
+            Duration::from_secs_f64(parts.settings.engine.heartbeat_secs.clamp(0.01, 3600.0));
         Engine {
             inner: Arc::new(Inner {
                 store: parts.store,
@@ -96,6 +105,7 @@ impl Engine {
                 settings: parts.settings,
                 worker: format!("worker-{}", uuid::Uuid::new_v4().simple()),
                 lease_ms,
+                heartbeat,
             }),
         }
     }
@@ -120,12 +130,32 @@ impl Engine {
         &self.inner.settings
     }
 
+    /// The shared settings, for a part that keeps its own handle.
+    pub fn settings_handle(&self) -> Arc<Settings> {
+        self.inner.settings.clone()
+    }
+
     /// Creates the run (or finds the one created under the same key).
     pub async fn start(&self, start: StartRun) -> Result<RunId, EngineError> {
+        let new = self.new_run(start)?;
+        let (id, created) = self.inner.store.create_run(&new).await?;
+        tracing::info!(run = %id, flow = %new.flow, created, "run started");
+        Ok(id)
+    }
+
+    /// [`Engine::start`] inside a caller's transaction.
+    pub async fn start_in(&self, tx: &mut Tx, start: StartRun) -> Result<RunId, EngineError> {
+        let new = self.new_run(start)?;
+        let (id, created) = tx.create_run(&new).await?;
+        tracing::info!(run = %id, flow = %new.flow, created, "run started");
+        Ok(id)
+    }
+
+    fn new_run(&self, start: StartRun) -> Result<NewRun, EngineError> {
         if self.inner.flows.get(&start.flow).is_none() {
             return Err(EngineError::UnknownFlow(start.flow));
         }
-        let new = NewRun {
+        Ok(NewRun {
             flow: start.flow,
             chat: start.chat,
             input: RunInput {
@@ -133,10 +163,7 @@ impl Engine {
                 requested_by: start.requested_by,
             },
             idempotency_key: start.idempotency_key,
-        };
-        let (id, created) = self.inner.store.create_run(&new).await?;
-        tracing::info!(run = %id, flow = %new.flow, created, "run started");
-        Ok(id)
+        })
     }
 
     /// Executes the run's steps until it waits, finishes or fails. Returns
@@ -146,7 +173,9 @@ impl Engine {
         let Some(claimed) = self.claim(run_id).await? else {
             return Ok(None);
         };
+        let beat = self.heartbeat(&claimed);
         let result = self.drive_claimed(&claimed).await;
+        drop(beat);
         self.inner.store.release_run(&claimed).await?;
         result.map(Some)
     }
@@ -157,6 +186,7 @@ impl Engine {
         let Some(claimed) = self.claim(run_id).await? else {
             return Ok(StepOutcome::NotClaimed);
         };
+        let _beat = self.heartbeat(&claimed);
         self.execute_one(&claimed).await
     }
 
@@ -167,12 +197,15 @@ impl Engine {
         while let Some(claimed) = self
             .inner
             .store
-            .claim_next_runnable(&self.inner.worker, self.inner.lease_ms)
+            .claim_next_runnable(&self.lease_token(), self.inner.lease_ms)
             .await?
         {
             tracing::info!(run = %claimed.run.id, "resuming run");
             resumed.push(claimed.run.id);
-            match self.drive_claimed(&claimed).await {
+            let beat = self.heartbeat(&claimed);
+            let driven = self.drive_claimed(&claimed).await;
+            drop(beat);
+            match driven {
                 Ok(_) => self.inner.store.release_run(&claimed).await?,
                 // One broken run must not hold up the others: it keeps its
                 // lease (so this loop does not claim it again at once) and
@@ -183,11 +216,6 @@ impl Engine {
             }
         }
         Ok(resumed)
-    }
-
-    /// Records a button press; see [`Store::decide`].
-    pub async fn decide(&self, token: &ButtonToken, by: &str) -> Result<Decided, DecideError> {
-        self.inner.store.decide(token, by).await
     }
 
     /// The run's state, folded from its journal.
@@ -203,8 +231,41 @@ impl Engine {
         Ok(self
             .inner
             .store
-            .claim_run(run_id, &self.inner.worker, self.inner.lease_ms)
+            .claim_run(run_id, &self.lease_token(), self.inner.lease_ms)
             .await?)
+    }
+
+    /// A token for one claim: the worker's name (for the log) and a part
+    /// no other claim shares.
+    fn lease_token(&self) -> String {
+        format!("{}:{}", self.inner.worker, uuid::Uuid::new_v4().simple())
+    }
+
+    /// Renews the claim's lease every heartbeat until dropped. When a
+    /// renewal finds the claim superseded it stops; the step's commit will
+    /// then be refused.
+    fn heartbeat(&self, claimed: &ClaimedRun) -> Heartbeat {
+        let store = self.inner.store.clone();
+        let claimed = claimed.clone();
+        let lease_ms = self.inner.lease_ms;
+        let every = self.inner.heartbeat;
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match store.renew_lease(&claimed, lease_ms).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(run = %claimed.run.id, "lease lost; the step's commit will be refused");
+                        return;
+                    }
+                    // The next beat tries again; the lease is still live
+                    // while beats are at most a third of it.
+                    Err(error) => {
+                        tracing::warn!(run = %claimed.run.id, error = ?error, "renewing a lease failed")
+                    }
+                }
+            }
+        }))
     }
 
     async fn drive_claimed(&self, claimed: &ClaimedRun) -> Result<RunStatus, EngineError> {
@@ -240,19 +301,24 @@ impl Engine {
             // Every step has an output but the run never closed (a crash
             // between the two is impossible, since both commit together, but
             // an edited flow file can shorten a flow).
-            None => crate::store::Transition::new(RunStatus::Runnable),
+            None => Transition::new(RunStatus::Runnable),
         };
         let after = state.followed_by(&transition.events)?;
         steps::finish_if_done(&mut transition, &after, flow, run.id);
-        let committed = self
-            .inner
-            .store
-            .commit_transition(claimed, self.inner.lease_ms, &transition)
-            .await?;
+        let committed = self.commit_step(claimed, &transition).await?;
         if !committed {
             tracing::warn!("lease lost; another worker owns the run now");
             return Ok(StepOutcome::LeaseLost);
         }
         Ok(StepOutcome::Executed(transition.status))
+    }
+}
+
+/// A running heartbeat; dropping it stops the renewals.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

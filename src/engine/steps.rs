@@ -1,18 +1,21 @@
 //! What each step kind does. A step reads the run's folded state and returns
 //! a [`Transition`]; it never writes to the store itself, so its effects are
-//! committed all at once, after it returns, or not at all.
+//! committed all at once, after it returns, or not at all. One exception,
+//! idempotent by design: `retrieve` first indexes decisions not yet in the
+//! decision log (see `Engine::retrieve`).
 
 use serde_json::json;
 
 use super::Engine;
 use super::state::RunState;
+use super::transitions::Transition;
 use crate::agents::{ModelCall, ModelError};
 use crate::domain::{
     Action, ArtifactId, Decision, InputPurpose, JournalEvent, Outbound, RunId, RunStatus,
     action_buttons,
 };
 use crate::flows::{Flow, StepDef, StepKind, Tier};
-use crate::store::{NewApproval, NewArtifact, NewBatchItem, RunRow, Transition};
+use crate::store::{NewApproval, NewArtifact, NewBatchItem, RunRow};
 
 /// A step that finished; the engine adds the run's completion when it was
 /// the last.
@@ -91,6 +94,13 @@ impl Engine {
 
     /// What the business knows about the request; the output is the
     /// retrieval trace (query, chunks, scores, why) and the quoted material.
+    ///
+    /// The one write it makes is outside the step's transaction: decisions
+    /// not yet in the decision log are indexed first. That is idempotent (a
+    /// decision's entry is keyed by its artifact id, written only when
+    /// missing, and a concurrent writer's duplicate is ignored), so a step
+    /// repeated after a lapsed claim, or run by a second worker whose
+    /// fenced commit is then refused, leaves the index as one run would.
     async fn retrieve(
         &self,
         run: &RunRow,
@@ -178,6 +188,7 @@ impl Engine {
             run_id: Some(run.id),
             flow: Some(flow.name.clone()),
             step: Some(step.name.clone()),
+            reply_schema: None,
         };
         if !call.urgent {
             match self

@@ -7,10 +7,14 @@ use std::path::Path;
 
 use minijinja::Environment;
 
-const BUILT_IN_PROMPTS: [(&str, &str); 3] = [
+const BUILT_IN_PROMPTS: [(&str, &str); 4] = [
     ("system", include_str!("../../prompts/system.md")),
     ("draft", include_str!("../../prompts/draft.md")),
     ("route", include_str!("../../prompts/route.md")),
+    (
+        "route_system",
+        include_str!("../../prompts/route_system.md"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

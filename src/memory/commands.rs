@@ -1,72 +1,24 @@
-//! The memory chat commands: `/remember`, `/memory`, `/forget`, `/sources`.
-//! The controller parses the name and hands the rest here; every answer is
+//! The memory chat commands: `/remember`, `/memory`, `/forget`, `/sources`,
+//! `/forget_person`. The controller's command table names them and hands
+//! the text after the name here (see `controller::memory`); every answer is
 //! one message of plain text.
 
 use std::fmt::Write;
 
 use super::chunk::Format;
-use super::{Document, IngestOutcome, Memory, SourceKind, content_hash, label};
+use super::{Document, IngestOutcome, Memory, MemoryError, SourceKind, content_hash, label};
 use crate::domain::{Inbound, clip};
 
-/// Name, arguments, what it does: for `/help` and the platforms' menus.
-pub const COMMANDS: [(&str, &str, &str); 4] = [
-    ("remember", "TEXT", "keep a fact or note for later drafts"),
-    (
-        "memory",
-        "QUERY",
-        "what I would retrieve for that text, and why",
-    ),
-    (
-        "forget",
-        "SOURCE",
-        "remove a source and everything cut from it",
-    ),
-    ("sources", "", "what I know from: files, pages and notes"),
-];
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MemoryCommand {
-    Remember(String),
-    Search(String),
-    Forget(String),
-    Sources,
-    /// Erase what is stored about one person (an e-mail or a name).
-    ForgetPerson(String),
-}
-
-impl MemoryCommand {
-    /// The command called `name` (lower case, no slash), or None.
-    pub fn parse(name: &str, args: &str) -> Option<MemoryCommand> {
-        let args = args.trim().to_string();
-        Some(match name {
-            "remember" => MemoryCommand::Remember(args),
-            "memory" => MemoryCommand::Search(args),
-            "forget" => MemoryCommand::Forget(args),
-            "sources" => MemoryCommand::Sources,
-            "forget-person" | "forget_person" => MemoryCommand::ForgetPerson(args),
-            _ => return None,
-        })
-    }
-}
-
-/// Carries out `command` for `by`; the reply, including failures as a
-/// sentence (the cause chain goes to the log).
-pub async fn handle(memory: &Memory, command: MemoryCommand, inbound: &Inbound) -> String {
-    let by = &inbound.user_name;
-    let result = match command {
-        MemoryCommand::ForgetPerson(who) => forget_person(memory, &who, inbound).await,
-        MemoryCommand::Remember(text) => remember(memory, &text, by).await,
-        MemoryCommand::Search(query) => search(memory, &query).await,
-        MemoryCommand::Forget(name) => forget(memory, &name).await,
-        MemoryCommand::Sources => sources(memory).await,
-    };
+/// The reply for a command's result: its text, or a failure as a sentence
+/// (the cause chain goes to the log).
+pub fn reply(result: Result<String, MemoryError>) -> String {
     result.unwrap_or_else(|error| {
         tracing::warn!(error = ?error, "memory command failed");
         "I could not reach my memory just now (the database failed). Nothing changed; try again in a moment.".into()
     })
 }
 
-async fn remember(memory: &Memory, text: &str, by: &str) -> Result<String, super::MemoryError> {
+pub async fn remember(memory: &Memory, text: &str, by: &str) -> Result<String, MemoryError> {
     if text.is_empty() {
         return Ok(
             "Tell me what to remember, e.g. /remember The studio is closed in August.".into(),
@@ -79,7 +31,7 @@ async fn remember(memory: &Memory, text: &str, by: &str) -> Result<String, super
             match memory.ingest_url(text, &format!("link sent by {by}")).await {
                 Ok((_, IngestOutcome::Unchanged)) => format!("I already had {text}, unchanged."),
                 Ok((_, outcome)) => format!("Read {text}: {outcome}. /forget {text} removes it."),
-                Err(super::MemoryError::Fetch(error)) => {
+                Err(MemoryError::Fetch(error)) => {
                     format!("I could not read that link: {error}.")
                 }
                 Err(other) => return Err(other),
@@ -101,7 +53,7 @@ async fn remember(memory: &Memory, text: &str, by: &str) -> Result<String, super
     })
 }
 
-async fn search(memory: &Memory, query: &str) -> Result<String, super::MemoryError> {
+pub async fn search(memory: &Memory, query: &str) -> Result<String, MemoryError> {
     if query.is_empty() {
         return Ok("Tell me what to look up, e.g. /memory Brand Sprint price".into());
     }
@@ -129,7 +81,7 @@ async fn search(memory: &Memory, query: &str) -> Result<String, super::MemoryErr
     Ok(text)
 }
 
-async fn forget(memory: &Memory, name: &str) -> Result<String, super::MemoryError> {
+pub async fn forget(memory: &Memory, name: &str) -> Result<String, MemoryError> {
     if name.is_empty() {
         return Ok("Tell me which source to forget; /sources lists them.".into());
     }
@@ -142,7 +94,7 @@ async fn forget(memory: &Memory, name: &str) -> Result<String, super::MemoryErro
     })
 }
 
-async fn sources(memory: &Memory) -> Result<String, super::MemoryError> {
+pub async fn sources(memory: &Memory) -> Result<String, MemoryError> {
     let sources = memory.sources().await?;
     if sources.is_empty() {
         return Ok("I know nothing yet: run soloist ingest PATH, or send /remember TEXT.".into());
@@ -171,15 +123,15 @@ async fn sources(memory: &Memory) -> Result<String, super::MemoryError> {
 /// Names shorter than this would match too much to erase safely.
 const MIN_PERSON_CHARS: usize = 3;
 
-async fn forget_person(
+pub async fn forget_person(
     memory: &Memory,
     who: &str,
     inbound: &Inbound,
-) -> Result<String, super::MemoryError> {
+) -> Result<String, MemoryError> {
     let who = who.trim();
     if who.chars().count() < MIN_PERSON_CHARS {
         return Ok(format!(
-            "Give the person's e-mail or full name (at least {MIN_PERSON_CHARS} characters), e.g. /forget-person ana@example.com"
+            "Give the person's e-mail or full name (at least {MIN_PERSON_CHARS} characters), e.g. /forget_person ana@example.com"
         ));
     }
     let erased = super::db::erase_mentions(memory.store(), who).await?;

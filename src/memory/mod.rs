@@ -20,7 +20,7 @@ mod retrieve;
 
 pub use db::Scope;
 pub use ingest::{Document, IngestOutcome, SourceKind};
-pub use retrieve::{DecisionHit, Hit, Recall, Turn, sources_in};
+pub use retrieve::{DecisionHit, Hit, Recall, Turn, retrieval_line, sources_in};
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -403,6 +403,39 @@ pub fn sources_in(
         .map(str::to_string)
 }
 
+/// What a run's retrieval used, in one line for `/run`: "3 chunks
+/// (offers.md § Brand Sprint, …), 1 past rejection, 1 approved example,
+/// 4 turns of conversation". None when the run retrieved nothing yet.
+pub fn retrieval_line(
+    outputs: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Option<String> {
+    let recall = outputs
+        .values()
+        .find_map(|o| serde_json::from_value::<Recall>(o.clone()).ok())?;
+    let count =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut line = count(recall.chunks.len(), "chunk", "chunks");
+    if !recall.sources.is_empty() {
+        let _ = write!(line, " ({})", clip(&recall.sources, 160));
+    }
+    let _ = write!(
+        line,
+        ", {}, {}, {}",
+        count(recall.rejections.len(), "past rejection", "past rejections"),
+        count(
+            recall.examples.len(),
+            "approved example",
+            "approved examples"
+        ),
+        count(
+            recall.conversation.len(),
+            "turn of conversation",
+            "turns of conversation"
+        ),
+    );
+    Some(line)
+}
+
 impl Recall {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_else(|_| json!({}))

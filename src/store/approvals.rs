@@ -1,15 +1,15 @@
 //! Approvals: created with their buttons by a step, decided once by a
-//! button press, in one transaction that also journals the decision and
-//! wakes the run.
+//! button press. The engine journals the decision and wakes the run in the
+//! same transaction (`engine::transitions`).
 
 use sqlx::{Any, Transaction};
 
 use super::messages::enqueue_in;
-use super::runs::{RunRow, append_events, parse_id};
-use super::{Store, StoreError, StoreResult, corrupt, now_ms};
+use super::runs::RunRow;
+use super::{Store, StoreResult, corrupt, now_ms};
+use super::{Tx, parse_id};
 use crate::domain::{
-    ApprovalId, ApprovalRole, Button, ButtonToken, ChatRef, Decision, JournalEvent, Outbound,
-    Platform, RunId,
+    ApprovalId, ApprovalRole, Button, ButtonToken, ChatRef, Decision, Outbound, Platform, RunId,
 };
 
 #[derive(Debug, Clone)]
@@ -58,21 +58,6 @@ pub struct Decided {
     pub decision: Decision,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DecideError {
-    /// Unknown token, or the approval was already decided.
-    #[error("this approval is no longer open")]
-    NotOpen,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl From<sqlx::Error> for DecideError {
-    fn from(error: sqlx::Error) -> Self {
-        DecideError::Store(error.into())
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct ApprovalSummary {
     pub id: ApprovalId,
@@ -83,11 +68,16 @@ pub struct ApprovalSummary {
     pub created_at: i64,
 }
 
-impl Store {
+impl Tx {
     /// Records `by`'s press of the button `token`: accepted only while the
     /// approval is pending, and only once, however many presses race.
-    pub async fn decide(&self, token: &ButtonToken, by: &str) -> Result<Decided, DecideError> {
-        let mut tx = self.pool.begin().await?;
+    /// Returns the decision and the step that asked, or None when the
+    /// approval is not open (unknown token, already decided).
+    pub async fn decide_approval(
+        &mut self,
+        token: &ButtonToken,
+        by: &str,
+    ) -> StoreResult<Option<(Decided, String)>> {
         let now = now_ms();
         // The guarded UPDATE comes first: on PostgreSQL a racing press waits
         // on the row lock and then finds the approval no longer pending.
@@ -101,10 +91,10 @@ impl Store {
         .bind(by)
         .bind(now)
         .bind(token.as_str())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *self.inner)
         .await?;
         let Some((approval_id, run_id, step, decision)) = claimed else {
-            return Err(DecideError::NotOpen);
+            return Ok(None);
         };
         let decided = Decided {
             run_id: parse_id(&run_id)?,
@@ -120,35 +110,44 @@ impl Store {
         .bind(&decision)
         .bind(by)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut *self.inner)
         .await?;
-        let woken = sqlx::query(
-            "UPDATE runs SET status = 'runnable', updated_at = $1
-             WHERE id = $2 AND status = 'waiting_approval'",
-        )
-        .bind(now)
-        .bind(&run_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if woken != 1 {
-            return Err(corrupt(format!(
-                "approval {approval_id} was pending but its run was not waiting"
-            ))
-            .into());
-        }
-        let event = JournalEvent::Decided {
-            step,
-            approval_id: decided.approval_id,
-            decision: decided.decision,
-            by: by.to_string(),
-        };
-        append_events(&mut tx, decided.run_id, &[event]).await?;
-        close_offers(&mut tx, &decided, by).await?;
-        tx.commit().await?;
-        Ok(decided)
+        Ok(Some((decided, step)))
     }
 
+    /// The chat-platform chats an offer of this approval went to (the
+    /// terminal has nothing to edit and is left out).
+    pub async fn offer_chats(&mut self, approval_id: ApprovalId) -> StoreResult<Vec<ChatRef>> {
+        let chats: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT platform, chat_id FROM outbox
+             WHERE approval_id = $1 AND platform <> 'console' ORDER BY platform, chat_id",
+        )
+        .bind(approval_id.to_string())
+        .fetch_all(&mut *self.inner)
+        .await?;
+        chats
+            .into_iter()
+            .map(|(platform, chat_id)| {
+                Ok(ChatRef::new(
+                    platform.parse::<Platform>().map_err(corrupt)?,
+                    chat_id,
+                ))
+            })
+            .collect()
+    }
+
+    /// Inserts the approval, its button tokens and the message offering
+    /// them.
+    pub async fn insert_approval(
+        &mut self,
+        run: &RunRow,
+        approval: &NewApproval,
+    ) -> StoreResult<()> {
+        insert_approval(&mut self.inner, run, approval).await
+    }
+}
+
+impl Store {
     /// Pending approvals, oldest first, with their buttons.
     pub async fn pending_approvals(&self) -> StoreResult<Vec<ApprovalSummary>> {
         let rows: Vec<(String, String, String, String, String, i64)> = sqlx::query_as(
@@ -250,33 +249,8 @@ impl Store {
     }
 }
 
-/// Queues, for every chat an offer of this approval went to, a message
-/// saying how it was decided; chat adapters edit the offer with it and drop
-/// its buttons. The terminal has nothing to edit and is skipped.
-async fn close_offers(
-    tx: &mut Transaction<'_, Any>,
-    decided: &Decided,
-    by: &str,
-) -> StoreResult<()> {
-    let chats: Vec<(String, String)> = sqlx::query_as(
-        "SELECT DISTINCT platform, chat_id FROM outbox
-         WHERE approval_id = $1 AND platform <> 'console' ORDER BY platform, chat_id",
-    )
-    .bind(decided.approval_id.to_string())
-    .fetch_all(&mut **tx)
-    .await?;
-    let text = format!("{} by {by}.", decided.decision.past_tense());
-    for (platform, chat_id) in chats {
-        let chat = ChatRef::new(platform.parse::<Platform>().map_err(corrupt)?, chat_id);
-        let message =
-            Outbound::text(text.clone()).linked_to(decided.approval_id, ApprovalRole::Closed);
-        enqueue_in(tx, &chat, Some(decided.run_id), &message).await?;
-    }
-    Ok(())
-}
-
 /// Inserts the approval, its button tokens and the message offering them.
-pub(super) async fn insert_approval(
+async fn insert_approval(
     tx: &mut Transaction<'_, Any>,
     run: &RunRow,
     approval: &NewApproval,

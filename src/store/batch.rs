@@ -6,9 +6,11 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::budget::settle_in;
+use super::journal::append_events;
 use super::ledger::insert_call;
-use super::runs::{append_events, parse_id};
-use super::{LedgerEntry, Reservation, Store, StoreResult, now_ms};
+use super::parse_id;
+use super::reservations::hand_to_batch;
+use super::{HeldReservation, LedgerEntry, Reservation, Store, StoreResult, now_ms};
 use crate::domain::{JournalEvent, RunId};
 
 /// A call to queue, built by the model router.
@@ -22,7 +24,8 @@ pub struct NewBatchItem {
     pub tier: String,
     /// The provider's request body (JSON).
     pub request: serde_json::Value,
-    pub reservation: Reservation,
+    /// Released if the item is never committed (its step lost the run).
+    pub reservation: HeldReservation,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +41,10 @@ pub struct BatchItem {
     pub batch_id: Option<String>,
     pub reservation: Reservation,
     pub created_at: i64,
+    /// Set before the provider is asked to create the batch; the batch's
+    /// metadata carries it.
+    pub submission_id: Option<String>,
+    pub submission_started_at: Option<i64>,
 }
 
 /// How one item came back.
@@ -51,7 +58,7 @@ pub enum BatchOutcome {
     Failed(String),
 }
 
-const ITEM_COLUMNS: &str = "id, run_id, step, flow, provider, model, tier, request, batch_id, reserved_usd, budget_day, budget_month, created_at";
+const ITEM_COLUMNS: &str = "id, run_id, step, flow, provider, model, tier, request, batch_id, reserved_usd, budget_day, budget_month, created_at, reservation_id, submission_id, submission_started_at";
 
 impl Store {
     /// Queued items of a provider, oldest first.
@@ -74,6 +81,36 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(item_from_row).collect()
+    }
+
+    /// Records the intent to send these queued items as submission
+    /// `submission_id`, before the provider hears of it. Returns the items
+    /// this call claimed (another process may have claimed some first).
+    pub async fn begin_batch_submission(
+        &self,
+        item_ids: &[String],
+        submission_id: &str,
+    ) -> StoreResult<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let mut claimed = Vec::new();
+        for id in item_ids {
+            let taken = sqlx::query(
+                "UPDATE batch_items SET submission_id = $1, submission_started_at = $2
+                 WHERE id = $3 AND status = 'queued' AND submission_id IS NULL",
+            )
+            .bind(submission_id)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if taken {
+                claimed.push(id.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     /// Records that these items went out in batch `batch_id`.
@@ -152,8 +189,8 @@ pub(super) async fn insert_batch_item(
 ) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO batch_items (id, run_id, step, flow, provider, model, tier, request, status,
-             reserved_usd, budget_day, budget_month, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12)",
+             reserved_usd, budget_day, budget_month, created_at, reservation_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12, $13)",
     )
     .bind(&item.id)
     .bind(run_id.to_string())
@@ -167,8 +204,10 @@ pub(super) async fn insert_batch_item(
     .bind(&item.reservation.day)
     .bind(&item.reservation.month)
     .bind(now_ms())
+    .bind(&item.reservation.id)
     .execute(&mut **tx)
     .await?;
+    hand_to_batch(tx, &item.reservation).await?;
     Ok(())
 }
 
@@ -186,10 +225,15 @@ fn item_from_row(row: &AnyRow) -> StoreResult<BatchItem> {
             .map_err(|e| super::corrupt(format!("batch request: {e}")))?,
         batch_id: row.try_get("batch_id")?,
         reservation: Reservation {
+            id: row
+                .try_get::<Option<String>, _>("reservation_id")?
+                .unwrap_or_default(),
             day: row.try_get("budget_day")?,
             month: row.try_get("budget_month")?,
             amount_usd: row.try_get("reserved_usd")?,
         },
         created_at: row.try_get("created_at")?,
+        submission_id: row.try_get("submission_id")?,
+        submission_started_at: row.try_get("submission_started_at")?,
     })
 }

@@ -1,4 +1,4 @@
-//! Budget periods and action buttons. A model call reserves its worst-case
+//! Budget periods. A model call reserves its worst-case
 //! cost in the day's and the month's period before it starts; the guarded
 //! UPDATE makes concurrent reservations queue on the row, so together they
 //! can never pass the cap. After the call the reservation becomes the real
@@ -7,13 +7,14 @@
 use sqlx::{Any, Transaction};
 
 use super::ledger::insert_call;
-use super::runs::to_json;
-use super::{LedgerEntry, Store, StoreResult, corrupt, now_ms};
-use crate::domain::{Action, ButtonToken};
+use super::reservations::{HeldReservation, claim_held, give_back_amount, insert_reservation};
+use super::{LedgerEntry, Store, StoreResult};
 
-/// Where a reservation was made, and how much.
+/// Where a reservation was made, and how much. `id` names its row in
+/// `budget_reservations` (empty for reservations older than those rows).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
+    pub id: String,
     pub day: String,
     pub month: String,
     pub amount_usd: f64,
@@ -43,17 +44,6 @@ pub struct BudgetRefusal {
     pub which: &'static str,
 }
 
-/// What a pressed token turned out to be.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ActionLookup {
-    /// An action button, pressed for the first time: do this.
-    Taken(Action),
-    /// An action button pressed before.
-    Used,
-    /// Not an action button (maybe an approval's).
-    Unknown,
-}
-
 /// The caps a reservation is checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct Caps {
@@ -63,14 +53,15 @@ pub struct Caps {
 
 impl Store {
     /// Reserves `amount_usd` in both periods, or nothing if either cap
-    /// would be passed.
+    /// would be passed. The reservation is a row too, and the guard
+    /// returned gives it back if it is dropped unsettled.
     pub async fn reserve_budget(
         &self,
         day: &str,
         month: &str,
         amount_usd: f64,
         caps: Caps,
-    ) -> StoreResult<Result<Reservation, BudgetRefusal>> {
+    ) -> StoreResult<Result<HeldReservation, BudgetRefusal>> {
         let mut tx = self.pool.begin().await?;
         let day_ok = reserve_in(&mut tx, &format!("day:{day}"), amount_usd, caps.daily_usd).await?;
         let month_ok = day_ok
@@ -82,12 +73,15 @@ impl Store {
             )
             .await?;
         if day_ok && month_ok {
-            tx.commit().await?;
-            return Ok(Ok(Reservation {
+            let reservation = Reservation {
+                id: uuid::Uuid::new_v4().simple().to_string(),
                 day: day.to_string(),
                 month: month.to_string(),
                 amount_usd,
-            }));
+            };
+            insert_reservation(&mut tx, &reservation).await?;
+            tx.commit().await?;
+            return Ok(Ok(HeldReservation::new(self.clone(), reservation)));
         }
         tx.rollback().await?;
         let (day_status, month_status) = self.budget_status(day, month, caps).await?;
@@ -144,95 +138,45 @@ impl Store {
 
     /// Raises one day's cap, once: false if it was raised already.
     pub async fn raise_daily_cap(&self, day: &str, amount_usd: f64) -> StoreResult<bool> {
-        let period = format!("day:{day}");
         let mut tx = self.pool.begin().await?;
-        ensure_period(&mut tx, &period).await?;
-        let raised = sqlx::query(
-            "UPDATE budget_periods SET extra_cap_usd = $1 WHERE period = $2 AND extra_cap_usd = 0",
-        )
-        .bind(amount_usd)
-        .bind(&period)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
+        let raised = raise_daily_cap_in(&mut tx, day, amount_usd).await?;
         tx.commit().await?;
         Ok(raised)
     }
-
-    /// Takes an action button's action, once.
-    pub async fn use_action(&self, token: &ButtonToken) -> StoreResult<ActionLookup> {
-        let action: Option<String> = sqlx::query_scalar(
-            "UPDATE action_buttons SET used_at = $1 WHERE token = $2 AND used_at IS NULL RETURNING action",
-        )
-        .bind(now_ms())
-        .bind(token.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(action) = action {
-            let action = serde_json::from_str(&action)
-                .map_err(|e| corrupt(format!("action button: {e}")))?;
-            return Ok(ActionLookup::Taken(action));
-        }
-        let known: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM action_buttons WHERE token = $1")
-                .bind(token.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(if known.is_some() {
-            ActionLookup::Used
-        } else {
-            ActionLookup::Unknown
-        })
-    }
-
-    /// Stores action buttons outside any other change.
-    pub async fn create_actions(&self, actions: &[(ButtonToken, Action)]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        insert_actions(&mut tx, actions).await?;
-        tx.commit().await?;
-        Ok(())
-    }
 }
 
-/// Replaces a reservation by what was spent, in both its periods.
+pub(super) async fn raise_daily_cap_in(
+    tx: &mut Transaction<'_, Any>,
+    day: &str,
+    amount_usd: f64,
+) -> StoreResult<bool> {
+    let period = format!("day:{day}");
+    ensure_period(tx, &period).await?;
+    Ok(sqlx::query(
+        "UPDATE budget_periods SET extra_cap_usd = $1 WHERE period = $2 AND extra_cap_usd = 0",
+    )
+    .bind(amount_usd)
+    .bind(&period)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Replaces a reservation by what was spent, in both its periods. A
+/// reservation already released (swept while its call still ran) adds what
+/// was spent without giving its amount back a second time.
 pub(super) async fn settle_in(
     tx: &mut Transaction<'_, Any>,
     reservation: &Reservation,
     spent: f64,
 ) -> StoreResult<()> {
-    for period in [
-        format!("day:{}", reservation.day),
-        format!("month:{}", reservation.month),
-    ] {
-        sqlx::query(
-            "UPDATE budget_periods
-             SET reserved_usd = CASE WHEN reserved_usd > $1 THEN reserved_usd - $1 ELSE 0 END,
-                 spent_usd = spent_usd + $2
-             WHERE period = $3",
-        )
-        .bind(reservation.amount_usd)
-        .bind(spent)
-        .bind(&period)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
-pub(super) async fn insert_actions(
-    tx: &mut Transaction<'_, Any>,
-    actions: &[(ButtonToken, Action)],
-) -> StoreResult<()> {
-    for (token, action) in actions {
-        sqlx::query("INSERT INTO action_buttons (token, action, created_at) VALUES ($1, $2, $3)")
-            .bind(token.as_str())
-            .bind(to_json(action)?)
-            .bind(now_ms())
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
+    let reserved = if claim_held(tx, reservation).await? {
+        reservation.amount_usd
+    } else {
+        0.0
+    };
+    give_back_amount(tx, reservation, reserved, spent).await
 }
 
 async fn ensure_period(tx: &mut Transaction<'_, Any>, period: &str) -> StoreResult<()> {

@@ -3,11 +3,9 @@
 
 use sqlx::{Any, Transaction};
 
-use super::runs::to_json;
-use super::{Store, StoreResult, corrupt, now_ms};
-use crate::domain::{
-    ApprovalId, ApprovalRole, ChatRef, Inbound, InboundContent, Outbound, Platform, RunId,
-};
+use super::to_json;
+use super::{Store, StoreResult, now_ms};
+use crate::domain::{ApprovalRole, ChatRef, Inbound, InboundContent, Outbound, Platform, RunId};
 
 /// What the store knew of an inbound update before this delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,17 +17,6 @@ pub enum InboundRecord {
     Unfinished,
     /// Already handled: drop it.
     Duplicate,
-}
-
-/// A message waiting in (or delivered from) the outbox.
-#[derive(Debug, Clone)]
-pub struct OutboxMessage {
-    pub id: i64,
-    pub chat: ChatRef,
-    pub run_id: Option<RunId>,
-    pub approval_id: Option<ApprovalId>,
-    pub message: Outbound,
-    pub attempts: i64,
 }
 
 impl Store {
@@ -79,22 +66,7 @@ impl Store {
     /// a crash before this point re-handles the update, after it never.
     pub async fn finish_inbound(&self, inbound: &Inbound, replies: &[Outbound]) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        let finished = sqlx::query(
-            "UPDATE inbound_updates SET processed_at = $1
-             WHERE platform = $2 AND update_key = $3 AND processed_at IS NULL",
-        )
-        .bind(now_ms())
-        .bind(inbound.chat.platform.as_str())
-        .bind(&inbound.update_key)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if finished {
-            for reply in replies {
-                enqueue_in(&mut tx, &inbound.chat, None, reply).await?;
-            }
-        }
+        finish_inbound_in(&mut tx, inbound, replies).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -104,97 +76,6 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         enqueue_in(&mut tx, chat, None, message).await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    /// Undelivered messages for a platform, oldest first.
-    pub async fn pending_outbox(
-        &self,
-        platform: Platform,
-        limit: i64,
-    ) -> StoreResult<Vec<OutboxMessage>> {
-        type Row = (i64, String, Option<String>, Option<String>, String, i64);
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, chat_id, run_id, approval_id, payload, attempts FROM outbox
-             WHERE platform = $1 AND status = 'pending' ORDER BY id LIMIT $2",
-        )
-        .bind(platform.as_str())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(id, chat_id, run_id, approval_id, payload, attempts)| {
-                Ok(OutboxMessage {
-                    id,
-                    chat: ChatRef::new(platform, chat_id),
-                    run_id: run_id
-                        .map(|r| r.parse())
-                        .transpose()
-                        .map_err(|_| corrupt("outbox run id"))?,
-                    approval_id: approval_id
-                        .map(|a| a.parse())
-                        .transpose()
-                        .map_err(|_| corrupt("outbox approval id"))?,
-                    message: serde_json::from_str(&payload)
-                        .map_err(|e| corrupt(format!("outbox payload: {e}")))?,
-                    attempts,
-                })
-            })
-            .collect()
-    }
-
-    pub async fn mark_delivered(
-        &self,
-        id: i64,
-        platform_message_id: Option<&str>,
-    ) -> StoreResult<()> {
-        self.mark_delivered_many(&[(id, platform_message_id.map(String::from))])
-            .await
-    }
-
-    /// Marks messages delivered, with their platform ids, in one
-    /// transaction: one commit for deliveries that finished together.
-    pub async fn mark_delivered_many(
-        &self,
-        delivered: &[(i64, Option<String>)],
-    ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        let now = now_ms();
-        for (id, platform_message_id) in delivered {
-            sqlx::query(
-                "UPDATE outbox SET status = 'delivered', delivered_at = $1, platform_message_id = $2,
-                        attempts = attempts + 1
-                 WHERE id = $3",
-            )
-            .bind(now)
-            .bind(platform_message_id.as_deref())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Gives up on a message that cannot be delivered (the chat is gone,
-    /// the bot was blocked); the reason stays in the row.
-    pub async fn mark_failed(&self, id: i64, reason: &str) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = $1 WHERE id = $2",
-        )
-        .bind(format!("error: {}", crate::domain::clip(reason, 200)))
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Counts a failed attempt that will be retried.
-    pub async fn record_attempt(&self, id: i64) -> StoreResult<()> {
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1 WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 
@@ -218,6 +99,38 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Marks the update handled and queues its replies; false (queuing
+/// nothing) when it was handled before.
+pub(super) async fn finish_inbound_in(
+    tx: &mut Transaction<'_, Any>,
+    inbound: &Inbound,
+    replies: &[Outbound],
+) -> StoreResult<bool> {
+    let finished = sqlx::query(
+        "UPDATE inbound_updates SET processed_at = $1
+         WHERE platform = $2 AND update_key = $3 AND processed_at IS NULL",
+    )
+    .bind(now_ms())
+    .bind(inbound.chat.platform.as_str())
+    .bind(&inbound.update_key)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if finished {
+        for reply in replies {
+            // A reply answers the update it is queued with, so a platform
+            // fills only that update's pending response with it.
+            let mut reply = reply.clone();
+            reply
+                .answers
+                .get_or_insert_with(|| inbound.update_key.clone());
+            enqueue_in(tx, &inbound.chat, None, &reply).await?;
+        }
+    }
+    Ok(finished)
 }
 
 pub(super) async fn enqueue_in(

@@ -4,21 +4,40 @@
 //! milliseconds), and the few dialect differences are chosen by [`Backend`].
 //! Both backends pass the same conformance tests (`tests/store.rs`).
 
+//!
+//! Files by table: `runs` (run rows, artifacts), `journal`, `leases`
+//! (claims, fenced writes), `approvals`, `actions` (action buttons),
+//! `messages` (inbound, outbox, audit), `budget`, `ledger`, `batch`,
+//! `updates` (raw platform updates); `tx` the transaction helpers for
+//! tables owned elsewhere. [`Tx`], the transaction handle the engine
+//! composes its transitions in, is defined here with the helpers every
+//! file uses, so no store file imports another for them.
+
+mod actions;
 mod approvals;
 mod batch;
 mod budget;
+mod journal;
+mod leases;
 mod ledger;
 mod messages;
+mod outbox;
+mod reservations;
 mod runs;
+mod tx;
 mod updates;
 
-pub use approvals::{ApprovalSummary, DecideError, Decided, NewApproval};
+pub use actions::ActionLookup;
+pub use approvals::{ApprovalSummary, Decided, NewApproval};
 pub use batch::{BatchItem, BatchOutcome, NewBatchItem};
-pub use budget::{ActionLookup, BudgetRefusal, Caps, PeriodStatus, Reservation};
+pub use budget::{BudgetRefusal, Caps, PeriodStatus, Reservation};
+pub use leases::{ClaimedRun, Fenced};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
-pub use messages::{InboundRecord, OutboxMessage};
-pub use runs::{ClaimedRun, NewArtifact, NewRun, RunRow, Transition};
-pub use updates::RecordedUpdate;
+pub use messages::InboundRecord;
+pub use outbox::{Claim, OutboxMessage, OutboxTrouble, Settlement};
+pub use reservations::{HeldReservation, Release, ReleasedSummary};
+pub use runs::{NewArtifact, NewRun, RunRow};
+pub use updates::{PendingInteraction, RecordedUpdate};
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -27,7 +46,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, SqlSafeStr};
+use sqlx::{Any, AnyPool, SqlSafeStr, Transaction};
 
 /// Store failures. `Unavailable` is worth retrying (database down or
 /// restarting); the rest are bugs or corrupt data.
@@ -84,16 +103,8 @@ impl Backend {
     }
 }
 
-/// A URL with any password replaced, fit for a log line or an error.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
+/// Kept here too: the store's callers redact the URLs they open.
+pub use crate::config::redact_url;
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
@@ -176,43 +187,42 @@ impl Store {
     }
 }
 
+/// One migration a line, for both dialects: version, what it does, file
+/// name (the same under `migrations/postgres/` and `migrations/sqlite/`).
+macro_rules! migrations {
+    ($($version:literal $what:literal $file:literal,)*) => {
+        Migrations {
+            postgres: &[$(
+                ($version, $what, include_str!(concat!("../../migrations/postgres/", $file))),
+            )*],
+            sqlite: &[$(
+                ($version, $what, include_str!(concat!("../../migrations/sqlite/", $file))),
+            )*],
+        }
+    };
+}
+
+struct Migrations {
+    postgres: &'static [(i64, &'static str, &'static str)],
+    sqlite: &'static [(i64, &'static str, &'static str)],
+}
+
+/// Additive only: an older process keeps working on a newer schema.
+const MIGRATIONS: Migrations = migrations![
+    1 "init" "0001_init.sql",
+    2 "platform updates" "0002_platform_updates.sql",
+    3 "front door" "0003_front_door.sql",
+    4 "input from the presser" "0004_input_from.sql",
+    5 "outbox claims" "0005_outbox_claims.sql",
+    6 "budget reservations" "0006_budget_reservations.sql",
+    8 "memory" "0008_memory.sql",
+];
+
 /// The migrations compiled into the binary, for one backend.
 fn migrator(backend: Backend) -> Migrator {
-    let sources: &[(i64, &str, &'static str)] = match backend {
-        Backend::Postgres => &[
-            (
-                1,
-                "init",
-                include_str!("../../migrations/postgres/0001_init.sql"),
-            ),
-            (
-                2,
-                "platform updates",
-                include_str!("../../migrations/postgres/0002_platform_updates.sql"),
-            ),
-            (
-                8,
-                "memory",
-                include_str!("../../migrations/postgres/0008_memory.sql"),
-            ),
-        ],
-        Backend::Sqlite => &[
-            (
-                1,
-                "init",
-                include_str!("../../migrations/sqlite/0001_init.sql"),
-            ),
-            (
-                2,
-                "platform updates",
-                include_str!("../../migrations/sqlite/0002_platform_updates.sql"),
-            ),
-            (
-                8,
-                "memory",
-                include_str!("../../migrations/sqlite/0008_memory.sql"),
-            ),
-        ],
+    let sources = match backend {
+        Backend::Postgres => MIGRATIONS.postgres,
+        Backend::Sqlite => MIGRATIONS.sqlite,
     };
     Migrator::with_migrations(
         sources
@@ -254,4 +264,48 @@ pub fn now_ms() -> i64 {
 
 fn corrupt(what: impl Into<String>) -> StoreError {
     StoreError::Corrupt(what.into())
+}
+
+/// One open transaction. The store's table helpers take it, so a caller can
+/// make several changes (wake a run, journal why, mark the update handled)
+/// commit together or not at all. Dropped without [`Tx::commit`], it rolls
+/// back.
+///
+/// On SQLite the pool has one connection: while a `Tx` is open, the same
+/// task must not use the [`Store`] directly, or it waits for itself.
+pub struct Tx {
+    pub(super) inner: Transaction<'static, Any>,
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    pub async fn begin(&self) -> StoreResult<Tx> {
+        Ok(Tx {
+            inner: self.pool.begin().await?,
+        })
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> StoreResult<()> {
+        Ok(self.inner.commit().await?)
+    }
+
+    pub async fn rollback(self) -> StoreResult<()> {
+        Ok(self.inner.rollback().await?)
+    }
+}
+
+pub(super) fn parse_id<T: std::str::FromStr>(text: &str) -> StoreResult<T> {
+    text.parse()
+        .map_err(|_| corrupt(format!("'{text}' is not a valid id")))
+}
+
+pub(super) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| corrupt(format!("cannot encode: {e}")))
 }

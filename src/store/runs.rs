@@ -1,17 +1,16 @@
-//! Runs, their journal, leases, and the one-transaction commit of a step's
-//! outcome.
+//! Run rows and their artifacts: creating a run, reading runs, and the
+//! guarded status moves the engine's transitions are made of. The run
+//! state machine itself is the engine's; this file knows the table.
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::approvals::{NewApproval, insert_approval};
-use super::batch::{NewBatchItem, insert_batch_item};
-use super::budget::insert_actions;
-use super::messages::enqueue_in;
-use super::{Backend, Store, StoreResult, corrupt, now_ms};
+use super::journal::append_events;
+use super::{Store, StoreResult, corrupt, now_ms};
+use super::{Tx, parse_id, to_json};
 use crate::domain::{
-    Action, ApprovalId, ArtifactId, ButtonToken, ChatRef, InputPurpose, JournalEvent, Outbound,
-    Platform, RunId, RunInput, RunStatus, Tier,
+    ApprovalId, ArtifactId, ChatRef, InputPurpose, JournalEvent, Platform, RunId, RunInput,
+    RunStatus,
 };
 
 /// A run to create. The idempotency key makes creation safe to repeat: the
@@ -37,13 +36,6 @@ pub struct RunRow {
     pub updated_at: i64,
 }
 
-/// A run this worker holds the lease on.
-#[derive(Debug, Clone)]
-pub struct ClaimedRun {
-    pub run: RunRow,
-    pub worker: String,
-}
-
 #[derive(Debug, Clone)]
 pub struct NewArtifact {
     pub id: ArtifactId,
@@ -53,42 +45,6 @@ pub struct NewArtifact {
     pub note: Option<String>,
 }
 
-/// Everything one step execution changes, committed in one transaction: the
-/// journal events, the run's new status, the messages to send, and any
-/// approval, artifact or decision reason the step produced.
-#[derive(Debug, Clone)]
-pub struct Transition {
-    pub events: Vec<JournalEvent>,
-    pub status: RunStatus,
-    pub waiting_for: Option<InputPurpose>,
-    pub summary: Option<String>,
-    pub messages: Vec<Outbound>,
-    pub approval: Option<NewApproval>,
-    pub artifact: Option<NewArtifact>,
-    pub reject_reason: Option<(ApprovalId, String)>,
-    /// Action buttons the messages carry (retry, cancel, raise the cap).
-    pub actions: Vec<(ButtonToken, Action)>,
-    /// A non-urgent model call to queue for the next batch.
-    pub batch_item: Option<NewBatchItem>,
-}
-
-impl Transition {
-    pub fn new(status: RunStatus) -> Self {
-        Transition {
-            events: Vec::new(),
-            status,
-            waiting_for: None,
-            summary: None,
-            messages: Vec::new(),
-            approval: None,
-            artifact: None,
-            reject_reason: None,
-            actions: Vec::new(),
-            batch_item: None,
-        }
-    }
-}
-
 const RUN_COLUMNS: &str =
     "id, flow, status, waiting_for, platform, chat_id, input, summary, created_at, updated_at";
 
@@ -96,43 +52,10 @@ impl Store {
     /// Creates the run and journals `Started`, or returns the run already
     /// created under the same idempotency key.
     pub async fn create_run(&self, new: &NewRun) -> StoreResult<(RunId, bool)> {
-        let mut tx = self.pool.begin().await?;
-        let id = RunId::new();
-        let now = now_ms();
-        let inserted = sqlx::query(
-            "INSERT INTO runs (id, flow, status, idempotency_key, platform, chat_id, requested_by, input, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
-             ON CONFLICT (idempotency_key) DO NOTHING",
-        )
-        .bind(id.to_string())
-        .bind(&new.flow)
-        .bind(RunStatus::Runnable.as_str())
-        .bind(&new.idempotency_key)
-        .bind(new.chat.platform.as_str())
-        .bind(&new.chat.chat_id)
-        .bind(&new.input.requested_by)
-        .bind(to_json(&new.input)?)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !inserted {
-            let existing: String =
-                sqlx::query_scalar("SELECT id FROM runs WHERE idempotency_key = $1")
-                    .bind(&new.idempotency_key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            tx.commit().await?;
-            return Ok((parse_id(&existing)?, false));
-        }
-        let started = JournalEvent::Started {
-            flow: new.flow.clone(),
-            input: new.input.clone(),
-        };
-        append_events(&mut tx, id, std::slice::from_ref(&started)).await?;
+        let mut tx = self.begin().await?;
+        let created = tx.create_run(new).await?;
         tx.commit().await?;
-        Ok((id, true))
+        Ok(created)
     }
 
     pub async fn run(&self, id: RunId) -> StoreResult<Option<RunRow>> {
@@ -173,262 +96,6 @@ impl Store {
         rows.iter().map(run_from_row).collect()
     }
 
-    /// The run's journal, in order.
-    pub async fn journal(&self, id: RunId) -> StoreResult<Vec<JournalEvent>> {
-        let payloads: Vec<String> =
-            sqlx::query_scalar("SELECT payload FROM journal WHERE run_id = $1 ORDER BY seq")
-                .bind(id.to_string())
-                .fetch_all(&self.pool)
-                .await?;
-        payloads
-            .iter()
-            .map(|p| serde_json::from_str(p).map_err(|e| corrupt(format!("journal event: {e}"))))
-            .collect()
-    }
-
-    /// Takes the lease on a runnable run, unless a live lease of another
-    /// worker holds it.
-    pub async fn claim_run(
-        &self,
-        id: RunId,
-        worker: &str,
-        lease_ms: i64,
-    ) -> StoreResult<Option<ClaimedRun>> {
-        let now = now_ms();
-        let claimed = sqlx::query(
-            "UPDATE runs SET lease_owner = $1, lease_until = $2
-             WHERE id = $3 AND status = 'runnable'
-               AND (lease_owner IS NULL OR lease_owner = $1 OR lease_until < $4)",
-        )
-        .bind(worker)
-        .bind(now + lease_ms)
-        .bind(id.to_string())
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1;
-        if !claimed {
-            return Ok(None);
-        }
-        Ok(self.run(id).await?.map(|run| ClaimedRun {
-            run,
-            worker: worker.to_string(),
-        }))
-    }
-
-    /// Claims the oldest runnable run nobody holds a live lease on: runs
-    /// left behind by a crash, or woken by a decision. On PostgreSQL several
-    /// workers can call this at once; `SKIP LOCKED` hands each a different
-    /// run.
-    pub async fn claim_next_runnable(
-        &self,
-        worker: &str,
-        lease_ms: i64,
-    ) -> StoreResult<Option<ClaimedRun>> {
-        let now = now_ms();
-        let sql = match self.backend {
-            Backend::Postgres => {
-                "UPDATE runs SET lease_owner = $1, lease_until = $2
-                 WHERE id = (SELECT id FROM runs
-                             WHERE status = 'runnable' AND (lease_owner IS NULL OR lease_until < $3)
-                             ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-                 RETURNING id"
-            }
-            Backend::Sqlite => {
-                "UPDATE runs SET lease_owner = $1, lease_until = $2
-                 WHERE id = (SELECT id FROM runs
-                             WHERE status = 'runnable' AND (lease_owner IS NULL OR lease_until < $3)
-                             ORDER BY updated_at LIMIT 1)
-                 RETURNING id"
-            }
-        };
-        let id: Option<String> = sqlx::query_scalar(sql)
-            .bind(worker)
-            .bind(now + lease_ms)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?;
-        match id {
-            None => Ok(None),
-            Some(id) => Ok(self.run(parse_id(&id)?).await?.map(|run| ClaimedRun {
-                run,
-                worker: worker.to_string(),
-            })),
-        }
-    }
-
-    pub async fn release_run(&self, claimed: &ClaimedRun) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE runs SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
-        )
-        .bind(claimed.run.id.to_string())
-        .bind(&claimed.worker)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Commits a step's outcome, all or nothing. Returns false, changing
-    /// nothing, when this worker no longer holds the run's lease (another
-    /// worker took over after it lapsed).
-    pub async fn commit_transition(
-        &self,
-        claimed: &ClaimedRun,
-        lease_ms: i64,
-        transition: &Transition,
-    ) -> StoreResult<bool> {
-        let run = &claimed.run;
-        let mut tx = self.pool.begin().await?;
-        let now = now_ms();
-        let still_ours = sqlx::query(
-            "UPDATE runs SET status = $1, waiting_for = $2, summary = COALESCE($3, summary),
-                    updated_at = $4, lease_until = $5
-             WHERE id = $6 AND lease_owner = $7 AND status = 'runnable'",
-        )
-        .bind(transition.status.as_str())
-        .bind(transition.waiting_for.map(InputPurpose::as_str))
-        .bind(transition.summary.as_deref())
-        .bind(now)
-        .bind(now + lease_ms)
-        .bind(run.id.to_string())
-        .bind(&claimed.worker)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !still_ours {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        append_events(&mut tx, run.id, &transition.events).await?;
-        for message in &transition.messages {
-            enqueue_in(&mut tx, &run.chat, Some(run.id), message).await?;
-        }
-        if let Some(approval) = &transition.approval {
-            insert_approval(&mut tx, run, approval).await?;
-        }
-        insert_actions(&mut tx, &transition.actions).await?;
-        if let Some(item) = &transition.batch_item {
-            insert_batch_item(&mut tx, run.id, item).await?;
-        }
-        if let Some(artifact) = &transition.artifact {
-            insert_artifact(&mut tx, run.id, artifact).await?;
-        }
-        if let Some((approval_id, reason)) = &transition.reject_reason {
-            sqlx::query("UPDATE decisions SET reason = $1 WHERE approval_id = $2")
-                .bind(reason)
-                .bind(approval_id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// Hands the operator's message to the run in `chat` that waits for
-    /// input, journaled as `InputReceived`. Returns that run, or None when no
-    /// run there waits for input.
-    pub async fn deliver_input(
-        &self,
-        chat: &ChatRef,
-        text: &str,
-        by: &str,
-    ) -> StoreResult<Option<RunId>> {
-        let mut tx = self.pool.begin().await?;
-        let waiting: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT id, waiting_for FROM runs
-             WHERE platform = $1 AND chat_id = $2 AND status = 'waiting_input'
-             ORDER BY updated_at DESC LIMIT 1",
-        )
-        .bind(chat.platform.as_str())
-        .bind(&chat.chat_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((id, purpose)) = waiting else {
-            return Ok(None);
-        };
-        let run_id = parse_id(&id)?;
-        let purpose: InputPurpose = purpose
-            .as_deref()
-            .unwrap_or_default()
-            .parse()
-            .map_err(corrupt)?;
-        let woken = sqlx::query(
-            "UPDATE runs SET status = 'runnable', waiting_for = NULL, updated_at = $1
-             WHERE id = $2 AND status = 'waiting_input'",
-        )
-        .bind(now_ms())
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !woken {
-            return Ok(None);
-        }
-        let step = current_step(&mut tx, run_id).await?;
-        let event = JournalEvent::InputReceived {
-            step,
-            purpose,
-            text: text.to_string(),
-            by: by.to_string(),
-        };
-        append_events(&mut tx, run_id, &[event]).await?;
-        tx.commit().await?;
-        Ok(Some(run_id))
-    }
-
-    /// Makes a failed run runnable again, journaled as `Retried` (with the
-    /// tier its model steps should switch to, if any).
-    pub async fn retry_run(&self, id: RunId, by: &str, tier: Option<Tier>) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let woken = sqlx::query(
-            "UPDATE runs SET status = 'runnable', updated_at = $1, lease_owner = NULL, lease_until = NULL
-             WHERE id = $2 AND status = 'failed'",
-        )
-        .bind(now_ms())
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if woken {
-            let event = JournalEvent::Retried {
-                by: by.to_string(),
-                tier,
-            };
-            append_events(&mut tx, id, &[event]).await?;
-        }
-        tx.commit().await?;
-        Ok(woken)
-    }
-
-    /// Gives up on a failed run: it completes as cancelled.
-    pub async fn cancel_run(&self, id: RunId, by: &str) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let cancelled = sqlx::query(
-            "UPDATE runs SET status = 'completed', summary = $1, updated_at = $2,
-                    lease_owner = NULL, lease_until = NULL
-             WHERE id = $3 AND status = 'failed'",
-        )
-        .bind(format!("cancelled by {by}"))
-        .bind(now_ms())
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if cancelled {
-            let event = JournalEvent::Completed {
-                summary: format!("cancelled by {by}"),
-            };
-            append_events(&mut tx, id, &[event]).await?;
-        }
-        tx.commit().await?;
-        Ok(cancelled)
-    }
-
     pub async fn artifact(
         &self,
         id: ArtifactId,
@@ -466,56 +133,130 @@ impl Store {
     }
 }
 
-/// Appends after the run's last event. The (run_id, seq) key turns a racing
-/// append into an error instead of a silent interleave.
-pub(super) async fn append_events(
-    tx: &mut Transaction<'_, Any>,
-    run_id: RunId,
-    events: &[JournalEvent],
-) -> StoreResult<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let last: i64 =
-        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = $1")
-            .bind(run_id.to_string())
-            .fetch_one(&mut **tx)
-            .await?;
-    let now = now_ms();
-    for (offset, event) in events.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO journal (run_id, seq, event, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
+impl Tx {
+    /// See [`Store::create_run`].
+    pub async fn create_run(&mut self, new: &NewRun) -> StoreResult<(RunId, bool)> {
+        let id = RunId::new();
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO runs (id, flow, status, idempotency_key, platform, chat_id, requested_by, input, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+             ON CONFLICT (idempotency_key) DO NOTHING",
         )
-        .bind(run_id.to_string())
-        .bind(last + 1 + offset as i64)
-        .bind(event.name())
-        .bind(to_json(event)?)
+        .bind(id.to_string())
+        .bind(&new.flow)
+        .bind(RunStatus::Runnable.as_str())
+        .bind(&new.idempotency_key)
+        .bind(new.chat.platform.as_str())
+        .bind(&new.chat.chat_id)
+        .bind(&new.input.requested_by)
+        .bind(to_json(&new.input)?)
         .bind(now)
-        .execute(&mut **tx)
-        .await?;
+        .execute(&mut *self.inner)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            let existing: String =
+                sqlx::query_scalar("SELECT id FROM runs WHERE idempotency_key = $1")
+                    .bind(&new.idempotency_key)
+                    .fetch_one(&mut *self.inner)
+                    .await?;
+            return Ok((parse_id(&existing)?, false));
+        }
+        let started = JournalEvent::Started {
+            flow: new.flow.clone(),
+            input: new.input.clone(),
+        };
+        append_events(&mut self.inner, id, std::slice::from_ref(&started)).await?;
+        Ok((id, true))
     }
-    Ok(())
-}
 
-/// The step a waiting run is on: the one named by its latest request for
-/// input or approval.
-async fn current_step(tx: &mut Transaction<'_, Any>, run_id: RunId) -> StoreResult<String> {
-    let payload: Option<String> = sqlx::query_scalar(
-        "SELECT payload FROM journal WHERE run_id = $1
-           AND event IN ('input_requested', 'approval_requested')
-         ORDER BY seq DESC LIMIT 1",
-    )
-    .bind(run_id.to_string())
-    .fetch_optional(&mut **tx)
-    .await?;
-    let event: Option<JournalEvent> = payload
-        .map(|p| serde_json::from_str(&p))
-        .transpose()
-        .map_err(|e| corrupt(format!("journal event: {e}")))?;
-    match event {
-        Some(JournalEvent::InputRequested { step, .. })
-        | Some(JournalEvent::ApprovalRequested { step, .. }) => Ok(step),
-        _ => Err(corrupt(format!("run {run_id} waits but asked for nothing"))),
+    /// Moves a run from one status to another (clearing what it waited for
+    /// and any lease); false when it was not in `from`.
+    pub async fn move_run(
+        &mut self,
+        id: RunId,
+        from: RunStatus,
+        to: RunStatus,
+        summary: Option<&str>,
+    ) -> StoreResult<bool> {
+        Ok(sqlx::query(
+            "UPDATE runs SET status = $1, waiting_for = NULL, summary = COALESCE($2, summary),
+                    updated_at = $3, lease_owner = NULL, lease_until = NULL
+             WHERE id = $4 AND status = $5",
+        )
+        .bind(to.as_str())
+        .bind(summary)
+        .bind(now_ms())
+        .bind(id.to_string())
+        .bind(from.as_str())
+        .execute(&mut *self.inner)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Remembers whose message the run will take when it next asks for
+    /// input: the person who pressed the button. None: anyone allowed.
+    pub async fn set_input_from(&mut self, id: RunId, user_id: Option<&str>) -> StoreResult<()> {
+        sqlx::query("UPDATE runs SET input_from = $1 WHERE id = $2")
+            .bind(user_id)
+            .bind(id.to_string())
+            .execute(&mut *self.inner)
+            .await?;
+        Ok(())
+    }
+
+    /// The run in `chat` waiting for input from `user_id` (newest first),
+    /// with what it asked for.
+    pub async fn run_waiting_for_input(
+        &mut self,
+        chat: &ChatRef,
+        user_id: &str,
+    ) -> StoreResult<Option<(RunId, InputPurpose)>> {
+        let waiting: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT id, waiting_for FROM runs
+             WHERE platform = $1 AND chat_id = $2 AND status = 'waiting_input'
+               AND (input_from IS NULL OR input_from = $3)
+             ORDER BY updated_at DESC LIMIT 1",
+        )
+        .bind(chat.platform.as_str())
+        .bind(&chat.chat_id)
+        .bind(user_id)
+        .fetch_optional(&mut *self.inner)
+        .await?;
+        let Some((id, purpose)) = waiting else {
+            return Ok(None);
+        };
+        let purpose = purpose
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .map_err(corrupt)?;
+        Ok(Some((parse_id(&id)?, purpose)))
+    }
+
+    pub async fn insert_artifact(
+        &mut self,
+        run_id: RunId,
+        artifact: &NewArtifact,
+    ) -> StoreResult<()> {
+        insert_artifact(&mut self.inner, run_id, artifact).await
+    }
+
+    /// Saves the reason given for a rejection with its decision.
+    pub async fn set_decision_reason(
+        &mut self,
+        approval_id: ApprovalId,
+        reason: &str,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE decisions SET reason = $1 WHERE approval_id = $2")
+            .bind(reason)
+            .bind(approval_id.to_string())
+            .execute(&mut *self.inner)
+            .await?;
+        Ok(())
     }
 }
 
@@ -562,13 +303,4 @@ fn run_from_row(row: &AnyRow) -> StoreResult<RunRow> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
-}
-
-pub(super) fn parse_id<T: std::str::FromStr>(text: &str) -> StoreResult<T> {
-    text.parse()
-        .map_err(|_| corrupt(format!("'{text}' is not a valid id")))
-}
-
-pub(super) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|e| corrupt(format!("cannot encode: {e}")))
 }

@@ -1,10 +1,13 @@
 //! Raw platform updates, recorded before the platform is told they arrived
 //! (Telegram confirms an update when the next `getUpdates` asks for a
-//! higher offset, or when a webhook answers 200). Handling them is tracked
-//! here too, so a restart handles what was recorded but never finished.
+//! higher offset, or when a webhook answers 200; Discord's interactions are
+//! acknowledged after this). Handling them is tracked here too, so a
+//! restart handles what was recorded but never finished, and an update
+//! that kept failing is marked failed instead of handled. Also the
+//! interactions waiting for their answer (Discord's deferred responses).
 
 use super::{Store, StoreResult, now_ms};
-use crate::domain::Platform;
+use crate::domain::{Platform, RunId};
 
 /// One update as an adapter received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +16,18 @@ pub struct RecordedUpdate {
     pub chat_id: String,
     /// The adapter's own JSON for the update.
     pub payload: String,
+}
+
+/// An interaction acknowledged and not answered yet. The token answers
+/// it (Discord: for 15 minutes); `kind` is the adapter's own word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingInteraction {
+    pub platform: Platform,
+    pub update_key: String,
+    pub channel_id: String,
+    pub token: String,
+    pub kind: String,
+    pub opened_at_ms: i64,
 }
 
 impl Store {
@@ -52,7 +67,8 @@ impl Store {
     pub async fn unhandled_updates(&self, platform: Platform) -> StoreResult<Vec<RecordedUpdate>> {
         let rows: Vec<(i64, String, String)> = sqlx::query_as(
             "SELECT update_id, chat_id, payload FROM platform_updates
-             WHERE platform = $1 AND handled_at IS NULL ORDER BY update_id",
+             WHERE platform = $1 AND handled_at IS NULL AND failed_at IS NULL
+             ORDER BY update_id",
         )
         .bind(platform.as_str())
         .fetch_all(&self.pool)
@@ -77,6 +93,131 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Marks an update that failed every attempt: not handled again after
+    /// a restart, and visible for the operator (`attempts`, `failed_at`).
+    pub async fn mark_update_failed(
+        &self,
+        platform: Platform,
+        update_id: i64,
+        attempts: u32,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE platform_updates SET failed_at = $1, attempts = $2
+             WHERE platform = $3 AND update_id = $4",
+        )
+        .bind(now_ms())
+        .bind(i64::from(attempts))
+        .bind(platform.as_str())
+        .bind(update_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How many updates of `platform` were given up on.
+    pub async fn failed_updates(&self, platform: Platform) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM platform_updates WHERE platform = $1 AND failed_at IS NOT NULL",
+        )
+        .bind(platform.as_str())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Empties the raw payload of finished updates received before
+    /// `before_ms`: the row (id, chat, when) stays for the polling offset
+    /// and the audit trail, what was said does not.
+    pub async fn forget_payloads(&self, platform: Platform, before_ms: i64) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "UPDATE platform_updates SET payload = ''
+             WHERE platform = $1 AND received_at < $2 AND payload <> ''
+               AND (handled_at IS NOT NULL OR failed_at IS NOT NULL)",
+        )
+        .bind(platform.as_str())
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Remembers an interaction acknowledged and waiting for its answer.
+    pub async fn save_pending_interaction(&self, pending: &PendingInteraction) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO pending_interactions (platform, update_key, channel_id, token, kind, opened_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (platform, update_key) DO NOTHING",
+        )
+        .bind(pending.platform.as_str())
+        .bind(&pending.update_key)
+        .bind(&pending.channel_id)
+        .bind(&pending.token)
+        .bind(&pending.kind)
+        .bind(pending.opened_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets an interaction once answered (or no longer answerable).
+    pub async fn forget_pending_interaction(
+        &self,
+        platform: Platform,
+        update_key: &str,
+    ) -> StoreResult<()> {
+        sqlx::query("DELETE FROM pending_interactions WHERE platform = $1 AND update_key = $2")
+            .bind(platform.as_str())
+            .bind(update_key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Interactions opened since `since_ms` and not answered, oldest
+    /// first; older ones are deleted (their tokens no longer work).
+    pub async fn pending_interactions(
+        &self,
+        platform: Platform,
+        since_ms: i64,
+    ) -> StoreResult<Vec<PendingInteraction>> {
+        sqlx::query("DELETE FROM pending_interactions WHERE platform = $1 AND opened_at < $2")
+            .bind(platform.as_str())
+            .bind(since_ms)
+            .execute(&self.pool)
+            .await?;
+        let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT update_key, channel_id, token, kind, opened_at FROM pending_interactions
+             WHERE platform = $1 ORDER BY opened_at",
+        )
+        .bind(platform.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(update_key, channel_id, token, kind, opened_at_ms)| PendingInteraction {
+                    platform,
+                    update_key,
+                    channel_id,
+                    token,
+                    kind,
+                    opened_at_ms,
+                },
+            )
+            .collect())
+    }
+
+    /// The key of the update that started `run` on `platform`, if an
+    /// update did (runs started from a chat are keyed
+    /// `inbound:<platform>:<update key>`).
+    pub async fn run_origin(&self, platform: Platform, run: RunId) -> StoreResult<Option<String>> {
+        let key: Option<String> =
+            sqlx::query_scalar("SELECT idempotency_key FROM runs WHERE id = $1")
+                .bind(run.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        let prefix = format!("inbound:{platform}:");
+        Ok(key.and_then(|k| k.strip_prefix(&prefix).map(str::to_string)))
     }
 
     /// The highest update id recorded for `platform` since `since_ms`

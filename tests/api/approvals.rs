@@ -1,9 +1,12 @@
 //! The draft flow end to end: draft → approve, edit, reject; decisions are
 //! accepted once.
 
-use soloist::domain::RunStatus;
+use soloist::domain::{
+    ChatKind, ChatRef, Inbound, InboundContent, JournalEvent, Origin, Platform, RunStatus,
+};
+use soloist::store::{Backend, Store};
 
-use crate::fake_llm::DEFAULT_DRAFT;
+use crate::fake_llm::{Behavior, DEFAULT_DRAFT};
 use crate::helpers::{Db, TestApp, button, texts};
 use crate::on_both_backends;
 
@@ -241,5 +244,213 @@ async fn every_hostile_line_gets_a_reply_and_the_store_keeps_working(db: Db) {
         logged,
         hostile.len() as i64 + 1,
         "every line is in the conversation log"
+    );
+}
+
+on_both_backends!(
+    an_edit_text_taken_before_a_crash_is_not_routed_again_as_a_new_request,
+    a_crash_between_taking_an_action_button_and_doing_it_loses_neither,
+    edit_text_is_taken_only_from_the_person_who_pressed,
+    run_lists_its_steps_in_the_order_they_ran,
+);
+
+/// Makes every UPDATE of `table` fail from now on, as a process dying at
+/// that point would: nothing of the failing transaction is kept.
+pub async fn crash_on_update_of(store: &Store, table: &str) {
+    let statements = match store.backend() {
+        Backend::Sqlite => vec![format!(
+            "CREATE TRIGGER crash_{table} BEFORE UPDATE ON {table} BEGIN SELECT RAISE(ABORT, 'simulated crash'); END"
+        )],
+        Backend::Postgres => vec![
+            "CREATE OR REPLACE FUNCTION simulated_crash() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'simulated crash'; END $$ LANGUAGE plpgsql".to_string(),
+            format!("CREATE TRIGGER crash_{table} BEFORE UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION simulated_crash()"),
+        ],
+    };
+    for sql in statements {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+}
+
+/// The process is back: updates of `table` work again.
+pub async fn restart_after_crash(store: &Store, table: &str) {
+    let sql = match store.backend() {
+        Backend::Sqlite => format!("DROP TRIGGER crash_{table}"),
+        Backend::Postgres => format!("DROP TRIGGER crash_{table} ON {table}"),
+    };
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+fn inputs_received(journal: &[JournalEvent]) -> Vec<String> {
+    journal
+        .iter()
+        .filter_map(|e| match e {
+            JournalEvent::InputReceived { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn an_edit_text_taken_before_a_crash_is_not_routed_again_as_a_new_request(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let draft = app.say("/draft a post").await;
+    app.press(&button(&draft, "Edit")).await;
+    let edit = app.inbound(InboundContent::Text("My own version.".into()));
+
+    // The process dies before the update is marked handled.
+    crash_on_update_of(&app.app.store, "inbound_updates").await;
+    assert!(app.app.controller.handle(&edit).await.is_err());
+    restart_after_crash(&app.app.store, "inbound_updates").await;
+    // The platform delivers the update again.
+    let replies = app.deliver(&edit).await;
+
+    let run = app.app.store.recent_runs(1).await.unwrap().remove(0);
+    assert_eq!(app.count("runs").await, 1, "no new request was started");
+    assert_eq!(
+        run.status,
+        RunStatus::WaitingApproval,
+        "{}",
+        texts(&replies)
+    );
+    assert!(
+        texts(&replies).contains("Draft for review") && texts(&replies).contains("My own version."),
+        "{}",
+        texts(&replies)
+    );
+    let journal = app.app.store.journal(run.id).await.unwrap();
+    assert_eq!(inputs_received(&journal), ["My own version."]);
+    assert_eq!(app.llm.calls(), 1, "the edit text was never routed");
+}
+
+async fn a_crash_between_taking_an_action_button_and_doing_it_loses_neither(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.llm
+        .always(Behavior::Status(500, "upstream exploded".into()));
+    let failure = app.say("/draft a post").await;
+    app.llm.always(Behavior::reply(DEFAULT_DRAFT));
+    let retry = app.inbound(InboundContent::Button(button(&failure, "Retry").token));
+
+    // The process dies after the button is taken, before the run is retried.
+    crash_on_update_of(&app.app.store, "runs").await;
+    assert!(app.app.controller.handle(&retry).await.is_err());
+    restart_after_crash(&app.app.store, "runs").await;
+    let replies = app.deliver(&retry).await;
+
+    assert!(
+        !texts(&replies).contains("already used"),
+        "{}",
+        texts(&replies)
+    );
+    assert!(
+        texts(&replies).contains("Draft for review"),
+        "{}",
+        texts(&replies)
+    );
+    let run = app.app.store.recent_runs(1).await.unwrap().remove(0);
+    assert_eq!(run.status, RunStatus::WaitingApproval);
+}
+
+async fn edit_text_is_taken_only_from_the_person_who_pressed(db: Db) {
+    let app = TestApp::spawn_with(db, |s| {
+        s.telegram.allowed_user_ids = vec!["111".into(), "222".into()];
+        s.telegram.allowed_chat_ids = vec!["-100".into()];
+    })
+    .await;
+    let group = ChatRef::new(Platform::Telegram, "-100");
+    let updates = std::sync::atomic::AtomicU64::new(0);
+    let from = |user: &str, content: InboundContent| Inbound {
+        chat: group.clone(),
+        update_key: format!(
+            "tg-{}",
+            updates.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ),
+        user_id: user.into(),
+        user_name: format!("user {user}"),
+        message_id: None,
+        content,
+        chat_kind: ChatKind::Group,
+        origin: Origin::Typed,
+    };
+    let controller = &app.app.controller;
+    controller
+        .handle(&from("111", InboundContent::Text("/draft a post".into())))
+        .await
+        .unwrap();
+    let offers = telegram_outbox(&app.app.store).await;
+    controller
+        .handle(&from(
+            "111",
+            InboundContent::Button(button(&offers, "Edit").token),
+        ))
+        .await
+        .unwrap();
+
+    // Someone else in the group writes while the presser is asked for text.
+    controller
+        .handle(&from(
+            "222",
+            InboundContent::Text("Post this instead: buy now!".into()),
+        ))
+        .await
+        .unwrap();
+    let run = app.app.store.recent_runs(10).await.unwrap();
+    let draft_run = run.iter().find(|r| r.flow == "draft").unwrap();
+    assert_eq!(
+        app.app
+            .store
+            .run(draft_run.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        RunStatus::WaitingInput,
+        "another person's message is not the edit"
+    );
+    controller
+        .handle(&from("111", InboundContent::Text("My own version.".into())))
+        .await
+        .unwrap();
+
+    let journal = app.app.store.journal(draft_run.id).await.unwrap();
+    assert_eq!(inputs_received(&journal), ["My own version."]);
+    assert_eq!(
+        app.app
+            .store
+            .run(draft_run.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        RunStatus::WaitingApproval
+    );
+}
+
+/// Everything queued for Telegram so far (no adapter runs in this test).
+async fn telegram_outbox(store: &Store) -> Vec<soloist::domain::Outbound> {
+    store
+        .pending_outbox(Platform::Telegram, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message)
+        .collect()
+}
+
+async fn run_lists_its_steps_in_the_order_they_ran(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let draft = app.say("/draft a post").await;
+    app.press(&button(&draft, "Approve")).await;
+    let run = app.app.store.recent_runs(1).await.unwrap().remove(0);
+
+    let report = texts(&app.say(&format!("/run {}", run.id.short())).await);
+
+    assert!(
+        report.contains("Steps done: brief, write, review"),
+        "{report}"
     );
 }

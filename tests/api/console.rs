@@ -62,6 +62,13 @@ async fn a_piped_script_drafts_and_approves_by_button_number() {
         "{stdout}"
     );
     assert!(stdout.contains(DEFAULT_DRAFT));
+    // Piped input is echoed after its prompt: the transcript reads as a
+    // conversation.
+    assert!(
+        stdout.contains("> /draft a LinkedIn post announcing the new Website Audit price\n")
+            && stdout.contains("> 1\n"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("[1] Approve  [2] Edit  [3] Reject"),
         "{stdout}"

@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use soloist::adapters::discord::{self, DiscordError};
+use soloist::app::App;
 use soloist::config::{Secret, Settings};
-use soloist::domain::{ApprovalRole, ChatRef, Inbound, InboundContent, Platform};
+use soloist::domain::{ApprovalRole, ChatKind, ChatRef, Inbound, InboundContent, Origin, Platform};
 use soloist::engine::StartRun;
+use soloist::frontdoor::Handles;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -17,10 +19,33 @@ use crate::fake_discord::{self, APP_ID, FakeDiscord, GUILD_ID, Place, TOKEN, Use
 use crate::fake_llm::{Behavior, DEFAULT_DRAFT};
 use crate::helpers::{Db, TestApp, count};
 use crate::on_both_backends;
+use crate::telegram::{allow_inserts, refuse_inserts};
 
 on_both_backends!(
     a_slash_draft_is_deferred_then_answered_and_approve_closes_the_offer,
     a_telegram_started_approval_is_decided_on_discord_and_closed_on_both,
+    the_owner_is_one_identity_whichever_platform_they_press_on,
+    a_press_by_someone_not_allowed_is_refused_privately_and_decides_nothing,
+    a_slash_command_from_someone_not_allowed_is_refused_privately_before_any_model,
+    an_allowed_user_may_act_under_their_own_name,
+    a_double_press_records_one_decision_and_the_second_is_told_privately,
+    a_forged_button_is_refused_at_once_and_touches_nothing,
+    a_gateway_disconnect_and_resume_loses_no_event,
+    server_messages_count_when_they_mention_the_bot_and_dms_always,
+    long_and_marked_up_drafts_arrive_escaped_within_2000_characters_with_the_text_attached,
+    a_channel_429_holds_the_message_back_and_it_is_sent_once,
+    a_global_429_pauses_every_bot_request_until_it_lapses,
+    a_rate_limited_acknowledgement_is_retried_within_the_3_seconds,
+    slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally_otherwise,
+    cost_and_run_commands_answer_through_slash_commands,
+    a_refused_token_stops_the_adapter_with_a_sentence_that_does_not_print_it,
+    shutdown_stops_the_adapter_cleanly,
+    the_outbox_counts_each_discord_message_delivered_once,
+    a_slash_command_is_recorded_before_it_is_acknowledged,
+    after_a_restart_the_reply_still_fills_the_deferred_response,
+    a_public_reply_never_fills_another_users_thinking_response,
+    in_a_server_channel_not_listed_nothing_is_done_and_reports_stay_private,
+    a_strangers_words_are_not_stored_and_not_answered_in_public,
 );
 
 /// The owner (`owner.discord_user_id`), recorded as `business.owner`.
@@ -41,6 +66,8 @@ const OWNER_NAME: &str = "Maya Okafor";
 const DM: &str = "700000000000000001";
 const CHANNEL: &str = "700000000000000002";
 const OTHER_CHANNEL: &str = "700000000000000003";
+/// A server channel not in `discord.allowed_channel_ids`.
+const CLOSED_CHANNEL: &str = "700000000000000004";
 
 /// soloist with its Discord adapter connected to a fake Discord.
 struct Bot {
@@ -60,7 +87,13 @@ fn connect(settings: &mut Settings, discord: &FakeDiscord) {
     settings.discord.token = Secret::new(TOKEN);
     settings.discord.api_url = discord.api_url.clone();
     settings.discord.allowed_user_ids = vec![HELPER.id.into()];
+    settings.discord.allowed_channel_ids = vec![CHANNEL.into(), OTHER_CHANNEL.into()];
     settings.owner.discord_user_id = OWNER.id.into();
+}
+
+/// The Discord adapter of `app`, running until `shutdown`.
+fn spawn_adapter(app: &App, shutdown: &CancellationToken) -> JoinHandle<Result<(), DiscordError>> {
+    tokio::spawn(discord::run(Handles::of(app), shutdown.clone()))
 }
 
 impl Bot {
@@ -76,7 +109,7 @@ impl Bot {
         })
         .await;
         let shutdown = CancellationToken::new();
-        let running = tokio::spawn(discord::run(test.app.clone(), shutdown.clone()));
+        let running = spawn_adapter(&test.app, &shutdown);
         discord
             .wait_for("the gateway session", |w| w.connected().then_some(()))
             .await;
@@ -86,6 +119,38 @@ impl Bot {
             shutdown,
             running: Some(running),
         }
+    }
+
+    /// Stops this process's adapter (work in flight is dropped, as in a
+    /// crash) and starts a new one on the same database and fake Discord.
+    async fn restart(&mut self, adjust: impl FnOnce(&mut Settings)) -> App {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            let _ = running.await;
+        }
+        let discord = self.discord.clone();
+        let app = self
+            .test
+            .restart(move |settings| {
+                connect(settings, &discord);
+                adjust(settings);
+            })
+            .await;
+        self.shutdown = CancellationToken::new();
+        self.running = Some(spawn_adapter(&app, &self.shutdown));
+        self.discord
+            .wait_for("a new gateway session", |w| w.connected().then_some(()))
+            .await;
+        app
+    }
+
+    /// The callback type an interaction was answered with.
+    async fn callback_of(&self, id: &str) -> u64 {
+        self.discord
+            .wait_for("the interaction's callback", |w| {
+                w.interactions[id].callback.map(|(kind, _, _)| kind)
+            })
+            .await
     }
 
     /// Stops the adapter and returns how it ended.
@@ -124,6 +189,14 @@ impl Bot {
         );
         self.discord.original_of(&id).await
     }
+}
+
+/// Interactions stored as waiting for their answer.
+async fn pending_interactions(bot: &Bot) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM pending_interactions")
+        .fetch_one(bot.test.app.store.pool())
+        .await
+        .unwrap()
 }
 
 /// Rows in the audit log saying someone was refused.
@@ -243,9 +316,8 @@ async fn a_telegram_started_approval_is_decided_on_discord_and_closed_on_both(db
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_owner_is_one_identity_whichever_platform_they_press_on() {
-    let bot = Bot::start_with(Db::Sqlite, |s| s.owner.telegram_user_id = "5550001".into()).await;
+async fn the_owner_is_one_identity_whichever_platform_they_press_on(db: Db) {
+    let bot = Bot::start_with(db, |s| s.owner.telegram_user_id = "5550001".into()).await;
     let first = bot.draft(Place::Dm, DM).await;
     let second = bot.draft(Place::Dm, DM).await;
 
@@ -260,6 +332,8 @@ async fn the_owner_is_one_identity_whichever_platform_they_press_on() {
         user_name: "maya_tg".into(),
         message_id: None,
         content: InboundContent::Button(second.custom_id("Approve").try_into().unwrap()),
+        chat_kind: ChatKind::Private,
+        origin: Origin::Typed,
     };
     bot.test
         .app
@@ -281,9 +355,8 @@ async fn the_owner_is_one_identity_whichever_platform_they_press_on() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_press_by_someone_not_allowed_is_refused_privately_and_decides_nothing() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_press_by_someone_not_allowed_is_refused_privately_and_decides_nothing(db: Db) {
+    let bot = Bot::start(db).await;
     let offer = bot.draft(Place::Guild, CHANNEL).await;
 
     let press = bot.discord.press(
@@ -311,9 +384,8 @@ async fn a_press_by_someone_not_allowed_is_refused_privately_and_decides_nothing
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slash_command_from_someone_not_allowed_is_refused_privately_before_any_model() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_slash_command_from_someone_not_allowed_is_refused_privately_before_any_model(db: Db) {
+    let bot = Bot::start(db).await;
 
     let command = bot.discord.slash(
         STRANGER,
@@ -333,9 +405,8 @@ async fn a_slash_command_from_someone_not_allowed_is_refused_privately_before_an
     assert_eq!(refusals(&bot).await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_allowed_user_may_act_under_their_own_name() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn an_allowed_user_may_act_under_their_own_name(db: Db) {
+    let bot = Bot::start(db).await;
     let offer = bot.draft(Place::Guild, CHANNEL).await;
 
     bot.discord
@@ -345,9 +416,8 @@ async fn an_allowed_user_may_act_under_their_own_name() {
     assert_eq!(bot.decisions().await[0].1, "Sam");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_double_press_records_one_decision_and_the_second_is_told_privately() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_double_press_records_one_decision_and_the_second_is_told_privately(db: Db) {
+    let bot = Bot::start(db).await;
     let offer = bot.draft(Place::Guild, CHANNEL).await;
     let approve = offer.custom_id("Approve");
 
@@ -368,9 +438,8 @@ async fn a_double_press_records_one_decision_and_the_second_is_told_privately() 
     assert_eq!(saved, 1, "the run went on once");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_button_is_refused_at_once_and_touches_nothing() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_forged_button_is_refused_at_once_and_touches_nothing(db: Db) {
+    let bot = Bot::start(db).await;
     let offer = bot.draft(Place::Guild, CHANNEL).await;
 
     let forged = bot.discord.press(
@@ -395,9 +464,8 @@ async fn a_forged_button_is_refused_at_once_and_touches_nothing() {
     assert_eq!(bot.discord.message(offer.id).buttons().len(), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_disconnect_and_resume_loses_no_event() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_gateway_disconnect_and_resume_loses_no_event(db: Db) {
+    let bot = Bot::start(db).await;
     bot.discord.post(OWNER, Place::Dm, DM, "/runs", false);
     bot.posted(DM, "No runs yet").await;
 
@@ -432,9 +500,8 @@ async fn a_gateway_disconnect_and_resume_loses_no_event() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_messages_count_when_they_mention_the_bot_and_dms_always() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn server_messages_count_when_they_mention_the_bot_and_dms_always(db: Db) {
+    let bot = Bot::start(db).await;
 
     bot.discord
         .post(OWNER, Place::Guild, CHANNEL, "/help not for the bot", false);
@@ -466,9 +533,10 @@ async fn server_messages_count_when_they_mention_the_bot_and_dms_always() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_and_marked_up_drafts_arrive_escaped_within_2000_characters_with_the_text_attached() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn long_and_marked_up_drafts_arrive_escaped_within_2000_characters_with_the_text_attached(
+    db: Db,
+) {
+    let bot = Bot::start(db).await;
     let long = format!(
         "**Big news** @everyone <@{}>\n{}",
         OWNER.id,
@@ -501,9 +569,8 @@ async fn long_and_marked_up_drafts_arrive_escaped_within_2000_characters_with_th
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_channel_429_holds_the_message_back_and_it_is_sent_once() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_channel_429_holds_the_message_back_and_it_is_sent_once(db: Db) {
+    let bot = Bot::start(db).await;
     bot.discord.rate_limit_next("/messages", 0.6, false);
 
     bot.discord.post(OWNER, Place::Dm, DM, "/runs", false);
@@ -519,9 +586,8 @@ async fn a_channel_429_holds_the_message_back_and_it_is_sent_once() {
     assert_eq!(reply.content, "No runs yet. Start one with /draft …");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_global_429_pauses_every_bot_request_until_it_lapses() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_global_429_pauses_every_bot_request_until_it_lapses(db: Db) {
+    let bot = Bot::start(db).await;
     bot.discord.rate_limit_next("/messages", 1.0, true);
 
     bot.discord.post(OWNER, Place::Dm, DM, "/runs", false);
@@ -537,10 +603,15 @@ async fn a_global_429_pauses_every_bot_request_until_it_lapses() {
 
     let calls = bot.discord.see(|w| w.calls.clone());
     let limited = calls.iter().find(|c| c.status == 429).unwrap();
-    for call in calls
+    let sent: Vec<_> = calls
         .iter()
-        .filter(|c| c.status == 200 && c.route.contains("/messages"))
-    {
+        .filter(|c| c.status == 200 && c.route.contains("/messages") && c.method == "POST")
+        .collect();
+    assert!(
+        sent.len() >= 2,
+        "both replies were posted after the 429: {sent:#?}"
+    );
+    for call in sent {
         assert!(
             call.at - limited.at >= Duration::from_millis(950),
             "{} went {:?} after a global 429",
@@ -550,9 +621,8 @@ async fn a_global_429_pauses_every_bot_request_until_it_lapses() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rate_limited_acknowledgement_is_retried_within_the_3_seconds() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn a_rate_limited_acknowledgement_is_retried_within_the_3_seconds(db: Db) {
+    let bot = Bot::start(db).await;
     bot.discord.rate_limit_next("/callback", 0.4, false);
 
     let command = bot.discord.slash(OWNER, Place::Dm, DM, "help", None);
@@ -566,10 +636,9 @@ async fn a_rate_limited_acknowledgement_is_retried_within_the_3_seconds() {
     assert!(answer.content.contains("I run your business workflows"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally_otherwise() {
-    let global = Bot::start(Db::Sqlite).await;
-    let in_guild = Bot::start_with(Db::Sqlite, |s| s.discord.guild_id = GUILD_ID.into()).await;
+async fn slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally_otherwise(db: Db) {
+    let global = Bot::start(db).await;
+    let in_guild = Bot::start_with(db, |s| s.discord.guild_id = GUILD_ID.into()).await;
 
     let (scope, commands) = global.discord.see(|w| w.commands[0].clone());
     assert_eq!(scope, None);
@@ -592,6 +661,7 @@ async fn slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally
             "memory",
             "forget",
             "sources",
+            "forget_person",
             "help"
         ]
     );
@@ -599,9 +669,8 @@ async fn slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally
     assert_eq!(scope.as_deref(), Some(GUILD_ID));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cost_and_run_commands_answer_through_slash_commands() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn cost_and_run_commands_answer_through_slash_commands(db: Db) {
+    let bot = Bot::start(db).await;
     bot.draft(Place::Dm, DM).await;
 
     let cost = bot.discord.slash(OWNER, Place::Dm, DM, "cost", None);
@@ -624,16 +693,15 @@ async fn cost_and_run_commands_answer_through_slash_commands() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_token_stops_the_adapter_with_a_sentence_that_does_not_print_it() {
+async fn a_refused_token_stops_the_adapter_with_a_sentence_that_does_not_print_it(db: Db) {
     let discord = FakeDiscord::start().await;
-    let test = TestApp::spawn_with(Db::Sqlite, |s| {
+    let test = TestApp::spawn_with(db, |s| {
         connect(s, &discord);
         s.discord.token = Secret::new("wrong-token-value");
     })
     .await;
 
-    let error = discord::run(test.app.clone(), CancellationToken::new())
+    let error = discord::run(Handles::of(&test.app), CancellationToken::new())
         .await
         .unwrap_err()
         .to_string();
@@ -644,10 +712,34 @@ async fn a_refused_token_stops_the_adapter_with_a_sentence_that_does_not_print_i
     let _ = APP_ID;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_stops_the_adapter_cleanly() {
-    let bot = Bot::start(Db::Sqlite).await;
-    bot.stop().await.unwrap();
+async fn shutdown_stops_the_adapter_cleanly(db: Db) {
+    let bot = Bot::start(db).await;
+    let store = bot.test.app.store.clone();
+    let discord = bot.discord.clone();
+
+    let stopped = tokio::time::timeout(Duration::from_secs(5), bot.stop()).await;
+
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "stopped in time, without an error"
+    );
+    discord
+        .wait_for("the gateway connection closed", |w| {
+            (!w.connected()).then_some(())
+        })
+        .await;
+    store
+        .enqueue(
+            &ChatRef::new(Platform::Discord, DM),
+            &soloist::domain::Outbound::text("after shutdown"),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        discord.see(|w| w.in_channel(DM).is_empty()),
+        "nothing is delivered after shutdown"
+    );
 }
 
 #[test]
@@ -663,21 +755,24 @@ fn every_event_the_fake_sends_parses_as_serenity_reads_it() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_outbox_counts_each_discord_message_delivered_once() {
-    let bot = Bot::start(Db::Sqlite).await;
+async fn the_outbox_counts_each_discord_message_delivered_once(db: Db) {
+    let bot = Bot::start(db).await;
     bot.draft(Place::Dm, DM).await;
     bot.discord.post(OWNER, Place::Dm, DM, "/runs", false);
     bot.posted(DM, "Recent runs").await;
 
     let store = &bot.test.app.store;
-    assert!(
-        store
-            .pending_outbox(Platform::Discord, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    // The fake shows a message as soon as it is posted; the outbox marks
+    // it delivered when the answer comes back, a moment later.
+    let mut pending = Vec::new();
+    for _ in 0..100 {
+        pending = store.pending_outbox(Platform::Discord, 10).await.unwrap();
+        if pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pending.is_empty(), "{pending:#?}");
     let delivered: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM outbox WHERE platform = 'discord' AND status = 'delivered' AND platform_message_id IS NOT NULL",
     )
@@ -686,4 +781,164 @@ async fn the_outbox_counts_each_discord_message_delivered_once() {
     .unwrap();
     assert_eq!(delivered, 2);
     assert_eq!(count(store, "outbox").await, 2);
+}
+
+async fn a_slash_command_is_recorded_before_it_is_acknowledged(db: Db) {
+    let bot = Bot::start(db).await;
+    let store = bot.test.app.store.clone();
+    refuse_inserts(&store, db, "platform_updates").await;
+
+    let unrecorded = bot.discord.slash(OWNER, Place::Dm, DM, "help", None);
+    let kind = bot.callback_of(&unrecorded).await;
+    allow_inserts(&store, db, "platform_updates").await;
+    let recorded = bot.discord.slash(OWNER, Place::Dm, DM, "help", None);
+    let answer = bot.discord.original_of(&recorded).await;
+
+    assert_eq!(
+        kind, 4,
+        "not deferred: what could not be recorded is answered at once"
+    );
+    assert!(bot.discord.interaction(&unrecorded).original.is_some());
+    assert_eq!(
+        bot.callback_of(&recorded).await,
+        5,
+        "deferred once recorded"
+    );
+    assert!(answer.content.contains("I run your business workflows"));
+    assert_eq!(count(&store, "platform_updates").await, 1);
+}
+
+async fn after_a_restart_the_reply_still_fills_the_deferred_response(db: Db) {
+    let mut bot = Bot::start_with(db, |s| s.engine.lease_secs = 1.0).await;
+    bot.test.llm.then(Behavior::Hang(Duration::from_secs(30)));
+    let command = bot.discord.slash(
+        OWNER,
+        Place::Dm,
+        DM,
+        "draft",
+        Some("a LinkedIn post announcing the new Website Audit price"),
+    );
+    assert_eq!(bot.callback_of(&command).await, 5);
+    bot.discord
+        .wait_for("the model call", |_| {
+            (bot.test.llm.calls() == 1).then_some(())
+        })
+        .await;
+    assert_eq!(pending_interactions(&bot).await, 1);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let app = bot.restart(|s| s.engine.lease_secs = 1.0).await;
+    // What `soloist run`'s worker does at start: resume the lapsed run.
+    app.engine.resume_runnable().await.unwrap();
+    let answer = bot.discord.original_of(&command).await;
+
+    assert!(answer.content.contains(DEFAULT_DRAFT), "{}", answer.content);
+    assert_eq!(answer.buttons().len(), 3, "the offer fills the deferral");
+    assert!(
+        bot.discord.see(|w| w.in_channel(DM).len()) <= 1,
+        "not posted again as a new message"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pending_interactions(&bot).await, 0);
+}
+
+async fn a_public_reply_never_fills_another_users_thinking_response(db: Db) {
+    let bot = Bot::start(db).await;
+    bot.test.llm.then(Behavior::Hang(Duration::from_secs(30)));
+    let helpers_draft =
+        bot.discord
+            .slash(HELPER, Place::Guild, CHANNEL, "draft", Some("a slow post"));
+    assert_eq!(bot.callback_of(&helpers_draft).await, 5);
+
+    bot.discord
+        .post(OWNER, Place::Guild, CHANNEL, "/help", true);
+    let help = bot.posted(CHANNEL, "I run your business workflows").await;
+
+    let helpers = bot.discord.interaction(&helpers_draft);
+    assert!(
+        helpers.original.is_none_or(|id| id != help.id),
+        "the owner's answer did not fill the helper's deferral"
+    );
+    let original_content = helpers
+        .original
+        .map(|id| bot.discord.message(id).content)
+        .unwrap_or_default();
+    assert!(
+        !original_content.contains("I run your business"),
+        "{original_content}"
+    );
+}
+
+async fn in_a_server_channel_not_listed_nothing_is_done_and_reports_stay_private(db: Db) {
+    let bot = Bot::start(db).await;
+    let dm_only = Bot::start_with(db, |s| s.discord.allowed_channel_ids.clear()).await;
+
+    let closed = bot.discord.slash(
+        OWNER,
+        Place::Guild,
+        CLOSED_CHANNEL,
+        "draft",
+        Some("a post for the server"),
+    );
+    let refusal = bot.discord.original_of(&closed).await;
+    let cost = bot
+        .discord
+        .slash(OWNER, Place::Guild, CHANNEL, "cost", None);
+    let private = bot.discord.follow_up_of(&cost).await;
+
+    assert!(refusal.is_ephemeral());
+    assert!(
+        refusal.content.contains("I work only in private chats"),
+        "{}",
+        refusal.content
+    );
+    assert_eq!(bot.test.llm.calls(), 0);
+    assert!(private.is_ephemeral());
+    assert!(
+        private.content.contains("only in a private chat"),
+        "{}",
+        private.content
+    );
+    assert!(!private.content.contains("Spend today"));
+    let contexts = |bot: &Bot| bot.discord.see(|w| w.commands[0].1[0]["contexts"].clone());
+    assert_eq!(contexts(&bot), serde_json::json!([0, 1]));
+    assert_eq!(
+        contexts(&dm_only),
+        serde_json::json!([1]),
+        "with no channel listed, commands are offered in DMs only"
+    );
+}
+
+async fn a_strangers_words_are_not_stored_and_not_answered_in_public(db: Db) {
+    let bot = Bot::start(db).await;
+    bot.discord.post(
+        STRANGER,
+        Place::Guild,
+        CHANNEL,
+        "my card is 4111 1111 1111 1111",
+        true,
+    );
+    for _ in 0..100 {
+        if refusals(&bot).await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert_eq!(refusals(&bot).await, 1, "audited");
+    assert!(
+        bot.discord.see(|w| w.in_channel(CHANNEL).is_empty()),
+        "no refusal posted in front of the server"
+    );
+    let pool = bot.test.app.store.pool();
+    for (table, column) in [("platform_updates", "payload"), ("messages", "text")] {
+        let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {table} WHERE {column} LIKE '%4111%'"
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(found, 0, "the stranger's words are in {table}");
+    }
 }

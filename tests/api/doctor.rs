@@ -1,5 +1,6 @@
 //! `soloist doctor`: one line per finding, every problem with its fix.
 
+use soloist::config::Secret;
 use soloist::doctor::{self, Finding};
 
 use crate::fake_llm::FakeLlm;
@@ -18,7 +19,7 @@ async fn a_healthy_setup_has_no_problems() {
     let llm = FakeLlm::start().await;
     let db = TestDb::create(Db::Postgres).await;
     let mut settings = test_settings(Some(&llm.base_url));
-    settings.database.url = db.url.clone();
+    settings.database.url = Secret::new(db.url.clone());
     soloist::store::Store::open(&db.url, 1).await.unwrap();
     let home = tempfile::tempdir().unwrap();
 
@@ -46,7 +47,7 @@ async fn a_healthy_setup_has_no_problems() {
 async fn each_problem_is_named_with_its_fix() {
     let home = tempfile::tempdir().unwrap();
     let mut settings = test_settings(None);
-    settings.database.url = "postgres://nobody@127.0.0.1:9/none".into();
+    settings.database.url = Secret::new("postgres://nobody@127.0.0.1:9/none");
     settings.engine.lease_secs = 1.0;
 
     let lines = problems(&doctor::check(&settings, home.path()).await);
@@ -63,7 +64,7 @@ async fn each_problem_is_named_with_its_fix() {
 async fn a_database_password_never_appears_in_a_finding() {
     let home = tempfile::tempdir().unwrap();
     let mut settings = test_settings(None);
-    settings.database.url = "postgres://maya:hunter2secret@127.0.0.1:9/none".into();
+    settings.database.url = Secret::new("postgres://maya:hunter2secret@127.0.0.1:9/none");
 
     let text: String = doctor::check(&settings, home.path())
         .await
@@ -71,6 +72,39 @@ async fn a_database_password_never_appears_in_a_finding() {
         .map(Finding::line)
         .collect();
 
+    assert!(!text.contains("hunter2secret"), "{text}");
+}
+
+#[tokio::test]
+async fn a_database_password_in_the_query_never_appears_in_a_finding() {
+    let home = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(None);
+    settings.database.url =
+        Secret::new("postgres://maya@127.0.0.1:9/none?sslmode=disable&password=hunter2secret");
+
+    let text: String = doctor::check(&settings, home.path())
+        .await
+        .iter()
+        .map(Finding::line)
+        .collect();
+
+    assert!(text.contains("cannot open the database"), "{text}");
+    assert!(!text.contains("hunter2secret"), "{text}");
+}
+
+#[tokio::test]
+async fn a_provider_url_with_credentials_never_appears_in_a_finding() {
+    let home = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(Some("http://maya:hunter2secret@127.0.0.1:9/v1"));
+    settings.database.url = Secret::new("sqlite::memory:");
+
+    let text: String = doctor::check(&settings, home.path())
+        .await
+        .iter()
+        .map(Finding::line)
+        .collect();
+
+    assert!(text.contains("cannot reach provider openai"), "{text}");
     assert!(!text.contains("hunter2secret"), "{text}");
 }
 

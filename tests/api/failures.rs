@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use soloist::domain::{CostLabel, RunStatus};
+use soloist::agents::{ModelCall, ModelError, longest_call};
+use soloist::domain::{CostLabel, RunStatus, Tier};
+use soloist::store::Backend;
 
 use crate::fake_llm::{Behavior, DEFAULT_DRAFT};
 use crate::helpers::{Db, TestApp, button, texts};
@@ -17,6 +19,12 @@ on_both_backends!(
     with_no_model_configured_draft_explains_how_to_configure_one,
     switching_a_failed_run_to_the_fast_tier_uses_the_fast_model,
     cancelling_a_failed_run_completes_it_as_cancelled,
+    a_reservation_is_released_when_a_failed_attempts_ledger_row_cannot_be_written,
+    a_reservation_is_released_when_settling_fails_and_the_cost_is_still_charged,
+    a_call_dropped_mid_request_gives_its_reservation_back,
+    a_batch_reservation_is_released_when_its_step_is_not_committed,
+    the_sweeper_releases_reservations_a_dead_process_left_and_cost_shows_them,
+    an_unreachable_provider_with_credentials_in_its_url_never_shows_them,
 );
 
 async fn when_every_model_answers_500_the_run_fails_with_a_sentence_and_retry_recovers_it(db: Db) {
@@ -194,4 +202,203 @@ async fn an_unreachable_provider_is_reported_with_what_to_check() {
 
     assert!(reply.contains("could not be reached"), "{reply}");
     assert!(reply.contains("OPENAI_BASE_URL"), "{reply}");
+}
+
+// Budget reservations: every way a call can end gives its reservation back.
+
+fn fast_call() -> ModelCall {
+    ModelCall {
+        tier: Tier::Fast,
+        label: CostLabel::LowCost,
+        system: "You are terse.".into(),
+        prompt: "Say hello.".into(),
+        max_tokens: 100,
+        temperature: Some(0.7),
+        run_id: None,
+        flow: Some("test".into()),
+        step: Some("hello".into()),
+        reply_schema: None,
+    }
+}
+
+async fn reserved_today(app: &TestApp) -> f64 {
+    let (today, _) = app.app.engine.agents().budget().status().await.unwrap();
+    today.reserved_usd
+}
+
+/// Waits (a guard releases from a task) until nothing is reserved.
+async fn until_nothing_is_reserved(app: &TestApp) -> f64 {
+    for _ in 0..150 {
+        let reserved = reserved_today(app).await;
+        if reserved == 0.0 {
+            return reserved;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reserved_today(app).await
+}
+
+/// Makes the database refuse ledger rows with this outcome, as a full disk
+/// or a broken connection would.
+async fn refuse_ledger_rows(app: &TestApp, outcome: &str) {
+    let pool = app.app.store.pool();
+    match app.app.store.backend() {
+        Backend::Sqlite => {
+            let sql = format!(
+                "CREATE TRIGGER refuse_rows BEFORE INSERT ON cost_ledger WHEN NEW.outcome = '{outcome}'
+                 BEGIN SELECT RAISE(ABORT, 'the ledger refuses'); END"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        Backend::Postgres => {
+            let function = format!(
+                "CREATE FUNCTION refuse_rows() RETURNS trigger AS $$
+                 BEGIN IF NEW.outcome = '{outcome}' THEN RAISE EXCEPTION 'the ledger refuses'; END IF;
+                 RETURN NEW; END $$ LANGUAGE plpgsql"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(function))
+                .execute(pool)
+                .await
+                .unwrap();
+            sqlx::query(
+                "CREATE TRIGGER refuse_rows BEFORE INSERT ON cost_ledger
+                 FOR EACH ROW EXECUTE FUNCTION refuse_rows()",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+async fn a_reservation_is_released_when_a_failed_attempts_ledger_row_cannot_be_written(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.llm
+        .always(Behavior::Status(500, "upstream exploded".into()));
+    refuse_ledger_rows(&app, "http_500").await;
+
+    let error = app.app.engine.agents().complete(&fast_call()).await;
+
+    assert!(matches!(error, Err(ModelError::Ledger(_))), "{error:?}");
+    assert_eq!(reserved_today(&app).await, 0.0, "released at once");
+    let released = app.app.store.released_reservations_since(0).await.unwrap();
+    assert_eq!(released.abandoned, 1, "{released:?}");
+}
+
+async fn a_reservation_is_released_when_settling_fails_and_the_cost_is_still_charged(db: Db) {
+    let app = TestApp::spawn(db).await;
+    refuse_ledger_rows(&app, "ok").await;
+
+    let error = app.app.engine.agents().complete(&fast_call()).await;
+
+    assert!(matches!(error, Err(ModelError::Ledger(_))), "{error:?}");
+    let (today, _) = app.app.engine.agents().budget().status().await.unwrap();
+    assert_eq!(today.reserved_usd, 0.0, "{today:?}");
+    // gpt-4o-mini: 321 in at $0.15, 54 out at $0.60 per million.
+    let cost = (321.0 * 0.15 + 54.0 * 0.60) / 1e6;
+    assert!(
+        (today.spent_usd - cost).abs() < 1e-12,
+        "the money was spent even if its row is missing: {today:?}"
+    );
+}
+
+async fn a_call_dropped_mid_request_gives_its_reservation_back(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.llm.always(Behavior::Hang(Duration::from_secs(30)));
+    let agents = app.app.engine.agents().clone();
+    let call = tokio::spawn(async move { agents.complete(&fast_call()).await });
+    for _ in 0..250 {
+        if app.llm.calls() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.llm.calls(), 1, "the call is in flight");
+    assert!(reserved_today(&app).await > 0.0);
+
+    // Shutdown drops the call's future mid-request.
+    call.abort();
+    let _ = call.await;
+
+    assert_eq!(until_nothing_is_reserved(&app).await, 0.0);
+    let released = app.app.store.released_reservations_since(0).await.unwrap();
+    assert_eq!(released.abandoned, 1, "{released:?}");
+}
+
+/// When a step's commit is refused (its lease was lost), its transition,
+/// and the queued batch item with its reservation, are dropped.
+async fn a_batch_reservation_is_released_when_its_step_is_not_committed(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let agents = app.app.engine.agents();
+    let call = ModelCall {
+        label: CostLabel::Balanced,
+        ..fast_call()
+    };
+
+    let item = agents.queue_for_batch(&call, "write").await.unwrap();
+
+    let item = item.expect("the OpenAI provider has a batch API");
+    assert!(reserved_today(&app).await > 0.0);
+    drop(item);
+    assert_eq!(until_nothing_is_reserved(&app).await, 0.0);
+}
+
+async fn the_sweeper_releases_reservations_a_dead_process_left_and_cost_shows_them(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let agents = app.app.engine.agents();
+    let held = agents.budget().reserve(0.25).await.unwrap().unwrap();
+    // The process dies mid-call: nothing runs, not even a drop.
+    std::mem::forget(held);
+
+    let young = agents.sweep_reservations().await.unwrap();
+    assert!(
+        young.is_empty(),
+        "a call that may still run keeps its money"
+    );
+    assert_eq!(reserved_today(&app).await, 0.25);
+    let settings = agents.settings();
+    let slowest_tries = settings.timeout_secs * 3;
+    assert!(longest_call(settings) > Duration::from_secs(slowest_tries));
+
+    // Later than the longest call could take:
+    let swept = app.app.store.sweep_reservations(0).await.unwrap();
+
+    assert_eq!(swept.len(), 1);
+    assert_eq!(reserved_today(&app).await, 0.0);
+    assert!(
+        app.app
+            .store
+            .sweep_reservations(0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let report = texts(&app.say("/cost").await);
+    assert!(report.contains("1 swept ($0.2500)"), "{report}");
+}
+
+async fn an_unreachable_provider_with_credentials_in_its_url_never_shows_them(db: Db) {
+    // Nothing listens on port 9: the request fails before any reply. (reqwest
+    // moves `user:pass@` into a header; a key in the query stays in the URL
+    // its error quotes.)
+    let app = TestApp::spawn_with(db, |s| {
+        for provider in s.models.providers.values_mut() {
+            provider.base_url = "http://maya:hunter2secret@127.0.0.1:9/v1?key=hunter2secret".into();
+        }
+    })
+    .await;
+
+    let failure = texts(&app.say("/draft a post").await);
+
+    assert!(failure.contains("could not be reached"), "{failure}");
+    assert!(!failure.contains("hunter2secret"), "{failure}");
+    let run = app.app.store.recent_runs(1).await.unwrap().remove(0);
+    assert_eq!(run.status, RunStatus::Failed);
+    let journal = app.app.store.journal(run.id).await.unwrap();
+    let stored = serde_json::to_string(&journal).unwrap();
+    assert!(stored.contains("could not be reached"), "{stored}");
+    assert!(!stored.contains("hunter2secret"), "{stored}");
 }

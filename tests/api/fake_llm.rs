@@ -53,6 +53,11 @@ struct Shared {
     files: std::collections::HashMap<String, String>,
     /// Batches: id to output file id.
     batches: std::collections::HashMap<String, String>,
+    /// Each batch's metadata, in creation order (for `GET /batches`).
+    batch_metadata: Vec<(String, Value)>,
+    /// The next batch creation answers only after this pause (the batch
+    /// exists at once: a client that gives up meanwhile has still paid).
+    batch_reply_delay: Option<Duration>,
     /// Calls to the batch endpoints, in order ("POST /files", …).
     batch_calls: Vec<String>,
 }
@@ -77,7 +82,7 @@ impl FakeLlm {
             .route("/v1/messages", post(messages))
             .route("/v1/files", post(upload_file))
             .route("/v1/files/{id}/content", get(file_content))
-            .route("/v1/batches", post(create_batch))
+            .route("/v1/batches", post(create_batch).get(list_batches))
             .route("/v1/batches/{id}", get(batch_status))
             .route("/v1/models", get(models))
             .with_state(shared.clone());
@@ -110,6 +115,27 @@ impl FakeLlm {
     /// The batch API calls made so far, in order.
     pub fn batch_calls(&self) -> Vec<String> {
         self.shared.lock().unwrap().batch_calls.clone()
+    }
+
+    /// The `response_format` (structured output) the `n`th request asked
+    /// for, if any.
+    pub fn response_format(&self, n: usize) -> Option<Value> {
+        let requests = self.shared.lock().unwrap();
+        requests
+            .requests
+            .get(n)
+            .and_then(|r| r.get("response_format"))
+            .cloned()
+    }
+
+    /// The next batch creation is answered only after `pause`.
+    pub fn delay_next_batch_reply(&self, pause: Duration) {
+        self.shared.lock().unwrap().batch_reply_delay = Some(pause);
+    }
+
+    /// How many batches were created (and paid for).
+    pub fn batches_created(&self) -> usize {
+        self.shared.lock().unwrap().batches.len()
     }
 
     pub fn calls(&self) -> usize {
@@ -303,15 +329,53 @@ async fn create_batch(
         };
         output.push(json!({"id": "batch_req", "custom_id": request["custom_id"], "response": response, "error": null}).to_string());
     }
-    let mut shared = shared.lock().unwrap();
-    let output_id = format!("file-{}", shared.files.len() + 1);
-    shared.files.insert(output_id.clone(), output.join("\n"));
-    let batch_id = format!("batch_{}", shared.batches.len() + 1);
-    shared.batches.insert(batch_id.clone(), output_id);
-    shared.batch_calls.push("POST /batches".into());
+    let (batch_id, delay) = {
+        let mut shared = shared.lock().unwrap();
+        let output_id = format!("file-{}", shared.files.len() + 1);
+        shared.files.insert(output_id.clone(), output.join("\n"));
+        let batch_id = format!("batch_{}", shared.batches.len() + 1);
+        shared.batches.insert(batch_id.clone(), output_id);
+        shared
+            .batch_metadata
+            .push((batch_id.clone(), body["metadata"].clone()));
+        shared.batch_calls.push("POST /batches".into());
+        (batch_id, shared.batch_reply_delay.take())
+    };
+    if let Some(pause) = delay {
+        tokio::time::sleep(pause).await;
+    }
     Json(
         json!({"id": batch_id, "object": "batch", "endpoint": body["endpoint"], "input_file_id": input_id, "status": "validating", "completion_window": "24h"}),
     )
+}
+
+/// `GET /v1/batches?limit&after`: newest first, with their metadata.
+async fn list_batches(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Json<Value> {
+    let mut shared = shared.lock().unwrap();
+    shared.batch_calls.push("GET /batches".into());
+    let limit: usize = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(20);
+    let newest_first: Vec<&(String, Value)> = shared.batch_metadata.iter().rev().collect();
+    let start = match query.get("after") {
+        Some(after) => newest_first
+            .iter()
+            .position(|(id, _)| id == after)
+            .map_or(newest_first.len(), |i| i + 1),
+        None => 0,
+    };
+    let page: Vec<Value> = newest_first
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|(id, metadata)| json!({"id": id, "object": "batch", "status": "in_progress", "metadata": metadata}))
+        .collect();
+    let has_more = start + page.len() < newest_first.len();
+    Json(json!({"object": "list", "data": page, "has_more": has_more}))
 }
 
 /// `GET /v1/batches/{id}`.

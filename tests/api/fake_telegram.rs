@@ -75,6 +75,8 @@ pub enum Failure {
     TooManyRequests(u32),
     /// 502 with an HTML page, as a proxy in front of Telegram gives.
     BadGateway,
+    /// A Bot API refusal: this status code and description.
+    Refused(u16, &'static str),
 }
 
 #[derive(Default)]
@@ -95,6 +97,8 @@ pub struct State {
     open_queries: HashSet<String>,
     pub chat_actions: Vec<(i64, String, Instant)>,
     pub commands: Vec<Value>,
+    /// The `scope` of each `setMyCommands` call (null: the default scope).
+    pub command_scopes: Vec<Value>,
     /// (url, secret) once setWebhook was called.
     pub webhook: Option<(String, String)>,
     /// HTTP statuses the webhook answered.
@@ -241,6 +245,11 @@ impl FakeTelegram {
     /// A user's text message in a private chat (chat id = user id).
     pub fn user_says(&self, user: i64, text: &str) -> i64 {
         self.inject("message", user_message(user, user, json!({"text": text})))
+    }
+
+    /// A user's text message in `chat` (a group when negative).
+    pub fn user_says_in(&self, chat: i64, user: i64, text: &str) -> i64 {
+        self.inject("message", user_message(chat, user, json!({"text": text})))
     }
 
     /// A user's message with extra fields (photo, caption, sticker, …).
@@ -488,6 +497,7 @@ async fn api(
     };
     match scripted {
         Some(Failure::TooManyRequests(secs)) => return too_many(secs),
+        Some(Failure::Refused(code, description)) => return error(code, description),
         Some(Failure::BadGateway) => {
             return (
                 StatusCode::BAD_GATEWAY,
@@ -572,6 +582,9 @@ fn call(state: &mut State, method: &str, params: &Params) -> Response {
                 return error(400, "Bad Request: BOT_COMMAND_INVALID");
             }
             state.commands = commands.as_array().cloned().unwrap_or_default();
+            state
+                .command_scopes
+                .push(params.json("scope").unwrap_or(Value::Null));
             ok(json!(true))
         }
         "deletewebhook" => {

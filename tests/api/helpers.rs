@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use soloist::app::App;
 use soloist::config::{LoadOptions, Secret, Settings};
-use soloist::domain::{Button, ChatRef, Inbound, InboundContent, Outbound, Platform};
+use soloist::domain::{
+    Button, ChatKind, ChatRef, Inbound, InboundContent, Origin, Outbound, Platform,
+};
 use soloist::store::Store;
 
 use crate::fake_llm::FakeLlm;
@@ -126,7 +128,7 @@ impl TestApp {
         let llm = FakeLlm::start().await;
         let db = TestDb::create(db).await;
         let mut settings = test_settings(Some(&llm.base_url));
-        settings.database.url = db.url.clone();
+        settings.database.url = Secret::new(db.url.clone());
         adjust(&mut settings);
         let home = tempfile::tempdir().unwrap();
         let app = App::build(settings, home.path())
@@ -146,7 +148,7 @@ impl TestApp {
     /// beside the first).
     pub async fn restart(&self, adjust: impl FnOnce(&mut Settings)) -> App {
         let mut settings = test_settings(Some(&self.llm.base_url));
-        settings.database.url = self.db.url.clone();
+        settings.database.url = Secret::new(self.db.url.clone());
         adjust(&mut settings);
         App::build(settings, self.home.path())
             .await
@@ -172,6 +174,8 @@ impl TestApp {
             user_name: "Maya".into(),
             message_id: None,
             content,
+            chat_kind: ChatKind::Private,
+            origin: Origin::Typed,
         }
     }
 

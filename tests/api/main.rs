@@ -18,5 +18,6 @@ mod memory;
 mod models;
 mod outbox;
 mod recovery;
+mod routing;
 mod store;
 mod telegram;

@@ -252,6 +252,18 @@ async fn a_draft_quotes_retrieved_knowledge_to_the_model_and_the_approval_cites_
         chunks[0]["why"].as_str().unwrap().contains("trilho"),
         "{chunks:?}"
     );
+
+    // /run shows what the retrieval used.
+    let report = texts(&app.say(&format!("/run {}", run.id.short())).await);
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("Retrieved: "))
+        .unwrap_or_else(|| panic!("no retrieval line in {report}"));
+    assert!(
+        line.starts_with(&format!("Retrieved: {} chunk", chunks.len()))
+            && line.contains("case_studies.md § Trilho Hostels"),
+        "{line}"
+    );
 }
 
 async fn a_rejection_reason_reaches_the_next_similar_draft_and_an_approval_becomes_an_example(
@@ -360,8 +372,10 @@ async fn a_working_memory_item_expires_and_the_purge_removes_it(db: Db) {
 
 async fn the_chat_window_holds_the_last_turns_within_its_token_bound(db: Db) {
     let app = TestApp::spawn(db).await;
+    // /runs answers in one short line; /help's list grows with the command
+    // table and alone outgrew this bound once.
     for n in 0..12 {
-        app.say(&format!("/help number {n} {}", "padding ".repeat(20)))
+        app.say(&format!("/runs number {n} {}", "padding ".repeat(20)))
             .await;
     }
     let memory = Memory::new(

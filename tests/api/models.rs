@@ -41,6 +41,7 @@ fn call(label: CostLabel, tier: Tier, temperature: Option<f64>) -> ModelCall {
         run_id: None,
         flow: Some("test".into()),
         step: Some("hello".into()),
+        reply_schema: None,
     }
 }
 

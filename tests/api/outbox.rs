@@ -1,15 +1,19 @@
 //! The platform-neutral outbox dispatcher, with a recording platform: order
-//! per chat, pacing, retry-after, retries and refusals.
+//! per chat, pacing, retry-after, retries without end, fairness across
+//! chats, recovery from panics and database errors, and split messages
+//! that survive a crash (through the fake Bot API).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use soloist::domain::{ChatRef, Outbound, Platform};
-use soloist::outbox::{Deliver, DeliveryError, Dispatcher, RateLimits};
+use soloist::adapters::telegram::{Redactor, TEXT_LIMIT, TelegramOutbox, split_text};
+use soloist::domain::{ApprovalId, ApprovalRole, ChatRef, Outbound, Platform};
+use soloist::outbox::{Deliver, DeliveryError, Dispatcher, Progress, RateLimits, RetryPolicy};
 use soloist::store::{OutboxMessage, Store};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::fake_telegram::FakeTelegram;
 use crate::helpers::{Db, TestDb};
 use crate::on_both_backends;
 
@@ -17,13 +21,55 @@ on_both_backends!(
     each_chat_gets_its_messages_in_order_and_once,
     retry_after_holds_the_chat_back_and_loses_nothing,
     a_permanent_refusal_fails_the_row_and_the_chat_moves_on,
+    a_refused_approval_offer_is_shown_by_the_doctor,
+    an_approval_offer_outlasts_more_than_eight_transient_failures_and_is_delivered,
+    a_message_failing_for_long_is_reported_once_and_counted_for_the_doctor,
+    a_chat_with_thousands_pending_does_not_delay_another_chats_single_message,
+    a_delivery_that_panics_once_frees_its_chat_and_the_next_message_goes,
+    a_database_error_does_not_stop_the_dispatcher,
+    a_crash_after_part_one_of_three_sends_only_parts_two_and_three,
 );
+
+/// What the recording platform does with a message the next time it
+/// comes.
+enum Act {
+    Fail(DeliveryError),
+    Panic,
+}
 
 /// A platform that records what it was given and answers from a script.
 #[derive(Default)]
 struct Recorder {
     sent: Mutex<Vec<(String, String, Instant)>>,
-    script: Mutex<Vec<(String, DeliveryError)>>,
+    script: Mutex<Vec<(String, Act)>>,
+    /// Each delivery takes this long (a real platform's round trip).
+    latency: Duration,
+}
+
+impl Recorder {
+    fn with_latency(latency: Duration) -> Self {
+        Recorder {
+            latency,
+            ..Recorder::default()
+        }
+    }
+
+    fn script(&self, text: &str, act: Act) {
+        self.script.lock().unwrap().push((text.into(), act));
+    }
+
+    fn fail(&self, text: &str, error: DeliveryError) {
+        self.script(text, Act::Fail(error));
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, t, _)| t.clone())
+            .collect()
+    }
 }
 
 #[async_trait::async_trait]
@@ -36,7 +82,11 @@ impl Deliver for Recorder {
         &self,
         message: &OutboxMessage,
         _offers: &[String],
+        _progress: &Progress,
     ) -> Result<Option<String>, DeliveryError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         let scripted = {
             let mut script = self.script.lock().unwrap();
             let position = script
@@ -44,8 +94,10 @@ impl Deliver for Recorder {
                 .position(|(text, _)| *text == message.message.text);
             position.map(|i| script.remove(i).1)
         };
-        if let Some(error) = scripted {
-            return Err(error);
+        match scripted {
+            Some(Act::Fail(error)) => return Err(error),
+            Some(Act::Panic) => panic!("a bug in the platform adapter"),
+            None => {}
         }
         self.sent.lock().unwrap().push((
             message.chat.chat_id.clone(),
@@ -60,7 +112,13 @@ const FAST: RateLimits = RateLimits {
     per_chat_interval: Duration::from_millis(30),
     global_per_second: 1000,
     group_per_minute: 1000,
-    max_attempts: 3,
+};
+
+/// Retries in milliseconds, so a long outage fits in a test.
+const QUICK_RETRY: RetryPolicy = RetryPolicy {
+    first: Duration::from_millis(5),
+    max: Duration::from_millis(20),
+    report_after: Duration::from_millis(60),
 };
 
 async fn queue(store: &Store, chat: &str, texts: &[&str]) {
@@ -75,23 +133,55 @@ async fn queue(store: &Store, chat: &str, texts: &[&str]) {
     }
 }
 
-/// Runs the dispatcher until the outbox is empty (or 10 s pass).
-async fn deliver_all(store: &Store, recorder: Arc<Recorder>) {
-    let shutdown = CancellationToken::new();
-    let dispatcher = Dispatcher::new(store.clone(), recorder, FAST);
-    let running = tokio::spawn(dispatcher.run(Duration::from_millis(20), shutdown.clone()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !store
+/// A running dispatcher, stopped by `stop`.
+struct Running {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start<D: Deliver>(dispatcher: Dispatcher<D>) -> Running {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(dispatcher.run(Duration::from_millis(20), shutdown.clone()));
+        Running { shutdown, task }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+async fn pending(store: &Store) -> usize {
+    store
         .pending_outbox(Platform::Telegram, 1)
         .await
         .unwrap()
-        .is_empty()
-    {
+        .len()
+}
+
+/// Waits until the outbox holds nothing pending (panics after `secs`).
+async fn drained(store: &Store, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while pending(store).await > 0 {
         assert!(Instant::now() < deadline, "outbox not drained");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+}
+
+/// Runs the dispatcher until the outbox is empty (or 10 s pass).
+async fn deliver_all(store: &Store, recorder: Arc<Recorder>) {
+    let dispatcher = Dispatcher::new(store.clone(), recorder, FAST).with_retry(QUICK_RETRY);
+    let running = Running::start(dispatcher);
+    drained(store, 10).await;
+    running.stop().await;
+}
+
+async fn scalar(store: &Store, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
 }
 
 async fn each_chat_gets_its_messages_in_order_and_once(db: Db) {
@@ -124,6 +214,15 @@ async fn each_chat_gets_its_messages_in_order_and_once(db: Db) {
             "per-chat pacing"
         );
     }
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM outbox WHERE status = 'delivered' AND claim_token IS NULL"
+        )
+        .await,
+        6,
+        "each row marked delivered, its claim gone"
+    );
 }
 
 async fn retry_after_holds_the_chat_back_and_loses_nothing(db: Db) {
@@ -131,10 +230,10 @@ async fn retry_after_holds_the_chat_back_and_loses_nothing(db: Db) {
     let store = Store::open(&test_db.url, 4).await.unwrap();
     queue(&store, "a", &["first", "second"]).await;
     let recorder = Arc::new(Recorder::default());
-    recorder.script.lock().unwrap().push((
-        "first".into(),
+    recorder.fail(
+        "first",
         DeliveryError::RetryAfter(Duration::from_millis(300)),
-    ));
+    );
     let started = Instant::now();
 
     deliver_all(&store, recorder.clone()).await;
@@ -153,28 +252,295 @@ async fn a_permanent_refusal_fails_the_row_and_the_chat_moves_on(db: Db) {
     let store = Store::open(&test_db.url, 4).await.unwrap();
     queue(&store, "a", &["refused", "next"]).await;
     let recorder = Arc::new(Recorder::default());
-    recorder.script.lock().unwrap().push((
-        "refused".into(),
-        DeliveryError::Permanent("chat not found".into()),
-    ));
-    recorder.script.lock().unwrap().push((
-        "next".into(),
-        DeliveryError::Transient("connection reset".into()),
-    ));
+    recorder.fail("refused", DeliveryError::Permanent("chat not found".into()));
+    recorder.fail("next", DeliveryError::Transient("connection reset".into()));
 
     deliver_all(&store, recorder.clone()).await;
 
-    let texts: Vec<_> = recorder
+    assert_eq!(
+        recorder.texts(),
+        ["next"],
+        "the transient failure was retried"
+    );
+    let failed = scalar(&store, "SELECT COUNT(*) FROM outbox WHERE status = 'failed' AND last_error LIKE '%chat not found%'").await;
+    assert_eq!(failed, 1);
+}
+
+async fn a_refused_approval_offer_is_shown_by_the_doctor(db: Db) {
+    let test_db = TestDb::create(db).await;
+    let store = Store::open(&test_db.url, 4).await.unwrap();
+    let offer = Outbound::text("Approve?").linked_to(ApprovalId::new(), ApprovalRole::Offer);
+    store
+        .enqueue(&ChatRef::new(Platform::Telegram, "gone"), &offer)
+        .await
+        .unwrap();
+    assert_eq!(soloist::outbox::trouble(&store).await.unwrap(), None);
+    let recorder = Arc::new(Recorder::default());
+    recorder.fail(
+        "Approve?",
+        DeliveryError::Permanent("chat not found".into()),
+    );
+
+    deliver_all(&store, recorder).await;
+
+    let said = soloist::outbox::trouble(&store).await.unwrap().unwrap();
+    assert!(said.contains("1 approval offer(s)"), "{said}");
+}
+
+/// Item 3: the old dispatcher gave up after 8 attempts (about 32 s).
+async fn an_approval_offer_outlasts_more_than_eight_transient_failures_and_is_delivered(db: Db) {
+    let test_db = TestDb::create(db).await;
+    let store = Store::open(&test_db.url, 4).await.unwrap();
+    let offer =
+        Outbound::text("Approve this draft?").linked_to(ApprovalId::new(), ApprovalRole::Offer);
+    store
+        .enqueue(&ChatRef::new(Platform::Telegram, "owner"), &offer)
+        .await
+        .unwrap();
+    let recorder = Arc::new(Recorder::default());
+    for _ in 0..12 {
+        recorder.fail(
+            "Approve this draft?",
+            DeliveryError::Transient("connection refused".into()),
+        );
+    }
+
+    deliver_all(&store, recorder.clone()).await;
+
+    assert_eq!(recorder.texts(), ["Approve this draft?"]);
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM outbox WHERE status = 'delivered' AND attempts = 12"
+        )
+        .await,
+        1,
+        "twelve failed attempts, then delivered"
+    );
+}
+
+async fn a_message_failing_for_long_is_reported_once_and_counted_for_the_doctor(db: Db) {
+    let test_db = TestDb::create(db).await;
+    let store = Store::open(&test_db.url, 4).await.unwrap();
+    queue(&store, "owner", &["decision"]).await;
+    let recorder = Arc::new(Recorder::default());
+    for _ in 0..10_000 {
+        recorder.fail("decision", DeliveryError::Transient("HTTP 502".into()));
+    }
+    let dispatcher = Dispatcher::new(store.clone(), recorder.clone(), FAST).with_retry(QUICK_RETRY);
+    let running = Running::start(dispatcher);
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    running.stop().await;
+
+    assert_eq!(pending(&store).await, 1, "never given up");
+    let reported = scalar(
+        &store,
+        "SELECT COUNT(*) FROM outbox WHERE reported_at IS NOT NULL",
+    )
+    .await;
+    assert_eq!(reported, 1);
+    let trouble = store
+        .outbox_trouble(soloist::store::now_ms() - 60, 0)
+        .await
+        .unwrap();
+    assert_eq!(trouble.failing, 1, "soloist doctor sees it");
+    assert!(
+        scalar(&store, "SELECT MAX(attempts) FROM outbox").await > 8,
+        "still retrying past the old limit"
+    );
+}
+
+/// Item 4: the old dispatcher read only the 1,000 oldest pending rows.
+async fn a_chat_with_thousands_pending_does_not_delay_another_chats_single_message(db: Db) {
+    let test_db = TestDb::create(db).await;
+    let store = Store::open(&test_db.url, 4).await.unwrap();
+    let payload = serde_json::to_string(&Outbound::text("noise")).unwrap();
+    let mut tx = store.pool().begin().await.unwrap();
+    for _ in 0..3000 {
+        sqlx::query(
+            "INSERT INTO outbox (platform, chat_id, payload, status, created_at)
+             VALUES ('telegram', 'noisy', $1, 'pending', 0)",
+        )
+        .bind(&payload)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    queue(&store, "owner", &["your draft is ready"]).await;
+    let recorder = Arc::new(Recorder::with_latency(Duration::from_millis(2)));
+    let started = Instant::now();
+    let running = Running::start(Dispatcher::new(store.clone(), recorder.clone(), FAST));
+
+    let deadline = started + Duration::from_secs(5);
+    let owner_at = loop {
+        let found = recorder
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(chat, _, _)| chat == "owner")
+            .map(|(_, _, at)| *at);
+        if let Some(at) = found {
+            break at;
+        }
+        assert!(Instant::now() < deadline, "the owner's message never went");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    running.stop().await;
+
+    assert!(
+        owner_at - started < Duration::from_millis(1500),
+        "the owner waited {:?}",
+        owner_at - started
+    );
+    let noisy_before = recorder
         .sent
         .lock()
         .unwrap()
         .iter()
-        .map(|(_, t, _)| t.clone())
-        .collect();
-    assert_eq!(texts, ["next"], "the transient failure was retried");
-    let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'failed' AND last_error LIKE '%chat not found%'")
-        .fetch_one(store.pool())
+        .filter(|(chat, _, at)| chat == "noisy" && *at < owner_at)
+        .count();
+    assert!(
+        noisy_before <= 2,
+        "{noisy_before} noisy messages went first"
+    );
+}
+
+/// Item 5: a panicking delivery used to leave its chat in flight for good.
+async fn a_delivery_that_panics_once_frees_its_chat_and_the_next_message_goes(db: Db) {
+    let test_db = TestDb::create(db).await;
+    let store = Store::open(&test_db.url, 4).await.unwrap();
+    queue(&store, "a", &["boom", "after"]).await;
+    let recorder = Arc::new(Recorder::default());
+    recorder.script("boom", Act::Panic);
+
+    deliver_all(&store, recorder.clone()).await;
+
+    assert_eq!(
+        recorder.texts(),
+        ["boom", "after"],
+        "retried, then the next"
+    );
+}
+
+/// Item 5: a database error used to end the dispatcher (and the process).
+async fn a_database_error_does_not_stop_the_dispatcher(db: Db) {
+    let test_db = TestDb::create(db).await;
+    let store = Store::open(&test_db.url, 4).await.unwrap();
+    queue(&store, "a", &["sent once the database is back"]).await;
+    sqlx::query("ALTER TABLE outbox RENAME TO outbox_away")
+        .execute(store.pool())
         .await
         .unwrap();
-    assert_eq!(failed, 1);
+    let recorder = Arc::new(Recorder::default());
+    let running = Running::start(Dispatcher::new(store.clone(), recorder.clone(), FAST));
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!running.task.is_finished(), "the dispatcher kept running");
+    sqlx::query("ALTER TABLE outbox_away RENAME TO outbox")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    drained(&store, 10).await;
+    running.stop().await;
+
+    assert_eq!(recorder.texts(), ["sent once the database is back"]);
+}
+
+/// Item 7: parts already sent were remembered only in memory.
+async fn a_crash_after_part_one_of_three_sends_only_parts_two_and_three(db: Db) {
+    let test_db = TestDb::create(db).await;
+    let store = Store::open(&test_db.url, 4).await.unwrap();
+    let tg = FakeTelegram::start().await;
+    let paragraphs: Vec<String> = ["alpha", "bravo", "charlie"]
+        .iter()
+        .map(|word| format!("{word} ").repeat(400).trim_end().to_string())
+        .collect();
+    let text = paragraphs.join("\n\n");
+    assert_eq!(
+        split_text(&text, TEXT_LIMIT).unwrap().len(),
+        3,
+        "three parts"
+    );
+    store
+        .enqueue(
+            &ChatRef::new(Platform::Telegram, "4242"),
+            &Outbound::text(text),
+        )
+        .await
+        .unwrap();
+    let outbox = |part_gap: Duration| {
+        let bot = teloxide::Bot::new(&tg.token).set_api_url(url::Url::parse(&tg.api_url).unwrap());
+        Arc::new(TelegramOutbox::new(
+            bot,
+            store.clone(),
+            Redactor::new(&tg.token),
+            part_gap,
+        ))
+    };
+    // The first process sends part 1, then dies in the pause before part 2.
+    let first = Dispatcher::new(
+        store.clone(),
+        outbox(Duration::from_secs(2)),
+        RateLimits::unlimited(),
+    )
+    .with_lease(Duration::from_millis(300));
+    let crashed = tokio::spawn(first.run(Duration::from_millis(20), CancellationToken::new()));
+    tg.wait_for(10, "part 1", |s| (!s.sent.is_empty()).then_some(()))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    crashed.abort();
+    let _ = crashed.await;
+
+    let second = Dispatcher::new(
+        store.clone(),
+        outbox(Duration::ZERO),
+        RateLimits::unlimited(),
+    )
+    .with_lease(Duration::from_millis(300));
+    let running = Running::start(second);
+    drained(&store, 10).await;
+    running.stop().await;
+
+    let sent: Vec<String> = tg.inspect(|s| s.sent.iter().filter_map(|m| m.text.clone()).collect());
+    assert_eq!(sent, paragraphs, "each part once, in order");
+}
+
+/// Issue 9's shape: two dispatchers on one PostgreSQL never send a row
+/// twice, and each chat's order holds across them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_on_one_database_send_each_row_once_in_order() {
+    let test_db = TestDb::create(Db::Postgres).await;
+    let store = Store::open(&test_db.url, 8).await.unwrap();
+    for n in 0..20 {
+        for chat in ["a", "b", "c"] {
+            queue(&store, chat, &[&format!("{chat}{n:02}")]).await;
+        }
+    }
+    let recorder = Arc::new(Recorder::with_latency(Duration::from_millis(3)));
+    let one = Running::start(Dispatcher::new(
+        store.clone(),
+        recorder.clone(),
+        RateLimits::unlimited(),
+    ));
+    let two = Running::start(Dispatcher::new(
+        store.clone(),
+        recorder.clone(),
+        RateLimits::unlimited(),
+    ));
+
+    drained(&store, 20).await;
+    one.stop().await;
+    two.stop().await;
+
+    let texts = recorder.texts();
+    assert_eq!(texts.len(), 60, "each row once");
+    for chat in ["a", "b", "c"] {
+        let of_chat: Vec<&String> = texts.iter().filter(|t| t.starts_with(chat)).collect();
+        let mut sorted = of_chat.clone();
+        sorted.sort();
+        assert_eq!(of_chat, sorted, "chat {chat} in order");
+    }
 }

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use soloist::domain::{ChatRef, Platform, RunStatus};
-use soloist::engine::{StartRun, StepOutcome, render_replay};
+use soloist::domain::{ChatRef, JournalEvent, Platform, RunStatus};
+use soloist::engine::{Actor, StartRun, StepOutcome, render_replay};
 
+use crate::fake_llm::{Behavior, DEFAULT_DRAFT};
 use crate::helpers::{Db, TestApp, button, drain, texts};
 use crate::on_both_backends;
 
@@ -15,6 +16,9 @@ on_both_backends!(
     a_decision_made_before_a_restart_is_acted_on_after_it,
     replay_rebuilds_the_same_state_as_the_run_row,
     a_run_that_cannot_resume_does_not_hold_up_the_others,
+    a_step_slower_than_its_lease_keeps_its_run_and_is_paid_for_once,
+    a_commit_under_a_claim_that_lapsed_and_was_taken_over_is_refused,
+    a_drive_and_a_resume_of_one_run_make_one_model_call,
 );
 
 fn start(request: &str, key: &str) -> StartRun {
@@ -35,8 +39,13 @@ async fn a_run_interrupted_after_the_model_step_resumes_without_calling_the_mode
         .start(start("a post", "crash-1"))
         .await
         .unwrap();
-    // brief, recall, write: the model step is the third.
-    for _ in 0..3 {
+    // brief, recall, write: the model step is the third. Each claim is
+    // exclusive, the same engine's too: the next step waits for the kept
+    // lease to lapse.
+    for step in 0..3 {
+        if step > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         assert_eq!(
             app.app.engine.try_execute_step(run).await.unwrap(),
             StepOutcome::Executed(RunStatus::Runnable)
@@ -93,10 +102,14 @@ async fn a_decision_made_before_a_restart_is_acted_on_after_it(db: Db) {
     let app = TestApp::spawn(db).await;
     let draft = app.say("/draft a post").await;
     // The press is recorded, but the process dies before driving the run.
+    let maya = Actor {
+        name: "Maya",
+        user_id: "owner",
+    };
     let decided = app
         .app
-        .store
-        .decide(&button(&draft, "Approve").token, "Maya")
+        .engine
+        .decide(&button(&draft, "Approve").token, maya)
         .await
         .unwrap();
 
@@ -156,4 +169,105 @@ async fn a_run_that_cannot_resume_does_not_hold_up_the_others(db: Db) {
     assert_eq!(resumed, vec![broken, good]);
     let status = app.app.store.run(good).await.unwrap().unwrap().status;
     assert_eq!(status, RunStatus::WaitingApproval);
+}
+
+fn slow(millis: u64, text: &str) -> Behavior {
+    Behavior::Delayed(
+        Duration::from_millis(millis),
+        Box::new(Behavior::reply(text)),
+    )
+}
+
+async fn a_step_slower_than_its_lease_keeps_its_run_and_is_paid_for_once(db: Db) {
+    let short_lease = |s: &mut soloist::config::Settings| {
+        s.engine.lease_secs = 0.6;
+        s.engine.heartbeat_secs = 0.1;
+    };
+    let app = TestApp::spawn_with(db, short_lease).await;
+    app.llm.then(slow(1500, DEFAULT_DRAFT));
+    let run = app
+        .app
+        .engine
+        .start(start("a post", "slow-1"))
+        .await
+        .unwrap();
+    let engine = app.app.engine.clone();
+    let driving = tokio::spawn(async move { engine.drive(run).await });
+
+    // Well past one lease, while the model call is still running.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let other_worker = app.restart(short_lease).await;
+    let taken = other_worker.engine.resume_runnable().await.unwrap();
+
+    assert!(taken.is_empty(), "a live worker's run was taken: {taken:?}");
+    assert_eq!(
+        driving.await.unwrap().unwrap(),
+        Some(RunStatus::WaitingApproval)
+    );
+    assert_eq!(app.llm.calls(), 1, "the step was paid for twice");
+}
+
+async fn a_commit_under_a_claim_that_lapsed_and_was_taken_over_is_refused(db: Db) {
+    // No renewal within the test: the first claim lapses mid-call.
+    let app = TestApp::spawn_with(db, |s| {
+        s.engine.lease_secs = 0.3;
+        s.engine.heartbeat_secs = 100.0;
+    })
+    .await;
+    app.llm
+        .then(slow(800, "The superseded draft."))
+        .then(slow(1500, "The draft of the current claim."));
+    let run = app
+        .app
+        .engine
+        .start(start("a post", "fence-1"))
+        .await
+        .unwrap();
+    let engine = app.app.engine.clone();
+    let first = tokio::spawn(async move { engine.drive(run).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The same process's resume worker takes the lapsed run over; the first
+    // claim's call returns (and tries to commit) while the second's runs.
+    let resumed = app.app.engine.resume_runnable().await.unwrap();
+    first.await.unwrap().unwrap();
+
+    assert_eq!(resumed, vec![run]);
+    let journal = app.app.store.journal(run).await.unwrap();
+    let drafts: Vec<String> = journal
+        .iter()
+        .filter_map(|e| match e {
+            JournalEvent::StepCompleted { step, output } if step == "write" => {
+                Some(output["text"].as_str().unwrap_or_default().to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(drafts, ["The draft of the current claim."]);
+    assert_eq!(app.count("approvals").await, 1);
+    let offers = texts(&drain(&app.app.store).await);
+    assert!(!offers.contains("superseded"), "{offers}");
+}
+
+async fn a_drive_and_a_resume_of_one_run_make_one_model_call(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.llm.always(slow(500, DEFAULT_DRAFT));
+    let run = app
+        .app
+        .engine
+        .start(start("a post", "burst-1"))
+        .await
+        .unwrap();
+    let engine = &app.app.engine;
+
+    // The resume worker picks the new run up; the controller's drive of the
+    // same run comes a moment later, in the same process.
+    let (resumed, driven) = tokio::join!(engine.resume_runnable(), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        engine.drive(run).await
+    });
+
+    assert_eq!(app.llm.calls(), 1, "one step, one model call");
+    assert_eq!(resumed.unwrap(), vec![run]);
+    assert_eq!(driven.unwrap(), None, "the second claim must be refused");
 }

@@ -1,7 +1,7 @@
 //! Store conformance: the same behaviour on PostgreSQL and SQLite.
 
 use soloist::domain::{
-    ChatRef, Inbound, InboundContent, JournalEvent, Outbound, Platform, RunInput,
+    ChatKind, ChatRef, Inbound, InboundContent, JournalEvent, Origin, Outbound, Platform, RunInput,
 };
 use soloist::store::{InboundRecord, LedgerEntry, NewRun, Store};
 
@@ -63,6 +63,8 @@ async fn an_update_is_fresh_then_unfinished_then_duplicate(db: Db) {
         user_name: "Maya".into(),
         message_id: Some("5".into()),
         content: InboundContent::Text("hello".into()),
+        chat_kind: ChatKind::Private,
+        origin: Origin::Typed,
     };
 
     assert_eq!(

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use soloist::adapters::platform_services;
 use soloist::app::App;
 use soloist::config::{Secret, Settings, TelegramMode};
 use soloist::controller::{NOT_OPEN, REFUSED};
 use soloist::domain::{ChatRef, Image, Outbound, Platform};
+use soloist::runtime::platform_services;
 use soloist::runtime::{self, RuntimeError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,52 @@ on_both_backends!(
     webhook_mode_takes_updates_only_with_the_secret_and_records_them,
     a_chart_goes_as_a_photo_with_its_caption,
     typing_shows_while_the_model_works,
+    typing_shows_for_the_owner_who_is_not_in_the_allowed_list,
+    a_failed_update_is_tried_again_and_answered_once_the_store_recovers,
+    an_update_that_keeps_failing_is_marked_failed_and_the_sender_told,
+    in_a_group_not_listed_the_owner_is_not_served_and_reports_stay_private,
+    a_strangers_words_are_kept_only_as_length_and_hash_and_not_answered_in_a_group,
+    raw_payloads_are_emptied_after_the_retention_period,
+    a_refused_get_me_stops_soloist_run_with_an_error,
 );
+
+const GROUP: i64 = -100_200;
+const CLOSED_GROUP: i64 = -100_300;
+
+/// Makes every insert into `table` fail (a store that refuses work),
+/// until [`allow_inserts`].
+pub async fn refuse_inserts(store: &soloist::store::Store, db: Db, table: &str) {
+    let statements = match db {
+        Db::Sqlite => vec![format!(
+            "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )],
+        Db::Postgres => vec![
+            format!(
+                "CREATE FUNCTION refuse_{table}() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql"
+            ),
+            format!(
+                "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_{table}()"
+            ),
+        ],
+    };
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+}
+
+pub async fn allow_inserts(store: &soloist::store::Store, db: Db, table: &str) {
+    let statement = match db {
+        Db::Sqlite => format!("DROP TRIGGER refuse_{table}"),
+        Db::Postgres => format!("DROP TRIGGER refuse_{table} ON {table}"),
+    };
+    sqlx::query(sqlx::AssertSqlSafe(statement))
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
 
 /// A soloist running its Telegram service against a fake Bot API.
 struct Bot {
@@ -184,6 +229,7 @@ async fn a_draft_is_offered_with_buttons_and_approving_edits_the_offer_in_place(
             "memory",
             "forget",
             "sources",
+            "forget_person",
             "help"
         ]
     );
@@ -442,7 +488,16 @@ async fn every_hostile_line_reaches_the_operator_exactly_as_meant(db: Db) {
             .map(Sent::visible)
             .collect::<Vec<_>>()
     });
-    assert_eq!(files.len(), 2, "the 20,000 x and the 5,000 a drafts");
+    // A file only for the drafts holding a word no message can hold.
+    let unsplittable = meant
+        .iter()
+        .filter(|l| {
+            l.split_whitespace()
+                .any(|w| w.encode_utf16().count() > 4096)
+        })
+        .count();
+    assert!(unsplittable >= 1, "the fixtures have an over-long word");
+    assert_eq!(files.len(), unsplittable, "one file per unsplittable draft");
     assert!(
         files.iter().all(|f| f
             .split_whitespace()
@@ -617,4 +672,225 @@ async fn typing_shows_while_the_model_works(db: Db) {
     );
     assert!(typing[0].2 < reply.sent_at, "before the reply");
     assert_eq!(typing.len(), 1, "not for /help, which answers at once");
+}
+
+async fn typing_shows_for_the_owner_who_is_not_in_the_allowed_list(db: Db) {
+    let bot = Bot::start(db, |s| {
+        s.telegram.allowed_user_ids.clear();
+        s.owner.telegram_user_id = OWNER.to_string();
+    })
+    .await;
+    bot.test
+        .llm
+        .then(Behavior::Hang(Duration::from_millis(1500)));
+
+    bot.tg.user_says(OWNER, "/draft a slow post");
+    let reply = bot.nth_message(OWNER, 1).await;
+
+    let typing: Vec<_> = bot.tg.inspect(|s| s.chat_actions.clone());
+    assert!(!typing.is_empty(), "typing was shown to the owner");
+    assert!(typing[0].2 < reply.sent_at);
+}
+
+async fn a_failed_update_is_tried_again_and_answered_once_the_store_recovers(db: Db) {
+    let bot = Bot::start(db, |_| {}).await;
+    let store = bot.test.app.store.clone();
+    refuse_inserts(&store, db, "inbound_updates").await;
+
+    bot.tg.user_says(OWNER, "/help");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    allow_inserts(&store, db, "inbound_updates").await;
+    let reply = bot.nth_message(OWNER, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert!(
+        reply
+            .text
+            .unwrap()
+            .starts_with("I run your business workflows"),
+        "the update was handled, not reported as failed"
+    );
+    assert_eq!(bot.tg.inspect(|s| s.sent_to(OWNER).len()), 1);
+    assert_eq!(
+        bot.scalar("SELECT COUNT(*) FROM platform_updates WHERE handled_at IS NOT NULL AND failed_at IS NULL")
+            .await,
+        1
+    );
+}
+
+async fn an_update_that_keeps_failing_is_marked_failed_and_the_sender_told(db: Db) {
+    let bot = Bot::start(db, |_| {}).await;
+    let store = bot.test.app.store.clone();
+    refuse_inserts(&store, db, "inbound_updates").await;
+
+    bot.tg.user_says(OWNER, "/help");
+    let told = bot.nth_message(OWNER, 1).await;
+
+    let text = told.text.unwrap();
+    assert!(text.contains("set this message aside"), "{text}");
+    assert!(text.contains("Something went wrong on my side"), "{text}");
+    assert_eq!(
+        bot.scalar("SELECT COUNT(*) FROM platform_updates WHERE failed_at IS NOT NULL AND handled_at IS NULL AND attempts = 4")
+            .await,
+        1,
+        "recorded as failed after every attempt, not as handled"
+    );
+    assert_eq!(store.failed_updates(Platform::Telegram).await.unwrap(), 1);
+}
+
+async fn in_a_group_not_listed_the_owner_is_not_served_and_reports_stay_private(db: Db) {
+    let bot = Bot::start(db, |s| {
+        s.telegram.allowed_chat_ids = vec![GROUP.to_string()]
+    })
+    .await;
+
+    bot.tg
+        .user_says_in(CLOSED_GROUP, OWNER, "/draft a post for the team");
+    bot.tg.user_says_in(GROUP, OWNER, "/cost");
+    bot.tg.user_says_in(GROUP, OWNER, "/help");
+    bot.tg.user_says(OWNER, "/cost");
+    let cost_in_group = bot.nth_message(GROUP, 1).await;
+    let help_in_group = bot.nth_message(GROUP, 2).await;
+    let cost_in_private = bot.nth_message(OWNER, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert!(
+        cost_in_group
+            .text
+            .unwrap()
+            .contains("I answer it only in a private chat")
+    );
+    assert!(
+        help_in_group
+            .text
+            .unwrap()
+            .starts_with("I run your business workflows")
+    );
+    assert!(cost_in_private.text.unwrap().starts_with("Spend today"));
+    assert!(
+        bot.tg.inspect(|s| s.sent_to(CLOSED_GROUP).is_empty()),
+        "nothing is said in a group that is not listed"
+    );
+    assert_eq!(bot.test.llm.calls(), 0, "nothing was drafted there");
+    assert_eq!(bot.scalar("SELECT COUNT(*) FROM runs").await, 0);
+    let scopes = bot.tg.inspect(|s| s.command_scopes.clone());
+    assert_eq!(
+        scopes,
+        [
+            serde_json::json!({"type": "all_private_chats"}),
+            serde_json::json!({"type": "chat", "chat_id": GROUP}),
+        ],
+        "commands are offered only where the bot works"
+    );
+}
+
+async fn a_strangers_words_are_kept_only_as_length_and_hash_and_not_answered_in_a_group(db: Db) {
+    let bot = Bot::start(db, |s| {
+        s.telegram.allowed_chat_ids = vec![GROUP.to_string()]
+    })
+    .await;
+    let secret = "my card is 4111 1111 1111 1111, call me";
+
+    bot.tg.user_says(STRANGER, secret);
+    bot.tg.user_says_in(GROUP, STRANGER, secret);
+    let refusal = bot.nth_message(STRANGER, 1).await;
+    for _ in 0..100 {
+        if bot
+            .scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'refused'")
+            .await
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_eq!(refusal.text.as_deref(), Some(REFUSED));
+    assert!(
+        bot.tg.inspect(|s| s.sent_to(GROUP).is_empty()),
+        "no refusal in front of the group"
+    );
+    let pool = bot.test.app.store.pool();
+    for (table, column) in [
+        ("platform_updates", "payload"),
+        ("messages", "text"),
+        ("audit_log", "detail"),
+    ] {
+        let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {table} WHERE {column} LIKE '%4111%'"
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(found, 0, "the stranger's words are in {table}");
+    }
+    let details: Vec<String> =
+        sqlx::query_scalar("SELECT detail FROM audit_log WHERE action = 'refused'")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(details.len(), 2);
+    let length = secret.chars().count();
+    assert!(
+        details
+            .iter()
+            .all(|d| d.contains(&format!("{length} characters")) && d.contains("sha256")),
+        "{details:?}"
+    );
+}
+
+async fn raw_payloads_are_emptied_after_the_retention_period(db: Db) {
+    let mut bot = Bot::start(db, |_| {}).await;
+    bot.tg.user_says(OWNER, "/help");
+    bot.nth_message(OWNER, 1).await;
+    assert_eq!(
+        bot.scalar("SELECT COUNT(*) FROM platform_updates WHERE payload <> ''")
+            .await,
+        1
+    );
+
+    bot.stop().await;
+    bot.restart(|s| s.telegram.keep_payload_hours = 0).await;
+    let mut kept = 1;
+    for _ in 0..100 {
+        kept = bot
+            .scalar("SELECT COUNT(*) FROM platform_updates WHERE payload <> ''")
+            .await;
+        if kept == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert_eq!(kept, 0, "the payload is gone");
+    assert_eq!(
+        bot.scalar("SELECT COUNT(*) FROM platform_updates").await,
+        1,
+        "the row stays for the polling offset"
+    );
+}
+
+async fn a_refused_get_me_stops_soloist_run_with_an_error(db: Db) {
+    let tg = FakeTelegram::start().await;
+    tg.fail_next(
+        "getMe",
+        Failure::Refused(400, "Bad Request: bot was deactivated"),
+    );
+    let fake = tg.clone();
+    let test = TestApp::spawn_with(db, move |s| telegram_settings(s, &fake)).await;
+    let shutdown = CancellationToken::new();
+    let services = platform_services(&test.app, &shutdown);
+
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        runtime::run(test.app.clone(), services, shutdown),
+    )
+    .await
+    .expect("soloist run stops by itself");
+
+    let error = ended.expect_err("a refused start is an error, not a clean exit");
+    let sentence = error.to_string();
+    assert!(sentence.contains("Telegram refused getMe"), "{sentence}");
+    assert!(!sentence.contains(&tg.token), "{sentence}");
 }

@@ -7,10 +7,17 @@ use serenity::model::application::{CommandData, CommandDataOptionValue};
 
 use crate::controller::COMMANDS;
 
-/// The body of Discord's bulk overwrite: every command, usable in servers
-/// and in DMs with the bot; a command that takes something has one
-/// required text option named after it (`text`, `id`).
-pub fn definitions() -> Value {
+/// The body of Discord's bulk overwrite: every command, usable in DMs with
+/// the bot, and in servers only when `in_servers` (some guild channel is
+/// listed in `discord.allowed_channel_ids`); a command that takes something
+/// has one required text option named after it (`text`, `id`).
+pub fn definitions(in_servers: bool) -> Value {
+    // Discord's interaction contexts: 0 a guild, 1 the bot's DM.
+    let contexts = if in_servers {
+        json!([0, 1])
+    } else {
+        json!([1])
+    };
     let commands: Vec<Value> = COMMANDS
         .iter()
         .map(|(name, takes, description)| {
@@ -31,7 +38,7 @@ pub fn definitions() -> Value {
                 "description": sentence_case(description),
                 "type": 1,
                 "options": options,
-                "contexts": [0, 1],
+                "contexts": contexts,
             })
         })
         .collect();
@@ -70,8 +77,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn commands_are_offered_in_servers_only_when_a_channel_is_listed() {
+        let dm_only = definitions(false);
+        let everywhere = definitions(true);
+        assert!(
+            dm_only
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["contexts"] == json!([1]))
+        );
+        assert_eq!(everywhere[0]["contexts"], json!([0, 1]));
+    }
+
+    #[test]
     fn definitions_fit_discord_limits() {
-        for command in definitions().as_array().unwrap() {
+        for command in definitions(true).as_array().unwrap() {
             let name = command["name"].as_str().unwrap();
             assert!(name.len() <= 32 && name == name.to_lowercase());
             assert!(command["description"].as_str().unwrap().len() <= 100);
@@ -85,7 +106,7 @@ mod tests {
 
     #[test]
     fn commands_that_take_something_have_one_required_option() {
-        let definitions = definitions();
+        let definitions = definitions(true);
         let draft = definitions
             .as_array()
             .unwrap()

@@ -10,12 +10,13 @@ use super::interactions::{OpenInteractions, Route};
 use super::render::{closed_offer, render};
 use super::rest::{InteractionToken, Rest, RestError};
 use crate::domain::{Outbound, Platform};
-use crate::outbox::{Deliver, DeliveryError};
-use crate::store::OutboxMessage;
+use crate::outbox::{Deliver, DeliveryError, Progress};
+use crate::store::{OutboxMessage, Store};
 
 pub struct DiscordDelivery {
     rest: Arc<Rest>,
     open: Arc<OpenInteractions>,
+    store: Store,
 }
 
 #[async_trait::async_trait]
@@ -28,17 +29,34 @@ impl Deliver for DiscordDelivery {
         &self,
         message: &OutboxMessage,
         offer_ids: &[String],
+        _progress: &Progress,
     ) -> Result<Option<String>, DeliveryError> {
-        self.send(&message.chat.chat_id, &message.message, offer_ids)
-            .await
-            .map(Some)
-            .map_err(RestError::into_delivery)
+        // One Discord message per row (a long text is attached whole), so
+        // there are no parts to track.
+        // A run's message answers the update that started the run.
+        let started_by = match message.run_id {
+            Some(run) => self
+                .store
+                .run_origin(Platform::Discord, run)
+                .await
+                .map_err(|e| DeliveryError::Transient(e.to_string()))?,
+            None => None,
+        };
+        self.send(
+            &message.chat.chat_id,
+            &message.message,
+            started_by.as_deref(),
+            offer_ids,
+        )
+        .await
+        .map(Some)
+        .map_err(RestError::into_delivery)
     }
 }
 
 impl DiscordDelivery {
-    pub fn new(rest: Arc<Rest>, open: Arc<OpenInteractions>) -> Self {
-        DiscordDelivery { rest, open }
+    pub fn new(rest: Arc<Rest>, open: Arc<OpenInteractions>, store: Store) -> Self {
+        DiscordDelivery { rest, open, store }
     }
 
     /// Sends one message to `channel`; returns the id of the Discord
@@ -47,9 +65,13 @@ impl DiscordDelivery {
         &self,
         channel: &str,
         message: &Outbound,
+        started_by: Option<&str>,
         offer_ids: &[String],
     ) -> Result<String, RestError> {
-        match self.open.route(channel, message, !offer_ids.is_empty()) {
+        match self
+            .open
+            .route(channel, message, started_by, !offer_ids.is_empty())
+        {
             Route::Channel => self.post(channel, message).await,
             Route::CloseOffers => self.close_offers(channel, message, offer_ids).await,
             Route::Original { update_key, token } => {

@@ -1,39 +1,65 @@
-//! Gateway events into [`Inbound`]s. Slash commands are deferred and button
-//! presses acknowledged before anything else (Discord waits 3 s), then the
-//! controller handles the update: its replies reach the outbox, which
-//! answers the interaction (see [`super::interactions`]). Messages count in
-//! DMs, and in servers when they mention the bot.
+//! Gateway events into the front door's arrivals. Each is recorded first
+//! (so a crash after Discord was answered loses nothing), then a slash
+//! command is deferred or a press acknowledged (Discord waits 3 s), then
+//! the front door hands it to the controller in its channel's lane; its
+//! replies reach the outbox, which answers the interaction (see
+//! [`super::interactions`]). Messages count in DMs, and in servers when
+//! they mention the bot.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serenity::all::{
-    ChannelId, CommandInteraction, ComponentInteraction, Context, EventHandler, Interaction,
-    Message, Ready, ResumedEvent, User,
+    ChannelId, CommandInteraction, ComponentInteraction, Context, EventHandler, GuildId,
+    Interaction, Message, Ready, ResumedEvent, User,
 };
-use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::commands;
 use super::deliver::DiscordDelivery;
 use super::interactions::{Open, OpenInteractions, OpenKind};
 use super::rest::{self, InteractionToken, Rest, RestError};
-use crate::controller::Controller;
-use crate::domain::{ButtonToken, ChatRef, Inbound, InboundContent, Outbound, Platform};
+use crate::controller::{Controller, ControllerError, NOT_OPEN, Outcome};
+use crate::domain::{ButtonToken, ChatKind, ChatRef, Inbound, InboundContent, Outbound, Platform};
+use crate::frontdoor::{Arrival, FrontDoor, Side};
+
+/// What the front door does on Discord's side: nothing after handling
+/// (the outbox answers the interaction), and a failure said directly.
+pub struct DiscordSide {
+    pub delivery: Arc<DiscordDelivery>,
+}
+
+impl Side for DiscordSide {
+    type Extra = ();
+
+    fn platform(&self) -> Platform {
+        Platform::Discord
+    }
+
+    async fn answered(&self, _arrival: &Arrival<()>, _result: &Result<Outcome, ControllerError>) {}
+
+    /// Privately when an interaction allows, sent directly since the store
+    /// may be what failed.
+    async fn tell(&self, arrival: &Arrival<()>, text: &str) {
+        let inbound = &arrival.inbound;
+        let reply = Outbound::text(text).private_to(&inbound.update_key);
+        if let Err(error) = self
+            .delivery
+            .send(&inbound.chat.chat_id, &reply, None, &[])
+            .await
+        {
+            tracing::error!(%error, "could not tell the sender that handling failed");
+        }
+    }
+}
 
 pub struct Gateway {
+    pub door: Arc<FrontDoor<DiscordSide>>,
     pub controller: Controller,
     pub rest: Arc<Rest>,
-    pub delivery: Arc<DiscordDelivery>,
     pub open: Arc<OpenInteractions>,
-    /// Wakes the outbox dispatcher once an update's replies are queued.
-    pub wake: Arc<Notify>,
     /// The bot's own user id.
     pub bot_user_id: u64,
-    /// Updates handled at once. serenity starts a task per event; a flood
-    /// (a burst of commands, a spammer mentioning the bot) waits here,
-    /// already acknowledged, instead of all running and holding memory.
-    pub handling: Semaphore,
 }
 
 #[serenity::async_trait]
@@ -54,12 +80,15 @@ impl EventHandler for Gateway {
             message_id: Some(message.id.to_string()),
             ..inbound(
                 message.channel_id,
+                message.guild_id,
                 format!("message:{}", message.id),
                 &message.author,
                 InboundContent::Text(text),
             )
         };
-        self.handle(inbound).await;
+        if let Some(fresh) = self.record(message.id.get(), inbound).await {
+            self.door.queue(vec![fresh]).await;
+        }
     }
 
     async fn interaction_create(&self, _ctx: Context, interaction: Interaction) {
@@ -75,6 +104,7 @@ impl Gateway {
     async fn on_command(&self, command: CommandInteraction) {
         let inbound = inbound(
             command.channel_id,
+            command.guild_id,
             format!("interaction:{}", command.id),
             &command.user,
             InboundContent::Text(commands::as_text(&command.data)),
@@ -83,50 +113,92 @@ impl Gateway {
         // its deferral is already private.
         let ephemeral = !self.controller.is_allowed(&inbound);
         let token = InteractionToken(command.token);
+        let Some(fresh) = self.record(command.id.get(), inbound).await else {
+            return self.say_unrecorded(&command.id.to_string(), &token).await;
+        };
         self.acknowledge(
-            &inbound,
+            &fresh.inbound,
             &command.id.to_string(),
             token,
             OpenKind::Command { ephemeral },
         )
         .await;
-        self.handle(inbound).await;
+        self.door.queue(vec![fresh]).await;
     }
 
     async fn on_press(&self, press: ComponentInteraction) {
         let token = InteractionToken(press.token);
         let Ok(button) = ButtonToken::try_from(press.data.custom_id) else {
             // Not a token soloist could have made: answer at once.
-            let answer = serde_json::json!({
-                "type": 4,
-                "data": {"content": "This approval is no longer open.", "flags": rest::EPHEMERAL},
-            });
-            if let Err(error) = self
-                .rest
-                .respond(&press.id.to_string(), &token, answer)
-                .await
-            {
-                tracing::warn!(%error, "could not answer a press of an unknown button");
-            }
-            return;
+            return self
+                .answer_now(&press.id.to_string(), &token, NOT_OPEN)
+                .await;
         };
         let inbound = Inbound {
             message_id: Some(press.message.id.to_string()),
             ..inbound(
                 press.channel_id,
+                press.guild_id,
                 format!("interaction:{}", press.id),
                 &press.user,
                 InboundContent::Button(button),
             )
         };
-        self.acknowledge(&inbound, &press.id.to_string(), token, OpenKind::Press)
-            .await;
-        self.handle(inbound).await;
+        let Some(fresh) = self.record(press.id.get(), inbound).await else {
+            return self.say_unrecorded(&press.id.to_string(), &token).await;
+        };
+        self.acknowledge(
+            &fresh.inbound,
+            &press.id.to_string(),
+            token,
+            OpenKind::Press,
+        )
+        .await;
+        self.door.queue(vec![fresh]).await;
+    }
+
+    /// Records the update before Discord is answered. None when it was
+    /// recorded before (a replayed event: handled already or queued after
+    /// a restart) or could not be recorded (logged).
+    async fn record(&self, id: u64, inbound: Inbound) -> Option<Arrival<()>> {
+        let arrival = Arrival {
+            // Snowflakes fit in an i64 until the year 2084.
+            update_id: id as i64,
+            inbound,
+            extra: (),
+        };
+        match self.door.record(Platform::Discord, vec![arrival]).await {
+            Ok(mut fresh) => fresh.pop(),
+            Err(error) => {
+                tracing::error!(error = ?error, "could not record a Discord update");
+                None
+            }
+        }
+    }
+
+    /// An interaction that could not be recorded (or was seen before) is
+    /// not left "thinking…": a replayed one is already answered (this
+    /// fails quietly), a new one hears that nothing was done.
+    async fn say_unrecorded(&self, interaction_id: &str, token: &InteractionToken) {
+        let text = "I could not take that in right now (my database did not answer), so nothing was done. Send it again in a moment.";
+        self.answer_now(interaction_id, token, text).await;
+    }
+
+    /// Answers an interaction at once, privately.
+    async fn answer_now(&self, interaction_id: &str, token: &InteractionToken, text: &str) {
+        let answer = serde_json::json!({
+            "type": 4,
+            "data": {"content": text, "flags": rest::EPHEMERAL},
+        });
+        if let Err(error) = self.rest.respond(interaction_id, token, answer).await {
+            tracing::debug!(%error, "could not answer an interaction at once");
+        }
     }
 
     /// Answers Discord's 3-second deadline, and remembers the interaction
-    /// so the replies can answer it. A failed acknowledgement (already
-    /// answered: a replayed event) leaves replies to the channel.
+    /// (in memory and in the store) so the replies can answer it, after a
+    /// restart too. A failed acknowledgement (already answered: a replayed
+    /// event) leaves replies to the channel.
     async fn acknowledge(
         &self,
         inbound: &Inbound,
@@ -150,34 +222,17 @@ impl Gateway {
             answered = self.rest.respond(interaction_id, &token, callback).await;
         }
         match answered {
-            Ok(()) => self.open.open(
-                &inbound.chat.chat_id,
-                Open {
+            Ok(()) => {
+                let open = Open {
                     update_key: inbound.update_key.clone(),
                     token,
                     kind,
                     opened: Instant::now(),
-                },
-            ),
+                };
+                self.open.remember(&inbound.chat.chat_id, open).await;
+            }
             Err(error) => tracing::warn!(%error, "could not acknowledge an interaction"),
         }
-    }
-
-    /// Hands the update to the controller. A failure on our side reaches
-    /// the sender as a sentence (privately when an interaction allows),
-    /// sent directly since the store may be what failed.
-    async fn handle(&self, inbound: Inbound) {
-        let Ok(_slot) = self.handling.acquire().await else {
-            return;
-        };
-        if let Err(error) = self.controller.handle(&inbound).await {
-            tracing::error!(error = ?error, "handling a Discord update failed");
-            let reply = Outbound::text(error.user_message()).private_to(&inbound.update_key);
-            if let Err(error) = self.delivery.send(&inbound.chat.chat_id, &reply, &[]).await {
-                tracing::error!(%error, "could not tell the sender that handling failed");
-            }
-        }
-        self.wake.notify_one();
     }
 }
 
@@ -205,23 +260,31 @@ pub fn addressed_text(message: &Message, bot_user_id: u64) -> Option<String> {
     Some(text.trim().to_string())
 }
 
-/// An update from `user` in `channel`, under `update_key`.
+/// An update from `user` in `channel` (of `guild`, none for a DM), under
+/// `update_key`.
 fn inbound(
     channel: ChannelId,
+    guild: Option<GuildId>,
     update_key: String,
     user: &User,
     content: InboundContent,
 ) -> Inbound {
     Inbound {
-        chat: ChatRef::new(Platform::Discord, channel.to_string()),
-        update_key,
-        user_id: user.id.to_string(),
-        // The controller puts the owner's one name in its place.
-        user_name: user
-            .global_name
-            .clone()
-            .unwrap_or_else(|| user.name.clone()),
         message_id: None,
-        content,
+        chat_kind: if guild.is_some() {
+            ChatKind::Group
+        } else {
+            ChatKind::Private
+        },
+        ..Inbound::new(
+            ChatRef::new(Platform::Discord, channel.to_string()),
+            update_key,
+            user.id.to_string(),
+            // The controller puts the owner's one name in its place.
+            user.global_name
+                .clone()
+                .unwrap_or_else(|| user.name.clone()),
+            content,
+        )
     }
 }

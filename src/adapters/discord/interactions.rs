@@ -2,11 +2,18 @@
 //! outbox message goes because of them.
 //!
 //! A slash command is deferred as it arrives ("soloist is thinking…"); the
-//! next public message for its channel fills that response. A reply meant
+//! reply to that very command fills that response: a message the
+//! controller queued as its answer ([`Outbound::answers`]), or the first
+//! public message of the run it started. No other message does, so one
+//! person's "thinking…" never shows another person's answer. A reply meant
 //! for one person (a refusal, "no longer open") answers that person's own
 //! interaction as an ephemeral message. Everything else is an ordinary
 //! channel message. Discord accepts answers for 15 minutes; after that a
 //! channel message is all there is.
+//!
+//! Interactions are stored as they are acknowledged ([`Store`]), so after a
+//! restart a reply still fills its deferred response while the token is
+//! valid.
 //!
 //! The dispatcher keeps one delivery in flight per channel, so a channel's
 //! entries change one message at a time; an entry is removed only once its
@@ -19,7 +26,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::rest::InteractionToken;
-use crate::domain::{ApprovalRole, Outbound};
+use crate::domain::{ApprovalRole, Outbound, Platform};
+use crate::store::{PendingInteraction, Store, StoreError, now_ms};
 
 /// How long an interaction can be answered (Discord: 15 minutes), less a
 /// margin for the request in flight.
@@ -66,11 +74,48 @@ pub enum Route {
 #[derive(Debug, Default)]
 pub struct OpenInteractions {
     by_channel: Mutex<HashMap<String, Vec<Open>>>,
+    /// Where interactions are kept across a restart (none in unit tests).
+    store: Option<Store>,
 }
 
 impl OpenInteractions {
+    /// Interactions kept in `store`, with those still answerable loaded.
+    pub async fn durable(store: Store) -> Result<Self, StoreError> {
+        let since = now_ms() - ANSWERABLE_FOR.as_millis() as i64;
+        let pending = store.pending_interactions(Platform::Discord, since).await?;
+        let open = OpenInteractions {
+            by_channel: Mutex::default(),
+            store: Some(store),
+        };
+        for row in pending {
+            if let Some((channel, entry)) = from_row(row) {
+                open.open(&channel, entry);
+            }
+        }
+        Ok(open)
+    }
+
+    /// Opens an interaction and stores it; when storing fails it is still
+    /// answerable until a restart.
+    pub async fn remember(&self, channel: &str, entry: Open) {
+        if let Some(store) = &self.store {
+            let row = PendingInteraction {
+                platform: Platform::Discord,
+                update_key: entry.update_key.clone(),
+                channel_id: channel.to_string(),
+                token: entry.token.0.clone(),
+                kind: kind_name(entry.kind).to_string(),
+                opened_at_ms: now_ms(),
+            };
+            if let Err(error) = store.save_pending_interaction(&row).await {
+                tracing::warn!(error = ?error, "could not store a pending interaction; a restart forgets it");
+            }
+        }
+        self.open(channel, entry);
+    }
+
     pub fn open(&self, channel: &str, open: Open) {
-        let mut by_channel = self.by_channel.lock().unwrap();
+        let mut by_channel = self.by_channel();
         by_channel.retain(|_, list| {
             list.retain(|o| o.opened.elapsed() < ANSWERABLE_FOR);
             !list.is_empty()
@@ -83,28 +128,54 @@ impl OpenInteractions {
 
     /// Forgets an interaction once answered (or no longer answerable).
     pub fn close(&self, channel: &str, update_key: &str) {
-        let mut by_channel = self.by_channel.lock().unwrap();
-        if let Some(list) = by_channel.get_mut(channel) {
-            list.retain(|o| o.update_key != update_key);
-            if list.is_empty() {
-                by_channel.remove(channel);
+        {
+            let mut by_channel = self.by_channel();
+            if let Some(list) = by_channel.get_mut(channel) {
+                list.retain(|o| o.update_key != update_key);
+                if list.is_empty() {
+                    by_channel.remove(channel);
+                }
             }
         }
+        if let Some(store) = self.store.clone() {
+            let key = update_key.to_string();
+            // Off the delivery's path; a row left behind expires anyway.
+            tokio::spawn(async move {
+                if let Err(error) = store
+                    .forget_pending_interaction(Platform::Discord, &key)
+                    .await
+                {
+                    tracing::warn!(error = ?error, "could not forget an answered interaction");
+                }
+            });
+        }
+    }
+
+    fn by_channel(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Open>>> {
+        self.by_channel.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.by_channel.lock().unwrap().values().map(Vec::len).sum()
+        self.by_channel().values().map(Vec::len).sum()
     }
 
-    pub fn route(&self, channel: &str, message: &Outbound, has_offers: bool) -> Route {
+    /// Where `message` goes; `started_by` is the key of the update that
+    /// started the run the message comes from, if any.
+    pub fn route(
+        &self,
+        channel: &str,
+        message: &Outbound,
+        started_by: Option<&str>,
+        has_offers: bool,
+    ) -> Route {
         let closes = message
             .approval
             .is_some_and(|link| link.role == ApprovalRole::Closed);
         if closes && has_offers {
             return Route::CloseOffers;
         }
-        let by_channel = self.by_channel.lock().unwrap();
+        let by_channel = self.by_channel();
         let open: Vec<&Open> = by_channel
             .get(channel)
             .map(|list| {
@@ -135,13 +206,46 @@ impl OpenInteractions {
             },
             None => open
                 .iter()
-                .find(|o| o.kind == OpenKind::Command { ephemeral: false })
+                .find(|o| {
+                    let answered = message.answers.as_deref().or(started_by);
+                    o.kind == OpenKind::Command { ephemeral: false }
+                        && answered == Some(o.update_key.as_str())
+                })
                 .map_or(Route::Channel, |o| Route::Original {
                     update_key: o.update_key.clone(),
                     token: o.token.clone(),
                 }),
         }
     }
+}
+
+fn kind_name(kind: OpenKind) -> &'static str {
+    match kind {
+        OpenKind::Command { ephemeral: false } => "command",
+        OpenKind::Command { ephemeral: true } => "ephemeral_command",
+        OpenKind::Press => "press",
+    }
+}
+
+/// A stored interaction back in memory, aged as it was.
+fn from_row(row: PendingInteraction) -> Option<(String, Open)> {
+    let kind = match row.kind.as_str() {
+        "command" => OpenKind::Command { ephemeral: false },
+        "ephemeral_command" => OpenKind::Command { ephemeral: true },
+        "press" => OpenKind::Press,
+        _ => return None,
+    };
+    let age = Duration::from_millis(u64::try_from(now_ms() - row.opened_at_ms).unwrap_or(0));
+    let opened = Instant::now().checked_sub(age)?;
+    Some((
+        row.channel_id,
+        Open {
+            update_key: row.update_key,
+            token: InteractionToken(row.token),
+            kind,
+            opened,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -159,18 +263,41 @@ mod tests {
     }
 
     #[test]
-    fn a_public_reply_fills_the_oldest_public_deferred_command() {
+    fn a_public_reply_fills_the_deferred_command_it_answers() {
         let registry = OpenInteractions::default();
         registry.open("c", open("refused", OpenKind::Command { ephemeral: true }));
         registry.open("c", open("press", OpenKind::Press));
         registry.open("c", open("draft", OpenKind::Command { ephemeral: false }));
-        let route = registry.route("c", &Outbound::text("Draft…"), false);
+        let route = registry.route("c", &Outbound::text("Draft…"), Some("draft"), false);
         assert!(matches!(route, Route::Original { ref update_key, .. } if update_key == "draft"));
         registry.close("c", "draft");
         assert_eq!(
-            registry.route("c", &Outbound::text("more"), false),
+            registry.route("c", &Outbound::text("more"), Some("draft"), false),
             Route::Channel
         );
+    }
+
+    #[test]
+    fn a_public_message_never_fills_another_updates_deferred_response() {
+        let registry = OpenInteractions::default();
+        registry.open("c", open("theirs", OpenKind::Command { ephemeral: false }));
+        let mut mine = Outbound::text("Recent runs: …");
+        mine.answers = Some("mine".into());
+
+        assert_eq!(registry.route("c", &mine, None, false), Route::Channel);
+        assert_eq!(
+            registry.route("c", &Outbound::text("a run's news"), Some("other"), false),
+            Route::Channel
+        );
+        assert_eq!(
+            registry.route("c", &Outbound::text("unasked"), None, false),
+            Route::Channel
+        );
+        mine.answers = Some("theirs".into());
+        assert!(matches!(
+            registry.route("c", &mine, None, false),
+            Route::Original { .. }
+        ));
     }
 
     #[test]
@@ -180,7 +307,7 @@ mod tests {
         registry.open("c", open("theirs", OpenKind::Press));
         let refusal = Outbound::text("Sorry").private_to("theirs");
         assert_eq!(
-            registry.route("c", &refusal, false),
+            registry.route("c", &refusal, None, false),
             Route::Ephemeral {
                 update_key: "theirs".into(),
                 token: InteractionToken("token-theirs".into()),
@@ -188,16 +315,19 @@ mod tests {
             }
         );
         let unknown = Outbound::text("Sorry").private_to("gone");
-        assert_eq!(registry.route("c", &unknown, false), Route::Channel);
+        assert_eq!(registry.route("c", &unknown, None, false), Route::Channel);
         let other_channel = Outbound::text("Sorry").private_to("theirs");
-        assert_eq!(registry.route("d", &other_channel, false), Route::Channel);
+        assert_eq!(
+            registry.route("d", &other_channel, None, false),
+            Route::Channel
+        );
     }
 
     #[test]
     fn a_private_reply_to_a_public_deferral_replaces_it() {
         let registry = OpenInteractions::default();
         registry.open("c", open("cmd", OpenKind::Command { ephemeral: false }));
-        let route = registry.route("c", &Outbound::text("No").private_to("cmd"), false);
+        let route = registry.route("c", &Outbound::text("No").private_to("cmd"), None, false);
         assert!(matches!(
             route,
             Route::Ephemeral {
@@ -213,9 +343,9 @@ mod tests {
         registry.open("c", open("cmd", OpenKind::Command { ephemeral: false }));
         let closed =
             Outbound::text("Approved by Maya.").linked_to(ApprovalId::new(), ApprovalRole::Closed);
-        assert_eq!(registry.route("c", &closed, true), Route::CloseOffers);
+        assert_eq!(registry.route("c", &closed, None, true), Route::CloseOffers);
         assert!(matches!(
-            registry.route("c", &closed, false),
+            registry.route("c", &closed, Some("cmd"), false),
             Route::Original { .. }
         ));
     }
@@ -233,7 +363,7 @@ mod tests {
         old.opened = long_ago;
         registry.open("c", old);
         assert_eq!(
-            registry.route("c", &Outbound::text("late"), false),
+            registry.route("c", &Outbound::text("late"), Some("old"), false),
             Route::Channel
         );
         registry.open("d", open("new", OpenKind::Press));

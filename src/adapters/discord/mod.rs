@@ -1,7 +1,9 @@
 //! Discord: slash commands, mentions and DMs in through the gateway
 //! (serenity), the outbox out through REST, approvals as buttons.
 //!
-//! - [`gateway`]: events into `Inbound`s; interactions acknowledged first.
+//! - [`gateway`]: events into the front door's arrivals: recorded first,
+//!   then interactions acknowledged (within Discord's 3 s), then handled
+//!   through [`crate::frontdoor`] (per-channel lanes).
 //! - [`interactions`]: interactions still waiting for an answer, and where
 //!   each outbox message goes because of them.
 //! - [`deliver`]: the outbox's Discord side ([`crate::outbox::Deliver`]).
@@ -25,27 +27,24 @@ mod rest;
 pub use render::{CONTENT_LIMIT, escape_markdown};
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serenity::all::{Client, ClientBuilder, GatewayIntents, HttpBuilder};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::domain::Platform;
+
 use crate::config::DiscordSettings;
-use crate::outbox::{Dispatcher, RateLimits};
-use crate::runtime::Service;
+use crate::frontdoor::{Bounds, FrontDoor, Handles};
+use crate::outbox::RateLimits;
 use crate::store::StoreError;
 use deliver::DiscordDelivery;
-use gateway::Gateway;
+use gateway::{DiscordSide, Gateway};
 use interactions::OpenInteractions;
 use rest::{Rest, RestError};
 
-/// How often the outbox is read for rows queued elsewhere (runs a worker
-/// resumed, other processes); replies to updates go at once.
-const OUTBOX_POLL: Duration = Duration::from_secs(1);
-
-/// Updates handled at once; more wait their turn (already acknowledged).
-const UPDATES_AT_ONCE: usize = 8;
+/// Channels handled at once; more wait their turn (already recorded and
+/// acknowledged).
+const CHANNELS_AT_ONCE: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscordError {
@@ -65,8 +64,8 @@ pub enum DiscordError {
     },
     #[error("the Discord gateway stopped: {0}")]
     Gateway(String),
-    #[error("the Discord outbox stopped")]
-    Outbox(#[source] StoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Messages in servers (to see mentions) and DMs. Not message content: a
@@ -76,37 +75,48 @@ pub fn intents() -> GatewayIntents {
     GatewayIntents::GUILD_MESSAGES | GatewayIntents::DIRECT_MESSAGES
 }
 
-/// `soloist run`'s Discord service (the token must be set).
-pub fn service(app: &App, shutdown: &CancellationToken) -> Service {
-    let app = app.clone();
-    let shutdown = shutdown.clone();
-    Box::pin(async move { run(app, shutdown).await.map_err(|e| describe(&e)) })
-}
-
 /// Connects, registers the slash commands, and serves until `shutdown`.
-pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), DiscordError> {
-    let settings = &app.settings.discord;
+pub async fn run(handles: Handles, shutdown: CancellationToken) -> Result<(), DiscordError> {
+    let settings = &handles.settings.discord;
     let token = settings.token.expose().unwrap_or_default();
     let proxy = serenity_base(&settings.api_url)?;
     let rest = Arc::new(Rest::new(&settings.api_url, token).map_err(DiscordError::Token)?);
     let introduced = introduce(&rest, settings).await?;
 
-    let open = Arc::new(OpenInteractions::default());
-    let delivery = Arc::new(DiscordDelivery::new(rest.clone(), open.clone()));
-    let limits = if settings.rate_limits {
-        RateLimits::discord()
-    } else {
-        RateLimits::unlimited()
-    };
-    let dispatcher = Dispatcher::new(app.store.clone(), delivery.clone(), limits);
+    let open = Arc::new(OpenInteractions::durable(handles.store.clone()).await?);
+    let delivery = Arc::new(DiscordDelivery::new(
+        rest.clone(),
+        open.clone(),
+        handles.store.clone(),
+    ));
+    let limits = RateLimits::discord().when(settings.rate_limits);
+    let stop_outbox = shutdown.child_token();
+    let outbox = crate::outbox::start(
+        handles.store.clone(),
+        delivery.clone(),
+        limits,
+        stop_outbox.clone(),
+    );
+    let lanes_stop = shutdown.child_token();
+    let door = FrontDoor::new(
+        handles.clone(),
+        DiscordSide { delivery },
+        outbox.waker(),
+        Bounds {
+            running: CHANNELS_AT_ONCE,
+            ..Bounds::default()
+        },
+        lanes_stop.clone(),
+    );
+    door.replay_unhandled(Platform::Discord).await?;
+    door.forget_old_payloads(Platform::Discord, settings.keep_payload_hours)
+        .await?;
     let handler = Gateway {
-        controller: app.controller.clone(),
+        door,
+        controller: handles.controller.clone(),
         rest,
-        delivery,
         open,
-        wake: dispatcher.waker(),
         bot_user_id: introduced.bot_user_id,
-        handling: tokio::sync::Semaphore::new(UPDATES_AT_ONCE),
     };
     let http = HttpBuilder::new(token)
         .proxy(proxy)
@@ -119,7 +129,11 @@ pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), DiscordErr
     // serenity asked /gateway itself and, had that failed, would fall back
     // to Discord's public gateway; the URL from /gateway/bot is the one.
     *client.ws_url.lock().await = introduced.gateway_url;
-    serve(client, dispatcher, shutdown).await
+    let served = serve(client, shutdown).await;
+    lanes_stop.cancel();
+    stop_outbox.cancel();
+    outbox.stopped().await;
+    served
 }
 
 /// What the start-up calls learn.
@@ -140,7 +154,8 @@ async fn introduce(rest: &Rest, settings: &DiscordSettings) -> Result<Introduced
         .await
         .map_err(start("reading the bot's user"))?;
     let guild = Some(settings.guild_id.trim()).filter(|g| !g.is_empty());
-    rest.set_commands(guild, commands::definitions())
+    let in_servers = !settings.allowed_channel_ids.is_empty();
+    rest.set_commands(guild, commands::definitions(in_servers))
         .await
         .map_err(start("registering the slash commands"))?;
     let gateway_url = rest
@@ -153,16 +168,10 @@ async fn introduce(rest: &Rest, settings: &DiscordSettings) -> Result<Introduced
     })
 }
 
-/// Runs the gateway and the outbox until `shutdown`, or until the gateway
-/// stops (then the outbox stops too and the error says why).
-async fn serve(
-    mut client: Client,
-    dispatcher: Dispatcher<DiscordDelivery>,
-    shutdown: CancellationToken,
-) -> Result<(), DiscordError> {
+/// Runs the gateway until `shutdown`, or until it stops (the error says
+/// why).
+async fn serve(mut client: Client, shutdown: CancellationToken) -> Result<(), DiscordError> {
     let shards = client.shard_manager.clone();
-    let stop_outbox = shutdown.child_token();
-    let delivering = tokio::spawn(dispatcher.run(OUTBOX_POLL, stop_outbox.clone()));
     let outcome = tokio::select! {
         result = client.start() => Err(DiscordError::Gateway(match result {
             Ok(()) => "the connection ended".into(),
@@ -171,12 +180,7 @@ async fn serve(
         _ = shutdown.cancelled() => Ok(()),
     };
     shards.shutdown_all().await;
-    stop_outbox.cancel();
-    let delivered = delivering
-        .await
-        .map_err(|e| DiscordError::Gateway(format!("the outbox task failed: {e}")))?;
-    outcome?;
-    delivered.map_err(DiscordError::Outbox)
+    outcome
 }
 
 /// What serenity's `proxy` takes: the API URL without `/api/v10` (serenity
@@ -195,18 +199,6 @@ fn start_error(step: &'static str, source: RestError) -> DiscordError {
         RestError::Refused { status: 401, .. } => DiscordError::Unauthorized,
         source => DiscordError::Start { step, source },
     }
-}
-
-/// The error with its causes, on one line.
-fn describe(error: &DiscordError) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

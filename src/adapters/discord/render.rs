@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::rest::{Attachment, Body, EPHEMERAL};
 use crate::domain::{Button, Decision, Outbound, clip};
+use crate::frontdoor::utf16_len;
 
 /// Discord's limit on a message's content (counted in UTF-16 units, as its
 /// clients count).
@@ -197,10 +198,6 @@ fn preview(text: &str, room: usize) -> &str {
     } else {
         cut
     }
-}
-
-pub fn utf16_len(text: &str) -> usize {
-    text.encode_utf16().count()
 }
 
 #[cfg(test)]

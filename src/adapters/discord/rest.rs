@@ -357,29 +357,15 @@ impl Rest {
         Ok(value)
     }
 
-    /// Reads a 429: the body's `retry_after` (seconds, fractional) or the
-    /// `Retry-After` header, and whether the limit is global.
+    /// Reads a 429 (see [`read_429`]); a global one pauses every bot
+    /// request until it lapses.
     async fn rate_limited(&self, response: reqwest::Response, caller: Caller) -> RestError {
-        let headers = response.headers();
-        let header_secs = headers
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        let global_header = headers.get("x-ratelimit-global").is_some()
-            || headers
-                .get("x-ratelimit-scope")
-                .is_some_and(|v| v.as_bytes() == b"global");
+        let headers = response.headers().clone();
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        let secs = body["retry_after"]
-            .as_f64()
-            .or(header_secs)
-            .unwrap_or(1.0)
-            .clamp(0.0, 600.0);
-        let retry_after = Duration::from_secs_f64(secs);
-        let global = global_header || body["global"].as_bool() == Some(true);
+        let (retry_after, global) = read_429(&headers, &body);
         if global && caller == Caller::Bot {
             let until = Instant::now() + retry_after;
-            let mut paused = self.paused_until.lock().unwrap();
+            let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
             *paused = Some(paused.map_or(until, |p| p.max(until)));
         }
         RestError::RateLimited {
@@ -389,11 +375,34 @@ impl Rest {
     }
 
     async fn wait_out_global_limit(&self) {
-        let until = *self.paused_until.lock().unwrap();
+        let until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(until) = until.filter(|u| *u > Instant::now()) {
             tokio::time::sleep_until(until).await;
         }
     }
+}
+
+/// How long a 429 says to wait, and whether the limit is global: the
+/// body's `retry_after` (seconds, fractional), else the `Retry-After`
+/// header, else a second; any value read with [`crate::retry_after`]'s cap,
+/// so a hostile one (`1e20`, `inf`, `NaN`, negative) neither panics nor
+/// parks the bot for good.
+fn read_429(headers: &reqwest::header::HeaderMap, body: &Value) -> (Duration, bool) {
+    let header = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::retry_after::parse);
+    let retry_after = body["retry_after"]
+        .as_f64()
+        .map(crate::retry_after::from_secs)
+        .or(header)
+        .unwrap_or(Duration::from_secs(1));
+    let global = headers.get("x-ratelimit-global").is_some()
+        || headers
+            .get("x-ratelimit-scope")
+            .is_some_and(|v| v.as_bytes() == b"global")
+        || body["global"].as_bool() == Some(true);
+    (retry_after, global)
 }
 
 /// `payload_json` plus `files[n]`, as Discord takes uploads.
@@ -443,3 +452,49 @@ pub fn defer_update() -> Value {
 
 /// Message flag: only the interaction's user sees it.
 pub const EPHEMERAL: u64 = 1 << 6;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderMap;
+
+    fn header(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_hostile_discord_retry_after_header_is_capped_not_a_panic() {
+        let max = crate::retry_after::MAX;
+        assert_eq!(
+            read_429(&header("NaN"), &Value::Null).0,
+            Duration::from_secs(1)
+        );
+        assert_eq!(read_429(&header("inf"), &Value::Null).0, max);
+        assert_eq!(read_429(&header("1e20"), &Value::Null).0, max);
+        assert_eq!(
+            read_429(&header("-5"), &Value::Null).0,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            read_429(&header("2"), &Value::Null).0,
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn a_hostile_discord_retry_after_body_is_capped_not_a_panic() {
+        let max = crate::retry_after::MAX;
+        let body = |secs: f64| json!({"retry_after": secs, "global": false});
+        assert_eq!(read_429(&HeaderMap::new(), &body(1e20)).0, max);
+        assert_eq!(read_429(&HeaderMap::new(), &body(f64::MAX)).0, max);
+        assert_eq!(read_429(&HeaderMap::new(), &body(-3.0)).0, Duration::ZERO);
+        assert_eq!(
+            read_429(&HeaderMap::new(), &body(0.25)),
+            (Duration::from_millis(250), false)
+        );
+        let global = json!({"retry_after": 1.0, "global": true});
+        assert!(read_429(&HeaderMap::new(), &global).1);
+    }
+}

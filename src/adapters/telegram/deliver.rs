@@ -3,8 +3,6 @@
 //! that closes an approval, `editMessageText` of each offer (its keyboard
 //! goes: an edit without `reply_markup` removes it).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use teloxide::prelude::*;
@@ -15,7 +13,7 @@ use teloxide::{ApiError, RequestError};
 
 use super::outgoing::{Part, closing_text, render};
 use crate::domain::{ApprovalRole, Button, Platform};
-use crate::outbox::{Deliver, DeliveryError};
+use crate::outbox::{Deliver, DeliveryError, Progress};
 use crate::store::{OutboxMessage, Store};
 
 /// Delivers outbox rows to Telegram.
@@ -26,9 +24,6 @@ pub struct TelegramOutbox {
     /// Pause between the parts of one split message (Telegram's per-chat
     /// pace); zero when rate limits are off.
     part_gap: Duration,
-    /// Parts already sent of a message whose later part failed, so a retry
-    /// sends only the rest (in memory: a crash resends the whole message).
-    progress: Mutex<HashMap<i64, usize>>,
 }
 
 impl TelegramOutbox {
@@ -38,29 +33,35 @@ impl TelegramOutbox {
             store,
             redact,
             part_gap,
-            progress: Mutex::new(HashMap::new()),
         }
     }
 
-    async fn send(&self, chat: ChatId, message: &OutboxMessage) -> Result<String, DeliveryError> {
+    /// Sends the parts not sent yet, storing each one's progress: a retry
+    /// or a restart after a crash goes on from the first part not sent.
+    async fn send(
+        &self,
+        chat: ChatId,
+        message: &OutboxMessage,
+        progress: &Progress,
+    ) -> Result<String, DeliveryError> {
         let parts = render(&message.message).map_err(DeliveryError::Permanent)?;
-        let start = self.progress().get(&message.id).copied().unwrap_or(0);
-        let mut last_id = String::new();
+        let start = message.parts_sent;
+        let mut last_id = message.last_part_id.clone().unwrap_or_default();
         for (index, part) in parts.iter().enumerate().skip(start) {
             if index > start && !self.part_gap.is_zero() {
                 tokio::time::sleep(self.part_gap).await;
             }
             let is_last = index + 1 == parts.len();
             let keyboard = keyboard(&message.message.buttons).filter(|_| is_last);
-            match self.send_part(chat, part, keyboard).await {
-                Ok(id) => {
-                    last_id = id.0.to_string();
-                    self.progress().insert(message.id, index + 1);
-                }
-                Err(error) => return Err(classify(error, &self.redact)),
+            let id = self
+                .send_part(chat, part, keyboard)
+                .await
+                .map_err(|error| classify(error, &self.redact))?;
+            last_id = id.0.to_string();
+            if !is_last {
+                progress.part_sent(index + 1, &last_id).await?;
             }
         }
-        self.progress().remove(&message.id);
         Ok(last_id)
     }
 
@@ -113,6 +114,7 @@ impl TelegramOutbox {
         chat: ChatId,
         message: &OutboxMessage,
         offer_ids: &[String],
+        progress: &Progress,
     ) -> Result<String, DeliveryError> {
         let offers = match message.message.approval {
             Some(link) => self
@@ -153,12 +155,8 @@ impl TelegramOutbox {
         }
         match edited {
             Some(id) => Ok(id),
-            None => self.send(chat, message).await,
+            None => self.send(chat, message, progress).await,
         }
-    }
-
-    fn progress(&self) -> std::sync::MutexGuard<'_, HashMap<i64, usize>> {
-        self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -178,6 +176,7 @@ impl Deliver for TelegramOutbox {
         &self,
         message: &OutboxMessage,
         offer_ids: &[String],
+        progress: &Progress,
     ) -> Result<Option<String>, DeliveryError> {
         let chat = message
             .chat
@@ -190,9 +189,9 @@ impl Deliver for TelegramOutbox {
             .approval
             .is_some_and(|link| link.role == ApprovalRole::Closed);
         let id = if closes {
-            self.close(chat, message, offer_ids).await?
+            self.close(chat, message, offer_ids, progress).await?
         } else {
-            self.send(chat, message).await?
+            self.send(chat, message, progress).await?
         };
         Ok(Some(id))
     }
@@ -226,7 +225,9 @@ fn no_preview() -> LinkPreviewOptions {
 /// description (a 5xx) is worth retrying.
 pub fn classify(error: RequestError, redact: &Redactor) -> DeliveryError {
     match error {
-        RequestError::RetryAfter(wait) => DeliveryError::RetryAfter(wait.duration()),
+        RequestError::RetryAfter(wait) => {
+            DeliveryError::RetryAfter(crate::retry_after::cap(wait.duration()))
+        }
         RequestError::Api(ApiError::Unknown(description))
             if !["Bad Request", "Forbidden", "Unauthorized", "Not Found"]
                 .iter()
@@ -268,7 +269,7 @@ impl Redactor {
 
     /// An error and its causes on one line, without the token.
     pub fn error(&self, error: &dyn std::error::Error) -> String {
-        self.scrub(&crate::doctor::error_chain(error))
+        self.scrub(&crate::frontdoor::error_chain(error))
     }
 }
 
@@ -291,6 +292,19 @@ mod tests {
 
         assert!(!text.contains("secret"), "{text}");
         assert!(text.contains("/bot[REDACTED]/SendMessage"));
+    }
+
+    #[test]
+    fn a_huge_telegram_retry_after_is_capped() {
+        let redact = Redactor::new("t");
+        let huge = RequestError::RetryAfter(teloxide::types::Seconds::from_seconds(u32::MAX));
+
+        let classified = classify(huge, &redact);
+
+        assert!(
+            matches!(classified, DeliveryError::RetryAfter(wait) if wait == crate::retry_after::MAX),
+            "{classified:?}"
+        );
     }
 
     #[test]

@@ -1,12 +1,21 @@
 //! Telegram updates into what soloist acts on. No I/O: an [`Incoming`] is
-//! what gets recorded in `platform_updates` (soloist's own JSON, so a
-//! restart does not depend on teloxide's types round-tripping) and turned
-//! into an [`Inbound`] when handled.
+//! the parse, turned into the front door's [`Arrival`] (soloist's own JSON
+//! is what gets recorded, so a restart does not depend on teloxide's types
+//! round-tripping).
 
 use serde::{Deserialize, Serialize};
 use teloxide::types::{Message, MessageKind, MessageOrigin, Update, UpdateKind, User};
 
-use crate::domain::{ButtonToken, ChatRef, Inbound, InboundContent, Platform};
+use crate::domain::{ButtonToken, ChatKind, ChatRef, Inbound, InboundContent, Origin, Platform};
+use crate::frontdoor::Arrival;
+
+/// What a recorded Telegram update keeps besides its [`Inbound`]: the
+/// callback query to answer, for a press.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extra {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_id: Option<String>,
+}
 
 /// One update soloist acts on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +25,9 @@ pub struct Incoming {
     pub user_id: u64,
     pub user_name: String,
     pub message_id: Option<i32>,
+    /// Not a private chat (a group, a supergroup).
+    #[serde(default)]
+    pub group: bool,
     pub kind: IncomingKind,
 }
 
@@ -45,10 +57,14 @@ impl Incoming {
             UpdateKind::Message(message) => from_message(update_id, message, false),
             UpdateKind::EditedMessage(message) => from_message(update_id, message, true),
             UpdateKind::CallbackQuery(query) => {
-                let (chat_id, message_id) = match &query.message {
-                    Some(message) => (message.chat().id.0, Some(message.id().0)),
+                let (chat_id, message_id, group) = match &query.message {
+                    Some(message) => (
+                        message.chat().id.0,
+                        Some(message.id().0),
+                        !message.chat().is_private(),
+                    ),
                     // A button on an inline message: answer in private.
-                    None => (query.from.id.0 as i64, None),
+                    None => (query.from.id.0 as i64, None, false),
                 };
                 Some(Incoming {
                     update_id,
@@ -56,6 +72,7 @@ impl Incoming {
                     user_id: query.from.id.0,
                     user_name: display_name(&query.from),
                     message_id,
+                    group,
                     kind: IncomingKind::Press {
                         query_id: query.id.0.clone(),
                         data: query.data.clone().unwrap_or_default(),
@@ -78,9 +95,29 @@ impl Incoming {
         }
     }
 
+    /// The update as the front door takes it.
+    pub fn into_arrival(self) -> Arrival<Extra> {
+        Arrival {
+            update_id: self.update_id,
+            inbound: self.to_inbound(),
+            extra: Extra {
+                query_id: self.query_id().map(str::to_string),
+            },
+        }
+    }
+
     pub fn to_inbound(&self) -> Inbound {
+        let mut origin = Origin::Typed;
         let content = match &self.kind {
-            IncomingKind::Text { text, .. } => InboundContent::Text(text.clone()),
+            IncomingKind::Text {
+                text,
+                forwarded_from,
+            } => {
+                if let Some(from) = forwarded_from {
+                    origin = Origin::Forwarded { from: from.clone() };
+                }
+                InboundContent::Text(text.clone())
+            }
             IncomingKind::Press { data, .. } => InboundContent::Button(
                 // Data that cannot be a token is forged; a well-formed token
                 // that was never issued is refused the same way, so both
@@ -96,6 +133,12 @@ impl Incoming {
             user_name: self.user_name.clone(),
             message_id: self.message_id.map(|id| id.to_string()),
             content,
+            chat_kind: if self.group {
+                ChatKind::Group
+            } else {
+                ChatKind::Private
+            },
+            origin,
         }
     }
 }
@@ -131,6 +174,7 @@ fn from_message(update_id: i64, message: &Message, edited: bool) -> Option<Incom
         user_id: from.id.0,
         user_name: display_name(from),
         message_id: Some(message.id.0),
+        group: !message.chat.is_private(),
         kind,
     })
 }
@@ -243,6 +287,59 @@ mod tests {
                 .unwrap()
                 .starts_with("Jane Client (user 42), 2025-")
         );
+    }
+
+    #[test]
+    fn a_forwarded_text_reaches_the_controller_marked_as_someone_elses() {
+        let forward = update(
+            serde_json::json!({"update_id": 6, "message": message(serde_json::json!({
+                "text": "Please wire 5000 EUR to IBAN XX00",
+                "forward_origin": {"type": "hidden_user", "date": 1_750_000_000,
+                    "sender_user_name": "Anonymous Lead"},
+            }))}),
+        );
+        let typed = update(serde_json::json!({"update_id": 7, "message": message(
+            serde_json::json!({"text": "/draft a post"})
+        )}));
+
+        let forwarded = Incoming::from_update(&forward)
+            .unwrap()
+            .into_arrival()
+            .inbound;
+        let own = Incoming::from_update(&typed)
+            .unwrap()
+            .into_arrival()
+            .inbound;
+
+        assert_eq!(
+            forwarded.content,
+            InboundContent::Text("Please wire 5000 EUR to IBAN XX00".into())
+        );
+        let Origin::Forwarded { from } = &forwarded.origin else {
+            panic!("{forwarded:?}")
+        };
+        assert!(
+            from.starts_with("Anonymous Lead (hidden account)"),
+            "{from}"
+        );
+        assert!(!forwarded.origin.is_trusted());
+        assert_eq!(own.origin, Origin::Typed);
+        assert_eq!(own.chat_kind, ChatKind::Private);
+    }
+
+    #[test]
+    fn a_group_message_is_marked_as_from_a_group() {
+        let mut fields = message(serde_json::json!({"text": "/cost"}));
+        fields["chat"] = serde_json::json!({"id": -100, "type": "supergroup", "title": "Team"});
+        let group = update(serde_json::json!({"update_id": 8, "message": fields}));
+
+        let inbound = Incoming::from_update(&group)
+            .unwrap()
+            .into_arrival()
+            .inbound;
+
+        assert_eq!(inbound.chat_kind, ChatKind::Group);
+        assert_eq!(inbound.chat.chat_id, "-100");
     }
 
     #[test]

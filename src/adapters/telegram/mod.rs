@@ -1,12 +1,12 @@
 //! Telegram: the bot in the operator's pocket.
 //!
 //! Inbound, updates are fetched with `getUpdates` (long polling, the
-//! default) or received on a webhook, recorded in `platform_updates`, and
-//! only then confirmed to Telegram (the next `getUpdates` asks for a higher
-//! offset; the webhook answers 200). Each chat's updates are then handled
-//! in order, chats in parallel, through the [`Controller`]; a restart
-//! handles what was recorded but not finished, and the controller drops
-//! what it already handled.
+//! default) or received on a webhook, parsed ([`incoming`]) and handed to
+//! the [`crate::frontdoor`], which records them in `platform_updates`; only
+//! then are they confirmed to Telegram (the next `getUpdates` asks for a
+//! higher offset; the webhook answers 200). The front door handles each
+//! chat in order, chats in parallel; this module adds Telegram's own part
+//! ("typing…", a button's toast).
 //!
 //! We drive `getUpdates` ourselves through teloxide's `Bot` instead of using
 //! teloxide's dispatcher: its polling confirms an update (by asking for the
@@ -19,13 +19,11 @@
 
 mod deliver;
 mod incoming;
-mod lanes;
 mod outgoing;
 
 pub use deliver::{Redactor, TelegramOutbox};
 pub use outgoing::{TEXT_LIMIT, split_text};
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,20 +32,20 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use teloxide::prelude::*;
-use teloxide::types::{AllowedUpdate, BotCommand, CallbackQueryId, ChatAction, Update};
+use teloxide::types::{
+    AllowedUpdate, BotCommand, BotCommandScope, CallbackQueryId, ChatAction, Recipient, Update,
+};
 use teloxide::{ApiError, RequestError};
-use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
 use crate::config::{TelegramMode, TelegramSettings};
 use crate::controller::{COMMANDS, ControllerError, NOT_OPEN, Outcome, REFUSED};
-use crate::domain::Platform;
-use crate::outbox::{Dispatcher, RateLimits};
-use crate::runtime::Service;
-use crate::store::{RecordedUpdate, Store, StoreError, now_ms};
-use incoming::{Incoming, IncomingKind};
-use lanes::Lanes;
+use crate::domain::{InboundContent, Platform};
+use crate::frontdoor::{Arrival, Bounds, FrontDoor, Handles, Side};
+use crate::outbox::RateLimits;
+use crate::store::{StoreError, now_ms};
+use incoming::{Extra, Incoming};
 
 /// "typing…" shows when handling takes longer than this (a model call),
 /// and is renewed while it lasts (Telegram shows it for 5 s).
@@ -56,6 +54,8 @@ const TYPING_EVERY: Duration = Duration::from_secs(4);
 /// Telegram restarts update ids at random after a week without updates, so
 /// an older recorded id says nothing about the next offset.
 const OFFSET_MAX_AGE_MS: i64 = 6 * 24 * 3600 * 1000;
+/// How often old raw payloads are emptied while polling.
+const FORGET_EVERY: Duration = Duration::from_secs(600);
 const ALLOWED_UPDATES: [AllowedUpdate; 3] = [
     AllowedUpdate::Message,
     AllowedUpdate::EditedMessage,
@@ -68,6 +68,8 @@ pub enum TelegramError {
         "Telegram refused the bot token: check TELEGRAM_BOT_TOKEN (BotFather's /token shows it)"
     )]
     TokenRefused,
+    #[error("Telegram refused {0}, so the bot cannot start: check the token and telegram.api_url")]
+    Refused(&'static str),
     #[error("telegram.api_url '{0}' is not a URL")]
     ApiUrl(String),
     #[error("cannot build the HTTP client: {0}")]
@@ -80,35 +82,88 @@ pub enum TelegramError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the outbox stopped")]
-    Outbox(#[source] StoreError),
-    #[error("the outbox task panicked: {0}")]
-    OutboxPanicked(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// The Telegram service for `soloist run`.
-pub fn service(app: App, shutdown: CancellationToken) -> Service {
-    Box::pin(async move {
-        run(app, shutdown)
-            .await
-            .map_err(|error| format!("telegram: {}", crate::doctor::error_chain(&error)))
-    })
-}
+type TelegramDoor = FrontDoor<TelegramSide>;
 
 /// Runs the bot until `shutdown`: introduces it (`getMe`, `setMyCommands`),
 /// delivers the outbox, handles updates left from before a restart, then
 /// receives updates by polling or webhook.
-pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), TelegramError> {
-    let settings = app.settings.telegram.clone();
+pub async fn run(handles: Handles, shutdown: CancellationToken) -> Result<(), TelegramError> {
+    let settings = handles.settings.telegram.clone();
     let token = settings.token.expose().unwrap_or_default().to_string();
     let redact = Redactor::new(&token);
     let bot = build_bot(&settings, &token)?;
     let Some(me) = retrying("getMe", &redact, &shutdown, || bot.get_me().send()).await? else {
-        return Ok(());
+        return stopped_or_refused("getMe", &shutdown);
     };
     tracing::info!(bot = %me.username(), "connected to Telegram");
+    register_commands(&bot, &settings, &redact, &shutdown).await?;
+
+    let limits = RateLimits::telegram().when(settings.rate_limits);
+    let stop = shutdown.child_token();
+    let deliverer = TelegramOutbox::new(
+        bot.clone(),
+        handles.store.clone(),
+        redact.clone(),
+        limits.per_chat_interval,
+    );
+    let outbox = crate::outbox::start(
+        handles.store.clone(),
+        Arc::new(deliverer),
+        limits,
+        stop.clone(),
+    );
+    let side = TelegramSide {
+        controller: handles.controller.clone(),
+        bot: bot.clone(),
+        redact: redact.clone(),
+    };
+    let door = FrontDoor::new(
+        handles.clone(),
+        side,
+        outbox.waker(),
+        Bounds::default(),
+        stop.clone(),
+    );
+    door.replay_unhandled(Platform::Telegram).await?;
+
+    let receiving = async {
+        match settings.mode {
+            TelegramMode::Polling => poll(&bot, &door, &settings, &redact, &stop).await,
+            TelegramMode::Webhook => webhook(&bot, door.clone(), &settings, &redact, &stop).await,
+        }
+    };
+    let result = receiving.await;
+    stop.cancel();
+    outbox.stopped().await;
+    result
+}
+
+/// A start-up call that gave no answer: fine on shutdown, otherwise the
+/// bot cannot work and says why.
+fn stopped_or_refused(
+    what: &'static str,
+    shutdown: &CancellationToken,
+) -> Result<(), TelegramError> {
+    if shutdown.is_cancelled() {
+        Ok(())
+    } else {
+        Err(TelegramError::Refused(what))
+    }
+}
+
+/// The command menu, shown where the bot works: private chats, and each
+/// listed group (reports there answer only in private, but the menu is
+/// the same list).
+async fn register_commands(
+    bot: &Bot,
+    settings: &TelegramSettings,
+    redact: &Redactor,
+    shutdown: &CancellationToken,
+) -> Result<(), TelegramError> {
     let commands = COMMANDS.map(|(name, args, description)| {
         let shown = if args.is_empty() {
             description.to_string()
@@ -117,74 +172,23 @@ pub async fn run(app: App, shutdown: CancellationToken) -> Result<(), TelegramEr
         };
         BotCommand::new(name, shown)
     });
-    retrying("setMyCommands", &redact, &shutdown, || {
-        bot.set_my_commands(commands.clone()).send()
-    })
-    .await?;
-
-    let limits = if settings.rate_limits {
-        // Kept a little under Telegram's 30/s and 20/min: the outbox counts
-        // a send when it starts, Telegram when it arrives, and a burst
-        // sent exactly at the limit arrives with jitter that crosses it
-        // (the bench saw 429s at exactly 30/s, none at 25/s).
-        RateLimits {
-            global_per_second: 25,
-            group_per_minute: 18,
-            ..RateLimits::telegram()
+    let mut scopes = vec![BotCommandScope::AllPrivateChats];
+    for chat in &settings.allowed_chat_ids {
+        if let Ok(id) = chat.parse::<i64>() {
+            scopes.push(BotCommandScope::Chat {
+                chat_id: Recipient::Id(ChatId(id)),
+            });
         }
-    } else {
-        RateLimits::unlimited()
-    };
-    let outbox = TelegramOutbox::new(
-        bot.clone(),
-        app.store.clone(),
-        redact.clone(),
-        limits.per_chat_interval,
-    );
-    let dispatcher = Dispatcher::new(app.store.clone(), Arc::new(outbox), limits);
-    let handler = Arc::new(Handler {
-        wake: dispatcher.waker(),
-        app: app.clone(),
-        bot: bot.clone(),
-        redact: redact.clone(),
-    });
-    let stop = shutdown.child_token();
-    let mut delivering = tokio::spawn(dispatcher.run(Duration::from_secs(1), stop.clone()));
-    let lanes = Lanes::new(
-        move |incoming: Incoming| {
-            let handler = handler.clone();
-            async move { handler.handle(incoming).await }
-        },
-        stop.clone(),
-    );
-    let intake = Arc::new(Intake {
-        store: app.store.clone(),
-        lanes,
-    });
-    intake.replay_unhandled().await?;
-
-    let receiving = async {
-        match settings.mode {
-            TelegramMode::Polling => poll(&bot, &intake, &settings, &redact, &stop).await,
-            TelegramMode::Webhook => webhook(&bot, intake.clone(), &settings, &redact, &stop).await,
-        }
-    };
-    let result = tokio::select! {
-        result = receiving => result,
-        finished = &mut delivering => {
-            // Before shutdown, the dispatcher stops only on a store error.
-            return match finished {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(TelegramError::Outbox(error)),
-                Err(panic) => Err(TelegramError::OutboxPanicked(panic.to_string())),
-            };
-        }
-    };
-    stop.cancel();
-    if let Ok(Err(error)) = delivering.await {
-        tracing::error!(error = ?error, "the Telegram outbox stopped with an error");
     }
-    result
+    for scope in scopes {
+        retrying("setMyCommands", redact, shutdown, || {
+            bot.set_my_commands(commands.clone())
+                .scope(scope.clone())
+                .send()
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 fn build_bot(settings: &TelegramSettings, token: &str) -> Result<Bot, TelegramError> {
@@ -200,58 +204,31 @@ fn build_bot(settings: &TelegramSettings, token: &str) -> Result<Bot, TelegramEr
     Ok(Bot::with_client(token, client).set_api_url(api_url))
 }
 
-/// Handles one recorded update: to the controller, "typing…" while it
-/// works, the button's toast, then marked handled.
-struct Handler {
-    app: App,
+/// Telegram's part around the controller: "typing…", the button's toast,
+/// and a failure said directly.
+struct TelegramSide {
+    controller: crate::controller::Controller,
     bot: Bot,
     redact: Redactor,
-    wake: Arc<Notify>,
 }
 
-impl Handler {
-    #[tracing::instrument(skip_all, fields(update = incoming.update_id, chat = incoming.chat_id))]
-    async fn handle(&self, incoming: Incoming) {
-        let inbound = incoming.to_inbound();
-        let typing = self.typing(&incoming);
-        let result = self.app.controller.handle(&inbound).await;
-        if let Some(typing) = typing {
-            typing.abort();
-        }
-        self.wake.notify_one();
-        if let Some(query_id) = incoming.query_id() {
-            self.answer(query_id, &toast(&result)).await;
-        }
-        if let Err(error) = &result {
-            tracing::error!(error = ?error, "handling a Telegram update failed");
-            // The outbox may be what failed: say it directly.
-            let sent = self
-                .bot
-                .send_message(ChatId(incoming.chat_id), error.user_message())
-                .await;
-            if let Err(error) = sent {
-                tracing::warn!(error = %self.redact.error(&error), "could not report the failure");
-            }
-        }
-        let marked = self
-            .app
-            .store
-            .mark_update_handled(Platform::Telegram, incoming.update_id)
-            .await;
-        if let Err(error) = marked {
-            tracing::error!(error = ?error, "could not mark an update handled; a restart handles it again (the controller drops it)");
-        }
+impl Side for TelegramSide {
+    type Extra = Extra;
+
+    fn platform(&self) -> Platform {
+        Platform::Telegram
     }
 
-    /// "typing…" for text from an allowed user, from `TYPING_AFTER` on.
-    fn typing(&self, incoming: &Incoming) -> Option<tokio::task::JoinHandle<()>> {
-        let allowed = &self.app.settings.telegram.allowed_user_ids;
-        let is_text = matches!(incoming.kind, IncomingKind::Text { .. });
-        if !is_text || !allowed.contains(&incoming.user_id.to_string()) {
+    /// "typing…" for text from someone who may act here (the owner
+    /// included), from `TYPING_AFTER` on.
+    fn working(&self, arrival: &Arrival<Extra>) -> Option<JoinHandle<()>> {
+        let inbound = &arrival.inbound;
+        let is_text = matches!(inbound.content, InboundContent::Text(_));
+        if !is_text || !self.controller.is_allowed(inbound) {
             return None;
         }
+        let chat = ChatId(inbound.chat.chat_id.parse().ok()?);
         let bot = self.bot.clone();
-        let chat = ChatId(incoming.chat_id);
         Some(tokio::spawn(async move {
             tokio::time::sleep(TYPING_AFTER).await;
             loop {
@@ -263,15 +240,28 @@ impl Handler {
 
     /// Stops the button's spinner with a toast. Best effort: a query older
     /// than Telegram keeps it cannot be answered any more.
-    async fn answer(&self, query_id: &str, toast: &str) {
+    async fn answered(&self, arrival: &Arrival<Extra>, result: &Result<Outcome, ControllerError>) {
+        let Some(query_id) = &arrival.extra.query_id else {
+            return;
+        };
+        let toast = toast(result);
         let mut request = self
             .bot
-            .answer_callback_query(CallbackQueryId(query_id.to_string()));
+            .answer_callback_query(CallbackQueryId(query_id.clone()));
         if !toast.is_empty() {
             request = request.text(toast);
         }
         if let Err(error) = request.await {
             tracing::warn!(error = %self.redact.error(&error), "could not answer a button press");
+        }
+    }
+
+    async fn tell(&self, arrival: &Arrival<Extra>, text: &str) {
+        let Ok(chat) = arrival.inbound.chat.chat_id.parse::<i64>() else {
+            return;
+        };
+        if let Err(error) = self.bot.send_message(ChatId(chat), text).await {
+            tracing::warn!(error = %self.redact.error(&error), "could not report the failure");
         }
     }
 }
@@ -288,64 +278,23 @@ fn toast(result: &Result<Outcome, ControllerError>) -> String {
     }
 }
 
-/// Where updates come in: recorded first, then queued to their chat.
-struct Intake {
-    store: Store,
-    lanes: Arc<Lanes<Incoming>>,
-}
-
-impl Intake {
-    /// Records `updates` and queues the ones not seen before. When this
-    /// returns Ok they are durable and Telegram may be told they arrived.
-    async fn accept(&self, updates: &[Update]) -> Result<(), StoreError> {
-        let incoming: Vec<Incoming> = updates.iter().filter_map(Incoming::from_update).collect();
-        let records: Vec<RecordedUpdate> = incoming
-            .iter()
-            .map(|i| RecordedUpdate {
-                update_id: i.update_id,
-                chat_id: i.chat_id.to_string(),
-                payload: serde_json::to_string(i).expect("an update serializes"),
-            })
-            .collect();
-        let fresh: HashSet<i64> = self
-            .store
-            .record_updates(Platform::Telegram, &records)
-            .await?
-            .into_iter()
-            .map(|r| r.update_id)
-            .collect();
-        for incoming in incoming {
-            if fresh.contains(&incoming.update_id) {
-                self.lanes.push(incoming.chat_id, incoming);
-            } else {
-                tracing::debug!(update = incoming.update_id, "redelivered update dropped");
-            }
-        }
-        Ok(())
-    }
-
-    /// Queues updates recorded before a restart but never handled.
-    async fn replay_unhandled(&self) -> Result<(), StoreError> {
-        for record in self.store.unhandled_updates(Platform::Telegram).await? {
-            match serde_json::from_str::<Incoming>(&record.payload) {
-                Ok(incoming) => self.lanes.push(incoming.chat_id, incoming),
-                Err(error) => {
-                    tracing::error!(update = record.update_id, %error, "an unreadable recorded update is skipped");
-                    self.store
-                        .mark_update_handled(Platform::Telegram, record.update_id)
-                        .await?;
-                }
-            }
-        }
-        Ok(())
-    }
+/// Parses `updates` and hands them to the front door (recorded, then
+/// queued to their chats). When this returns Ok they are durable and
+/// Telegram may be told they arrived.
+async fn accept(door: &TelegramDoor, updates: &[Update]) -> Result<(), StoreError> {
+    let arrivals = updates
+        .iter()
+        .filter_map(Incoming::from_update)
+        .map(Incoming::into_arrival)
+        .collect();
+    door.accept(Platform::Telegram, arrivals).await
 }
 
 /// Long polling. The offset sent with each `getUpdates` confirms the
 /// previous batch, so it advances only once that batch is recorded.
 async fn poll(
     bot: &Bot,
-    intake: &Intake,
+    door: &TelegramDoor,
     settings: &TelegramSettings,
     redact: &Redactor,
     shutdown: &CancellationToken,
@@ -355,16 +304,24 @@ async fn poll(
         bot.delete_webhook().send()
     })
     .await?;
-    let store = &intake.store;
+    let store = &door.handles().store;
     store
         .prune_updates(Platform::Telegram, now_ms() - OFFSET_MAX_AGE_MS)
         .await?;
+    let mut forgotten_at: Option<tokio::time::Instant> = None;
     let mut offset = store
         .last_update_id(Platform::Telegram, now_ms() - OFFSET_MAX_AGE_MS)
         .await?
         .map(|id| id + 1);
     let mut backoff = Backoff::default();
     loop {
+        if forgotten_at.is_none_or(|at| at.elapsed() >= FORGET_EVERY) {
+            forgotten_at = Some(tokio::time::Instant::now());
+            let keep = settings.keep_payload_hours;
+            if let Err(error) = door.forget_old_payloads(Platform::Telegram, keep).await {
+                tracing::warn!(error = ?error, "could not forget old update payloads; will try again");
+            }
+        }
         let mut request = bot
             .get_updates()
             .timeout(settings.poll_timeout_secs)
@@ -399,7 +356,7 @@ async fn poll(
         let Some(last) = updates.iter().map(|u| i64::from(u.id.0)).max() else {
             continue;
         };
-        while let Err(error) = intake.accept(&updates).await {
+        while let Err(error) = accept(door, &updates).await {
             tracing::error!(error = ?error, "cannot record updates; Telegram keeps them until this succeeds");
             if !pause(backoff.next(), shutdown).await {
                 return Ok(());
@@ -411,7 +368,7 @@ async fn poll(
 
 #[derive(Clone)]
 struct WebhookState {
-    intake: Arc<Intake>,
+    door: Arc<TelegramDoor>,
     secret: String,
 }
 
@@ -420,7 +377,7 @@ struct WebhookState {
 /// Telegram retries what could not be.
 async fn webhook(
     bot: &Bot,
-    intake: Arc<Intake>,
+    door: Arc<TelegramDoor>,
     settings: &TelegramSettings,
     redact: &Redactor,
     shutdown: &CancellationToken,
@@ -457,7 +414,7 @@ async fn webhook(
     .await?;
     let router = axum::Router::new()
         .route(url.path(), axum::routing::post(receive))
-        .with_state(WebhookState { intake, secret });
+        .with_state(WebhookState { door, secret });
     let stop = shutdown.clone();
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -485,7 +442,7 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
             return StatusCode::OK;
         }
     };
-    match state.intake.accept(std::slice::from_ref(&update)).await {
+    match accept(&state.door, std::slice::from_ref(&update)).await {
         Ok(()) => StatusCode::OK,
         Err(error) => {
             tracing::error!(error = ?error, "cannot record a webhook update; Telegram will resend it");

@@ -1,0 +1,149 @@
+//! Leases on runs. A claim writes a fresh token into `lease_owner`: every
+//! claim is exclusive, whoever asks (two engines of one process included),
+//! and a write fenced by a token that is no longer the run's is refused.
+
+use super::{Backend, RunRow, Store, StoreResult, now_ms};
+use super::{Tx, parse_id};
+use crate::domain::{InputPurpose, RunId, RunStatus};
+
+/// A run held under one claim's lease token.
+#[derive(Debug, Clone)]
+pub struct ClaimedRun {
+    pub run: RunRow,
+    /// Unique to this claim; the fence on every write made under it.
+    pub token: String,
+}
+
+impl Store {
+    /// Takes the lease on a runnable run under `token`, unless a live lease
+    /// holds it, whoever owns that lease.
+    pub async fn claim_run(
+        &self,
+        id: RunId,
+        token: &str,
+        lease_ms: i64,
+    ) -> StoreResult<Option<ClaimedRun>> {
+        let now = now_ms();
+        let claimed = sqlx::query(
+            "UPDATE runs SET lease_owner = $1, lease_until = $2
+             WHERE id = $3 AND status = 'runnable'
+               AND (lease_owner IS NULL OR lease_until < $4)",
+        )
+        .bind(token)
+        .bind(now + lease_ms)
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            return Ok(None);
+        }
+        Ok(self.run(id).await?.map(|run| ClaimedRun {
+            run,
+            token: token.to_string(),
+        }))
+    }
+
+    /// Claims the oldest runnable run nobody holds a live lease on: runs
+    /// left behind by a crash, or woken by a decision. On PostgreSQL several
+    /// workers can call this at once; `SKIP LOCKED` hands each a different
+    /// run.
+    pub async fn claim_next_runnable(
+        &self,
+        token: &str,
+        lease_ms: i64,
+    ) -> StoreResult<Option<ClaimedRun>> {
+        let now = now_ms();
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "UPDATE runs SET lease_owner = $1, lease_until = $2
+                 WHERE id = (SELECT id FROM runs
+                             WHERE status = 'runnable' AND (lease_owner IS NULL OR lease_until < $3)
+                             ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING id"
+            }
+            Backend::Sqlite => {
+                "UPDATE runs SET lease_owner = $1, lease_until = $2
+                 WHERE id = (SELECT id FROM runs
+                             WHERE status = 'runnable' AND (lease_owner IS NULL OR lease_until < $3)
+                             ORDER BY updated_at LIMIT 1)
+                 RETURNING id"
+            }
+        };
+        let id: Option<String> = sqlx::query_scalar(sql)
+            .bind(token)
+            .bind(now + lease_ms)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        match id {
+            None => Ok(None),
+            Some(id) => Ok(self.run(parse_id(&id)?).await?.map(|run| ClaimedRun {
+                run,
+                token: token.to_string(),
+            })),
+        }
+    }
+
+    /// Extends a live lease (the heartbeat of a running step). False when
+    /// the claim is no longer the run's: its commit will be refused.
+    pub async fn renew_lease(&self, claimed: &ClaimedRun, lease_ms: i64) -> StoreResult<bool> {
+        Ok(
+            sqlx::query("UPDATE runs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
+                .bind(now_ms() + lease_ms)
+                .bind(claimed.run.id.to_string())
+                .bind(&claimed.token)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                == 1,
+        )
+    }
+
+    pub async fn release_run(&self, claimed: &ClaimedRun) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE runs SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(claimed.run.id.to_string())
+        .bind(&claimed.token)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The run's new status, written under a claim.
+#[derive(Debug, Clone, Copy)]
+pub struct Fenced<'a> {
+    pub status: RunStatus,
+    pub waiting_for: Option<InputPurpose>,
+    pub summary: Option<&'a str>,
+    pub lease_ms: i64,
+}
+
+impl Tx {
+    /// Sets the run's status if `claimed` still holds its lease (and
+    /// renews it). False, changing nothing, when another claim superseded
+    /// it: the caller must then roll back everything else it wrote.
+    pub async fn fence(&mut self, claimed: &ClaimedRun, new: Fenced<'_>) -> StoreResult<bool> {
+        let now = now_ms();
+        Ok(sqlx::query(
+            "UPDATE runs SET status = $1, waiting_for = $2, summary = COALESCE($3, summary),
+                    updated_at = $4, lease_until = $5
+             WHERE id = $6 AND lease_owner = $7 AND status = 'runnable'",
+        )
+        .bind(new.status.as_str())
+        .bind(new.waiting_for.map(InputPurpose::as_str))
+        .bind(new.summary)
+        .bind(now)
+        .bind(now + new.lease_ms)
+        .bind(claimed.run.id.to_string())
+        .bind(&claimed.token)
+        .execute(&mut *self.inner)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+}
