@@ -35,6 +35,10 @@
 //!   text from others, injection detection, PII redaction before model
 //!   calls, draft checks (never-share, secrets, links, brand, prices),
 //!   effects that need an approval, rate limits; audited per run.
+//! - [`memory`]: knowledge with provenance (ingest, chunks, full-text
+//!   retrieval on both databases), the decision log, the chat window and
+//!   working memory; the `retrieve` step and `/remember`, `/memory`,
+//!   `/forget`, `/sources`, `/forget_person`.
 //! - [`outbox`]: delivers queued messages to a platform: rows claimed with
 //!   a lease, in order per chat, fair across chats, within the platform's
 //!   rate limits, retried until delivered, marked once. Started once for
@@ -68,6 +72,7 @@ pub mod engine;
 pub mod flows;
 pub mod frontdoor;
 pub mod http;
+pub mod memory;
 pub mod outbox;
 pub mod policy;
 pub mod retry_after;

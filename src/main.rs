@@ -39,6 +39,22 @@ enum Command {
     Migrate,
     /// Check configuration, database, model provider and tokens.
     Doctor,
+    /// Add a file or a folder (Markdown, plain text, HTML) to what soloist knows.
+    Ingest {
+        /// A file, a folder read recursively, or an http(s) URL.
+        #[arg(required_unless_present = "refresh")]
+        path: Option<PathBuf>,
+        /// Fetch every URL source again; changes are replaced and audited.
+        #[arg(long)]
+        refresh: bool,
+    },
+    /// Measure retrieval: `soloist eval retrieval FILE.tsv`.
+    Eval {
+        /// What to evaluate: `retrieval`.
+        what: String,
+        /// A TSV file: a header line, then question<TAB>expected_source.
+        file: PathBuf,
+    },
     /// Rebuild a run from its journal and print it.
     Replay {
         /// The run's id (its first characters are enough).
@@ -100,6 +116,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay { run_id } => replay(settings, &cli.home, &run_id).await,
         Command::Digest { now, chart } => digest(settings, &cli.home, now, &chart).await,
+        Command::Ingest { path, refresh } => {
+            soloist::memory::cli::ingest(settings, &cli.home, path.as_deref(), refresh).await
+        }
+        Command::Eval { what, file } => {
+            soloist::memory::cli::eval(settings, &cli.home, &what, &file).await
+        }
     }
 }
 

@@ -71,6 +71,8 @@ pub async fn run(
     {
         services.spawn(http);
     }
+    let memory = crate::memory::Memory::new(app.store.clone(), app.settings.memory.clone());
+    services.spawn(crate::memory::purge_periodically(memory, shutdown.clone()));
     services.spawn(worker(app, shutdown.clone()));
     for platform in platforms {
         services.spawn(platform);

@@ -105,6 +105,8 @@ pub struct Settings {
     pub http: crate::http::HttpSettings,
     #[serde(default)]
     pub log: crate::http::LogSettings,
+    #[serde(default)]
+    pub memory: crate::memory::MemorySettings,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

@@ -2,7 +2,8 @@
 //! a button press (`buttons`), a command (`commands`, whose table is the one
 //! command list), a message a waiting run asked for, or free text for the
 //! router (`routing`). Reports live in `reports`, `/cost` in `cost`, the
-//! guardrails' rate limits, `/run` lines and `/policy` in `policy_hooks`.
+//! guardrails' rate limits, `/run` lines and `/policy` in `policy_hooks`;
+//! memory commands in `memory`.
 //! Replies go through the outbox, queued in the same transaction that marks
 //! the update handled (and, for a press or a run's input, that makes the
 //! change), so a redelivered update is neither lost nor acted on twice.
@@ -11,6 +12,7 @@ pub mod access;
 mod buttons;
 mod commands;
 mod cost;
+mod memory;
 mod policy_hooks;
 mod reports;
 mod routing;

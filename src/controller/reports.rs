@@ -65,6 +65,9 @@ impl Controller {
             tokens,
             cost,
         );
+        if let Some(retrieval) = crate::memory::retrieval_line(&state.outputs) {
+            let _ = write!(text, "\nRetrieved: {retrieval}");
+        }
         if let Some(summary) = &state.summary {
             let _ = write!(text, "\nOutcome: {summary}");
         }

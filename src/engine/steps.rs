@@ -1,6 +1,8 @@
 //! What each step kind does. A step reads the run's folded state and returns
 //! a [`Transition`]; it never writes to the store itself, so its effects are
-//! committed all at once, after it returns, or not at all.
+//! committed all at once, after it returns, or not at all. One exception,
+//! idempotent by design: `retrieve` first indexes decisions not yet in the
+//! decision log (see `Engine::retrieve`).
 
 use serde_json::json;
 
@@ -73,6 +75,7 @@ impl Engine {
                 };
                 self.generate(run, flow, step, state, call).await
             }
+            StepKind::Retrieve { top_k } => self.retrieve(run, step, state, *top_k).await,
             StepKind::Approve {
                 draft_from,
                 artifact_kind,
@@ -96,6 +99,39 @@ impl Engine {
                 "offers": settings.offers,
             }),
         )
+    }
+
+    /// What the business knows about the request; the output is the
+    /// retrieval trace (query, chunks, scores, why) and the quoted material.
+    ///
+    /// The one write it makes is outside the step's transaction: decisions
+    /// not yet in the decision log are indexed first. That is idempotent (a
+    /// decision's entry is keyed by its artifact id, written only when
+    /// missing, and a concurrent writer's duplicate is ignored), so a step
+    /// repeated after a lapsed claim, or run by a second worker whose
+    /// fenced commit is then refused, leaves the index as one run would.
+    async fn retrieve(
+        &self,
+        run: &RunRow,
+        step: &StepDef,
+        state: &RunState,
+        top_k: Option<usize>,
+    ) -> Transition {
+        let settings = &self.inner.settings.memory;
+        let memory = crate::memory::Memory::new(self.inner.store.clone(), settings.clone());
+        let k = top_k.unwrap_or(settings.top_k);
+        match memory.recall(&state.input.request, &run.chat, k).await {
+            Ok(recall) => completed(&step.name, recall.to_json()),
+            Err(error) => {
+                tracing::warn!(error = ?error, "retrieval failed");
+                failed(
+                    run,
+                    &step.name,
+                    error.to_string(),
+                    "Check the database (soloist doctor).",
+                )
+            }
+        }
     }
 
     /// The values every prompt template sees.
@@ -336,6 +372,9 @@ fn approve(
 ) -> Transition {
     let conversation = state.conversation(&step.name);
     let draft = conversation.draft.clone().unwrap_or_default();
+    let sources = crate::memory::sources_in(&state.outputs)
+        .map(|s| format!("\n\nSources: {s}"))
+        .unwrap_or_default();
     match &conversation.latest {
         None => {
             let first_draft = state
@@ -344,7 +383,7 @@ fn approve(
                 .and_then(|o| o.get("text"))
                 .and_then(|t| t.as_str())
                 .unwrap_or_default();
-            offer(run, step, first_draft)
+            offer(run, step, first_draft, &sources)
         }
         Some(JournalEvent::Decided { decision, .. }) => match decision {
             Decision::Approve => save(run, step, artifact_kind, &draft, None),
@@ -360,7 +399,7 @@ fn approve(
             ),
         },
         Some(JournalEvent::InputReceived { purpose, text, .. }) => match purpose {
-            InputPurpose::EditedDraft => offer(run, step, text),
+            InputPurpose::EditedDraft => offer(run, step, text, &sources),
             InputPurpose::RejectReason => {
                 let Some(approval_id) = conversation.approval_id else {
                     return failed(
@@ -387,11 +426,14 @@ fn approve(
     }
 }
 
-fn offer(run: &RunRow, step: &StepDef, draft: &str) -> Transition {
+fn offer(run: &RunRow, step: &StepDef, draft: &str, sources: &str) -> Transition {
     let approval = NewApproval::offer(
         &step.name,
         draft,
-        format!("Draft for review (run {}):\n\n{draft}", run.id.short()),
+        format!(
+            "Draft for review (run {}):\n\n{draft}{sources}",
+            run.id.short()
+        ),
     );
     let mut transition = Transition::new(RunStatus::WaitingApproval);
     transition.events.push(JournalEvent::ApprovalRequested {

@@ -71,6 +71,12 @@ pub enum StepKind {
         #[serde(default = "urgent_by_default")]
         urgent: bool,
     },
+    /// Retrieves what the business knows about the request (knowledge,
+    /// past decisions, the recent conversation); see [`crate::memory`].
+    Retrieve {
+        #[serde(default)]
+        top_k: Option<usize>,
+    },
     /// Asks for Approve / Edit / Reject on the text another step produced.
     Approve {
         draft_from: String,
@@ -104,7 +110,7 @@ impl Flow {
                 return Err(format!("step name '{}' is used twice", step.name));
             }
             match &step.kind {
-                StepKind::Context => {}
+                StepKind::Context | StepKind::Retrieve { .. } => {}
                 StepKind::Generate { system, prompt, .. } => {
                     for name in [system, prompt] {
                         if !prompts.has(name) {

@@ -93,7 +93,10 @@ pub fn step_effects(step: &StepDef) -> Result<BTreeSet<Effect>, UnknownEffect> {
 
 fn kind_effects(kind: &StepKind) -> Vec<Effect> {
     match kind {
-        StepKind::Context | StepKind::Generate { .. } | StepKind::Approve { .. } => Vec::new(),
+        StepKind::Context
+        | StepKind::Retrieve { .. }
+        | StepKind::Generate { .. }
+        | StepKind::Approve { .. } => Vec::new(),
     }
 }
 

@@ -222,6 +222,7 @@ const MIGRATIONS: Migrations = migrations![
     5 "outbox claims" "0005_outbox_claims.sql",
     6 "budget reservations" "0006_budget_reservations.sql",
     7 "schedules" "0007_schedules.sql",
+    8 "memory" "0008_memory.sql",
     9 "guardrails" "0009_guardrails.sql",
 ];
 

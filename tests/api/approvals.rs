@@ -450,7 +450,7 @@ async fn run_lists_its_steps_in_the_order_they_ran(db: Db) {
     let report = texts(&app.say(&format!("/run {}", run.id.short())).await);
 
     assert!(
-        report.contains("Steps done: brief, write, review"),
+        report.contains("Steps done: brief, recall, write, review"),
         "{report}"
     );
 }

@@ -661,6 +661,11 @@ async fn slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally
             "digest",
             "schedules",
             "schedule",
+            "remember",
+            "memory",
+            "forget",
+            "sources",
+            "forget_person",
             "help"
         ]
     );

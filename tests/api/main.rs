@@ -16,6 +16,7 @@ mod discord;
 mod doctor;
 mod failures;
 mod http;
+mod memory;
 mod models;
 mod outbox;
 mod policy;

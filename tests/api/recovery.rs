@@ -39,17 +39,18 @@ async fn a_run_interrupted_after_the_model_step_resumes_without_calling_the_mode
         .start(start("a post", "crash-1"))
         .await
         .unwrap();
-    assert_eq!(
-        app.app.engine.try_execute_step(run).await.unwrap(),
-        StepOutcome::Executed(RunStatus::Runnable)
-    );
-    // Each claim is exclusive, the same engine's too: the next step waits
-    // for the kept lease to lapse.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        app.app.engine.try_execute_step(run).await.unwrap(),
-        StepOutcome::Executed(RunStatus::Runnable)
-    );
+    // brief, recall, write: the model step is the third. Each claim is
+    // exclusive, the same engine's too: the next step waits for the kept
+    // lease to lapse.
+    for step in 0..3 {
+        if step > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(
+            app.app.engine.try_execute_step(run).await.unwrap(),
+            StepOutcome::Executed(RunStatus::Runnable)
+        );
+    }
     assert_eq!(app.llm.calls(), 1);
     // The "crashed" worker keeps its lease; nothing else may run its step
     // until the lease lapses.

@@ -229,6 +229,11 @@ async fn a_draft_is_offered_with_buttons_and_approving_edits_the_offer_in_place(
             "digest",
             "schedules",
             "schedule",
+            "remember",
+            "memory",
+            "forget",
+            "sources",
+            "forget_person",
             "help"
         ]
     );
