@@ -323,7 +323,9 @@ async fn memory_commands_remember_search_forget_and_list_sources(db: Db) {
     assert!(reply.contains("knowledge/offers.md (file,"), "{reply}");
     assert!(reply.contains(&note), "{reply}");
 
-    let reply = texts(&app.say("/forget offers.md").await);
+    // By its full name: with ../shared/fixtures beside the checkout there
+    // is a second offers.md (shared/knowledge/offers.md).
+    let reply = texts(&app.say("/forget knowledge/offers.md").await);
     assert!(reply.starts_with("Forgot knowledge/offers.md ("), "{reply}");
     let hits = Memory::new(app.app.store.clone(), MemorySettings::default())
         .retrieve("Brand Sprint price deposit", 10)

@@ -63,7 +63,9 @@ async fn latest_run(app: &TestApp) -> RunId {
 async fn every_pii_line_reaches_the_model_as_placeholders_and_the_operator_sees_it_restored(
     db: Db,
 ) {
-    let app = TestApp::spawn(db).await;
+    // No chat window: each request then carries only its own line, so the
+    // ledger's count of redacted items is exactly that line's values.
+    let app = TestApp::spawn_with(db, |s| s.memory.chat_window_tokens = 0).await;
     let redactor = Redactor::new(&PiiKind::all(), &[]);
     let mut leaked = 0;
     for line in crate::fixtures::lines("adversarial/pii.txt") {
