@@ -111,9 +111,7 @@ async fn latest_run(app: &TestApp) -> RunId {
 async fn every_pii_line_reaches_the_model_as_placeholders_and_the_operator_sees_it_restored(
     db: Db,
 ) {
-    // No chat window: each request then carries only its own line, so the
-    // ledger's count of redacted items is exactly that line's values.
-    let app = TestApp::spawn_with(db, |s| s.memory.chat_window_tokens = 0).await;
+    let app = TestApp::spawn(db).await;
     let redactor = Redactor::new(&PiiKind::all(), &[]);
     let placeholder = regex::Regex::new(r"\[[A-Z_]+_\d+\]").unwrap();
     let mut leaked = 0;
