@@ -21,6 +21,9 @@ ALTER TABLE schedule_fires ADD COLUMN status TEXT NOT NULL DEFAULT 'pending';
 ALTER TABLE schedule_fires ADD COLUMN late BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE schedule_fires ADD COLUMN created_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE schedule_fires ADD COLUMN done_at BIGINT;
+-- A pending fire's job runs under a claim: two processes at one tick run
+-- it once; a process that died in it leaves the claim to lapse.
+ALTER TABLE schedule_fires ADD COLUMN claimed_until BIGINT;
 CREATE UNIQUE INDEX schedule_fires_once_a_day ON schedule_fires (schedule_id, local_date);
 CREATE INDEX schedule_fires_by_status ON schedule_fires (status, created_at);
 CREATE INDEX schedules_due ON schedules (paused, next_fire_at);

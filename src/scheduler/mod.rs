@@ -34,6 +34,10 @@ use crate::store::{
     DueSchedule, FirePlan, MissRecord, PendingFire, ScheduleRow, Store, StoreError,
 };
 
+/// How long a process holds a fire while its job runs; a process that died
+/// in a job leaves the fire to the next tick after this.
+const FIRE_LEASE_MS: i64 = 10 * 60 * 1000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
     #[error(transparent)]
@@ -230,6 +234,15 @@ impl Scheduler {
         };
         let mut completed = 0;
         for fire in self.store.pending_fires().await? {
+            // Another process may be running this fire's job right now:
+            // only the holder of the claim runs it.
+            if !self
+                .store
+                .claim_fire(&fire, now.timestamp_millis(), FIRE_LEASE_MS)
+                .await?
+            {
+                continue;
+            }
             // The fire's span: its log lines (and a flow run's, which adds
             // the run id) carry the schedule and the tick.
             let span =
@@ -252,7 +265,8 @@ impl Scheduler {
                     completed += usize::from(done);
                 }
                 Err(error) => {
-                    tracing::error!(schedule = %fire.name, %error, "a scheduled job failed; trying again next tick")
+                    tracing::error!(schedule = %fire.name, %error, "a scheduled job failed; trying again next tick");
+                    self.store.release_fire(&fire).await?;
                 }
             }
         }

@@ -230,6 +230,42 @@ impl Store {
             .collect())
     }
 
+    /// Takes a pending fire for `lease_ms` so that only this process runs
+    /// its job now. False when it is done or another process holds it.
+    pub async fn claim_fire(
+        &self,
+        fire: &PendingFire,
+        now: i64,
+        lease_ms: i64,
+    ) -> StoreResult<bool> {
+        Ok(sqlx::query(
+            "UPDATE schedule_fires SET claimed_until = $1
+             WHERE schedule_id = $2 AND scheduled_for = $3 AND status = 'pending'
+               AND (claimed_until IS NULL OR claimed_until < $4)",
+        )
+        .bind(now + lease_ms)
+        .bind(&fire.schedule_id)
+        .bind(fire.scheduled_for)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Gives a fire whose job failed back, for the next tick to try again.
+    pub async fn release_fire(&self, fire: &PendingFire) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE schedule_fires SET claimed_until = NULL
+             WHERE schedule_id = $1 AND scheduled_for = $2 AND status = 'pending'",
+        )
+        .bind(&fire.schedule_id)
+        .bind(fire.scheduled_for)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Marks a fire done and queues its messages in one transaction. False
     /// (nothing queued) when another process completed it first.
     pub async fn complete_fire(
