@@ -111,7 +111,10 @@ async fn latest_run(app: &TestApp) -> RunId {
 async fn every_pii_line_reaches_the_model_as_placeholders_and_the_operator_sees_it_restored(
     db: Db,
 ) {
-    let app = TestApp::spawn(db).await;
+    // No chat window: placeholders are numbered per request, and the fake
+    // model echoes this line's numbering; an earlier line's data in the
+    // window would renumber it.
+    let app = TestApp::spawn_with(db, |s| s.memory.chat_window_tokens = 0).await;
     let redactor = Redactor::new(&PiiKind::all(), &[]);
     let placeholder = regex::Regex::new(r"\[[A-Z_]+_\d+\]").unwrap();
     let mut leaked = 0;
@@ -153,8 +156,7 @@ async fn every_pii_line_reaches_the_model_as_placeholders_and_the_operator_sees_
         }
         let run = latest_run(&app).await;
         let ledger = app.app.store.ledger_for_run(run).await.unwrap();
-        // Every distinct value in the call counts once: the request's, and
-        // those of earlier lines the chat window carries.
+        // Every distinct value in the call counts once.
         let placeholders: std::collections::BTreeSet<&str> =
             placeholder.find_iter(&sent).map(|m| m.as_str()).collect();
         assert!(placeholders.len() >= values.len(), "{sent}");
@@ -506,7 +508,9 @@ fn leads() -> Vec<Value> {
 }
 
 async fn every_lead_and_l07_forwarded_is_drafted_as_data_waits_for_approval_and_warns(db: Db) {
-    let app = TestApp::spawn(db).await;
+    // No chat window: placeholders are numbered per request, so an earlier
+    // lead's data in the window would renumber this one's.
+    let app = TestApp::spawn_with(db, |s| s.memory.chat_window_tokens = 0).await;
     let warning =
         "⚠ the forwarded text contains instructions to the assistant; they were not followed";
     let leads = leads();
@@ -517,7 +521,10 @@ async fn every_lead_and_l07_forwarded_is_drafted_as_data_waits_for_approval_and_
             lead["name"].as_str().unwrap_or_default(),
             lead["company"].as_str().unwrap_or_default(),
             lead["message"].as_str().unwrap_or_default()
-        );
+        )
+        // A lead with no name (L07) starts with a space the platform trims.
+        .trim()
+        .to_string();
         let mut inbound = app.inbound(soloist::domain::InboundContent::Text(text.clone()));
         inbound.origin = soloist::domain::Origin::Forwarded {
             from: lead["name"].as_str().unwrap_or("a lead").into(),
