@@ -13,6 +13,7 @@
 //! whose idempotency key is the fire's key.
 
 pub mod commands;
+pub mod housekeeping;
 mod settings;
 mod timetable;
 
@@ -88,6 +89,9 @@ impl Clock for ManualClock {
     }
 }
 
+/// How long a process holds a fire while its job runs.
+const FIRE_LEASE_MS: i64 = 10 * 60 * 1000;
+
 /// What one due fire produced: messages to queue (in the transaction that
 /// marks the fire done) and the run it started, if any.
 #[derive(Debug, Default)]
@@ -109,6 +113,13 @@ pub struct JobContext {
 #[async_trait::async_trait]
 pub trait Job: Send + Sync {
     async fn run(&self, context: &JobContext, fire: &PendingFire) -> Result<JobOutput, String>;
+
+    /// Housekeeping (purges, prunes, sweeps): its missed ticks are not
+    /// recorded, so a frequent job never floods the digest after downtime;
+    /// it just runs once, late (or not, with `catch_up = "skip"`).
+    fn housekeeping(&self) -> bool {
+        false
+    }
 }
 
 /// What one tick did, for the log and the tests.
@@ -149,6 +160,10 @@ impl Scheduler {
     ) -> Self {
         let mut jobs: HashMap<String, Arc<dyn Job>> = HashMap::new();
         jobs.insert("digest".into(), Arc::new(crate::digest::DigestJob));
+        let agents = engine.as_ref().map(|engine| engine.agents().clone());
+        for (name, job) in housekeeping::jobs(agents) {
+            jobs.insert(name.into(), job);
+        }
         Scheduler {
             store,
             settings,
@@ -163,6 +178,10 @@ impl Scheduler {
     pub fn with_job(mut self, name: &str, job: Arc<dyn Job>) -> Self {
         Arc::make_mut(&mut self.jobs).insert(name.to_string(), job);
         self
+    }
+
+    fn is_housekeeping(&self, target: &str) -> bool {
+        self.jobs.get(target).is_some_and(|job| job.housekeeping())
     }
 
     /// Writes the schedules of the config file into the database.
@@ -198,7 +217,13 @@ impl Scheduler {
         let grace = chrono::Duration::seconds(self.settings.scheduler.grace_secs as i64);
         let planned = self
             .store
-            .claim_due_schedules(now.timestamp_millis(), |row| plan(row, now, grace))
+            .claim_due_schedules(now.timestamp_millis(), |row| {
+                let mut plan = plan(row, now, grace);
+                if self.is_housekeeping(&row.target) {
+                    plan.miss = None;
+                }
+                plan
+            })
             .await?;
         let mut report = TickReport::default();
         for (schedule, applied) in planned {
@@ -229,7 +254,19 @@ impl Scheduler {
             now,
         };
         let mut completed = 0;
+        // The clock is the database's (or the test's), and a job longer
+        // than this is retried by another process: the digest's and a
+        // flow start's effects are keyed on the fire, housekeeping is
+        // idempotent.
+        let lease_until = now.timestamp_millis() + FIRE_LEASE_MS;
         for fire in self.store.pending_fires().await? {
+            if !self
+                .store
+                .claim_fire(&fire, now.timestamp_millis(), lease_until)
+                .await?
+            {
+                continue;
+            }
             // The fire's span: its log lines (and a flow run's, which adds
             // the run id) carry the schedule and the tick.
             let span =
@@ -252,7 +289,8 @@ impl Scheduler {
                     completed += usize::from(done);
                 }
                 Err(error) => {
-                    tracing::error!(schedule = %fire.name, %error, "a scheduled job failed; trying again next tick")
+                    tracing::error!(schedule = %fire.name, %error, "a scheduled job failed; trying again next tick");
+                    self.store.release_fire(&fire).await?;
                 }
             }
         }

@@ -230,6 +230,47 @@ impl Store {
             .collect())
     }
 
+    /// Takes a pending fire for this process until `lease_until` (Unix ms),
+    /// so a second process ticking at the same moment does not run its
+    /// job too. False when another process holds it. While a fire is
+    /// pending, `done_at` holds the lease's end (it becomes the completion
+    /// time once done); a process that died mid-job loses the lease when it
+    /// ends.
+    pub async fn claim_fire(
+        &self,
+        fire: &PendingFire,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<bool> {
+        let claimed = sqlx::query(
+            "UPDATE schedule_fires SET done_at = $1
+             WHERE schedule_id = $2 AND scheduled_for = $3 AND status = 'pending'
+               AND (done_at IS NULL OR done_at < $4)",
+        )
+        .bind(lease_until)
+        .bind(&fire.schedule_id)
+        .bind(fire.scheduled_for)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(claimed == 1)
+    }
+
+    /// Gives a claimed fire back after its job failed: the next tick, in
+    /// any process, tries again.
+    pub async fn release_fire(&self, fire: &PendingFire) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE schedule_fires SET done_at = NULL
+             WHERE schedule_id = $1 AND scheduled_for = $2 AND status = 'pending'",
+        )
+        .bind(&fire.schedule_id)
+        .bind(fire.scheduled_for)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Marks a fire done and queues its messages in one transaction. False
     /// (nothing queued) when another process completed it first.
     pub async fn complete_fire(
@@ -269,6 +310,26 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(count)
+    }
+
+    /// Forgets finished fires scheduled before `before_ms`, and misses
+    /// detected before it: a frequent housekeeping schedule would
+    /// otherwise add a row per tick forever. Pending fires stay (their job
+    /// has yet to run); the unique keys only matter for ticks still ahead
+    /// of `next_fire_at`, far newer than any retention window.
+    pub async fn prune_schedule_history(&self, before_ms: i64) -> StoreResult<u64> {
+        let fires =
+            sqlx::query("DELETE FROM schedule_fires WHERE status = 'done' AND scheduled_for < $1")
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        let misses = sqlx::query("DELETE FROM schedule_misses WHERE detected_at < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(fires + misses)
     }
 
     /// The ticks `name` fired for, oldest first.
