@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use soloist::config::{LoadOptions, Settings};
-use soloist::policy::{Guard, Origin, Redactor};
+use soloist::policy::{Guard, Origin, Redactor, Source};
 
 fn lines(name: &str) -> Vec<String> {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -41,7 +41,7 @@ fn main() {
             let mut redaction = redactor.redaction();
             let _ = redaction.redact(system);
             let sent = redaction.redact(message);
-            let review = guard.review(Origin::Forwarded, message, draft);
+            let review = guard.review(&[Source::request(Origin::Forwarded, message)], draft);
             let shown = redaction.restore(&sent);
             samples.push(started.elapsed());
             std::hint::black_box((review, shown));

@@ -9,7 +9,7 @@ use super::transitions::Transition;
 use crate::domain::RunId;
 use crate::engine::{EngineError, StartRun};
 use crate::flows::StepDef;
-use crate::policy::{Origin, effects};
+use crate::policy::{Origin, Source, effects};
 use crate::store::RunRow;
 
 impl Engine {
@@ -48,7 +48,9 @@ impl Engine {
     }
 
     /// Puts the guardrails' flags above the draft on its approval message
-    /// (the draft itself is not changed) and audits each.
+    /// (the draft itself is not changed); each flag is an audit row
+    /// committed with the offer. The request and the knowledge the run
+    /// retrieved are both scanned for instructions.
     pub(super) async fn guard_offer(
         &self,
         run: &RunRow,
@@ -59,24 +61,20 @@ impl Engine {
             return;
         };
         let origin = self.run_origin(run.id).await;
-        let review = self
-            .inner
-            .guard
-            .review(origin, &state.input.request, &approval.draft);
+        let mut sources = vec![Source::request(origin, &state.input.request)];
+        sources.extend(
+            retrieved_texts(state)
+                .into_iter()
+                .map(|text| Source::retrieved(Origin::Knowledge, text)),
+        );
+        let review = self.inner.guard.review(&sources, &approval.draft);
         if review.is_clean() {
             return;
         }
         approval.message.text = format!("{}\n{}", review.banner(), approval.message.text);
         for flag in &review.flags {
             let detail = format!("{}: {}", flag.kind.as_str(), flag.detail);
-            if let Err(error) = self
-                .inner
-                .store
-                .record_guardrail(Some(run.id), "flagged", &detail)
-                .await
-            {
-                tracing::warn!(error = ?error, "guardrail audit row not written");
-            }
+            transition.guardrails.push(("flagged".into(), detail));
         }
     }
 
@@ -104,19 +102,25 @@ impl Engine {
             "step '{}' ({effect}) refused: no approval decision",
             step.name
         );
-        if let Err(error) = self
-            .inner
-            .store
-            .record_guardrail(Some(run.id), "blocked", &detail)
-            .await
-        {
-            tracing::warn!(error = ?error, "guardrail audit row not written");
-        }
-        Some(failed(
+        let mut refused = failed(
             run,
             &step.name,
             format!("policy requires an approval before {effect}, and none was given"),
             "Add an approve step before it in the flow file.",
-        ))
+        );
+        refused.guardrails.push(("blocked".into(), detail));
+        Some(refused)
     }
+}
+
+/// The knowledge chunks the run's retrieve steps returned (their raw text,
+/// as ingested), for the injection detector.
+fn retrieved_texts(state: &RunState) -> Vec<&str> {
+    state
+        .outputs
+        .values()
+        .filter_map(|output| output.get("chunks").and_then(|c| c.as_array()))
+        .flatten()
+        .filter_map(|chunk| chunk.get("text").and_then(|t| t.as_str()))
+        .collect()
 }

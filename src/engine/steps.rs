@@ -147,6 +147,17 @@ impl Engine {
         })
     }
 
+    /// POLICY HOOK: the values a prompt is rendered with, every untrusted
+    /// text in them quoted as data: the request with its origin, earlier
+    /// steps' outputs with theirs (see [`quote_outputs`]).
+    async fn prompt_values(&self, run: &RunRow, state: &RunState) -> serde_json::Value {
+        let mut values = self.template_values(state);
+        let origin = self.run_origin(run.id).await;
+        values["request"] = crate::policy::quote(origin, &state.input.request).into();
+        values["outputs"] = quote_outputs(&state.outputs, origin);
+        values
+    }
+
     async fn generate(
         &self,
         run: &RunRow,
@@ -180,10 +191,7 @@ impl Engine {
                 _ => {}
             }
         }
-        let mut values = self.template_values(state);
-        // POLICY HOOK: text from others reaches the prompt quoted as data.
-        let origin = self.run_origin(run.id).await;
-        values["request"] = crate::policy::quote(origin, &state.input.request).into();
+        let values = self.prompt_values(run, state).await;
         let prompts = &self.inner.prompts;
         let rendered = prompts
             .render(call.system, &values)
@@ -246,9 +254,7 @@ impl Engine {
         call: &GenerateCall<'_>,
         mut output: serde_json::Value,
     ) -> serde_json::Value {
-        let mut values = self.template_values(state);
-        let origin = self.run_origin(run.id).await;
-        values["request"] = crate::policy::quote(origin, &state.input.request).into();
+        let values = self.prompt_values(run, state).await;
         let prompts = &self.inner.prompts;
         let rendered = (
             prompts.render(call.system, &values),
@@ -322,6 +328,45 @@ impl Engine {
             message.buttons = buttons;
         }
     }
+}
+
+/// Earlier steps' outputs as a prompt sees them. A model's text (a
+/// generate step's, or a draft an approval saved) is quoted as model
+/// output; a context step's copy of the request is quoted with the
+/// request's origin; a retrieval offers only its quoted material and its
+/// sources line, never the raw chunks.
+fn quote_outputs(
+    outputs: &std::collections::BTreeMap<String, serde_json::Value>,
+    origin: crate::policy::Origin,
+) -> serde_json::Value {
+    use crate::policy::{Origin, neutralize, quote, quote_labelled};
+    let mut quoted = serde_json::Map::new();
+    for (step, output) in outputs {
+        let mut output = output.clone();
+        if let Some(object) = output.as_object_mut() {
+            if object.contains_key("quoted") && object.contains_key("chunks") {
+                let material = object.get("quoted").cloned().unwrap_or_default();
+                let sources = object
+                    .get("sources")
+                    .and_then(|s| s.as_str())
+                    .map(neutralize)
+                    .unwrap_or_default();
+                output = json!({ "quoted": material, "sources": sources });
+            } else {
+                if let Some(text) = object.get("text").and_then(|t| t.as_str()) {
+                    let label = format!("step {step}");
+                    let text = quote_labelled(Origin::ModelOutput, &label, text);
+                    object.insert("text".into(), text.into());
+                }
+                if let Some(request) = object.get("request").and_then(|t| t.as_str()) {
+                    let request = quote(origin, request);
+                    object.insert("request".into(), request.into());
+                }
+            }
+        }
+        quoted.insert(step.clone(), output);
+    }
+    serde_json::Value::Object(quoted)
 }
 
 /// The buttons a stopped model step offers besides Retry and Cancel.

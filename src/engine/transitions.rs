@@ -31,6 +31,9 @@ pub struct Transition {
     pub actions: Vec<(ButtonToken, Action)>,
     /// A non-urgent model call to queue for the next batch.
     pub batch_item: Option<NewBatchItem>,
+    /// Guardrail audit rows (kind, detail) the step's decision produced:
+    /// flags on its offer, a refusal. Committed with the step.
+    pub guardrails: Vec<(String, String)>,
 }
 
 impl Transition {
@@ -46,6 +49,7 @@ impl Transition {
             reject_reason: None,
             actions: Vec::new(),
             batch_item: None,
+            guardrails: Vec::new(),
         }
     }
 }
@@ -106,6 +110,9 @@ impl Engine {
         }
         if let Some((approval_id, reason)) = &transition.reject_reason {
             tx.set_decision_reason(*approval_id, reason).await?;
+        }
+        for (kind, detail) in &transition.guardrails {
+            tx.record_guardrail(run.id, kind, detail).await?;
         }
         tx.commit().await?;
         Ok(true)

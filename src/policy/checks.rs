@@ -27,6 +27,10 @@ pub enum FlagKind {
     Exclamations,
     Price,
     Injection,
+    /// Personal data the recipient or the operator did not supply.
+    Pii,
+    /// A client named without their consent.
+    Client,
 }
 
 impl FlagKind {
@@ -39,6 +43,8 @@ impl FlagKind {
             FlagKind::Exclamations => "exclamations",
             FlagKind::Price => "price",
             FlagKind::Injection => "injection",
+            FlagKind::Pii => "pii",
+            FlagKind::Client => "client",
         }
     }
 }
@@ -72,6 +78,17 @@ static AMOUNT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)(?:\b(?:eur|euros?)\s?|€\s?)(\d{1,3}(?:[.,]\d{3})+|\d+)(?:[.,]\d{1,2})?\b|\b(\d{1,3}(?:[.,]\d{3})+|\d+)(?:[.,]\d{1,2})?\s?(?:€|\beur\b|\beuros?\b)")
         .expect("amount pattern")
 });
+
+/// True when `phrase` appears in `text` as whole words, ignoring case
+/// ("Casa Lume" in "the casa lume team", not "Lume" in "Lumen").
+pub fn mentions(text: &str, phrase: &str) -> bool {
+    let phrase = phrase.trim();
+    if phrase.is_empty() {
+        return false;
+    }
+    let pattern = format!(r"(?i)(^|[^\w]){}($|[^\w])", regex::escape(phrase));
+    Regex::new(&pattern).is_ok_and(|re| re.is_match(text))
+}
 
 impl DraftRules {
     /// Every flag `draft` earns, in a stable order.

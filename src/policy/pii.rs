@@ -280,6 +280,18 @@ impl Redactor {
         taken
     }
 
+    /// The personal data in `text`: (kind, the value as found, the value
+    /// normalised so the same phone or card written differently matches).
+    pub fn values_in(&self, text: &str) -> Vec<(PiiKind, String, String)> {
+        self.find(text)
+            .into_iter()
+            .map(|f| {
+                let value = &text[f.start..f.end];
+                (f.kind, value.to_string(), normalize(value))
+            })
+            .collect()
+    }
+
     /// A fresh set of placeholders, for one model call.
     pub fn redaction(&self) -> Redaction<'_> {
         Redaction {

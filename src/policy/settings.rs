@@ -27,6 +27,13 @@ pub struct PolicySettings {
     pub own_contacts: Vec<String>,
     #[serde(default)]
     pub rate_limits: RateLimitSettings,
+    /// The business's clients, by name. When listed, a draft naming one
+    /// who is not in `consented_clients` is flagged.
+    #[serde(default)]
+    pub clients: Vec<String>,
+    /// Clients who agreed in writing to be named in public posts.
+    #[serde(default)]
+    pub consented_clients: Vec<String>,
 }
 
 impl Default for PolicySettings {
@@ -37,6 +44,8 @@ impl Default for PolicySettings {
             allowed_link_domains: Vec::new(),
             own_contacts: Vec::new(),
             rate_limits: RateLimitSettings::default(),
+            clients: Vec::new(),
+            consented_clients: Vec::new(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Guardrail audit rows (the policy layer's decisions), linked to runs.
 
-use super::{Store, StoreResult, now_ms};
+use super::{Store, StoreResult, Tx, now_ms};
 use crate::domain::RunId;
 
 /// One guardrail decision: `kind` is `origin`, `redacted`, `flagged`,
@@ -43,5 +43,28 @@ impl Store {
             .into_iter()
             .map(|(kind, detail)| GuardrailEvent { kind, detail })
             .collect())
+    }
+}
+
+impl Tx {
+    /// [`Store::record_guardrail`] inside a transaction: a step's flags and
+    /// refusals are committed with the step, or not at all (a claim that
+    /// lost its lease leaves no row for an offer never made).
+    pub async fn record_guardrail(
+        &mut self,
+        run_id: RunId,
+        kind: &str,
+        detail: &str,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO guardrail_events (run_id, kind, detail, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(run_id.to_string())
+        .bind(kind)
+        .bind(detail)
+        .bind(now_ms())
+        .execute(&mut *self.inner)
+        .await?;
+        Ok(())
     }
 }

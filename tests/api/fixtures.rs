@@ -49,3 +49,9 @@ pub fn documents(folder: &str) -> Vec<(String, String)> {
     }
     docs
 }
+
+/// The text of `relative` under `../shared/fixtures/`, when present.
+#[allow(dead_code)] // used by the policy tests
+pub fn shared_text(relative: &str) -> Option<String> {
+    std::fs::read_to_string(shared_dir().join(relative)).ok()
+}
