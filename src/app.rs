@@ -38,6 +38,10 @@ pub struct App {
     pub controller: Controller,
     /// Where the data lives, fit to print (no password).
     pub database_label: String,
+    /// What the adapters report for `/healthz`.
+    pub health: crate::http::Health,
+    /// Routes adapters mount on the HTTP server (the Telegram webhook).
+    pub hooks: crate::http::Hooks,
 }
 
 impl App {
@@ -87,6 +91,8 @@ impl App {
             store,
             engine,
             database_label,
+            health: crate::http::Health::default(),
+            hooks: crate::http::Hooks::default(),
         })
     }
 }

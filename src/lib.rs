@@ -49,9 +49,13 @@
 //!   process with an error.
 //! - [`scheduler`]: cron schedules in the database; a due tick fires once
 //!   (unique key), missed ticks follow the catch-up policy and are recorded.
-//!   Built-in periodic jobs (the budget reservation sweep) run as schedules.
+//!   Built-in housekeeping jobs (working-memory purge, payload pruning, URL
+//!   refresh, reservation sweep, fire-history pruning) run as schedules
+//!   whose misses are not recorded ([`scheduler::housekeeping`]).
 //! - [`digest`]: the daily digest: SQL numbers, a template, a chart (PNG).
-//! - [`http`]: `/healthz` and `/metrics` (Prometheus) for `soloist run`.
+//! - [`http`]: `/healthz` (adapters report through [`http::Health`]) and
+//!   `/metrics` (Prometheus) for `soloist run`; the Telegram webhook mounts
+//!   on it ([`http::Hooks`]).
 //! - [`store`]: PostgreSQL or SQLite, one set of queries for both; tables
 //!   and transactions ([`store::Tx`]), not the run state machine.
 //! - [`domain`]: `Inbound`, `Outbound`, buttons, ids, run events; no I/O.

@@ -177,6 +177,10 @@ async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<Exit
     // results print with the next reply.
     let batches = tokio_util::sync::CancellationToken::new();
     tokio::spawn(soloist::runtime::batches(app.clone(), batches.clone()));
+    // No scheduler here: reservations a dead process left are swept once.
+    if let Err(error) = app.engine.agents().sweep_reservations().await {
+        tracing::warn!(error = ?error, "sweeping reservations failed");
+    }
     let console = Console::new(
         app.controller.clone(),
         tokio::io::stdout(),

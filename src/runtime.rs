@@ -64,15 +64,12 @@ pub async fn run(
     let mut services = tokio::task::JoinSet::new();
     services.spawn(batches(app.clone(), shutdown.clone()));
     services.spawn(crate::scheduler::service(&app, shutdown.clone()));
-    let health = crate::http::Health::default();
-    if let Some(http) = crate::http::service(&app, health, shutdown.clone())
+    if let Some(http) = crate::http::service(&app, shutdown.clone())
         .await
         .map_err(|error| RuntimeError::Service(format!("http: {}", error_chain(&error))))?
     {
         services.spawn(http);
     }
-    let memory = crate::memory::Memory::new(app.store.clone(), app.settings.memory.clone());
-    services.spawn(crate::memory::purge_periodically(memory, shutdown.clone()));
     services.spawn(worker(app, shutdown.clone()));
     for platform in platforms {
         services.spawn(platform);
@@ -132,8 +129,8 @@ fn release_free_memory() {
 }
 
 /// Sends non-urgent calls in batches when due, collects batches that came
-/// back and drives their runs on, and sweeps abandoned budget reservations,
-/// every `models.batch.poll_secs`.
+/// back and drives their runs on, every `models.batch.poll_secs`. (Abandoned
+/// budget reservations are swept by the `sweep_reservations` schedule.)
 pub async fn batches(app: App, shutdown: CancellationToken) -> Result<(), String> {
     let batcher = app.engine.agents().batcher();
     loop {
@@ -146,13 +143,6 @@ pub async fn batches(app: App, shutdown: CancellationToken) -> Result<(), String
                 }
             }
             Err(error) => tracing::warn!(error = %error, "batch round failed; will try again"),
-        }
-        // Reservations a crashed process left behind. Swept here, every
-        // batch poll, rather than as a schedule: a scheduled job records a
-        // fire row per tick (nothing prunes them yet) and its missed ticks
-        // would fill the digest after every restart.
-        if let Err(error) = app.engine.agents().sweep_reservations().await {
-            tracing::warn!(error = ?error, "sweeping reservations failed; will try again");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

@@ -239,7 +239,8 @@ pub struct TelegramSettings {
     /// The public HTTPS URL Telegram posts updates to (webhook mode); its
     /// path is the route soloist serves.
     pub webhook_url: String,
-    /// Where soloist listens for the reverse proxy (webhook mode).
+    /// Deprecated alias (one release): the webhook's own listener, used
+    /// only when `http.listen` is empty (then the webhook is served there).
     pub webhook_listen: String,
     /// Sent by Telegram in `X-Telegram-Bot-Api-Secret-Token` with every
     /// update; requests without it are refused. 1-256 of `A-Za-z0-9_-`.

@@ -61,6 +61,10 @@ pub struct Handles {
     pub store: Store,
     pub controller: Controller,
     pub settings: Arc<Settings>,
+    /// Where the adapter reports whether it is connected (`/healthz`).
+    pub health: crate::http::Health,
+    /// Where the adapter mounts routes on the shared HTTP server.
+    pub hooks: crate::http::Hooks,
 }
 
 impl Handles {
@@ -69,6 +73,8 @@ impl Handles {
             store: app.store.clone(),
             controller: app.controller.clone(),
             settings: app.settings.clone(),
+            health: app.health.clone(),
+            hooks: app.hooks.clone(),
         }
     }
 }

@@ -17,10 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -61,21 +63,72 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
-/// Whether each adapter this process holds is connected. An adapter
-/// reports itself here; a process holding none (a standby) is healthy.
+/// Whether each adapter this process holds is connected, and why not. An
+/// adapter reports itself here (through `frontdoor::Handles`); a process
+/// holding none (a standby) is healthy.
 #[derive(Debug, Clone, Default)]
-pub struct Health(Arc<Mutex<BTreeMap<String, bool>>>);
+pub struct Health(Arc<Mutex<BTreeMap<String, AdapterHealth>>>);
+
+#[derive(Debug, Clone)]
+struct AdapterHealth {
+    connected: bool,
+    /// Why it is not connected, when the adapter said.
+    reason: Option<String>,
+}
 
 impl Health {
     pub fn set(&self, adapter: &str, connected: bool) {
+        self.put(adapter, connected, None);
+    }
+
+    /// Not connected, for `reason` (shown by `/healthz`; no secrets).
+    pub fn down(&self, adapter: &str, reason: impl Into<String>) {
+        self.put(adapter, false, Some(reason.into()));
+    }
+
+    fn put(&self, adapter: &str, connected: bool, reason: Option<String>) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(adapter.to_string(), connected);
+            .insert(adapter.to_string(), AdapterHealth { connected, reason });
     }
 
-    fn snapshot(&self) -> BTreeMap<String, bool> {
+    fn snapshot(&self) -> BTreeMap<String, AdapterHealth> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A POST route an adapter mounts on this server while it runs (the
+/// Telegram webhook): it answers with a status only.
+pub type Hook = Arc<dyn Fn(HeaderMap, Bytes) -> BoxFuture<'static, StatusCode> + Send + Sync>;
+
+/// The routes adapters mounted, by path. The server is started before the
+/// adapters are, so it looks them up per request instead of at build time.
+#[derive(Clone, Default)]
+pub struct Hooks(Arc<Mutex<BTreeMap<String, Hook>>>);
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let paths: Vec<String> = self.lock().keys().cloned().collect();
+        f.debug_tuple("Hooks").field(&paths).finish()
+    }
+}
+
+impl Hooks {
+    pub fn mount(&self, path: &str, hook: Hook) {
+        self.lock().insert(path.to_string(), hook);
+    }
+
+    pub fn unmount(&self, path: &str) {
+        self.lock().remove(path);
+    }
+
+    fn get(&self, path: &str) -> Option<Hook> {
+        self.lock().get(path).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Hook>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -84,6 +137,7 @@ pub struct HttpState {
     pub store: Store,
     pub settings: HttpSettings,
     pub health: Health,
+    pub hooks: Hooks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +155,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .fallback(hooked)
         .with_state(Arc::new(state))
 }
 
@@ -121,7 +176,6 @@ pub async fn serve(
 /// `soloist run`'s HTTP service, or None when `http.listen` is empty.
 pub async fn service(
     app: &crate::app::App,
-    health: Health,
     shutdown: CancellationToken,
 ) -> Result<Option<crate::runtime::Service>, HttpError> {
     let settings = app.settings.http.clone();
@@ -139,7 +193,8 @@ pub async fn service(
     let state = HttpState {
         store: app.store.clone(),
         settings,
-        health,
+        health: app.health.clone(),
+        hooks: app.hooks.clone(),
     };
     Ok(Some(Box::pin(async move {
         serve(listener, state, shutdown)
@@ -156,11 +211,15 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
         reasons.push("the database is unreachable".to_string());
     }
     let adapters = state.health.snapshot();
-    for (name, connected) in &adapters {
-        if !connected {
-            reasons.push(format!("{name} is not connected"));
+    for (name, adapter) in &adapters {
+        match (&adapter.connected, &adapter.reason) {
+            (true, _) => {}
+            (false, Some(why)) => reasons.push(format!("{name} is not connected: {why}")),
+            (false, None) => reasons.push(format!("{name} is not connected")),
         }
     }
+    let adapters: BTreeMap<&String, bool> =
+        adapters.iter().map(|(n, a)| (n, a.connected)).collect();
     let backlog = if database_ok {
         match state.store.outbox_backlog().await {
             Ok(n) => Some(n),
@@ -195,6 +254,21 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// Any other path: a mounted hook's when one is (POST only), else 404.
+async fn hooked(
+    State(state): State<Arc<HttpState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match state.hooks.get(uri.path()) {
+        Some(hook) if method == Method::POST => hook(headers, body).await.into_response(),
+        Some(_) => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn metrics(

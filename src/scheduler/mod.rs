@@ -13,6 +13,7 @@
 //! whose idempotency key is the fire's key.
 
 pub mod commands;
+pub mod housekeeping;
 mod settings;
 mod timetable;
 
@@ -113,6 +114,13 @@ pub struct JobContext {
 #[async_trait::async_trait]
 pub trait Job: Send + Sync {
     async fn run(&self, context: &JobContext, fire: &PendingFire) -> Result<JobOutput, String>;
+
+    /// Housekeeping (purges, prunes, sweeps): its missed ticks are not
+    /// recorded, so a frequent job never floods the digest after downtime;
+    /// it just runs once, late (or not, with `catch_up = "skip"`).
+    fn housekeeping(&self) -> bool {
+        false
+    }
 }
 
 /// What one tick did, for the log and the tests.
@@ -153,6 +161,10 @@ impl Scheduler {
     ) -> Self {
         let mut jobs: HashMap<String, Arc<dyn Job>> = HashMap::new();
         jobs.insert("digest".into(), Arc::new(crate::digest::DigestJob));
+        let agents = engine.as_ref().map(|engine| engine.agents().clone());
+        for (name, job) in housekeeping::jobs(agents) {
+            jobs.insert(name.into(), job);
+        }
         Scheduler {
             store,
             settings,
@@ -167,6 +179,10 @@ impl Scheduler {
     pub fn with_job(mut self, name: &str, job: Arc<dyn Job>) -> Self {
         Arc::make_mut(&mut self.jobs).insert(name.to_string(), job);
         self
+    }
+
+    fn is_housekeeping(&self, target: &str) -> bool {
+        self.jobs.get(target).is_some_and(|job| job.housekeeping())
     }
 
     /// Writes the schedules of the config file into the database.
@@ -202,7 +218,13 @@ impl Scheduler {
         let grace = chrono::Duration::seconds(self.settings.scheduler.grace_secs as i64);
         let planned = self
             .store
-            .claim_due_schedules(now.timestamp_millis(), |row| plan(row, now, grace))
+            .claim_due_schedules(now.timestamp_millis(), |row| {
+                let mut plan = plan(row, now, grace);
+                if self.is_housekeeping(&row.target) {
+                    plan.miss = None;
+                }
+                plan
+            })
             .await?;
         let mut report = TickReport::default();
         for (schedule, applied) in planned {
@@ -233,6 +255,10 @@ impl Scheduler {
             now,
         };
         let mut completed = 0;
+        // The clock is the database's (or the test's), and a job longer
+        // than this is retried by another process: the digest's and a
+        // flow start's effects are keyed on the fire, housekeeping is
+        // idempotent.
         for fire in self.store.pending_fires().await? {
             // Another process may be running this fire's job right now:
             // only the holder of the claim runs it.

@@ -12,6 +12,9 @@ pub struct SchedulerSettings {
     /// A tick handled this long after its time still counts as on time;
     /// later, the schedule's catch-up policy decides.
     pub grace_secs: u64,
+    /// Fire and miss rows older than this are forgotten by the
+    /// `prune_schedule_history` job.
+    pub keep_history_days: u32,
 }
 
 impl Default for SchedulerSettings {
@@ -19,6 +22,7 @@ impl Default for SchedulerSettings {
         SchedulerSettings {
             tick_secs: 15,
             grace_secs: 300,
+            keep_history_days: 7,
         }
     }
 }

@@ -307,6 +307,26 @@ impl Store {
         Ok(count)
     }
 
+    /// Forgets finished fires scheduled before `before_ms`, and misses
+    /// detected before it: a frequent housekeeping schedule would
+    /// otherwise add a row per tick forever. Pending fires stay (their job
+    /// has yet to run); the unique keys only matter for ticks still ahead
+    /// of `next_fire_at`, far newer than any retention window.
+    pub async fn prune_schedule_history(&self, before_ms: i64) -> StoreResult<u64> {
+        let fires =
+            sqlx::query("DELETE FROM schedule_fires WHERE status = 'done' AND scheduled_for < $1")
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        let misses = sqlx::query("DELETE FROM schedule_misses WHERE detected_at < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(fires + misses)
+    }
+
     /// The ticks `name` fired for, oldest first.
     pub async fn fired_ticks(&self, name: &str) -> StoreResult<Vec<i64>> {
         let ticks: Vec<i64> = sqlx::query_scalar(

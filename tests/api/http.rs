@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use soloist::http::{Health, HttpState};
+use soloist::http::{Health, Hooks, HttpState};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Db, TestApp};
@@ -22,6 +22,7 @@ async fn serve(app: &TestApp, health: Health) -> (String, CancellationToken) {
         store: app.app.store.clone(),
         settings: app.app.settings.http.clone(),
         health,
+        hooks: Hooks::default(),
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(soloist::http::serve(listener, state, shutdown.clone()));

@@ -26,6 +26,8 @@ on_both_backends!(
     the_fall_back_day_fires_once,
     a_paused_schedule_does_not_fire_and_resuming_does_not_catch_up,
     the_pause_button_pauses_once_and_the_resume_button_resumes,
+    a_due_housekeeping_tick_runs_its_job_once_and_its_misses_stay_out_of_the_digest,
+    fire_rows_past_the_retention_are_pruned_by_the_history_job,
 );
 
 fn utc(text: &str) -> DateTime<Utc> {
@@ -39,6 +41,7 @@ fn utc(text: &str) -> DateTime<Utc> {
 struct CountingJob {
     runs: AtomicUsize,
     fail_first: usize,
+    housekeeping: bool,
 }
 
 #[async_trait::async_trait]
@@ -49,6 +52,10 @@ impl Job for CountingJob {
             return Err("the process died mid-job".into());
         }
         Ok(JobOutput::default())
+    }
+
+    fn housekeeping(&self) -> bool {
+        self.housekeeping
     }
 }
 
@@ -476,4 +483,95 @@ async fn the_scheduled_digest_is_queued_once_with_its_chart() {
     assert_eq!(sent.len(), 1, "{sent:#?}");
     assert!(sent[0].text.starts_with("Daily digest"), "{}", sent[0].text);
     assert!(sent[0].image.is_some());
+}
+
+async fn a_due_housekeeping_tick_runs_its_job_once_and_its_misses_stay_out_of_the_digest(db: Db) {
+    let h = Harness::new(
+        db,
+        "0 */10 * * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
+    let job = Arc::new(CountingJob {
+        housekeeping: true,
+        ..CountingJob::default()
+    });
+    let scheduler = h.scheduler(job.clone());
+
+    h.clock.set(utc("2027-01-10T07:10:01Z"));
+    scheduler.tick().await.unwrap();
+    scheduler.tick().await.unwrap();
+    let after_one_tick = job.runs.load(Ordering::SeqCst);
+    // Down from 07:10 to 09:00: ten ticks missed, the 09:00 one on time.
+    h.clock.set(utc("2027-01-10T09:00:30Z"));
+    let report = scheduler.tick().await.unwrap();
+    let digest = soloist::digest::build(&h.store, &h.settings, utc("2027-01-10T09:01:00Z"))
+        .await
+        .unwrap();
+
+    assert_eq!(after_one_tick, 1, "a due tick runs its job once");
+    assert_eq!(job.runs.load(Ordering::SeqCst), 2, "once after downtime");
+    assert_eq!(
+        h.fired().await,
+        [utc("2027-01-10T07:10:00Z"), utc("2027-01-10T09:00:00Z")]
+    );
+    assert!(report.missed.is_empty(), "{:?}", report.missed);
+    assert!(digest.numbers.misses.is_empty());
+    assert!(!digest.text.contains("job:"), "{}", digest.text);
+}
+
+async fn fire_rows_past_the_retention_are_pruned_by_the_history_job(db: Db) {
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
+    let job = Arc::new(CountingJob::default());
+    let scheduler = h.scheduler(job.clone());
+    for now in ["2027-01-10T08:00:01Z", "2027-01-11T08:00:01Z"] {
+        h.clock.set(utc(now));
+        scheduler.tick().await.unwrap();
+    }
+    // The built-in job, as config/default.toml registers it, keeping a day.
+    let mut settings = (*h.settings).clone();
+    settings.scheduler.keep_history_days = 1;
+    settings.schedules.insert(
+        "prune_schedule_history".into(),
+        ScheduleConfig {
+            cron: "0 15 4 * * *".into(),
+            timezone: "UTC".into(),
+            catch_up: CatchUp::Once,
+            target: String::new(),
+            input: String::new(),
+            enabled: true,
+        },
+    );
+    let pruning = Scheduler::new(
+        h.store.clone(),
+        Arc::new(settings),
+        None,
+        Arc::new(h.clock.clone()),
+    )
+    .with_job("counting", job.clone());
+    pruning.sync_config().await.unwrap();
+    h.clock.set(utc("2027-01-11T09:00:00Z"));
+    pruning.tick().await.unwrap();
+    let before = h.fired().await;
+
+    h.clock.set(utc("2027-01-12T04:15:01Z"));
+    pruning.tick().await.unwrap();
+    pruning.tick().await.unwrap();
+
+    assert_eq!(before.len(), 2);
+    assert_eq!(
+        h.fired().await,
+        [utc("2027-01-11T08:00:00Z")],
+        "the fire older than a day is gone, the newer one stays"
+    );
+    assert_eq!(job.runs.load(Ordering::SeqCst), 2, "nothing fired again");
 }

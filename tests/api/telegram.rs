@@ -39,6 +39,9 @@ on_both_backends!(
     a_strangers_words_are_kept_only_as_length_and_hash_and_not_answered_in_a_group,
     raw_payloads_are_emptied_after_the_retention_period,
     a_refused_get_me_stops_soloist_run_with_an_error,
+    healthz_says_telegram_is_connected_and_503_with_the_reason_once_it_stops,
+    healthz_turns_503_with_the_reason_when_telegram_refuses_the_token,
+    the_webhook_is_served_on_the_shared_http_server,
 );
 
 const GROUP: i64 = -100_200;
@@ -897,4 +900,143 @@ async fn a_refused_get_me_stops_soloist_run_with_an_error(db: Db) {
     let sentence = error.to_string();
     assert!(sentence.contains("Telegram refused getMe"), "{sentence}");
     assert!(!sentence.contains(&tg.token), "{sentence}");
+}
+
+/// A free loopback port (bound, then released for the code under test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Serves `app`'s `/healthz` (with the health its adapters report) on a
+/// free loopback port, apart from `soloist run`, so the adapter can be
+/// stopped while the server keeps answering.
+async fn serve_http(app: &App) -> (String, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = soloist::http::HttpState {
+        store: app.store.clone(),
+        settings: app.settings.http.clone(),
+        health: app.health.clone(),
+        hooks: app.hooks.clone(),
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(soloist::http::serve(listener, state, shutdown.clone()));
+    (base, shutdown)
+}
+
+/// Polls `/healthz` until `done` holds for its status and body (panics
+/// after 10 s), and returns them.
+async fn healthz_until(
+    base: &str,
+    done: impl Fn(u16, &serde_json::Value) -> bool,
+) -> (u16, serde_json::Value) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = reqwest::get(format!("{base}/healthz")).await.unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap();
+        if done(status, &body) {
+            return (status, body);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out; last /healthz: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn healthz_says_telegram_is_connected_and_503_with_the_reason_once_it_stops(db: Db) {
+    let tg = FakeTelegram::start().await;
+    let fake = tg.clone();
+    let test = TestApp::spawn_with(db, move |s| telegram_settings(s, &fake)).await;
+    let (base, _http) = serve_http(&test.app).await;
+    let adapter = CancellationToken::new();
+    let running = tokio::spawn(soloist::adapters::telegram::run(
+        soloist::frontdoor::Handles::of(&test.app),
+        adapter.clone(),
+    ));
+
+    let (up, body) = healthz_until(&base, |status, _| status == 200).await;
+    adapter.cancel();
+    running.await.unwrap().expect("a clean stop");
+    let (down, stopped) = healthz_until(&base, |_, _| true).await;
+
+    assert_eq!(up, 200);
+    assert_eq!(body["adapters"]["telegram"], true, "{body}");
+    assert_eq!(down, 503);
+    assert_eq!(stopped["adapters"]["telegram"], false, "{stopped}");
+    assert_eq!(
+        stopped["reasons"][0], "telegram is not connected: stopped",
+        "{stopped}"
+    );
+}
+
+async fn healthz_turns_503_with_the_reason_when_telegram_refuses_the_token(db: Db) {
+    let tg = FakeTelegram::start().await;
+    tg.fail_next("getMe", Failure::Refused(401, "Unauthorized"));
+    let fake = tg.clone();
+    let test = TestApp::spawn_with(db, move |s| telegram_settings(s, &fake)).await;
+    let (base, _http) = serve_http(&test.app).await;
+
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        soloist::adapters::telegram::run(
+            soloist::frontdoor::Handles::of(&test.app),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("a refused token stops the adapter");
+    let (status, body) = healthz_until(&base, |_, _| true).await;
+
+    assert!(ended.is_err(), "a refused token is an error");
+    assert_eq!(status, 503);
+    let reason = body["reasons"][0].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("telegram is not connected: stopped: Telegram refused the bot token"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(&tg.token), "no secret: {body}");
+}
+
+async fn the_webhook_is_served_on_the_shared_http_server(db: Db) {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/telegram/hook");
+    let hook = url.clone();
+    let bot = Bot::start(db, move |s| {
+        s.telegram.mode = TelegramMode::Webhook;
+        s.telegram.webhook_url = hook;
+        // Unusable on purpose: with http.listen set the alias is not used.
+        s.telegram.webhook_listen = "not an address".into();
+        s.telegram.webhook_secret = Secret::new("s3cret_token-2");
+        s.http.listen = format!("127.0.0.1:{port}");
+    })
+    .await;
+    bot.tg
+        .wait_for(10, "setWebhook", |s| s.webhook.clone())
+        .await;
+
+    let forged = reqwest::Client::new()
+        .post(&url)
+        .header("X-Telegram-Bot-Api-Secret-Token", "guess")
+        .json(&serde_json::json!({"update_id": 1}))
+        .send()
+        .await
+        .unwrap();
+    bot.tg.user_says(OWNER, "/help");
+    let reply = bot.nth_message(OWNER, 1).await;
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .unwrap();
+
+    assert_eq!(forged.status().as_u16(), 401);
+    assert!(reply.text.unwrap().contains("/draft TEXT"));
+    assert_eq!(bot.tg.inspect(|s| s.webhook_statuses.clone()), [200]);
+    assert_eq!(bot.scalar("SELECT COUNT(*) FROM platform_updates").await, 1);
+    assert_eq!(health.status().as_u16(), 200, "one server answers both");
 }

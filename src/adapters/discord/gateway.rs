@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serenity::all::{
-    ChannelId, CommandInteraction, ComponentInteraction, Context, EventHandler, GuildId,
-    Interaction, Message, Ready, ResumedEvent, User,
+    ChannelId, CommandInteraction, ComponentInteraction, ConnectionStage, Context, EventHandler,
+    GuildId, Interaction, Message, Ready, ResumedEvent, ShardStageUpdateEvent, User,
 };
 use tokio::time::Instant;
 
@@ -60,16 +60,29 @@ pub struct Gateway {
     pub open: Arc<OpenInteractions>,
     /// The bot's own user id.
     pub bot_user_id: u64,
+    /// Where the gateway's connection state is reported (`/healthz`).
+    pub health: crate::http::Health,
 }
 
 #[serenity::async_trait]
 impl EventHandler for Gateway {
     async fn ready(&self, _ctx: Context, ready: Ready) {
         tracing::info!(bot = %ready.user.name, guilds = ready.guilds.len(), "connected to the Discord gateway");
+        self.health.set(super::HEALTH, true);
     }
 
     async fn resume(&self, _ctx: Context, _event: ResumedEvent) {
         tracing::info!("Discord gateway session resumed");
+        self.health.set(super::HEALTH, true);
+    }
+
+    /// Leaving the connected stage (a dropped connection, a resume under
+    /// way) is reported until `ready` or `resume` says it is back.
+    async fn shard_stage_update(&self, _ctx: Context, event: ShardStageUpdateEvent) {
+        if event.new != ConnectionStage::Connected {
+            self.health
+                .down(super::HEALTH, format!("the gateway is {}", event.new));
+        }
     }
 
     async fn message(&self, _ctx: Context, message: Message) {

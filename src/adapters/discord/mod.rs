@@ -75,8 +75,28 @@ pub fn intents() -> GatewayIntents {
     GatewayIntents::GUILD_MESSAGES | GatewayIntents::DIRECT_MESSAGES
 }
 
+/// The adapter's name in `/healthz`.
+const HEALTH: &str = "discord";
+
 /// Connects, registers the slash commands, and serves until `shutdown`.
+/// Reports to
+/// `handles.health`: connected once the gateway is ready, not connected
+/// (with why) before, while it reconnects, and once stopped.
 pub async fn run(handles: Handles, shutdown: CancellationToken) -> Result<(), DiscordError> {
+    let health = handles.health.clone();
+    health.down(HEALTH, "starting: the gateway is not ready yet");
+    let result = serve_bot(handles, shutdown).await;
+    health.down(
+        HEALTH,
+        match &result {
+            Ok(()) => "stopped".to_string(),
+            Err(error) => format!("stopped: {error}"),
+        },
+    );
+    result
+}
+
+async fn serve_bot(handles: Handles, shutdown: CancellationToken) -> Result<(), DiscordError> {
     let settings = &handles.settings.discord;
     let token = settings.token.expose().unwrap_or_default();
     let proxy = serenity_base(&settings.api_url)?;
@@ -117,6 +137,7 @@ pub async fn run(handles: Handles, shutdown: CancellationToken) -> Result<(), Di
         rest,
         open,
         bot_user_id: introduced.bot_user_id,
+        health: handles.health.clone(),
     };
     let http = HttpBuilder::new(token)
         .proxy(proxy)

@@ -88,10 +88,29 @@ pub enum TelegramError {
 
 type TelegramDoor = FrontDoor<TelegramSide>;
 
+/// The adapter's name in `/healthz`.
+const HEALTH: &str = "telegram";
+
 /// Runs the bot until `shutdown`: introduces it (`getMe`, `setMyCommands`),
 /// delivers the outbox, handles updates left from before a restart, then
-/// receives updates by polling or webhook.
+/// receives updates by polling or webhook. Reports to `handles.health`:
+/// connected once `getMe` answered and while updates come in, not
+/// connected (with why) before, while `getUpdates` fails, and once stopped.
 pub async fn run(handles: Handles, shutdown: CancellationToken) -> Result<(), TelegramError> {
+    let health = handles.health.clone();
+    health.down(HEALTH, "starting: getMe has not answered yet");
+    let result = serve_bot(handles, shutdown).await;
+    health.down(
+        HEALTH,
+        match &result {
+            Ok(()) => "stopped".to_string(),
+            Err(error) => format!("stopped: {error}"),
+        },
+    );
+    result
+}
+
+async fn serve_bot(handles: Handles, shutdown: CancellationToken) -> Result<(), TelegramError> {
     let settings = handles.settings.telegram.clone();
     let token = settings.token.expose().unwrap_or_default().to_string();
     let redact = Redactor::new(&token);
@@ -100,6 +119,7 @@ pub async fn run(handles: Handles, shutdown: CancellationToken) -> Result<(), Te
         return stopped_or_refused("getMe", &shutdown);
     };
     tracing::info!(bot = %me.username(), "connected to Telegram");
+    handles.health.set(HEALTH, true);
     register_commands(&bot, &settings, &redact, &shutdown).await?;
 
     let limits = RateLimits::telegram().when(settings.rate_limits);
@@ -305,6 +325,7 @@ async fn poll(
     })
     .await?;
     let store = &door.handles().store;
+    let health = &door.handles().health;
     store
         .prune_updates(Platform::Telegram, now_ms() - OFFSET_MAX_AGE_MS)
         .await?;
@@ -346,6 +367,7 @@ async fn poll(
             }
             Err(error) => {
                 tracing::warn!(error = %redact.error(&error), "getUpdates failed; retrying");
+                health.down(HEALTH, "getUpdates fails; retrying");
                 if !pause(backoff.next(), shutdown).await {
                     return Ok(());
                 }
@@ -353,6 +375,7 @@ async fn poll(
             }
         };
         backoff = Backoff::default();
+        health.set(HEALTH, true);
         let Some(last) = updates.iter().map(|u| i64::from(u.id.0)).max() else {
             continue;
         };
@@ -374,7 +397,10 @@ struct WebhookState {
 
 /// Webhook mode: Telegram posts each update to `webhook_url` (a reverse
 /// proxy forwards it here); the answer is 200 only once it is recorded, so
-/// Telegram retries what could not be.
+/// Telegram retries what could not be. The route (the URL's path) is
+/// mounted on `soloist run`'s HTTP server when `http.listen` is set;
+/// otherwise it gets its own listener on `telegram.webhook_listen`, an
+/// alias kept for one release.
 async fn webhook(
     bot: &Bot,
     door: Arc<TelegramDoor>,
@@ -399,30 +425,70 @@ async fn webhook(
             "telegram.webhook_url: the public https URL Telegram posts updates to",
         )
     })?;
-    let listener = tokio::net::TcpListener::bind(&settings.webhook_listen)
-        .await
-        .map_err(|source| TelegramError::Listen {
-            address: settings.webhook_listen.clone(),
-            source,
-        })?;
-    retrying("setWebhook", redact, shutdown, || {
+    let handles = door.handles().clone();
+    let shared = !handles.settings.http.listen.trim().is_empty();
+    let own_listener = if shared {
+        None
+    } else {
+        tracing::warn!(
+            address = %settings.webhook_listen,
+            "telegram.webhook_listen is deprecated and goes in the next release: set http.listen and the webhook is served there"
+        );
+        Some(
+            tokio::net::TcpListener::bind(&settings.webhook_listen)
+                .await
+                .map_err(|source| TelegramError::Listen {
+                    address: settings.webhook_listen.clone(),
+                    source,
+                })?,
+        )
+    };
+    let state = WebhookState { door, secret };
+    let path = url.path().to_string();
+    if shared {
+        // Mounted before setWebhook, so Telegram's first post finds it.
+        let hook_state = state.clone();
+        handles.hooks.mount(
+            &path,
+            Arc::new(move |headers, body| {
+                Box::pin(receive(State(hook_state.clone()), headers, body))
+            }),
+        );
+    }
+    let set = retrying("setWebhook", redact, shutdown, || {
         bot.set_webhook(url.clone())
-            .secret_token(secret.clone())
+            .secret_token(state.secret.clone())
             .allowed_updates(ALLOWED_UPDATES)
             .send()
     })
-    .await?;
-    let router = axum::Router::new()
-        .route(url.path(), axum::routing::post(receive))
-        .with_state(WebhookState { door, secret });
-    let stop = shutdown.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .map_err(|source| TelegramError::Listen {
-            address: settings.webhook_listen.clone(),
-            source,
-        })
+    .await;
+    let served = match (set, own_listener) {
+        (Err(error), _) => Err(error),
+        (Ok(_), None) => {
+            tracing::info!(%path, "the Telegram webhook is served on http.listen");
+            handles.health.set(HEALTH, true);
+            shutdown.cancelled().await;
+            Ok(())
+        }
+        (Ok(_), Some(listener)) => {
+            handles.health.set(HEALTH, true);
+            let router = axum::Router::new()
+                .route(&path, axum::routing::post(receive))
+                .with_state(state);
+            let stop = shutdown.clone();
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .map_err(|source| TelegramError::Listen {
+                    address: settings.webhook_listen.clone(),
+                    source,
+                })
+        }
+    };
+    if shared {
+        handles.hooks.unmount(&path);
+    }
+    served
 }
 
 async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> StatusCode {
