@@ -86,6 +86,27 @@ impl Health {
         self.put(adapter, false, Some(reason.into()));
     }
 
+    /// Runs an adapter's service with `adapter` reported down (`starting`)
+    /// until the service itself says it is connected, and down with why
+    /// once it has stopped.
+    pub async fn track<E: std::fmt::Display>(
+        &self,
+        adapter: &str,
+        starting: &str,
+        service: impl std::future::Future<Output = Result<(), E>>,
+    ) -> Result<(), E> {
+        self.down(adapter, starting);
+        let result = service.await;
+        self.down(
+            adapter,
+            match &result {
+                Ok(()) => "stopped".to_string(),
+                Err(error) => format!("stopped: {error}"),
+            },
+        );
+        result
+    }
+
     fn put(&self, adapter: &str, connected: bool, reason: Option<String>) {
         self.0
             .lock()

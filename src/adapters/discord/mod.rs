@@ -84,16 +84,13 @@ const HEALTH: &str = "discord";
 /// (with why) before, while it reconnects, and once stopped.
 pub async fn run(handles: Handles, shutdown: CancellationToken) -> Result<(), DiscordError> {
     let health = handles.health.clone();
-    health.down(HEALTH, "starting: the gateway is not ready yet");
-    let result = serve_bot(handles, shutdown).await;
-    health.down(
-        HEALTH,
-        match &result {
-            Ok(()) => "stopped".to_string(),
-            Err(error) => format!("stopped: {error}"),
-        },
-    );
-    result
+    health
+        .track(
+            HEALTH,
+            "starting: the gateway is not ready yet",
+            serve_bot(handles, shutdown),
+        )
+        .await
 }
 
 async fn serve_bot(handles: Handles, shutdown: CancellationToken) -> Result<(), DiscordError> {

@@ -98,16 +98,13 @@ const HEALTH: &str = "telegram";
 /// connected (with why) before, while `getUpdates` fails, and once stopped.
 pub async fn run(handles: Handles, shutdown: CancellationToken) -> Result<(), TelegramError> {
     let health = handles.health.clone();
-    health.down(HEALTH, "starting: getMe has not answered yet");
-    let result = serve_bot(handles, shutdown).await;
-    health.down(
-        HEALTH,
-        match &result {
-            Ok(()) => "stopped".to_string(),
-            Err(error) => format!("stopped: {error}"),
-        },
-    );
-    result
+    health
+        .track(
+            HEALTH,
+            "starting: getMe has not answered yet",
+            serve_bot(handles, shutdown),
+        )
+        .await
 }
 
 async fn serve_bot(handles: Handles, shutdown: CancellationToken) -> Result<(), TelegramError> {
