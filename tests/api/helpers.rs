@@ -44,6 +44,37 @@ macro_rules! on_both_backends {
 pub struct TestDb {
     pub url: String,
     _dir: Option<tempfile::TempDir>,
+    /// PostgreSQL: (admin URL, database name), dropped with the test so a
+    /// full run does not leave hundreds of databases on the server.
+    pg_database: Option<(String, String)>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin, name)) = self.pg_database.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot block on a
+        // future: a thread with its own small runtime does the DROP. FORCE
+        // ends connections a pool has not closed yet.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let store = Store::connect(&admin, 1).await.ok()?;
+                let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(store.pool())
+                .await;
+                store.close().await;
+                dropped.ok()
+            })
+        })
+        .join();
+    }
 }
 
 impl TestDb {
@@ -67,6 +98,7 @@ impl TestDb {
                 TestDb {
                     url,
                     _dir: Some(dir),
+                    pg_database: None,
                 }
             }
             Db::Postgres => {
@@ -87,6 +119,7 @@ impl TestDb {
                 TestDb {
                     url: url.to_string(),
                     _dir: None,
+                    pg_database: Some((admin, name)),
                 }
             }
         }
