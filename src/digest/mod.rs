@@ -5,6 +5,8 @@
 //! by a model — and the chart is drawn in process ([`chart`]).
 
 pub mod chart;
+pub mod summary;
+pub mod usage;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -25,6 +27,9 @@ pub struct DigestSettings {
     /// "platform:chat_id" entries; empty: the owner's private chats.
     pub chats: Vec<String>,
     pub chart_days: u32,
+    /// A one-paragraph summary by the fast tier above the numbers
+    /// ([`summary`]); off by default.
+    pub summary: bool,
 }
 
 impl Default for DigestSettings {
@@ -32,6 +37,7 @@ impl Default for DigestSettings {
         DigestSettings {
             chats: Vec::new(),
             chart_days: 14,
+            summary: false,
         }
     }
 }
@@ -104,6 +110,10 @@ pub struct DigestNumbers {
     /// Percent of decisions over 7 days that were edits or rejections.
     pub intervention_rate: f64,
     pub misses: Vec<MissLine>,
+    /// Drafts offered that day that cited knowledge, and the top sources.
+    pub retrieval: usage::RetrievalUse,
+    /// Guardrail flags that day by kind (and blocked or limited requests).
+    pub guardrail_flags: Vec<usage::Count>,
 }
 
 /// A built digest: the text, the chart, and the open approvals' offers.
@@ -260,6 +270,8 @@ pub async fn numbers(
         decisions_total,
         intervention_rate: percent(edited + rejected, decisions_total),
         misses,
+        retrieval: usage::retrieval_use(store, yesterday).await?,
+        guardrail_flags: usage::guardrail_flags(store, yesterday).await?,
     })
 }
 
@@ -346,16 +358,22 @@ pub fn owner_chats(settings: &Settings) -> Vec<ChatRef> {
     chats
 }
 
-/// The scheduled digest job.
-#[derive(Debug)]
-pub struct DigestJob;
+/// The scheduled digest job; with the agents, it can add the optional
+/// summary paragraph.
+#[derive(Debug, Default)]
+pub struct DigestJob {
+    pub agents: Option<crate::agents::Agents>,
+}
 
 #[async_trait::async_trait]
 impl Job for DigestJob {
     async fn run(&self, context: &JobContext, fire: &PendingFire) -> Result<JobOutput, String> {
-        let digest = build(&context.store, &context.settings, context.now)
+        let mut digest = build(&context.store, &context.settings, context.now)
             .await
             .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+        if let Some(agents) = &self.agents {
+            summary::summarize(agents, &context.settings, &mut digest).await;
+        }
         let chats = owner_chats(&context.settings);
         if chats.is_empty() {
             tracing::warn!(schedule = %fire.name, "the digest has nowhere to go: set owner.telegram_user_id or digest.chats");

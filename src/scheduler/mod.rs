@@ -160,8 +160,11 @@ impl Scheduler {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let mut jobs: HashMap<String, Arc<dyn Job>> = HashMap::new();
-        jobs.insert("digest".into(), Arc::new(crate::digest::DigestJob));
         let agents = engine.as_ref().map(|engine| engine.agents().clone());
+        let digest = crate::digest::DigestJob {
+            agents: agents.clone(),
+        };
+        jobs.insert("digest".into(), Arc::new(digest));
         for (name, job) in housekeeping::jobs(agents) {
             jobs.insert(name.into(), job);
         }
