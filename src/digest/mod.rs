@@ -330,8 +330,9 @@ pub fn render(numbers: &DigestNumbers) -> Result<String, DigestError> {
 }
 
 /// Where a scheduled digest goes: `digest.chats`, or the owner's private
-/// chat on each platform where the owner's account is known. (A Discord
-/// DM needs its channel id, so Discord is reached through `digest.chats`.)
+/// chat on each platform where the owner's account is known. A Discord DM
+/// needs its channel id, which only Discord can give: [`owner_chats_now`]
+/// asks for it.
 pub fn owner_chats(settings: &Settings) -> Vec<ChatRef> {
     if !settings.digest.chats.is_empty() {
         return settings
@@ -358,6 +359,27 @@ pub fn owner_chats(settings: &Settings) -> Vec<ChatRef> {
     chats
 }
 
+/// [`owner_chats`], plus the owner's Discord DM when no digest chat is
+/// configured and the owner's Discord account is known (its channel asked
+/// of Discord: `POST /users/@me/channels`). Err when Discord could not be
+/// reached: the fire is tried again next tick. A refusal is logged and
+/// Discord left out, so the other platforms still get their digest.
+pub async fn owner_chats_now(settings: &Settings) -> Result<Vec<ChatRef>, String> {
+    let mut chats = owner_chats(settings);
+    let owner = settings.owner.discord_user_id.trim();
+    if !settings.digest.chats.is_empty() || !settings.discord.token.is_set() || owner.is_empty() {
+        return Ok(chats);
+    }
+    match crate::adapters::discord::dm_channel(&settings.discord, owner).await {
+        Ok(channel) => chats.push(ChatRef::new(Platform::Discord, channel)),
+        Err(refused @ crate::adapters::discord::DmError::Refused(_)) => {
+            tracing::warn!(error = %refused, "the digest goes without its Discord copy");
+        }
+        Err(error) => return Err(error.to_string()),
+    }
+    Ok(chats)
+}
+
 /// The scheduled digest job; with the agents, it can add the optional
 /// summary paragraph.
 #[derive(Debug, Default)]
@@ -368,15 +390,17 @@ pub struct DigestJob {
 #[async_trait::async_trait]
 impl Job for DigestJob {
     async fn run(&self, context: &JobContext, fire: &PendingFire) -> Result<JobOutput, String> {
+        // Where it goes first: a Discord outage fails the fire before
+        // anything (the summary's model call) is paid for.
+        let chats = owner_chats_now(&context.settings).await?;
+        if chats.is_empty() {
+            tracing::warn!(schedule = %fire.name, "the digest has nowhere to go: set owner.telegram_user_id, owner.discord_user_id or digest.chats");
+        }
         let mut digest = build(&context.store, &context.settings, context.now)
             .await
             .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
         if let Some(agents) = &self.agents {
             summary::summarize(agents, &context.settings, &mut digest).await;
-        }
-        let chats = owner_chats(&context.settings);
-        if chats.is_empty() {
-            tracing::warn!(schedule = %fire.name, "the digest has nowhere to go: set owner.telegram_user_id or digest.chats");
         }
         let messages = digest.messages();
         Ok(JobOutput {

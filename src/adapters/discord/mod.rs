@@ -68,6 +68,30 @@ pub enum DiscordError {
     Store(#[from] StoreError),
 }
 
+/// Why the owner's DM channel could not be had: `Refused` will not change
+/// by trying again (a wrong id, a bot the owner blocked); `Transient` may.
+#[derive(Debug, thiserror::Error)]
+pub enum DmError {
+    #[error("Discord refused to open a DM with the owner: {0}")]
+    Refused(String),
+    #[error("Discord could not open a DM with the owner now: {0}")]
+    Transient(String),
+}
+
+/// The DM channel of `user_id` (the owner), for messages the bot sends on
+/// its own, such as the digest when no digest channel is configured.
+pub async fn dm_channel(settings: &DiscordSettings, user_id: &str) -> Result<String, DmError> {
+    let token = settings.token.expose().unwrap_or_default();
+    let rest = Rest::new(&settings.api_url, token).map_err(DmError::Refused)?;
+    rest.dm_channel(user_id).await.map_err(|error| {
+        if error.is_refusal() {
+            DmError::Refused(error.to_string())
+        } else {
+            DmError::Transient(error.to_string())
+        }
+    })
+}
+
 /// Messages in servers (to see mentions) and DMs. Not message content: a
 /// message that mentions the bot, and any DM, carries its content without
 /// that privileged intent.
