@@ -63,7 +63,11 @@ impl FastReview {
             .iter()
             .map(|finding| Flag {
                 kind: FlagKind::Review,
-                detail: format!("the fast-tier review says: {finding}"),
+                // The banner ends each flag with its own full stop.
+                detail: format!(
+                    "the fast-tier review says: {}",
+                    finding.trim_end_matches('.')
+                ),
             })
             .collect()
     }

@@ -111,11 +111,11 @@ async fn a_high_quality_draft_is_reviewed_by_the_fast_tier_and_its_findings_flag
     );
     let shown = texts(&offer);
     assert!(
-        shown.contains("⚠ Check before approving: the fast-tier review says: It promises guaranteed results"),
+        shown.contains("⚠ Check before approving: the fast-tier review says: It promises guaranteed results, which the brand voice avoids.\n"),
         "{shown}"
     );
     assert!(
-        shown.contains("ⓘ Fast-tier review (gpt-4o-mini): One rule broken."),
+        shown.contains("ⓘ Fast-tier review (openai/gpt-4o-mini): One rule broken."),
         "{shown}"
     );
     let rows = ledger(&app).await;
@@ -185,7 +185,7 @@ async fn with_the_review_turned_off_a_high_quality_draft_makes_one_call(db: Db) 
     let offer = app.say("/draft a post about the Website Audit").await;
 
     assert_eq!(app.llm.calls(), 1);
-    assert!(!texts(&offer).contains("review"), "{}", texts(&offer));
+    assert!(!texts(&offer).contains("Fast-tier review"), "{}", texts(&offer));
     let policy = texts(&app.say("/policy").await);
     assert!(
         policy.contains("Fast-tier review of high-quality drafts: off"),

@@ -171,7 +171,12 @@ async fn serve_bot(handles: Handles, shutdown: CancellationToken) -> Result<(), 
     // serenity asked /gateway itself and, had that failed, would fall back
     // to Discord's public gateway; the URL from /gateway/bot is the one.
     *client.ws_url.lock().await = introduced.gateway_url;
+    let watch = tokio::spawn(watch_shards(
+        client.shard_manager.clone(),
+        handles.health.clone(),
+    ));
     let served = serve(client, shutdown).await;
+    watch.abort();
     lanes_stop.cancel();
     stop_outbox.cancel();
     outbox.stopped().await;
@@ -208,6 +213,33 @@ async fn introduce(rest: &Rest, settings: &DiscordSettings) -> Result<Introduced
         bot_user_id,
         gateway_url,
     })
+}
+
+/// Reports the gateway's state from serenity's shard manager twice a
+/// second. Event handlers alone cannot: when a dropped connection cannot be
+/// resumed, serenity restarts the shard without a stage event, and the
+/// last event said "connected" (a `/healthz` that stayed 200 through an
+/// outage).
+async fn watch_shards(
+    shards: Arc<serenity::all::ShardManager>,
+    health: crate::http::Health,
+) {
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        every.tick().await;
+        let stage = shards
+            .runners
+            .lock()
+            .await
+            .values()
+            .next()
+            .map(|runner| runner.stage);
+        match stage {
+            Some(serenity::all::ConnectionStage::Connected) => health.set(HEALTH, true),
+            Some(stage) => health.down(HEALTH, format!("the gateway is {stage}")),
+            None => health.down(HEALTH, "the gateway is reconnecting".to_string()),
+        }
+    }
 }
 
 /// Runs the gateway until `shutdown`, or until it stops (the error says
