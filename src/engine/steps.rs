@@ -172,8 +172,11 @@ impl Engine {
                     output: Some(output),
                     ..
                 }) => {
-                    // POLICY HOOK: the batch answer carries placeholders.
-                    let output = self.restore_batch(run, state, &call, output).await;
+                    // POLICY HOOK: the batch answer carries placeholders;
+                    // a high-quality draft gets its fast-tier review.
+                    let mut output = self.restore_batch(run, state, &call, output).await;
+                    let tier = state.tier_override.unwrap_or(call.tier);
+                    self.review_draft(run, flow, step, tier, &mut output).await;
                     return completed(&step.name, output);
                 }
                 Some(JournalEvent::BatchFinished {
