@@ -97,8 +97,7 @@ impl Engine {
             return;
         }
         if let Some(approval) = transition.approval.as_mut() {
-            approval.message.text =
-                format!("{}{note}\n{}", review.banner(), approval.message.text);
+            approval.message.text = format!("{}{note}\n{}", review.banner(), approval.message.text);
         }
         for flag in &review.flags {
             let detail = format!("{}: {}", flag.kind.as_str(), flag.detail);

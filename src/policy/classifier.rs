@@ -131,7 +131,9 @@ pub async fn classify(
         redacted_items: 0,
     };
     match agents.complete(&call).await {
-        Ok(completion) => parse(&completion.text).ok_or_else(|| "its answer could not be read".into()),
+        Ok(completion) => {
+            parse(&completion.text).ok_or_else(|| "its answer could not be read".into())
+        }
         Err(ModelError::Blocked(_)) => Err("not run: the budget is short today".into()),
         Err(error) => {
             tracing::warn!(error = ?error, "the injection classifier failed");

@@ -237,11 +237,9 @@ impl Scheduler {
             } else {
                 table.timezone.clone()
             };
-            Timetable::parse(&table.cron, &timezone).map_err(|source| {
-                SchedulerError::Invalid {
-                    name: name.to_string(),
-                    source,
-                }
+            Timetable::parse(&table.cron, &timezone).map_err(|source| SchedulerError::Invalid {
+                name: name.to_string(),
+                source,
             })?;
             let def = DueSchedule {
                 name: name.to_string(),

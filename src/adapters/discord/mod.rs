@@ -220,10 +220,7 @@ async fn introduce(rest: &Rest, settings: &DiscordSettings) -> Result<Introduced
 /// resumed, serenity restarts the shard without a stage event, and the
 /// last event said "connected" (a `/healthz` that stayed 200 through an
 /// outage).
-async fn watch_shards(
-    shards: Arc<serenity::all::ShardManager>,
-    health: crate::http::Health,
-) {
+async fn watch_shards(shards: Arc<serenity::all::ShardManager>, health: crate::http::Health) {
     let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         every.tick().await;
