@@ -79,8 +79,24 @@ impl Engine {
                 flow: &state.flow,
                 step: &step,
             };
-            let verdicts =
-                classifier::classify_unflagged(&self.inner.agents, &sources, &mut review, of).await;
+            // Verdicts the run already paid for (an edited draft offered
+            // again); unreadable, the texts are classified again.
+            let earlier: Vec<(String, String)> =
+                match self.inner.store.guardrails_for_run(run.id).await {
+                    Ok(rows) => rows.into_iter().map(|g| (g.kind, g.detail)).collect(),
+                    Err(error) => {
+                        tracing::warn!(error = ?error, "earlier classifier verdicts unknown");
+                        Vec::new()
+                    }
+                };
+            let verdicts = classifier::classify_unflagged(
+                &self.inner.agents,
+                &sources,
+                &earlier,
+                &mut review,
+                of,
+            )
+            .await;
             transition.guardrails.extend(verdicts);
         }
         let fast = fast_review_of(state, &draft);

@@ -36,34 +36,32 @@ pub struct Verdict {
 
 /// Classifies the untrusted sources the patterns did not flag, adds a
 /// warning flag to `review` for each origin classified as an injection, and
-/// returns the audit rows (kind, detail) of every verdict or skipped call.
+/// returns the audit rows (kind, detail) of every new verdict or skipped
+/// call. `earlier` holds the run's audit rows so far: an origin already
+/// classified for this run (its text does not change when an edited draft
+/// is offered again) keeps its verdict and is not paid for twice.
 pub async fn classify_unflagged(
     agents: &Agents,
     sources: &[Source<'_>],
+    earlier: &[(String, String)],
     review: &mut Review,
     of: ReviewOf<'_>,
 ) -> Vec<(String, String)> {
     let mut audit = Vec::new();
     for (origin, text) in unflagged(sources, review) {
-        let warning = injection_warning(origin);
-        match classify(agents, origin, &text, of).await {
-            Ok(verdict) => {
-                let said = if verdict.injection {
-                    "instructions to the assistant"
-                } else {
-                    "no instructions"
-                };
-                audit.push((
-                    "classified".to_string(),
-                    format!("{}: {said} ({})", origin.describe(), verdict.reason),
-                ));
-                if verdict.injection {
-                    review.flags.push(Flag {
-                        kind: FlagKind::Injection,
-                        detail: warning,
-                    });
-                }
-            }
+        let verdict = match earlier_verdict(earlier, origin) {
+            Some(injection) => Ok(injection),
+            None => classify(agents, origin, &text, of).await.map(|verdict| {
+                audit.push(("classified".to_string(), verdict_line(origin, &verdict)));
+                verdict.injection
+            }),
+        };
+        match verdict {
+            Ok(true) => review.flags.push(Flag {
+                kind: FlagKind::Injection,
+                detail: injection_warning(origin),
+            }),
+            Ok(false) => {}
             Err(reason) => audit.push((
                 "classifier_skipped".to_string(),
                 format!("{}: {reason}", origin.describe()),
@@ -71,6 +69,28 @@ pub async fn classify_unflagged(
         }
     }
     audit
+}
+
+const FOUND: &str = "instructions to the assistant";
+
+/// The audit row's detail: "the forwarded text: no instructions (…)".
+fn verdict_line(origin: Origin, verdict: &Verdict) -> String {
+    let said = if verdict.injection {
+        FOUND
+    } else {
+        "no instructions"
+    };
+    format!("{}: {said} ({})", origin.describe(), verdict.reason)
+}
+
+/// The verdict an earlier audit row of the run holds for `origin`.
+fn earlier_verdict(earlier: &[(String, String)], origin: Origin) -> Option<bool> {
+    let prefix = format!("{}: ", origin.describe());
+    earlier
+        .iter()
+        .filter(|(kind, _)| kind == "classified")
+        .find_map(|(_, detail)| detail.strip_prefix(&prefix))
+        .map(|said| said.starts_with(FOUND))
 }
 
 /// Untrusted text by origin, for origins the patterns did not flag (no
@@ -175,6 +195,23 @@ fn parse(reply: &str) -> Option<Verdict> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_earlier_verdict_of_the_run_is_found_by_its_origin() {
+        let verdict = Verdict {
+            injection: true,
+            reason: "asks for keys".into(),
+        };
+        let rows = [
+            ("origin".to_string(), "forwarded".to_string()),
+            (
+                "classified".to_string(),
+                verdict_line(Origin::Forwarded, &verdict),
+            ),
+        ];
+        assert_eq!(earlier_verdict(&rows, Origin::Forwarded), Some(true));
+        assert_eq!(earlier_verdict(&rows, Origin::Knowledge), None);
+    }
 
     #[test]
     fn a_verdict_is_read_from_a_boolean_or_a_quoted_one() {

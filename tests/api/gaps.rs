@@ -251,6 +251,13 @@ async fn the_classifier_warns_on_forwarded_text_the_patterns_missed_and_audits_e
         "{rows:?}"
     );
 
+    // An edited draft offered again keeps the verdict, not paid twice.
+    let before = app.llm.calls();
+    app.press(&button(&offer, "Edit")).await;
+    let again = app.say("A shorter answer to Rui.").await;
+    assert!(texts(&again).contains(warning), "{}", texts(&again));
+    assert_eq!(app.llm.calls(), before, "the verdict was reused");
+
     // A client's plain question: classified clean, no warning, audited.
     app.llm.then(Behavior::reply("The audit is EUR 900."));
     app.llm.then(Behavior::reply(
