@@ -34,7 +34,9 @@
 //! - [`policy`]: guardrails on by default: trust levels and quoting of
 //!   text from others, injection detection, PII redaction before model
 //!   calls, draft checks (never-share, secrets, links, brand, prices),
-//!   effects that need an approval, rate limits; audited per run.
+//!   effects that need an approval, rate limits, the fast-tier review of
+//!   high-quality drafts and the optional router-tier injection
+//!   classifier; audited per run.
 //! - [`memory`]: knowledge with provenance (ingest, chunks, full-text
 //!   retrieval on both databases), the decision log, the chat window and
 //!   working memory; the `retrieve` step and `/remember`, `/memory`,
@@ -49,10 +51,13 @@
 //!   process with an error.
 //! - [`scheduler`]: cron schedules in the database; a due tick fires once
 //!   (unique key), missed ticks follow the catch-up policy and are recorded.
+//!   Flow files may declare their own schedule ([`scheduler::FlowSchedule`]).
 //!   Built-in housekeeping jobs (working-memory purge, payload pruning, URL
 //!   refresh, reservation sweep, fire-history pruning) run as schedules
 //!   whose misses are not recorded ([`scheduler::housekeeping`]).
-//! - [`digest`]: the daily digest: SQL numbers, a template, a chart (PNG).
+//! - [`digest`]: the daily digest: SQL numbers (retrieval use and
+//!   guardrail flags in `digest::usage`), a template, a chart (PNG), an
+//!   optional fast-tier summary (`digest::summary`).
 //! - [`http`]: `/healthz` (adapters report through [`http::Health`]) and
 //!   `/metrics` (Prometheus) for `soloist run`; the Telegram webhook mounts
 //!   on it ([`http::Hooks`]).

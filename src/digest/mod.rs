@@ -5,6 +5,8 @@
 //! by a model — and the chart is drawn in process ([`chart`]).
 
 pub mod chart;
+pub mod summary;
+pub mod usage;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -25,6 +27,9 @@ pub struct DigestSettings {
     /// "platform:chat_id" entries; empty: the owner's private chats.
     pub chats: Vec<String>,
     pub chart_days: u32,
+    /// A one-paragraph summary by the fast tier above the numbers
+    /// ([`summary`]); off by default.
+    pub summary: bool,
 }
 
 impl Default for DigestSettings {
@@ -32,6 +37,7 @@ impl Default for DigestSettings {
         DigestSettings {
             chats: Vec::new(),
             chart_days: 14,
+            summary: false,
         }
     }
 }
@@ -104,6 +110,10 @@ pub struct DigestNumbers {
     /// Percent of decisions over 7 days that were edits or rejections.
     pub intervention_rate: f64,
     pub misses: Vec<MissLine>,
+    /// Drafts offered that day that cited knowledge, and the top sources.
+    pub retrieval: usage::RetrievalUse,
+    /// Guardrail flags that day by kind (and blocked or limited requests).
+    pub guardrail_flags: Vec<usage::Count>,
 }
 
 /// A built digest: the text, the chart, and the open approvals' offers.
@@ -260,6 +270,8 @@ pub async fn numbers(
         decisions_total,
         intervention_rate: percent(edited + rejected, decisions_total),
         misses,
+        retrieval: usage::retrieval_use(store, yesterday).await?,
+        guardrail_flags: usage::guardrail_flags(store, yesterday).await?,
     })
 }
 
@@ -318,8 +330,9 @@ pub fn render(numbers: &DigestNumbers) -> Result<String, DigestError> {
 }
 
 /// Where a scheduled digest goes: `digest.chats`, or the owner's private
-/// chat on each platform where the owner's account is known. (A Discord
-/// DM needs its channel id, so Discord is reached through `digest.chats`.)
+/// chat on each platform where the owner's account is known. A Discord DM
+/// needs its channel id, which only Discord can give: [`owner_chats_now`]
+/// asks for it.
 pub fn owner_chats(settings: &Settings) -> Vec<ChatRef> {
     if !settings.digest.chats.is_empty() {
         return settings
@@ -346,19 +359,48 @@ pub fn owner_chats(settings: &Settings) -> Vec<ChatRef> {
     chats
 }
 
-/// The scheduled digest job.
-#[derive(Debug)]
-pub struct DigestJob;
+/// [`owner_chats`], plus the owner's Discord DM when no digest chat is
+/// configured and the owner's Discord account is known (its channel asked
+/// of Discord: `POST /users/@me/channels`). Err when Discord could not be
+/// reached: the fire is tried again next tick. A refusal is logged and
+/// Discord left out, so the other platforms still get their digest.
+pub async fn owner_chats_now(settings: &Settings) -> Result<Vec<ChatRef>, String> {
+    let mut chats = owner_chats(settings);
+    let owner = settings.owner.discord_user_id.trim();
+    if !settings.digest.chats.is_empty() || !settings.discord.token.is_set() || owner.is_empty() {
+        return Ok(chats);
+    }
+    match crate::adapters::discord::dm_channel(&settings.discord, owner).await {
+        Ok(channel) => chats.push(ChatRef::new(Platform::Discord, channel)),
+        Err(refused @ crate::adapters::discord::DmError::Refused(_)) => {
+            tracing::warn!(error = %refused, "the digest goes without its Discord copy");
+        }
+        Err(error) => return Err(error.to_string()),
+    }
+    Ok(chats)
+}
+
+/// The scheduled digest job; with the agents, it can add the optional
+/// summary paragraph.
+#[derive(Debug, Default)]
+pub struct DigestJob {
+    pub agents: Option<crate::agents::Agents>,
+}
 
 #[async_trait::async_trait]
 impl Job for DigestJob {
     async fn run(&self, context: &JobContext, fire: &PendingFire) -> Result<JobOutput, String> {
-        let digest = build(&context.store, &context.settings, context.now)
+        // Where it goes first: a Discord outage fails the fire before
+        // anything (the summary's model call) is paid for.
+        let chats = owner_chats_now(&context.settings).await?;
+        if chats.is_empty() {
+            tracing::warn!(schedule = %fire.name, "the digest has nowhere to go: set owner.telegram_user_id, owner.discord_user_id or digest.chats");
+        }
+        let mut digest = build(&context.store, &context.settings, context.now)
             .await
             .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
-        let chats = owner_chats(&context.settings);
-        if chats.is_empty() {
-            tracing::warn!(schedule = %fire.name, "the digest has nowhere to go: set owner.telegram_user_id or digest.chats");
+        if let Some(agents) = &self.agents {
+            summary::summarize(agents, &context.settings, &mut digest).await;
         }
         let messages = digest.messages();
         Ok(JobOutput {

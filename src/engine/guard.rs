@@ -8,8 +8,9 @@ use super::steps::failed;
 use super::transitions::Transition;
 use crate::domain::RunId;
 use crate::engine::{EngineError, StartRun};
-use crate::flows::StepDef;
-use crate::policy::{Origin, Source, effects};
+use crate::flows::{Flow, StepDef, Tier};
+use crate::policy::review::{self, FastReview, ReviewOf};
+use crate::policy::{Origin, Source, classifier, effects};
 use crate::store::RunRow;
 
 impl Engine {
@@ -50,14 +51,16 @@ impl Engine {
     /// Puts the guardrails' flags above the draft on its approval message
     /// (the draft itself is not changed); each flag is an audit row
     /// committed with the offer. The request and the knowledge the run
-    /// retrieved are both scanned for instructions.
+    /// retrieved are both scanned for instructions (by the patterns, and by
+    /// the router-tier classifier when it is on); a fast-tier review
+    /// journaled with the draft adds its findings and a one-line verdict.
     pub(super) async fn guard_offer(
         &self,
         run: &RunRow,
         state: &RunState,
         transition: &mut Transition,
     ) {
-        let Some(approval) = transition.approval.as_mut() else {
+        let Some(draft) = transition.approval.as_ref().map(|a| a.draft.clone()) else {
             return;
         };
         let origin = self.run_origin(run.id).await;
@@ -67,15 +70,80 @@ impl Engine {
                 .into_iter()
                 .map(|text| Source::retrieved(Origin::Knowledge, text)),
         );
-        let review = self.inner.guard.review(&sources, &approval.draft);
-        if review.is_clean() {
+        let guard = &self.inner.guard;
+        let mut review = guard.review(&sources, &draft);
+        if guard.classifier_on() {
+            let step = approving_step(state, transition);
+            let of = ReviewOf {
+                run_id: run.id,
+                flow: &state.flow,
+                step: &step,
+            };
+            // Verdicts the run already paid for (an edited draft offered
+            // again); unreadable, the texts are classified again.
+            let earlier: Vec<(String, String)> =
+                match self.inner.store.guardrails_for_run(run.id).await {
+                    Ok(rows) => rows.into_iter().map(|g| (g.kind, g.detail)).collect(),
+                    Err(error) => {
+                        tracing::warn!(error = ?error, "earlier classifier verdicts unknown");
+                        Vec::new()
+                    }
+                };
+            let verdicts = classifier::classify_unflagged(
+                &self.inner.agents,
+                &sources,
+                &earlier,
+                &mut review,
+                of,
+            )
+            .await;
+            transition.guardrails.extend(verdicts);
+        }
+        let fast = fast_review_of(state, &draft);
+        if let Some(fast) = &fast {
+            review.flags.extend(fast.flags());
+            if let Some(reason) = &fast.skipped {
+                transition
+                    .guardrails
+                    .push(("review_skipped".into(), reason.clone()));
+            }
+        }
+        let note = fast.map(|f| format!("{}\n", f.note())).unwrap_or_default();
+        if review.is_clean() && note.is_empty() {
             return;
         }
-        approval.message.text = format!("{}\n{}", review.banner(), approval.message.text);
+        if let Some(approval) = transition.approval.as_mut() {
+            approval.message.text = format!("{}{note}\n{}", review.banner(), approval.message.text);
+        }
         for flag in &review.flags {
             let detail = format!("{}: {}", flag.kind.as_str(), flag.detail);
             transition.guardrails.push(("flagged".into(), detail));
         }
+    }
+
+    /// POLICY HOOK: after a quality-tier draft in a high-quality flow, the
+    /// fast tier reviews it; the review goes into the step's output, so it
+    /// is committed (and paid for) with the draft.
+    pub(super) async fn review_draft(
+        &self,
+        run: &RunRow,
+        flow: &Flow,
+        step: &StepDef,
+        tier: Tier,
+        output: &mut serde_json::Value,
+    ) {
+        let settings = &self.inner.settings;
+        if !review::applies(settings, flow.cost_label, tier) {
+            return;
+        }
+        let draft = output["text"].as_str().unwrap_or_default().to_string();
+        let of = ReviewOf {
+            run_id: run.id,
+            flow: &flow.name,
+            step: &step.name,
+        };
+        let fast = review::fast_review(&self.inner.agents, settings, &draft, of).await;
+        output["review"] = serde_json::to_value(fast).unwrap_or_default();
     }
 
     /// A failed transition when `step` has an effect that needs an
@@ -123,4 +191,27 @@ fn retrieved_texts(state: &RunState) -> Vec<&str> {
         .flatten()
         .filter_map(|chunk| chunk.get("text").and_then(|t| t.as_str()))
         .collect()
+}
+
+/// The fast-tier review of the draft being offered: the one journaled with
+/// the step output whose text it is (an edited draft has none).
+fn fast_review_of(state: &RunState, draft: &str) -> Option<FastReview> {
+    state
+        .outputs
+        .values()
+        .filter(|output| output.get("text").and_then(|t| t.as_str()) == Some(draft))
+        .find_map(FastReview::from_output)
+}
+
+/// The approve step offering this transition's draft, for the ledger rows
+/// of the calls made while offering it.
+fn approving_step(state: &RunState, transition: &Transition) -> String {
+    transition
+        .events
+        .iter()
+        .find_map(|event| match event {
+            crate::domain::JournalEvent::ApprovalRequested { step, .. } => Some(step.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| state.flow.clone())
 }

@@ -172,8 +172,11 @@ impl Engine {
                     output: Some(output),
                     ..
                 }) => {
-                    // POLICY HOOK: the batch answer carries placeholders.
-                    let output = self.restore_batch(run, state, &call, output).await;
+                    // POLICY HOOK: the batch answer carries placeholders;
+                    // a high-quality draft gets its fast-tier review.
+                    let mut output = self.restore_batch(run, state, &call, output).await;
+                    let tier = state.tier_override.unwrap_or(call.tier);
+                    self.review_draft(run, flow, step, tier, &mut output).await;
                     return completed(&step.name, output);
                 }
                 Some(JournalEvent::BatchFinished {
@@ -229,17 +232,21 @@ impl Engine {
             }
         }
         match self.inner.agents.complete(&model_call).await {
-            Ok(completion) => completed(
-                &step.name,
-                json!({
+            Ok(completion) => {
+                let mut output = json!({
                     "text": completion.text.trim(),
                     "model": completion.model,
                     "tier": completion.tier,
                     "input_tokens": completion.input_tokens,
                     "output_tokens": completion.output_tokens,
                     "cache_hit": completion.cache_hit,
-                }),
-            ),
+                });
+                // POLICY HOOK: a high-quality draft's fast-tier review,
+                // journaled with the draft.
+                self.review_draft(run, flow, step, model_call.tier, &mut output)
+                    .await;
+                completed(&step.name, output)
+            }
             Err(error) => self.model_failure(run, step, &error, model_call.tier),
         }
     }

@@ -37,6 +37,10 @@ pub struct Flow {
     pub name: String,
     pub description: String,
     pub cost_label: CostLabel,
+    /// SCHEDULE: the flow starts itself on this cron (a schedule row
+    /// written at start); see [`crate::scheduler::FlowSchedule`].
+    #[serde(default)]
+    pub schedule: Option<crate::scheduler::FlowSchedule>,
     pub steps: Vec<StepDef>,
 }
 
@@ -104,6 +108,9 @@ impl Flow {
     fn validate(&self, prompts: &Prompts) -> Result<(), String> {
         if self.steps.is_empty() {
             return Err("a flow needs at least one step".into());
+        }
+        if let Some(schedule) = &self.schedule {
+            schedule.validate()?;
         }
         for (index, step) in self.steps.iter().enumerate() {
             if self.step_index(&step.name) != Some(index) {

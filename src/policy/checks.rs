@@ -31,6 +31,8 @@ pub enum FlagKind {
     Pii,
     /// A client named without their consent.
     Client,
+    /// A finding of the fast-tier review ([`super::review`]).
+    Review,
 }
 
 impl FlagKind {
@@ -45,6 +47,7 @@ impl FlagKind {
             FlagKind::Injection => "injection",
             FlagKind::Pii => "pii",
             FlagKind::Client => "client",
+            FlagKind::Review => "review",
         }
     }
 }

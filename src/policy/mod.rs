@@ -11,15 +11,20 @@
 //!   and prices, flagged on its approval.
 //! - [`effects`]: what steps do ([`Effect`]), and which need an approval.
 //! - [`limits`]: requests per user and per flow.
+//! - [`review`]: the fast-tier review of a high-quality draft (a model's
+//!   findings as flags); [`classifier`]: the optional router-tier
+//!   injection classifier. Both are costed model calls.
 //!
 //! Every decision is an audit row linked to its run (`guardrail_events`),
 //! shown by `/run ID`; `/policy` says what is on.
 
 pub mod checks;
+pub mod classifier;
 pub mod effects;
 pub mod injection;
 pub mod limits;
 pub mod pii;
+pub mod review;
 pub mod settings;
 pub mod trust;
 
@@ -98,6 +103,9 @@ pub struct Guard {
     redactor: Redactor,
     /// Clients who may not be named: listed, not consented.
     unconsented: Vec<String>,
+    /// `policy.fast_review`, `policy.injection_classifier`.
+    fast_review: bool,
+    classifier: bool,
 }
 
 /// The texts a draft was made from, by origin: the request (the
@@ -180,7 +188,15 @@ impl Guard {
             rate: policy.guard.rate_limits,
             redactor: Redactor::new(&policy.guard.pii_kinds, &policy.guard.own_contacts),
             unconsented,
+            fast_review: policy.guard.fast_review,
+            classifier: policy.guard.injection_classifier,
         })
+    }
+
+    /// Whether untrusted text the patterns passed goes to the router-tier
+    /// classifier.
+    pub fn classifier_on(&self) -> bool {
+        self.classifier
     }
 
     /// Every flow whose step has a required effect must approve before it.
@@ -318,6 +334,13 @@ impl Guard {
             self.rate.per_user_burst,
             self.rate.per_flow_per_minute,
             self.rate.per_flow_burst
+        );
+        let on_off = |on: bool| if on { "on" } else { "off" };
+        let _ = write!(
+            text,
+            "\n• Fast-tier review of high-quality drafts: {}; router-tier injection classifier: {}.",
+            on_off(self.fast_review),
+            on_off(self.classifier)
         );
         text
     }

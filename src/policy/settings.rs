@@ -34,6 +34,20 @@ pub struct PolicySettings {
     /// Clients who agreed in writing to be named in public posts.
     #[serde(default)]
     pub consented_clients: Vec<String>,
+    /// After a quality-tier draft in a `high-quality` flow, a fast-tier
+    /// model reviews it against the brand rules and the never-share list;
+    /// its findings are flags on the approval ([`super::review`]).
+    #[serde(default = "on")]
+    pub fast_review: bool,
+    /// Untrusted text the pattern detector did not flag is also classified
+    /// by the router tier (one cheap call per origin, costed and audited;
+    /// [`super::classifier`]). Off by default.
+    #[serde(default)]
+    pub injection_classifier: bool,
+}
+
+fn on() -> bool {
+    true
 }
 
 impl Default for PolicySettings {
@@ -46,6 +60,8 @@ impl Default for PolicySettings {
             rate_limits: RateLimitSettings::default(),
             clients: Vec::new(),
             consented_clients: Vec::new(),
+            fast_review: true,
+            injection_classifier: false,
         }
     }
 }

@@ -17,7 +17,7 @@ pub mod housekeeping;
 mod settings;
 mod timetable;
 
-pub use settings::{CatchUp, ScheduleConfig, SchedulerSettings};
+pub use settings::{CatchUp, FlowSchedule, FlowScheduleTable, ScheduleConfig, SchedulerSettings};
 pub use timetable::{Tick, Timetable, TimetableError};
 
 use std::collections::HashMap;
@@ -160,8 +160,11 @@ impl Scheduler {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let mut jobs: HashMap<String, Arc<dyn Job>> = HashMap::new();
-        jobs.insert("digest".into(), Arc::new(crate::digest::DigestJob));
         let agents = engine.as_ref().map(|engine| engine.agents().clone());
+        let digest = crate::digest::DigestJob {
+            agents: agents.clone(),
+        };
+        jobs.insert("digest".into(), Arc::new(digest));
         for (name, job) in housekeeping::jobs(agents) {
             jobs.insert(name.into(), job);
         }
@@ -206,6 +209,45 @@ impl Scheduler {
                 target: config.target(name).to_string(),
                 input: config.input.clone(),
                 catch_up: config.catch_up.as_str().to_string(),
+            };
+            self.store.define_schedule(&def, now).await?;
+        }
+        self.sync_flow_schedules(now).await
+    }
+
+    /// Writes the schedules flow files declare (`schedule = "…"`), each
+    /// named like its flow and starting it. A `[schedules.NAME]` of the
+    /// same name in the config wins.
+    async fn sync_flow_schedules(&self, now: i64) -> Result<(), SchedulerError> {
+        let Some(engine) = &self.engine else {
+            return Ok(());
+        };
+        let flows = engine.flows();
+        for name in flows.names() {
+            let Some(schedule) = flows.get(name).and_then(|f| f.schedule.as_ref()) else {
+                continue;
+            };
+            if self.settings.schedules.contains_key(name) {
+                tracing::warn!(flow = %name, "the config's [schedules.{name}] replaces the flow file's schedule");
+                continue;
+            }
+            let table = schedule.table();
+            let timezone = if table.timezone.trim().is_empty() {
+                self.settings.business.timezone.clone()
+            } else {
+                table.timezone.clone()
+            };
+            Timetable::parse(&table.cron, &timezone).map_err(|source| SchedulerError::Invalid {
+                name: name.to_string(),
+                source,
+            })?;
+            let def = DueSchedule {
+                name: name.to_string(),
+                cron: table.cron.clone(),
+                timezone,
+                target: name.to_string(),
+                input: table.input.clone(),
+                catch_up: table.catch_up.as_str().to_string(),
             };
             self.store.define_schedule(&def, now).await?;
         }

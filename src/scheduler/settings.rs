@@ -100,3 +100,63 @@ impl ScheduleConfig {
         }
     }
 }
+
+/// A flow file's own schedule, one line or a table:
+///
+/// ```toml
+/// schedule = "0 0 9 * * Mon"
+/// schedule = { cron = "0 0 9 * * Mon", timezone = "Europe/Lisbon", catch_up = "skip", input = "this week" }
+/// ```
+///
+/// At start it becomes (or updates) the schedule row named like the flow,
+/// whose ticks start the flow ([`super::Scheduler::sync_config`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FlowSchedule {
+    Cron(String),
+    Table(FlowScheduleTable),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowScheduleTable {
+    pub cron: String,
+    /// Empty: the business's time zone.
+    #[serde(default)]
+    pub timezone: String,
+    #[serde(default)]
+    pub catch_up: CatchUp,
+    /// The request each run starts with.
+    #[serde(default)]
+    pub input: String,
+}
+
+impl FlowSchedule {
+    /// The schedule as a table (the one-line form has the defaults).
+    pub fn table(&self) -> FlowScheduleTable {
+        match self {
+            FlowSchedule::Cron(cron) => FlowScheduleTable {
+                cron: cron.clone(),
+                timezone: String::new(),
+                catch_up: CatchUp::default(),
+                input: String::new(),
+            },
+            FlowSchedule::Table(table) => table.clone(),
+        }
+    }
+
+    /// The cron expression and the zone (when named) are valid; checked
+    /// when flows load, so a bad schedule stops soloist at start with the
+    /// file named.
+    pub fn validate(&self) -> Result<(), String> {
+        let table = self.table();
+        let timezone = if table.timezone.trim().is_empty() {
+            "UTC"
+        } else {
+            table.timezone.trim()
+        };
+        super::Timetable::parse(&table.cron, timezone)
+            .map(|_| ())
+            .map_err(|error| format!("schedule: {error}"))
+    }
+}

@@ -18,6 +18,7 @@ mod approvals;
 mod batch;
 mod budget;
 mod digest;
+mod digest_usage;
 mod guardrails;
 mod journal;
 mod leases;

@@ -133,6 +133,9 @@ struct Gateway {
     replayed: u32,
     heartbeats: u32,
     intents: Option<u64>,
+    /// While set, the gateway URL answers 503 instead of a WebSocket: an
+    /// outage the client cannot reconnect through.
+    refusing: bool,
 }
 
 enum Control {
@@ -150,6 +153,9 @@ pub struct World {
     limits: VecDeque<Limit>,
     gateway: Gateway,
     next_id: u64,
+    /// DM channels opened by `POST /users/@me/channels`: user id to
+    /// channel id (Discord returns the same channel when asked again).
+    pub dm_channels: BTreeMap<String, String>,
 }
 
 impl World {
@@ -214,6 +220,7 @@ impl FakeDiscord {
         let api = Router::new()
             .route("/oauth2/applications/@me", get(application))
             .route("/users/@me", get(current_user))
+            .route("/users/@me/channels", post(create_dm))
             .route("/gateway", get(gateway_info))
             .route("/gateway/bot", get(gateway_info))
             .route("/applications/{app}/commands", put(global_commands))
@@ -329,6 +336,23 @@ impl FakeDiscord {
             let _ = connection.send(Control::Close(4000));
         }
         events(self);
+    }
+
+    /// Drops the gateway connection and refuses new ones until
+    /// [`FakeDiscord::restore_gateway`]: an outage, not a blip.
+    pub fn take_gateway_down(&self) {
+        let live = {
+            let mut world = self.world.lock().unwrap();
+            world.gateway.refusing = true;
+            world.gateway.live.take()
+        };
+        if let Some((_, connection)) = live {
+            let _ = connection.send(Control::Close(4000));
+        }
+    }
+
+    pub fn restore_gateway(&self) {
+        self.world.lock().unwrap().gateway.refusing = false;
     }
 
     /// The interaction `id` as the bot has answered it so far.
@@ -609,6 +633,49 @@ async fn current_user(State((world, _)): State<ApiState>, headers: HeaderMap) ->
         return refused;
     }
     Json(user_json(bot())).into_response()
+}
+
+/// `POST /users/@me/channels` with `{"recipient_id": …}`: the DM channel
+/// object (type 1) with that user, the same one each time.
+async fn create_dm(
+    State((world, _)): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut world = world.lock().unwrap();
+    if let Some(refused) = gate(&mut world, &headers, "POST", "/users/@me/channels") {
+        return refused;
+    }
+    let Some(recipient) = body["recipient_id"].as_str().map(str::to_string) else {
+        return discord_error(
+            StatusCode::BAD_REQUEST,
+            50035,
+            "Invalid Form Body: recipient_id is required",
+        );
+    };
+    let channel = match world.dm_channels.get(&recipient) {
+        Some(channel) => channel.clone(),
+        None => {
+            let channel = world.id().to_string();
+            world.dm_channels.insert(recipient.clone(), channel.clone());
+            channel
+        }
+    };
+    Json(json!({
+        "id": channel,
+        "type": 1,
+        "last_message_id": null,
+        "flags": 0,
+        "recipients": [{
+            "id": recipient,
+            "username": "owner",
+            "global_name": null,
+            "discriminator": "0",
+            "avatar": null,
+        }],
+    }))
+    .into_response()
 }
 
 async fn gateway_info(State((world, url)): State<ApiState>, headers: HeaderMap) -> Response {
@@ -917,6 +984,13 @@ async fn follow_up(
 // ------------------------------------------------------------- gateway --
 
 async fn gateway_socket(State(world): State<Shared>, upgrade: WebSocketUpgrade) -> Response {
+    {
+        let mut world = world.lock().unwrap();
+        if world.gateway.refusing {
+            world.gateway.connections += 1;
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    }
     upgrade.on_upgrade(move |socket| connection(socket, world))
 }
 

@@ -155,6 +155,10 @@ pub fn test_settings(llm_url: Option<&str>) -> Settings {
         per_flow_per_minute: 0,
         per_flow_burst: 0,
     };
+    // The fast-tier review adds a model call after every high-quality
+    // draft; it is tested in policy.rs, and elsewhere tests count the
+    // draft's calls alone.
+    settings.policy.guard.fast_review = false;
     settings
 }
 

@@ -68,6 +68,30 @@ pub enum DiscordError {
     Store(#[from] StoreError),
 }
 
+/// Why the owner's DM channel could not be had: `Refused` will not change
+/// by trying again (a wrong id, a bot the owner blocked); `Transient` may.
+#[derive(Debug, thiserror::Error)]
+pub enum DmError {
+    #[error("Discord refused to open a DM with the owner: {0}")]
+    Refused(String),
+    #[error("Discord could not open a DM with the owner now: {0}")]
+    Transient(String),
+}
+
+/// The DM channel of `user_id` (the owner), for messages the bot sends on
+/// its own, such as the digest when no digest channel is configured.
+pub async fn dm_channel(settings: &DiscordSettings, user_id: &str) -> Result<String, DmError> {
+    let token = settings.token.expose().unwrap_or_default();
+    let rest = Rest::new(&settings.api_url, token).map_err(DmError::Refused)?;
+    rest.dm_channel(user_id).await.map_err(|error| {
+        if error.is_refusal() {
+            DmError::Refused(error.to_string())
+        } else {
+            DmError::Transient(error.to_string())
+        }
+    })
+}
+
 /// Messages in servers (to see mentions) and DMs. Not message content: a
 /// message that mentions the bot, and any DM, carries its content without
 /// that privileged intent.
@@ -147,7 +171,12 @@ async fn serve_bot(handles: Handles, shutdown: CancellationToken) -> Result<(), 
     // serenity asked /gateway itself and, had that failed, would fall back
     // to Discord's public gateway; the URL from /gateway/bot is the one.
     *client.ws_url.lock().await = introduced.gateway_url;
+    let watch = tokio::spawn(watch_shards(
+        client.shard_manager.clone(),
+        handles.health.clone(),
+    ));
     let served = serve(client, shutdown).await;
+    watch.abort();
     lanes_stop.cancel();
     stop_outbox.cancel();
     outbox.stopped().await;
@@ -184,6 +213,30 @@ async fn introduce(rest: &Rest, settings: &DiscordSettings) -> Result<Introduced
         bot_user_id,
         gateway_url,
     })
+}
+
+/// Reports the gateway's state from serenity's shard manager twice a
+/// second. Event handlers alone cannot: when a dropped connection cannot be
+/// resumed, serenity restarts the shard without a stage event, and the
+/// last event said "connected" (a `/healthz` that stayed 200 through an
+/// outage).
+async fn watch_shards(shards: Arc<serenity::all::ShardManager>, health: crate::http::Health) {
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        every.tick().await;
+        let stage = shards
+            .runners
+            .lock()
+            .await
+            .values()
+            .next()
+            .map(|runner| runner.stage);
+        match stage {
+            Some(serenity::all::ConnectionStage::Connected) => health.set(HEALTH, true),
+            Some(stage) => health.down(HEALTH, format!("the gateway is {stage}")),
+            None => health.down(HEALTH, "the gateway is reconnecting".to_string()),
+        }
+    }
 }
 
 /// Runs the gateway until `shutdown`, or until it stops (the error says

@@ -183,6 +183,24 @@ impl Rest {
             .await
     }
 
+    /// The DM channel with `user_id` (`POST /users/@me/channels`; Discord
+    /// returns the existing one when there is one): messages the bot
+    /// starts itself, like the digest, go there.
+    pub async fn dm_channel(&self, user_id: &str) -> Result<String, RestError> {
+        let body = Body::json(json!({ "recipient_id": user_id }));
+        let channel = self
+            .call(
+                Method::POST,
+                "/users/@me/channels",
+                Some(body),
+                Caller::Bot,
+                "create DM",
+            )
+            .await?;
+        string_id(&channel["id"])
+            .ok_or_else(|| RestError::Transient("the DM channel came without an id".into()))
+    }
+
     /// Posts a message in a channel; returns its id.
     pub async fn create_message(&self, channel: &str, body: Body) -> Result<String, RestError> {
         let path = format!("/channels/{channel}/messages");
