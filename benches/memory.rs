@@ -1,7 +1,14 @@
-//! `cargo bench --bench memory`: full-text retrieval p50/p95 at 10k chunks
-//! on SQLite and PostgreSQL, and ingestion throughput (chunking, hashing,
+//! `cargo bench --bench memory`: retrieval p50/p95 at 10k chunks on SQLite
+//! and PostgreSQL, full text alone and hybrid (full text fused with an
+//! exact scan of 384-dimension vectors, 8-bit quantised), the process's
+//! RSS with the index loaded, and ingestion throughput (chunking, hashing,
 //! the insert transaction; no embedding call). Pass a number after `--` to
 //! change the chunk count (`cargo bench --bench memory -- --bench 100000`).
+//!
+//! The vectors are made here (a hashed bag of words spread over 384
+//! dimensions) and stored as an embedder would store them; the query's
+//! vector is made the same way, so the figures are retrieval alone, not
+//! the embedding request (a provider's round trip, costed in the ledger).
 //!
 //! PostgreSQL is measured when `SOLOIST_TEST_PG_URL` is set (see
 //! `SOLOIST_TEST_SETUP_ONLY=1 scripts/test.sh`).
@@ -125,25 +132,118 @@ async fn measure(backend: &str, url: &str, chunks: usize) {
         elapsed,
         (docs * SECTIONS) as f64 / elapsed.as_secs_f64()
     );
-    let mut times = Vec::with_capacity(QUERIES);
-    for _ in 0..QUERIES {
-        let query: Vec<&str> = (0..6).map(|_| WORDS[next(WORDS.len())]).collect();
-        let started = Instant::now();
-        let hits = memory.retrieve(&query.join(" "), 4).await.unwrap();
-        times.push(started.elapsed());
-        assert!(!hits.is_empty());
-    }
-    report(&format!("{backend}: retrieval"), &times);
-    times.sort();
-    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    let started = Instant::now();
+    store_vectors(memory.store()).await;
     println!(
-        "{backend}: retrieval at {} chunks, top 4 of 6-word queries: p50={:?} p95={:?} max={:?}",
+        "{backend}: stored {} vectors of {DIMS} dimensions in {:.1?}",
         docs * SECTIONS,
-        at(0.5),
-        at(0.95),
-        times.last().copied().unwrap_or(Duration::ZERO)
+        started.elapsed()
     );
+    println!("{backend}: RSS before retrieval {} MiB", rss_mib());
+    let queries: Vec<String> = (0..QUERIES)
+        .map(|_| {
+            (0..6)
+                .map(|_| WORDS[next(WORDS.len())])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    for hybrid in [false, true] {
+        let what = if hybrid { "hybrid" } else { "full text" };
+        // The first hybrid query loads the index; it is timed apart.
+        let started = Instant::now();
+        let vector = embed(&queries[0]);
+        let first = if hybrid {
+            Some((MODEL, vector.as_slice()))
+        } else {
+            None
+        };
+        memory.retrieve_with(&queries[0], first, 4).await.unwrap();
+        let cold = started.elapsed();
+        let mut times = Vec::with_capacity(QUERIES);
+        for query in &queries {
+            let vector = embed(query);
+            let started = Instant::now();
+            let with = if hybrid {
+                Some((MODEL, vector.as_slice()))
+            } else {
+                None
+            };
+            let hits = memory.retrieve_with(query, with, 4).await.unwrap();
+            times.push(started.elapsed());
+            assert!(!hits.is_empty());
+        }
+        report(&format!("{backend}: {what} retrieval"), &times);
+        times.sort();
+        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        println!(
+            "{backend}: {what} retrieval at {} chunks, top 4 of 6-word queries: p50={:?} p95={:?} max={:?} (first query {:?}); RSS {} MiB",
+            docs * SECTIONS,
+            at(0.5),
+            at(0.95),
+            times.last().copied().unwrap_or(Duration::ZERO),
+            cold,
+            rss_mib()
+        );
+    }
     memory.store().close().await;
+}
+
+const MODEL: &str = "bench/hashed-384";
+const DIMS: usize = 384;
+
+/// A hashed bag of words over DIMS dimensions, each word spread over
+/// three of them with signs (denser than one bucket, as real embeddings
+/// are dense).
+fn embed(text: &str) -> Vec<f32> {
+    let mut v = vec![0f32; DIMS];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let mut h = word
+            .to_lowercase()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+        for _ in 0..3 {
+            h = h.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+            v[((h >> 20) % DIMS as u64) as usize] += sign;
+        }
+    }
+    v
+}
+
+/// Vectors for every stored chunk text, written as the embedder writes them.
+async fn store_vectors(store: &Store) {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT content_hash, MIN(text) FROM memory_chunks GROUP BY content_hash")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    for batch in rows.chunks(1000) {
+        let vectors: Vec<(String, Vec<f32>)> = batch
+            .iter()
+            .map(|(hash, text)| (hash.clone(), embed(text)))
+            .collect();
+        soloist::memory::vectors::insert(store, MODEL, &vectors)
+            .await
+            .unwrap();
+    }
+}
+
+/// The process's resident set, from /proc (0 where there is none).
+fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
 }
 
 fn rng(mut seed: u64) -> impl FnMut(usize) -> usize {

@@ -9,7 +9,7 @@ use crate::memory::{Memory, commands};
 impl Controller {
     /// Memory over this controller's store, with the `[memory]` settings.
     fn memory(&self) -> Memory {
-        Memory::new(self.store.clone(), self.settings.memory.clone())
+        Memory::from_settings(self.store.clone(), &self.settings)
     }
 
     pub(super) async fn remember(

@@ -118,7 +118,8 @@ impl Engine {
         top_k: Option<usize>,
     ) -> Transition {
         let settings = &self.inner.settings.memory;
-        let memory = crate::memory::Memory::new(self.inner.store.clone(), settings.clone());
+        let memory =
+            crate::memory::Memory::from_settings(self.inner.store.clone(), &self.inner.settings);
         let k = top_k.unwrap_or(settings.top_k);
         match memory.recall(&state.input.request, &run.chat, k).await {
             Ok(recall) => completed(&step.name, recall.to_json()),

@@ -12,7 +12,7 @@ use crate::store::Store;
 async fn open(settings: &Settings, home: &Path) -> anyhow::Result<Memory> {
     let url = settings.database_url(home);
     let store = Store::open(&url, 1).await.context("opening the database")?;
-    Ok(Memory::new(store, settings.memory.clone()))
+    Ok(Memory::from_settings(store, settings))
 }
 
 /// Ingests a file, folder or URL and prints one line per source; with

@@ -135,7 +135,11 @@ pub async fn forget_person(
         ));
     }
     let erased = super::db::erase_mentions(memory.store(), who).await?;
-    let total = erased.knowledge_chunks + erased.decisions + erased.messages;
+    let total = erased.knowledge_chunks
+        + erased.decisions
+        + erased.messages
+        + erased.journal_rows
+        + erased.outbox_rows;
     // The audit keeps that an erasure happened and its size, never whom.
     memory
         .store()
@@ -147,7 +151,11 @@ pub async fn forget_person(
         )
         .await?;
     Ok(format!(
-        "Erased what I stored about that person: {} knowledge chunks, {} saved drafts, {} chat messages ({total} rows). The audit log notes only that an erasure happened.",
-        erased.knowledge_chunks, erased.decisions, erased.messages
+        "Erased what I stored about that person: {} knowledge chunks, {} saved drafts, {} chat messages; {} run records and {} sent messages rewritten without them ({total} rows). The audit log notes only that an erasure happened.",
+        erased.knowledge_chunks,
+        erased.decisions,
+        erased.messages,
+        erased.journal_rows,
+        erased.outbox_rows
     ))
 }

@@ -65,7 +65,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn condition(self) -> &'static str {
+    pub(super) fn condition(self) -> &'static str {
         match self {
             Scope::Knowledge => "s.kind <> 'decision'",
             Scope::Decisions => "s.kind = 'decision'",
@@ -272,8 +272,7 @@ pub async fn search(
     if terms.is_empty() {
         return Ok(Vec::new());
     }
-    let columns =
-        "c.id, s.name, s.kind, s.title, s.url, c.section, c.text, s.weight, s.meta, s.refreshed_at";
+    let columns = HIT_COLUMNS;
     let (sql, query) = match store.backend() {
         // Each term quoted: raw text in MATCH is a query language
         // ("web-site" or "foo:" would be read as operators or columns).
@@ -306,40 +305,69 @@ pub async fn search(
             terms.join(" or "),
         ),
     };
-    type Row = (
-        i64,
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-        f64,
-        String,
-        i64,
-        f64,
-    );
-    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let rows: Vec<HitRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(query)
         .bind(limit as i64)
         .fetch_all(store.pool())
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| RawHit {
-            chunk_id: r.0,
-            source: r.1,
-            kind: r.2,
-            title: r.3,
-            url: r.4,
-            section: r.5,
-            text: r.6,
-            weight: r.7,
-            meta: r.8,
-            refreshed_at: r.9,
-            rank: r.10,
-        })
-        .collect())
+    Ok(rows.into_iter().map(raw_hit).collect())
+}
+
+type HitRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    f64,
+    String,
+    i64,
+    f64,
+);
+
+const HIT_COLUMNS: &str =
+    "c.id, s.name, s.kind, s.title, s.url, c.section, c.text, s.weight, s.meta, s.refreshed_at";
+
+/// The chunks with these ids that still exist in `scope`, rank 0, in no
+/// particular order (the vector side's candidates, read back).
+pub async fn chunks_by_ids(store: &Store, ids: &[i64], scope: Scope) -> StoreResult<Vec<RawHit>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The ids are integers from the index, never text from outside.
+    let list = ids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {HIT_COLUMNS}, CAST(0 AS DOUBLE PRECISION) FROM memory_chunks c
+         JOIN memory_sources s ON s.id = c.source_id
+         WHERE c.id IN ({list}) AND {}",
+        scope.condition()
+    );
+    let rows: Vec<HitRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(store.pool())
+        .await?;
+    Ok(rows.into_iter().map(raw_hit).collect())
+}
+
+fn raw_hit(r: HitRow) -> RawHit {
+    RawHit {
+        chunk_id: r.0,
+        source: r.1,
+        kind: r.2,
+        title: r.3,
+        url: r.4,
+        section: r.5,
+        text: r.6,
+        weight: r.7,
+        meta: r.8,
+        refreshed_at: r.9,
+        rank: r.10,
+    }
 }
 
 /// An approved or rejected draft not yet in the decision index.
@@ -456,6 +484,74 @@ pub struct Erased {
     pub knowledge_chunks: u64,
     pub decisions: u64,
     pub messages: u64,
+    /// Run journal events, run requests and approval drafts rewritten
+    /// with the mention replaced (a run's history stays whole).
+    pub journal_rows: u64,
+    /// Delivered or failed outbox rows rewritten the same way.
+    pub outbox_rows: u64,
+}
+
+/// What a mention is replaced by in rewritten records.
+pub const ERASED: &str = "[erased]";
+
+/// `text` with every case-insensitive occurrence of `who` (already lower
+/// case) replaced by [`ERASED`].
+fn scrub(text: &str, who: &str) -> String {
+    if who.is_empty() {
+        return text.to_string();
+    }
+    let lower = text.to_lowercase();
+    // Lower-casing can change byte lengths outside ASCII; then the
+    // positions do not line up and the text is replaced whole.
+    if lower.len() != text.len() {
+        return if lower.contains(who) {
+            ERASED.to_string()
+        } else {
+            text.to_string()
+        };
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (at, _) in lower.match_indices(who) {
+        if at < rest {
+            continue;
+        }
+        out.push_str(&text[rest..at]);
+        out.push_str(ERASED);
+        rest = at + who.len();
+    }
+    out.push_str(&text[rest..]);
+    out
+}
+
+/// A stored JSON text with the mention scrubbed from every string in it
+/// (keys included), still valid JSON; a text that is not JSON is scrubbed
+/// as text.
+fn scrub_json(stored: &str, who: &str) -> String {
+    fn walk(value: &mut serde_json::Value, who: &str) {
+        match value {
+            serde_json::Value::String(s) => *s = scrub(s, who),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| walk(v, who)),
+            serde_json::Value::Object(map) => {
+                let entries: Vec<(String, serde_json::Value)> = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, mut v)| {
+                        walk(&mut v, who);
+                        (scrub(&k, who), v)
+                    })
+                    .collect();
+                map.extend(entries);
+            }
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(stored) {
+        Ok(mut value) => {
+            walk(&mut value, who);
+            value.to_string()
+        }
+        Err(_) => scrub(stored, who),
+    }
 }
 
 /// Deletes every knowledge chunk, saved draft (with its decision-log index
@@ -517,10 +613,67 @@ pub async fn erase_mentions(store: &Store, who: &str) -> StoreResult<Erased> {
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    let lower = who.to_lowercase();
+    let mut journal_rows = 0;
+    for (table, key, column) in [
+        (
+            "journal",
+            "CAST(run_id AS TEXT) || ':' || CAST(seq AS TEXT)",
+            "payload",
+        ),
+        ("runs", "id", "input"),
+        ("approvals", "id", "draft"),
+    ] {
+        journal_rows += rewrite(&mut tx, table, key, column, "", &pattern, &lower).await?;
+    }
+    // Rows still to be sent are left alone: what the operator was promised
+    // goes out; what was already said is not kept in full.
+    let outbox_rows = rewrite(
+        &mut tx,
+        "outbox",
+        "CAST(id AS TEXT)",
+        "payload",
+        "AND status <> 'pending'",
+        &pattern,
+        &lower,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Erased {
         knowledge_chunks: chunks.len() as u64,
         decisions,
         messages,
+        journal_rows,
+        outbox_rows,
     })
+}
+
+/// Rewrites `column` of the rows of `table` that mention the person (the
+/// LIKE `pattern`), scrubbing `who` out of its JSON; returns how many.
+/// Table and column names are constants of this file.
+async fn rewrite(
+    tx: &mut Transaction<'_, Any>,
+    table: &str,
+    key: &str,
+    column: &str,
+    also: &str,
+    pattern: &str,
+    who: &str,
+) -> StoreResult<u64> {
+    let select = format!(
+        "SELECT {key}, {column} FROM {table} WHERE LOWER({column}) LIKE $1 ESCAPE '\\' {also}"
+    );
+    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(select))
+        .bind(pattern)
+        .fetch_all(&mut **tx)
+        .await?;
+    let update = format!("UPDATE {table} SET {column} = $1 WHERE {key} = $2");
+    for (id, stored) in &rows {
+        sqlx::query(sqlx::AssertSqlSafe(update.clone()))
+            .bind(scrub_json(stored, who))
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(rows.len() as u64)
 }

@@ -199,6 +199,15 @@ async fn read_page(
         }
     }
     let text = String::from_utf8_lossy(&body).into_owned();
+    if content_type.contains("html")
+        && let Some(article) = readable(&text, url.as_str())
+    {
+        return Ok(Fetched {
+            final_url: url.to_string(),
+            format: Format::Markdown,
+            text: article,
+        });
+    }
     let format = if content_type.contains("html") {
         Format::Html
     } else if content_type.contains("markdown") || url.path().ends_with(".md") {
@@ -210,6 +219,33 @@ async fn read_page(
         final_url: url.to_string(),
         format,
         text,
+    })
+}
+
+/// A page's article as Markdown, its title as the top heading: what
+/// readability (dom_smoothie, Mozilla's algorithm) keeps once navigation,
+/// sidebars, footers and other boilerplate are scored out. None when it
+/// finds no article (a short or unusual page): the caller then keeps the
+/// HTML for the plain extraction, which drops only the obvious elements.
+pub fn readable(html: &str, url: &str) -> Option<String> {
+    let config = dom_smoothie::Config {
+        text_mode: dom_smoothie::TextMode::Markdown,
+        ..dom_smoothie::Config::default()
+    };
+    let mut reader = dom_smoothie::Readability::new(html, Some(url), Some(config)).ok()?;
+    if !reader.is_probably_readable() {
+        return None;
+    }
+    let article = reader.parse().ok()?;
+    let text = article.text_content.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let title = article.title.trim();
+    Some(if title.is_empty() || text.starts_with("# ") {
+        text.to_string()
+    } else {
+        format!("# {title}\n\n{text}")
     })
 }
 

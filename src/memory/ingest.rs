@@ -66,6 +66,8 @@ impl Memory {
             && source.content_hash == hash
         {
             db::touch_source(&self.store, &source.id).await?;
+            // Vectors a failed embedding left missing are made now.
+            self.embed_source(&doc.name).await?;
             return Ok(IngestOutcome::Unchanged);
         }
         let limits = ChunkLimits {
@@ -86,10 +88,40 @@ impl Memory {
         db::replace_source(&self.store, &source, &parsed.chunks).await?;
         let chunks = parsed.chunks.len();
         tracing::info!(source = %doc.name, chunks, "ingested");
+        self.embed_source(&doc.name).await?;
         Ok(match existing {
             Some(_) => IngestOutcome::Replaced { chunks },
             None => IngestOutcome::Added { chunks },
         })
+    }
+
+    /// Embeds the chunks of `source` that have no vector for the configured
+    /// embedder yet: a text embedded before (in this source or any other)
+    /// is never sent again. Returns how many texts were embedded.
+    pub async fn embed_source(&self, source: &str) -> Result<usize, MemoryError> {
+        let Some(embedder) = &self.embedder else {
+            return Ok(0);
+        };
+        let model = embedder.name();
+        let missing = super::vectors::missing_for_source(&self.store, source, &model).await?;
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        for batch in missing.chunks(super::embed::BATCH) {
+            let texts: Vec<String> = batch.iter().map(|(_, text)| text.clone()).collect();
+            let vectors = embedder
+                .embed(&texts)
+                .await
+                .map_err(MemoryError::NotEmbedded)?;
+            let rows: Vec<(String, Vec<f32>)> = batch
+                .iter()
+                .map(|(hash, _)| hash.clone())
+                .zip(vectors)
+                .collect();
+            super::vectors::insert(&self.store, &model, &rows).await?;
+        }
+        tracing::info!(source, embedded = missing.len(), %model, "embedded");
+        Ok(missing.len())
     }
 
     /// A file, or every readable file under a folder (recursively). Files

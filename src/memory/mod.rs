@@ -4,8 +4,11 @@
 //! conversation, and a run's working values with an expiry.
 //!
 //! Retrieval is full text on both databases (SQLite FTS5, PostgreSQL
-//! `tsvector` + GIN), then a per-source weight and a recency decay, top-k
-//! with the source, section and why each hit matched. The draft flow's
+//! `tsvector` + GIN) and, with an embedder configured (`embed`), vector
+//! similarity over vectors stored in the database and scanned in process
+//! (`vectors`); the two candidate lists are fused by reciprocal rank, then
+//! a per-source weight and a recency decay, top-k with the source, section,
+//! which list found each hit and why. The draft flow's
 //! `retrieve` step passes the hits to the model as quoted material and the
 //! approval names its sources in one line.
 
@@ -13,10 +16,12 @@ pub mod chunk;
 pub mod cli;
 pub mod commands;
 mod db;
+pub mod embed;
 pub mod eval;
 pub mod fetch;
 mod ingest;
 mod retrieve;
+pub mod vectors;
 
 pub use db::Scope;
 pub use ingest::{Document, IngestOutcome, SourceKind};
@@ -34,8 +39,9 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MemorySettings {
-    /// `"none"`: full-text retrieval only. Semantic retrieval (an
-    /// embedder) is not built yet; `soloist doctor` says so.
+    /// `"none"`: full-text retrieval only. `"provider/model"`: an
+    /// OpenAI-compatible `/embeddings` endpoint of a configured provider
+    /// (costed and budgeted like every model call), fused with full text.
     pub embedder: String,
     /// How many knowledge chunks a draft sees.
     pub top_k: usize,
@@ -89,6 +95,10 @@ pub enum MemoryError {
     Unsupported(String),
     #[error(transparent)]
     Fetch(#[from] fetch::FetchError),
+    #[error(
+        "{0}. The text is stored and found by its words; ingest it again later to add its meaning"
+    )]
+    NotEmbedded(#[source] embed::EmbedError),
 }
 
 impl From<sqlx::Error> for MemoryError {
@@ -102,11 +112,39 @@ impl From<sqlx::Error> for MemoryError {
 pub struct Memory {
     store: Store,
     settings: MemorySettings,
+    embedder: Option<embed::Embedder>,
 }
 
 impl Memory {
+    /// Memory with full-text retrieval only.
     pub fn new(store: Store, settings: MemorySettings) -> Memory {
-        Memory { store, settings }
+        Memory {
+            store,
+            settings,
+            embedder: None,
+        }
+    }
+
+    /// Memory as `settings` configure it, with its embedder. An embedder
+    /// setting that cannot be used is logged and left out (full text
+    /// still works); `soloist doctor` names the problem.
+    pub fn from_settings(store: Store, settings: &crate::config::Settings) -> Memory {
+        let embedder = match embed::Embedder::from_settings(settings, store.clone()) {
+            Ok(embedder) => embedder,
+            Err(problem) => {
+                tracing::warn!(%problem, "semantic retrieval is off");
+                None
+            }
+        };
+        Memory {
+            store,
+            settings: settings.memory.clone(),
+            embedder,
+        }
+    }
+
+    pub fn embedder(&self) -> Option<&embed::Embedder> {
+        self.embedder.as_ref()
     }
 
     pub fn settings(&self) -> &MemorySettings {
@@ -186,15 +224,18 @@ pub async fn purge_periodically(
 }
 
 /// `soloist doctor`'s line about retrieval.
-pub fn doctor_finding(settings: &MemorySettings) -> crate::doctor::Finding {
+pub fn doctor_finding(settings: &crate::config::Settings) -> crate::doctor::Finding {
     use crate::doctor::Finding;
-    match settings.embedder.as_str() {
-        "none" | "" => Finding::Note(
-            "retrieval is full text only (memory.embedder = \"none\"); semantic retrieval (an embedder fused with full text) is not in this build yet, so drafts match your knowledge by its words".into(),
+    match embed::choice(settings) {
+        Ok(embed::EmbedderChoice::None) => Finding::Note(
+            "retrieval is full text only (memory.embedder = \"none\"): drafts match your knowledge by its words. For retrieval by meaning, set memory.embedder = \"openai/text-embedding-3-small\" (or any configured OpenAI-compatible provider's embedding model, with a price) and ingest again".into(),
         ),
-        other => Finding::Problem(
-            format!("memory.embedder = \"{other}\" is not supported by this build"),
-            "set memory.embedder = \"none\" (full-text retrieval)".into(),
+        Ok(embed::EmbedderChoice::Remote(model)) => Finding::Ok(format!(
+            "retrieval fuses full text with {model} embeddings (reciprocal rank fusion)"
+        )),
+        Err(problem) => Finding::Problem(
+            problem,
+            "fix memory.embedder, or set it to \"none\" (full-text retrieval)".into(),
         ),
     }
 }

@@ -33,7 +33,7 @@ pub fn jobs(agents: Option<Agents>) -> Vec<(&'static str, Arc<dyn Job>)> {
 }
 
 fn memory(context: &JobContext) -> Memory {
-    Memory::new(context.store.clone(), context.settings.memory.clone())
+    Memory::from_settings(context.store.clone(), &context.settings)
 }
 
 /// Working memory past its expiry.

@@ -225,6 +225,7 @@ const MIGRATIONS: Migrations = migrations![
     7 "schedules" "0007_schedules.sql",
     8 "memory" "0008_memory.sql",
     9 "guardrails" "0009_guardrails.sql",
+    15 "embeddings" "0015_embeddings.sql",
 ];
 
 /// The migrations compiled into the binary, for one backend.

@@ -60,6 +60,9 @@ struct Shared {
     batch_reply_delay: Option<Duration>,
     /// Calls to the batch endpoints, in order ("POST /files", …).
     batch_calls: Vec<String>,
+    /// `POST /embeddings` bodies, in order (kept apart from `requests`,
+    /// which counts chat calls).
+    embedding_requests: Vec<Value>,
 }
 
 #[derive(Clone)]
@@ -85,6 +88,7 @@ impl FakeLlm {
             .route("/v1/batches", post(create_batch).get(list_batches))
             .route("/v1/batches/{id}", get(batch_status))
             .route("/v1/models", get(models))
+            .route("/v1/embeddings", post(embeddings))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -141,6 +145,112 @@ impl FakeLlm {
     pub fn calls(&self) -> usize {
         self.shared.lock().unwrap().requests.len()
     }
+
+    /// How many `/embeddings` requests were made.
+    pub fn embedding_calls(&self) -> usize {
+        self.shared.lock().unwrap().embedding_requests.len()
+    }
+
+    /// Every text sent to `/embeddings`, in order.
+    pub fn embedded_texts(&self) -> Vec<String> {
+        let shared = self.shared.lock().unwrap();
+        shared
+            .embedding_requests
+            .iter()
+            .flat_map(|body| match &body["input"] {
+                Value::String(one) => vec![one.clone()],
+                Value::Array(many) => many
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+}
+
+/// Width of the fake's vectors.
+pub const EMBEDDING_DIMS: usize = 1024;
+
+/// Words the fake embedder treats as one meaning, so a paraphrase with no
+/// word in common still lands near its original (as a real model does).
+const SAME_MEANING: &[&[&str]] = &[
+    &[
+        "refund",
+        "refunds",
+        "reimburse",
+        "reimbursed",
+        "reimbursement",
+        "repay",
+        "repaid",
+    ],
+    &["unhappy", "dissatisfied", "displeased", "disappointed"],
+    &[
+        "cancel",
+        "cancels",
+        "cancelled",
+        "cancellation",
+        "withdraw",
+        "abandon",
+    ],
+    &["fortnight", "weeks", "week"],
+];
+
+/// A deterministic embedding: a hashed bag of words (a meaning group
+/// counts as one word), L2-normalised.
+pub fn fake_embedding(text: &str) -> Vec<f64> {
+    let mut vector = vec![0f64; EMBEDDING_DIMS];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() > 3)
+        .map(str::to_lowercase)
+    {
+        let key = SAME_MEANING
+            .iter()
+            .find(|group| group.contains(&word.as_str()))
+            .map_or(word.clone(), |group| group[0].to_string());
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        vector[(hash % EMBEDDING_DIMS as u64) as usize] += 1.0;
+    }
+    let norm = vector.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|x| *x /= norm);
+    }
+    vector
+}
+
+/// OpenAI's embeddings API: `input` a string or a list of strings.
+async fn embeddings(State(shared): State<Arc<Mutex<Shared>>>, Json(body): Json<Value>) -> Response {
+    shared.lock().unwrap().embedding_requests.push(body.clone());
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(one) => vec![one.clone()],
+        Value::Array(many) => many
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"message": "'input' is required", "type": "invalid_request_error"}})),
+            )
+                .into_response();
+        }
+    };
+    let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count()).sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| json!({"object": "embedding", "index": index, "embedding": fake_embedding(text)}))
+        .collect();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
+    }))
+    .into_response()
 }
 
 async fn models() -> Json<Value> {
