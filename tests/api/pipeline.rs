@@ -3,7 +3,12 @@
 //! step is paid twice, a read-only command costs one commit, replies leave
 //! as they are ready, and the outbox is woken with what it must send.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use soloist::domain::{ChatRef, Outbound, Platform};
+use soloist::outbox::{Deliver, DeliveryError, Dispatcher, Progress, RateLimits};
+use soloist::store::{OutboxMessage, Store};
 
 use soloist::app::App;
 use soloist::config::{Secret, Settings};
@@ -17,7 +22,20 @@ use crate::on_both_backends;
 on_both_backends!(
     n_drafts_at_once_make_exactly_n_generation_calls,
     a_paid_step_whose_commit_fails_for_a_moment_is_committed_not_paid_again,
+    a_first_reply_leaves_while_later_updates_of_the_burst_are_still_waiting,
 );
+
+// PostgreSQL only: transactions are counted by their ids, and NOTIFY is
+// PostgreSQL's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_help_costs_one_commit_of_its_own_and_its_inbound_shares_the_raw_updates() {
+    help_costs_one_commit().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_sends_a_row_another_process_queued_without_waiting_for_a_poll() {
+    outbox_hears_another_process().await
+}
 
 const FIRST_CHAT: i64 = 50_000;
 
@@ -167,4 +185,164 @@ async fn a_paid_step_whose_commit_fails_for_a_moment_is_committed_not_paid_again
             .count()
     });
     assert_eq!(offers, 1);
+}
+
+async fn a_first_reply_leaves_while_later_updates_of_the_burst_are_still_waiting(db: Db) {
+    const N: i64 = 200;
+    let burst = Burst::start(db, N, |_| {}).await;
+    burst
+        .test
+        .llm
+        .always(crate::fake_llm::Behavior::Delayed(
+            Duration::from_millis(20),
+            Box::new(crate::fake_llm::Behavior::reply(crate::fake_llm::DEFAULT_DRAFT)),
+        ));
+
+    for chat in FIRST_CHAT..FIRST_CHAT + N {
+        burst.tg.user_says(chat, "/draft a post about the audit");
+    }
+    burst
+        .tg
+        .wait_for(30, "the first reply", |s| (!s.sent.is_empty()).then_some(()))
+        .await;
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM platform_updates WHERE handled_at IS NULL AND failed_at IS NULL",
+    )
+    .fetch_one(burst.test.app.store.pool())
+    .await
+    .unwrap();
+    let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM platform_updates")
+        .fetch_one(burst.test.app.store.pool())
+        .await
+        .unwrap();
+
+    // Updates not recorded yet are waiting too (the poller is held back).
+    let still_waiting = waiting + (N - recorded);
+    assert!(
+        still_waiting > N / 2,
+        "the first reply left when only {still_waiting} of {N} updates were still waiting"
+    );
+    burst.offers_in(FIRST_CHAT..FIRST_CHAT + N, "Approve", 60).await;
+}
+
+/// Records, for every write to the tables a /help touches, the id of the
+/// transaction that made it.
+async fn count_transactions(store: &Store) {
+    let statements = [
+        "CREATE TABLE seen_writes (txid BIGINT, tbl TEXT, op TEXT)",
+        "CREATE FUNCTION note_write() RETURNS trigger AS $$ BEGIN
+           INSERT INTO seen_writes VALUES (txid_current(), TG_TABLE_NAME, TG_OP); RETURN NULL; END
+         $$ LANGUAGE plpgsql",
+    ];
+    for statement in statements {
+        sqlx::query(statement).execute(store.pool()).await.unwrap();
+    }
+    for table in ["platform_updates", "inbound_updates", "messages"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TRIGGER note_{table} AFTER INSERT OR UPDATE ON {table}
+             FOR EACH ROW EXECUTE FUNCTION note_write()"
+        )))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    // The outbox row's insert only: its claim and delivered mark are the
+    // outbox's own (grouped) commits.
+    sqlx::query(
+        "CREATE TRIGGER note_outbox AFTER INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION note_write()",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+async fn help_costs_one_commit() {
+    let burst = Burst::start(Db::Postgres, 1, |_| {}).await;
+    let store = burst.test.app.store.clone();
+    count_transactions(&store).await;
+
+    burst.tg.user_says(FIRST_CHAT, "/help");
+    burst
+        .tg
+        .wait_for(10, "the reply", |s| (!s.sent.is_empty()).then_some(()))
+        .await;
+    // The grouped "handled" mark follows the reply.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let writes: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT txid, tbl, op FROM seen_writes")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let txid = |table: &str, op: &str| {
+        writes
+            .iter()
+            .filter(|(_, t, o)| t == table && o == op)
+            .map(|(id, _, _)| *id)
+            .collect::<Vec<_>>()
+    };
+    let raw = txid("platform_updates", "INSERT");
+    assert_eq!(raw.len(), 1, "{writes:?}");
+    assert_eq!(txid("inbound_updates", "INSERT"), raw, "{writes:?}");
+    let answer = txid("outbox", "INSERT");
+    assert_eq!(answer.len(), 1, "{writes:?}");
+    assert_eq!(txid("inbound_updates", "UPDATE"), answer, "{writes:?}");
+    let distinct: std::collections::BTreeSet<i64> = writes.iter().map(|w| w.0).collect();
+    // The raw update with its inbound, the answer, the handled mark.
+    assert_eq!(distinct.len(), 3, "{writes:?}");
+}
+
+/// A platform that records the texts it was given.
+#[derive(Default)]
+struct Recorder {
+    sent: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Deliver for Recorder {
+    fn platform(&self) -> Platform {
+        Platform::Telegram
+    }
+
+    async fn deliver(
+        &self,
+        message: &OutboxMessage,
+        _offers: &[String],
+        _progress: &Progress,
+    ) -> Result<Option<String>, DeliveryError> {
+        self.sent.lock().unwrap().push(message.message.text.clone());
+        Ok(None)
+    }
+}
+
+async fn outbox_hears_another_process() {
+    let db = crate::helpers::TestDb::create(Db::Postgres).await;
+    let ours = Store::open(&db.url, 4).await.unwrap();
+    let theirs = Store::open(&db.url, 1).await.unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let shutdown = CancellationToken::new();
+    // A poll far longer than the test: only a wake can deliver in time.
+    let dispatcher = Dispatcher::new(ours.clone(), recorder.clone(), RateLimits::unlimited());
+    tokio::spawn(dispatcher.run(Duration::from_secs(600), shutdown.clone()));
+    // The dispatcher's first read of the outbox is done and it listens.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    theirs
+        .enqueue(
+            &ChatRef::new(Platform::Telegram, "42"),
+            &Outbound::text("from the other process"),
+        )
+        .await
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while recorder.sent.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the row was not sent without a poll"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*recorder.sent.lock().unwrap(), ["from the other process"]);
+    shutdown.cancel();
 }
