@@ -181,14 +181,19 @@ impl<S: Side> FrontDoor<S> {
             };
             records.push((record, storable(&arrival.inbound)));
         }
-        let fresh: HashSet<i64> = self
-            .handles
-            .store
-            .record_arrivals(platform, &records)
-            .await?
-            .into_iter()
-            .map(|r| r.update_id)
-            .collect();
+        let store = &self.handles.store;
+        let recorded = match store.record_arrivals(platform, &records).await {
+            Ok(recorded) => recorded,
+            // One inbound the store refuses must not hold up the batch (a
+            // poison update): the raw updates alone are what must be
+            // durable; the controller records each inbound as it handles it.
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "could not record the inbound with the raw updates; recording the raw updates alone");
+                let raw: Vec<RecordedUpdate> = records.into_iter().map(|(r, _)| r).collect();
+                store.record_updates(platform, &raw).await?
+            }
+        };
+        let fresh: HashSet<i64> = recorded.into_iter().map(|r| r.update_id).collect();
         Ok(arrivals
             .into_iter()
             .filter(|a| {
