@@ -63,6 +63,10 @@ macro_rules! handler {
     }};
 }
 
+/// Commands whose handlers only read: answered, then recorded with their
+/// reply in one transaction (`Controller::answer_read_only`).
+pub(super) const READ_ONLY: &[&str] = &["help", "runs", "run", "cost", "policy"];
+
 /// Every command soloist understands, in the order menus list them.
 pub const COMMAND_TABLE: &[CommandSpec] = &[
     CommandSpec {

@@ -192,6 +192,11 @@ impl Controller {
         let store = &self.store;
         let access = access::decide(&self.settings, inbound);
         let inbound = &access::keepable(access, inbound);
+        if access == access::Access::Allowed
+            && let Some(outcome) = self.answer_read_only(inbound).await?
+        {
+            return Ok(outcome);
+        }
         if store.record_inbound(inbound).await? == InboundRecord::Duplicate {
             tracing::debug!("duplicate update dropped");
             return Ok(Outcome::Duplicate);
@@ -217,6 +222,33 @@ impl Controller {
             self.engine.drive(run).await?;
         }
         Ok(handled.outcome)
+    }
+
+    /// A command that only reads (`/help`, a report) is answered first and
+    /// recorded with its reply in one transaction: one commit, not one to
+    /// record it and one to finish it. None for anything else.
+    async fn answer_read_only(&self, inbound: &Inbound) -> Result<Option<Outcome>, ControllerError> {
+        let InboundContent::Text(text) = &inbound.content else {
+            return Ok(None);
+        };
+        let trimmed = text.trim();
+        if trimmed.chars().count() > self.settings.engine.max_input_chars {
+            return Ok(None);
+        }
+        let Ok(command) = Command::parse(trimmed) else {
+            return Ok(None);
+        };
+        if !commands::READ_ONLY.contains(&command.spec.name) {
+            return Ok(None);
+        }
+        let handled = self.command(&self.as_known_speaker(inbound), command).await?;
+        let answered = self.store.answer_in_one(inbound, &handled.replies).await?;
+        Ok(Some(if answered {
+            handled.outcome
+        } else {
+            tracing::debug!("duplicate update dropped");
+            Outcome::Duplicate
+        }))
     }
 
     /// The terminal belongs to the owner; on chat platforms only the

@@ -292,7 +292,11 @@ impl Engine {
     #[tracing::instrument(skip_all, fields(run = %claimed.run.id))]
     async fn execute_one(&self, claimed: &ClaimedRun) -> Result<StepOutcome, EngineError> {
         let run = &claimed.run;
-        let state = self.state(run.id).await?;
+        let journal = self.inner.store.journal(run.id).await?;
+        if journal.is_empty() {
+            return Err(EngineError::UnknownRun(run.id));
+        }
+        let state = RunState::fold(&journal)?;
         if state.status != RunStatus::Runnable {
             return Ok(StepOutcome::Executed(state.status));
         }
@@ -314,12 +318,55 @@ impl Engine {
         };
         let after = state.followed_by(&transition.events)?;
         steps::finish_if_done(&mut transition, &after, flow, run.id);
-        let committed = self.commit_step(claimed, &transition).await?;
+        let committed = self
+            .commit_with_retries(claimed, &transition, journal.len())
+            .await?;
         if !committed {
             tracing::warn!("lease lost; another worker owns the run now");
             return Ok(StepOutcome::LeaseLost);
         }
         Ok(StepOutcome::Executed(transition.status))
+    }
+}
+
+/// The waits before each new try of a step's commit that failed. The step
+/// is done and may have been paid for (a model call): dropping it on a
+/// passing database error would leave the run to be taken over after its
+/// lease and the step executed, and paid, a second time.
+const COMMIT_RETRY: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(400),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+
+impl Engine {
+    /// [`Engine::commit_step`], tried again while the claim's heartbeat
+    /// keeps the lease. `seen` is the journal's length the step started
+    /// from: a commit whose answer was lost but which landed has made the
+    /// journal longer, and is not written twice.
+    async fn commit_with_retries(
+        &self,
+        claimed: &ClaimedRun,
+        transition: &Transition,
+        seen: usize,
+    ) -> Result<bool, EngineError> {
+        let mut waits = COMMIT_RETRY.iter();
+        loop {
+            let error = match self.commit_step(claimed, transition).await {
+                Ok(committed) => return Ok(committed),
+                Err(error) => error,
+            };
+            let Some(wait) = waits.next() else {
+                return Err(error.into());
+            };
+            tracing::warn!(error = ?error, ?wait, "committing a step failed; trying again");
+            tokio::time::sleep(*wait).await;
+            match self.inner.store.journal(claimed.run.id).await {
+                Ok(journal) if journal.len() > seen => return Ok(true),
+                _ => {}
+            }
+        }
     }
 }
 

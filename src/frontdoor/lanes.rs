@@ -39,7 +39,7 @@ impl Default for Bounds {
     fn default() -> Self {
         Bounds {
             running: 8,
-            queued: 1024,
+            queued: 256,
         }
     }
 }
@@ -90,11 +90,14 @@ impl<J: Send + 'static> Lanes<J> {
         let mut next = first;
         loop {
             let (job, place) = next;
-            drop(place);
             let finished = async {
                 let Ok(_slot) = self.running.acquire().await else {
                     return;
                 };
+                // The place is given up only once the job runs: a burst
+                // from many chats waits in `push` (the poller slows down),
+                // not as one task per chat holding its update in memory.
+                drop(place);
                 (self.work)(job).await;
             };
             tokio::select! {

@@ -15,8 +15,14 @@
 //!    again a few times with backoff; an update that keeps failing is
 //!    marked failed (never handled, never dropped silently) and the sender
 //!    is told. Only a success marks it handled.
-//! 4. The outbox is woken: the controller queued the replies in the same
-//!    transaction that finished the update.
+//! 4. The outbox is woken with the chat: the controller queued the
+//!    replies in the same transaction that finished the update. "Handled"
+//!    marks are written in groups ([`Marks`]).
+//!
+//! Commits on the way of a command that only reads (`/help`): the batch of
+//! raw updates with their inbound rows (one per `getUpdates`, whatever its
+//! size), the answer (inbound handled + replies queued, one), the grouped
+//! handled marks, the outbox's grouped claims and settlements.
 //!
 //! What differs between platforms ("typing…", a button's toast, telling
 //! the sender when the outbox itself may be down) is a [`Side`]. A new
@@ -36,13 +42,13 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::controller::{Controller, ControllerError, Outcome, access};
-use crate::domain::{Inbound, Platform};
+use crate::domain::{Inbound, InboundContent, Platform};
+use crate::outbox::Wake;
 use crate::store::{RecordedUpdate, Store, StoreError, now_ms};
 
 /// How many times an update is handed to the controller before it is
@@ -122,18 +128,20 @@ pub struct FrontDoor<S: Side> {
 
 impl<S: Side> FrontDoor<S> {
     /// A front door whose lanes run until `shutdown`; `wake` is the
-    /// outbox's (notified once an update's replies are queued).
+    /// outbox's (told the chat once an update's replies are queued).
     pub fn new(
         handles: Handles,
         side: S,
-        wake: Arc<Notify>,
+        wake: Arc<Wake>,
         bounds: Bounds,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let marks = Marks::start(handles.store.clone(), side.platform(), shutdown.clone());
         let worker = Arc::new(Worker {
             handles: handles.clone(),
             side,
             wake,
+            marks,
             shutdown: shutdown.clone(),
         });
         let lanes = Lanes::new(
@@ -165,21 +173,27 @@ impl<S: Side> FrontDoor<S> {
             .collect();
         let mut records = Vec::with_capacity(arrivals.len());
         for arrival in &arrivals {
-            records.push(RecordedUpdate {
+            let record = RecordedUpdate {
                 update_id: arrival.update_id,
                 chat_id: arrival.inbound.chat.chat_id.clone(),
                 payload: serde_json::to_string(arrival)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            });
+            };
+            records.push((record, storable(&arrival.inbound)));
         }
-        let fresh: HashSet<i64> = self
-            .handles
-            .store
-            .record_updates(platform, &records)
-            .await?
-            .into_iter()
-            .map(|r| r.update_id)
-            .collect();
+        let store = &self.handles.store;
+        let recorded = match store.record_arrivals(platform, &records).await {
+            Ok(recorded) => recorded,
+            // One inbound the store refuses must not hold up the batch (a
+            // poison update): the raw updates alone are what must be
+            // durable; the controller records each inbound as it handles it.
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "could not record the inbound with the raw updates; recording the raw updates alone");
+                let raw: Vec<RecordedUpdate> = records.into_iter().map(|(r, _)| r).collect();
+                store.record_updates(platform, &raw).await?
+            }
+        };
+        let fresh: HashSet<i64> = recorded.into_iter().map(|r| r.update_id).collect();
         Ok(arrivals
             .into_iter()
             .filter(|a| {
@@ -252,12 +266,76 @@ impl<S: Side> FrontDoor<S> {
     }
 }
 
+/// The inbound as the controller records it (PostgreSQL text cannot hold
+/// NUL), so recording it with the raw update changes nothing it would.
+fn storable(inbound: &Inbound) -> Inbound {
+    match &inbound.content {
+        InboundContent::Text(text) if text.contains('\0') => Inbound {
+            content: InboundContent::Text(text.replace('\0', "")),
+            ..inbound.clone()
+        },
+        _ => inbound.clone(),
+    }
+}
+
 /// Handles one update in its lane.
 struct Worker<S: Side> {
     handles: Handles,
     side: S,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
+    marks: Arc<Marks>,
     shutdown: CancellationToken,
+}
+
+/// "Handled" marks, written together: one statement for every update
+/// handled since the last one, not one commit each. A mark lost in a crash
+/// only makes the restart hand that update to the controller again, which
+/// finds it done and drops it.
+struct Marks {
+    handled: std::sync::Mutex<Vec<i64>>,
+    news: tokio::sync::Notify,
+}
+
+impl Marks {
+    fn start(store: Store, platform: Platform, shutdown: CancellationToken) -> Arc<Marks> {
+        let marks = Arc::new(Marks {
+            handled: std::sync::Mutex::new(Vec::new()),
+            news: tokio::sync::Notify::new(),
+        });
+        let writer = marks.clone();
+        tokio::spawn(async move { writer.write(store, platform, shutdown).await });
+        marks
+    }
+
+    fn handled(&self, update_id: i64) {
+        self.lock().push(update_id);
+        self.news.notify_one();
+    }
+
+    async fn write(&self, store: Store, platform: Platform, shutdown: CancellationToken) {
+        loop {
+            let stopping = tokio::select! {
+                _ = shutdown.cancelled() => true,
+                _ = self.news.notified() => false,
+            };
+            let ids = std::mem::take(&mut *self.lock());
+            if !ids.is_empty() {
+                if let Err(error) = store.mark_updates_handled(platform, &ids).await {
+                    tracing::warn!(error = %error_chain(&error), "could not mark updates handled; will try again (a restart finds them done)");
+                    self.lock().extend(ids);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    self.news.notify_one();
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
+        self.handled.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl<S: Side> Worker<S> {
@@ -268,12 +346,15 @@ impl<S: Side> Worker<S> {
         if let Some(working) = working {
             working.abort();
         }
-        self.wake.notify_one();
+        self.wake.chat(&arrival.inbound.chat.chat_id);
         self.side.answered(&arrival, &result).await;
         let store = &self.handles.store;
         let platform = self.side.platform();
         let marked = match &result {
-            Ok(_) => store.mark_update_handled(platform, arrival.update_id).await,
+            Ok(_) => {
+                self.marks.handled(arrival.update_id);
+                Ok(())
+            }
             Err(error) => {
                 tracing::error!(error = %error_chain(error), attempts, "an update failed every attempt; marked failed");
                 let text = format!(

@@ -5,13 +5,12 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::task::{Id as TaskId, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::pacing::Pacing;
-use super::{Deliver, DeliveryError, Progress, RateLimits};
+use super::{Deliver, DeliveryError, Progress, RateLimits, Wake};
 use crate::domain::ApprovalRole;
 use crate::store::{Backend, Claim, OutboxMessage, Settlement, Store, StoreError, now_ms};
 
@@ -58,7 +57,7 @@ pub struct Dispatcher<D: Deliver> {
     deliverer: Arc<D>,
     limits: RateLimits,
     retry: RetryPolicy,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     /// Rows held at once (claimed, in flight or waiting for their pace).
     concurrency: usize,
     /// How long a claim lasts unless renewed; renewed every third of it.
@@ -73,7 +72,7 @@ impl<D: Deliver> Dispatcher<D> {
             deliverer,
             limits,
             retry: RetryPolicy::default(),
-            wake: Arc::new(Notify::new()),
+            wake: Arc::new(Wake::default()),
             concurrency: 64,
             lease: Duration::from_secs(60),
             owner: format!("outbox-{}", uuid::Uuid::new_v4().simple()),
@@ -92,14 +91,14 @@ impl<D: Deliver> Dispatcher<D> {
         self
     }
 
-    pub fn with_waker(mut self, wake: Arc<Notify>) -> Self {
+    pub fn with_waker(mut self, wake: Arc<Wake>) -> Self {
         self.wake = wake;
         self
     }
 
-    /// Notify this after queueing a message to deliver it without waiting
-    /// for the next poll.
-    pub fn waker(&self) -> Arc<Notify> {
+    /// Name a chat on this after queueing a message to deliver it without
+    /// waiting for the next poll.
+    pub fn waker(&self) -> Arc<Wake> {
         self.wake.clone()
     }
 
@@ -107,11 +106,12 @@ impl<D: Deliver> Dispatcher<D> {
     /// rows other processes queued or that became due. Never stops on an
     /// error: a database failure is retried with backoff.
     pub async fn run(self, poll: Duration, shutdown: CancellationToken) {
-        let mut run = Run::new(&self);
+        let listening = self.listen();
+        let mut run = Run::new(&self, poll);
         run.release_stale_claims().await;
         loop {
             run.step().await;
-            let wake_at = run.next_wake(poll);
+            let wake_at = run.next_wake();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
@@ -121,7 +121,53 @@ impl<D: Deliver> Dispatcher<D> {
                 }
             }
         }
+        if let Some(listening) = listening {
+            listening.abort();
+        }
         run.wind_down().await;
+    }
+
+    /// PostgreSQL: wakes this dispatcher with the chats any process queued
+    /// a row for (LISTEN on the outbox channel). While the listener is down
+    /// (or reconnecting, when notifications may be missed) the whole
+    /// outbox is read instead.
+    fn listen(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if self.store.backend() != Backend::Postgres {
+            return None;
+        }
+        let store = self.store.clone();
+        let wake = self.wake.clone();
+        let prefix = format!("{}:", self.deliverer.platform().as_str());
+        Some(tokio::spawn(async move {
+            loop {
+                let mut listener = match store.listen(crate::store::OUTBOX_CHANNEL).await {
+                    Ok(Some(listener)) => listener,
+                    Ok(None) => return,
+                    Err(error) => {
+                        tracing::debug!(error = ?error, "the outbox cannot listen yet; polling meanwhile");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                wake.everything();
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(notice)) => {
+                            if let Some(chat) = notice.payload().strip_prefix(&prefix) {
+                                wake.chat(chat);
+                            }
+                        }
+                        // Reconnected: what was sent meanwhile is unknown.
+                        Ok(None) => wake.everything(),
+                        Err(error) => {
+                            tracing::debug!(error = ?error, "the outbox listener failed; listening again");
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }))
     }
 }
 
@@ -162,10 +208,16 @@ struct Run<'a, D: Deliver> {
     renew_at: Instant,
     db_failures: u32,
     db_retry_at: Option<Instant>,
+    /// Chats that may have a head to claim (woken, or just settled).
+    wanted: HashSet<String>,
+    /// The whole outbox is read at the next claim.
+    scan_due: bool,
+    poll: Duration,
+    last_scan: Instant,
 }
 
 impl<'a, D: Deliver> Run<'a, D> {
-    fn new(d: &'a Dispatcher<D>) -> Self {
+    fn new(d: &'a Dispatcher<D>, poll: Duration) -> Self {
         Run {
             d,
             pacing: Pacing::new(d.limits),
@@ -179,6 +231,10 @@ impl<'a, D: Deliver> Run<'a, D> {
             renew_at: Instant::now() + d.lease / 3,
             db_failures: 0,
             db_retry_at: None,
+            wanted: HashSet::new(),
+            scan_due: true,
+            poll,
+            last_scan: Instant::now(),
         }
     }
 
@@ -200,6 +256,13 @@ impl<'a, D: Deliver> Run<'a, D> {
 
     /// Settles what finished, claims what may go, starts what is due.
     async fn step(&mut self) {
+        let (chats, scan) = self.d.wake.take();
+        self.wanted.extend(chats);
+        let now = Instant::now();
+        let timer_due = self.timers.peek().is_some_and(|Reverse(at)| *at <= now);
+        if scan || timer_due || now >= self.last_scan + self.poll {
+            self.scan_due = true;
+        }
         if self.db_retry_at.is_some_and(|at| at > Instant::now()) {
             self.dispatch();
             return;
@@ -237,18 +300,42 @@ impl<'a, D: Deliver> Run<'a, D> {
             .d
             .concurrency
             .saturating_sub(self.running.len() + self.held.len());
-        if room == 0 {
+        if room == 0 || (!self.scan_due && self.wanted.is_empty()) {
             return Ok(());
         }
         let claim = Claim {
             owner: self.d.owner.clone(),
             token: uuid::Uuid::new_v4().simple().to_string(),
         };
-        let claimed = self
-            .d
-            .store
-            .claim_outbox(self.d.deliverer.platform(), &claim, self.d.lease, room)
-            .await?;
+        let platform = self.d.deliverer.platform();
+        let claimed = if self.scan_due {
+            let claimed = self
+                .d
+                .store
+                .claim_outbox(platform, &claim, self.d.lease, room)
+                .await?;
+            self.scan_due = false;
+            self.last_scan = Instant::now();
+            self.wanted.clear();
+            claimed
+        } else {
+            // Chats this dispatcher is delivering to are asked again once
+            // their row settles.
+            let chats: Vec<String> = self
+                .wanted
+                .iter()
+                .filter(|chat| !self.busy.contains(*chat))
+                .take(room)
+                .cloned()
+                .collect();
+            for chat in &chats {
+                self.wanted.remove(chat);
+            }
+            self.d
+                .store
+                .claim_outbox_chats(platform, &claim, self.d.lease, &chats)
+                .await?
+        };
         for message in claimed {
             if !self.busy.insert(message.chat.chat_id.clone()) {
                 // Only after our own lease lapsed (a long database outage):
@@ -461,6 +548,10 @@ impl<'a, D: Deliver> Run<'a, D> {
         }
         for settled in std::mem::take(&mut self.to_settle) {
             self.busy.remove(&settled.chat);
+            // Its next row, if any, may go now (a retry waits for its timer).
+            if !matches!(settled.settlement, Settlement::Retry { .. }) {
+                self.wanted.insert(settled.chat);
+            }
         }
         Ok(())
     }
@@ -478,18 +569,21 @@ impl<'a, D: Deliver> Run<'a, D> {
     }
 
     /// When the loop must look again, at the latest after `poll`.
-    fn next_wake(&mut self, poll: Duration) -> Instant {
+    fn next_wake(&mut self) -> Instant {
         let now = Instant::now();
         while self.timers.peek().is_some_and(|Reverse(at)| *at <= now) {
             self.timers.pop();
         }
-        let mut wake = now + poll;
+        let mut wake = self.last_scan + self.poll;
+        let room = self.running.len() + self.held.len() < self.d.concurrency;
+        let claimable = self.wanted.iter().any(|chat| !self.busy.contains(chat));
         let candidates = [
             self.held_until,
             self.timers.peek().map(|Reverse(at)| *at),
             self.db_retry_at,
             Some(self.renew_at),
             (!self.to_settle.is_empty() && self.db_retry_at.is_none()).then_some(now),
+            (room && claimable && self.db_retry_at.is_none()).then_some(now),
         ];
         for at in candidates.into_iter().flatten() {
             wake = wake.min(at);

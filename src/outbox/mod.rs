@@ -180,13 +180,56 @@ impl RateLimits {
     }
 }
 
-/// How often the outbox is read for rows nobody woke it for (queued by
-/// another process, due after a wait).
+/// How often the whole outbox is read for rows nobody woke it for (queued
+/// by a run this process drove without a front door, or by another process
+/// while the PostgreSQL listener was reconnecting). Rows are otherwise
+/// found through [`Wake`]: the chats named in memory, and on PostgreSQL
+/// every process's NOTIFY.
 const POLL: Duration = Duration::from_secs(1);
+
+/// What wakes an outbox: the chats that have a row to send (so only their
+/// heads are claimed, not every pending row read again), or a request to
+/// read everything.
+#[derive(Debug, Default)]
+pub struct Wake {
+    notify: Notify,
+    chats: std::sync::Mutex<std::collections::HashSet<String>>,
+    scan: std::sync::atomic::AtomicBool,
+}
+
+impl Wake {
+    /// `chat_id` has a row queued (committed) for this platform.
+    pub fn chat(&self, chat_id: &str) {
+        self.lock().insert(chat_id.to_string());
+        self.notify.notify_one();
+    }
+
+    /// Something may be queued anywhere: read the whole outbox.
+    pub fn everything(&self) {
+        self.scan.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// The chats named since the last call, and whether a full read was
+    /// asked for.
+    pub(crate) fn take(&self) -> (Vec<String>, bool) {
+        let chats = self.lock().drain().collect();
+        let scan = self.scan.swap(false, std::sync::atomic::Ordering::SeqCst);
+        (chats, scan)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.chats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// A running outbox: wake it after queueing, wait for it at shutdown.
 pub struct Outbox {
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     task: JoinHandle<()>,
 }
 
@@ -199,15 +242,15 @@ pub fn start<D: Deliver>(
     limits: RateLimits,
     shutdown: CancellationToken,
 ) -> Outbox {
-    let wake = Arc::new(Notify::new());
+    let wake = Arc::new(Wake::default());
     let task = tokio::spawn(supervise(store, deliverer, limits, wake.clone(), shutdown));
     Outbox { wake, task }
 }
 
 impl Outbox {
-    /// Notify this after queueing a message to deliver it without waiting
-    /// for the next poll.
-    pub fn waker(&self) -> Arc<Notify> {
+    /// Name a chat on this after queueing a message to deliver it without
+    /// waiting for the next poll.
+    pub fn waker(&self) -> Arc<Wake> {
         self.wake.clone()
     }
 
@@ -252,7 +295,7 @@ async fn supervise<D: Deliver>(
     store: Store,
     deliverer: Arc<D>,
     limits: RateLimits,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     shutdown: CancellationToken,
 ) {
     let platform = deliverer.platform();

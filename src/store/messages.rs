@@ -24,42 +24,24 @@ impl Store {
     /// conversation log.
     pub async fn record_inbound(&self, inbound: &Inbound) -> StoreResult<InboundRecord> {
         let mut tx = self.pool.begin().await?;
-        let now = now_ms();
-        let inserted = sqlx::query(
-            "INSERT INTO inbound_updates (platform, update_key, chat_id, user_id, received_at)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (platform, update_key) DO NOTHING",
-        )
-        .bind(inbound.chat.platform.as_str())
-        .bind(&inbound.update_key)
-        .bind(&inbound.chat.chat_id)
-        .bind(&inbound.user_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !inserted {
-            let processed: Option<i64> = sqlx::query_scalar(
-                "SELECT processed_at FROM inbound_updates WHERE platform = $1 AND update_key = $2",
-            )
-            .bind(inbound.chat.platform.as_str())
-            .bind(&inbound.update_key)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Ok(match processed {
-                Some(_) => InboundRecord::Duplicate,
-                None => InboundRecord::Unfinished,
-            });
-        }
-        let text = match &inbound.content {
-            InboundContent::Text(text) => text.clone(),
-            InboundContent::Button(_) => "[button]".to_string(),
-            InboundContent::Unsupported(what) => format!("[{what}]"),
-        };
-        log_message(&mut tx, &inbound.chat, "in", &inbound.user_id, &text).await?;
+        let record = record_inbound_in(&mut tx, inbound).await?;
         tx.commit().await?;
-        Ok(InboundRecord::Fresh)
+        Ok(record)
+    }
+
+    /// Records an update that only reads and its replies in one
+    /// transaction (the inbound, the log, the queued replies, handled).
+    /// False, writing nothing, when it was handled before.
+    pub async fn answer_in_one(&self, inbound: &Inbound, replies: &[Outbound]) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        if record_inbound_in(&mut tx, inbound).await? == InboundRecord::Duplicate
+            || !finish_inbound_in(&mut tx, inbound, replies).await?
+        {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Marks the update handled and queues the replies, in one transaction:
@@ -99,6 +81,47 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Records an update the first time it arrives, with its text in the
+/// conversation log; says what was known of it before.
+pub(super) async fn record_inbound_in(
+    tx: &mut Transaction<'_, Any>,
+    inbound: &Inbound,
+) -> StoreResult<InboundRecord> {
+    let inserted = sqlx::query(
+        "INSERT INTO inbound_updates (platform, update_key, chat_id, user_id, received_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (platform, update_key) DO NOTHING",
+    )
+    .bind(inbound.chat.platform.as_str())
+    .bind(&inbound.update_key)
+    .bind(&inbound.chat.chat_id)
+    .bind(&inbound.user_id)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        let processed: Option<i64> = sqlx::query_scalar(
+            "SELECT processed_at FROM inbound_updates WHERE platform = $1 AND update_key = $2",
+        )
+        .bind(inbound.chat.platform.as_str())
+        .bind(&inbound.update_key)
+        .fetch_one(&mut **tx)
+        .await?;
+        return Ok(match processed {
+            Some(_) => InboundRecord::Duplicate,
+            None => InboundRecord::Unfinished,
+        });
+    }
+    let text = match &inbound.content {
+        InboundContent::Text(text) => text.clone(),
+        InboundContent::Button(_) => "[button]".to_string(),
+        InboundContent::Unsupported(what) => format!("[{what}]"),
+    };
+    log_message(tx, &inbound.chat, "in", &inbound.user_id, &text).await?;
+    Ok(InboundRecord::Fresh)
 }
 
 /// Marks the update handled and queues its replies; false (queuing
@@ -155,7 +178,23 @@ pub(super) async fn enqueue_in(
     .bind(now_ms())
     .execute(&mut **tx)
     .await?;
+    notify_outbox(tx, chat).await?;
     log_message(tx, chat, "out", "soloist", &message.text).await
+}
+
+/// PostgreSQL: tells every process's outbox (LISTEN) which chat has a row
+/// to send, once the transaction commits; PostgreSQL folds repeats within
+/// one transaction. SQLite has one process, woken in memory.
+async fn notify_outbox(tx: &mut Transaction<'_, Any>, chat: &ChatRef) -> StoreResult<()> {
+    if tx.backend_name() != "PostgreSQL" {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(super::OUTBOX_CHANNEL)
+        .bind(format!("{}:{}", chat.platform.as_str(), chat.chat_id))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn log_message(

@@ -47,6 +47,7 @@ pub use schedules::{DueSchedule, FirePlan, MissRecord, PendingFire, ScheduleRow}
 pub use updates::{PendingInteraction, RecordedUpdate};
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -113,11 +114,18 @@ impl Backend {
 /// Kept here too: the store's callers redact the URLs they open.
 pub use crate::config::redact_url;
 
+/// The PostgreSQL channel on which a queued outbox row is announced
+/// (payload `platform:chat_id`), so every process's outbox is woken.
+pub const OUTBOX_CHANNEL: &str = "soloist_outbox";
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// PostgreSQL: where a listener connects (LISTEN needs a connection of
+    /// its own). Never printed: it may carry a password.
+    listen_url: Option<Arc<crate::config::Secret>>,
 }
 
 impl Store {
@@ -158,7 +166,13 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Store { pool, backend })
+        let listen_url =
+            (backend == Backend::Postgres).then(|| Arc::new(crate::config::Secret::new(url)));
+        Ok(Store {
+            pool,
+            backend,
+            listen_url,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -167,6 +181,16 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// PostgreSQL: a listener on `channel`, on a connection of its own.
+    pub async fn listen(&self, channel: &str) -> StoreResult<Option<sqlx::postgres::PgListener>> {
+        let Some(url) = self.listen_url.as_ref().and_then(|u| u.expose()) else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(channel).await?;
+        Ok(Some(listener))
     }
 
     pub async fn migrate(&self) -> StoreResult<()> {

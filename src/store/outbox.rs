@@ -171,6 +171,58 @@ impl Store {
             .collect()
     }
 
+    /// [`Store::claim_outbox`] for the named chats only: the head of each
+    /// (its oldest pending row) when it is due and unclaimed. What a wake
+    /// names, found through the `(platform, chat_id, status, id)` index
+    /// instead of a pass over every pending row.
+    pub async fn claim_outbox_chats(
+        &self,
+        platform: Platform,
+        claim: &Claim,
+        lease: Duration,
+        chats: &[String],
+    ) -> StoreResult<Vec<OutboxMessage>> {
+        if chats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let list = (0..chats.len())
+            .map(|n| format!("${}", n + 6))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE outbox SET claimed_by = $1, claim_token = $2, claimed_until = $3
+             WHERE id IN (
+                SELECT o.id FROM outbox o
+                WHERE o.id IN (
+                      SELECT MIN(h.id) FROM outbox h
+                      WHERE h.platform = $4 AND h.status = 'pending' AND h.chat_id IN ({list})
+                      GROUP BY h.chat_id)
+                  AND o.next_attempt_at <= $5
+                  AND (o.claimed_until IS NULL OR o.claimed_until < $5)
+                {lock})
+             RETURNING {COLUMNS}"
+        );
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&claim.owner)
+            .bind(&claim.token)
+            .bind(now + millis(lease))
+            .bind(platform.as_str())
+            .bind(now);
+        for chat in chats {
+            query = query.bind(chat);
+        }
+        let mut rows: Vec<Row> = query.fetch_all(&self.pool).await?;
+        rows.sort_by_key(|row| row.0);
+        rows.into_iter()
+            .map(|row| from_row(platform, row))
+            .collect()
+    }
+
     /// Extends the lease of every row `owner` holds on `platform`.
     pub async fn renew_outbox_claims(
         &self,

@@ -7,7 +7,7 @@
 //! interactions waiting for their answer (Discord's deferred responses).
 
 use super::{Store, StoreResult, now_ms};
-use crate::domain::{Platform, RunId};
+use crate::domain::{Inbound, Platform, RunId};
 
 /// One update as an adapter received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,65 @@ impl Store {
         }
         tx.commit().await?;
         Ok(fresh)
+    }
+
+    /// [`Store::record_updates`], and each fresh update's [`Inbound`] (its
+    /// dedup row and its line in the conversation log) in the same
+    /// transaction: the raw update and the inbound are one commit, shared
+    /// by the whole batch the platform sent.
+    pub async fn record_arrivals(
+        &self,
+        platform: Platform,
+        updates: &[(RecordedUpdate, Inbound)],
+    ) -> StoreResult<Vec<RecordedUpdate>> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let mut fresh = Vec::with_capacity(updates.len());
+        for (update, inbound) in updates {
+            let inserted = sqlx::query(
+                "INSERT INTO platform_updates (platform, update_id, chat_id, payload, received_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (platform, update_id) DO NOTHING",
+            )
+            .bind(platform.as_str())
+            .bind(update.update_id)
+            .bind(&update.chat_id)
+            .bind(&update.payload)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if inserted {
+                super::messages::record_inbound_in(&mut tx, inbound).await?;
+                fresh.push(update.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    /// Marks many updates handled in one statement (the front door groups
+    /// its marks: a mark lost in a crash only makes a restart hand the
+    /// update to the controller again, which finds it done).
+    pub async fn mark_updates_handled(&self, platform: Platform, ids: &[i64]) -> StoreResult<()> {
+        for chunk in ids.chunks(500) {
+            let list = (0..chunk.len())
+                .map(|n| format!("${}", n + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE platform_updates SET handled_at = $1
+                 WHERE platform = $2 AND update_id IN ({list}) AND handled_at IS NULL"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(now_ms())
+                .bind(platform.as_str());
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&self.pool).await?;
+        }
+        Ok(())
     }
 
     /// Updates recorded but not yet handled, oldest first.

@@ -20,6 +20,7 @@ mod http;
 mod memory;
 mod models;
 mod outbox;
+mod pipeline;
 mod policy;
 mod recovery;
 mod routing;
