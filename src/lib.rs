@@ -72,8 +72,10 @@
 pub mod adapters;
 pub mod agents;
 pub mod app;
+pub mod backup;
 pub mod config;
 pub mod controller;
+pub mod coordination;
 pub mod digest;
 pub mod doctor;
 pub mod domain;

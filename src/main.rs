@@ -60,6 +60,11 @@ enum Command {
         /// The run's id (its first characters are enough).
         run_id: String,
     },
+    /// Copy the database to PATH while soloist runs (SQLite; for PostgreSQL use pg_dump).
+    Backup {
+        /// The new file (must not exist yet).
+        path: PathBuf,
+    },
     /// Print the daily digest and write its chart to a PNG file.
     Digest {
         /// Build it now (for yesterday) instead of waiting for its schedule.
@@ -114,6 +119,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Backup { path } => {
+            let url = settings.database_url(&cli.home);
+            let written = soloist::backup::backup(&url, &path).await?;
+            println!("backup written to {}", written.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay { run_id } => replay(settings, &cli.home, &run_id).await,
         Command::Digest { now, chart } => digest(settings, &cli.home, now, &chart).await,
         Command::Ingest { path, refresh } => {
@@ -165,6 +176,7 @@ async fn digest(
 }
 
 async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let _single = soloist::coordination::lock_sqlite(&settings.database_url(home))?;
     let app = App::build(settings, home).await?;
     let banner = format!(
         "soloist {} — chatting as the owner of {} ({}, model: {})\nType /help for commands; Ctrl-D to leave.",
@@ -195,6 +207,7 @@ async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<Exit
 }
 
 async fn serve(settings: Settings, home: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let _single = soloist::coordination::lock_sqlite(&settings.database_url(home))?;
     let app = App::build(settings, home).await?;
     let shutdown = soloist::runtime::shutdown_on_signal();
     let platforms = soloist::runtime::platform_services(&app, &shutdown);

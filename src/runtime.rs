@@ -103,9 +103,20 @@ fn ended_on_request(shutdown: &CancellationToken) -> Result<(), String> {
 /// Resumes runnable runs nobody holds: crash leftovers, and runs woken while
 /// their worker was busy. Every few seconds, and at once at start.
 async fn worker(app: App, shutdown: CancellationToken) -> Result<(), String> {
+    // One line per outage (a database restart), not one per round.
+    let mut failing = false;
     loop {
-        if let Err(error) = app.engine.resume_runnable().await {
-            tracing::error!(error = ?error, "resuming runs failed; will try again");
+        match app.engine.resume_runnable().await {
+            Err(error) if !failing => {
+                tracing::error!(error = ?error, "resuming runs failed; will try again");
+                failing = true;
+            }
+            Err(error) => tracing::debug!(error = ?error, "resuming runs still fails"),
+            Ok(_) if failing => {
+                tracing::info!("resuming runs works again");
+                failing = false;
+            }
+            Ok(_) => {}
         }
         release_free_memory();
         tokio::select! {

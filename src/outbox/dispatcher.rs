@@ -400,7 +400,18 @@ impl<'a, D: Deliver> Run<'a, D> {
         let store = self.d.store.clone();
         let deliverer = self.d.deliverer.clone();
         let progress = Progress::new(store.clone(), message.id, token);
+        let limits = self.d.limits;
+        let group = deliverer.is_group(&message.chat.chat_id);
         let handle = self.tasks.spawn(async move {
+            let platform = deliverer.platform();
+            super::pacing::shared_slot(
+                &store,
+                platform.as_str(),
+                &message.chat.chat_id,
+                group,
+                limits,
+            )
+            .await;
             let offer_ids = match message.message.approval {
                 Some(link) if link.role == ApprovalRole::Closed => store
                     .offer_message_ids(link.id, &message.chat)

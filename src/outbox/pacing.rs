@@ -97,3 +97,55 @@ impl Pacing {
             .retain(|_, sent| sent.back().is_some_and(|t| *t > minute_ago));
     }
 }
+
+/// The platform's bot-wide and per-group limits, shared by every process
+/// on the database (the per-chat pace is shared already: a delivered row
+/// holds its chat's next row back in the database). A send takes a slot
+/// of each limit that applies before it goes; when another process took
+/// the last one, it waits. [`Pacing`] above keeps this process from asking
+/// for slots it could not get; this is what holds across processes.
+///
+/// A database error lets the send go on this process's own pacing: a
+/// message is never held back by an outage of the pacing rows alone.
+pub(super) async fn shared_slot(
+    store: &crate::store::Store,
+    platform: &str,
+    chat: &str,
+    is_group: bool,
+    limits: RateLimits,
+) {
+    if is_group && limits.group_per_minute != u32::MAX {
+        take(store, platform, chat, 60_000, limits.group_per_minute).await;
+    }
+    if limits.global_per_second != u32::MAX {
+        take(store, platform, "*", 1_000, limits.global_per_second).await;
+    }
+}
+
+/// Waits for one slot of `per_window` sends per `window_ms` in `scope`.
+async fn take(
+    store: &crate::store::Store,
+    platform: &str,
+    scope: &str,
+    window_ms: i64,
+    per_window: u32,
+) {
+    let interval = (window_ms / i64::from(per_window.max(1))).max(1);
+    let tolerance = window_ms - interval;
+    loop {
+        match store
+            .take_send_slot(platform, scope, interval, tolerance)
+            .await
+        {
+            Ok(None) => return,
+            Ok(Some(wait_ms)) => {
+                let wait = u64::try_from(wait_ms).unwrap_or(1).min(60_000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            Err(error) => {
+                tracing::debug!(error = ?error, "shared pacing unavailable; pacing this process alone");
+                return;
+            }
+        }
+    }
+}

@@ -147,3 +147,102 @@ impl Tx {
             == 1)
     }
 }
+
+/// Leader leases: work only one process may do at a time (see
+/// `crate::coordination`). A lease is a row; taking it succeeds when no
+/// live lease holds it, or when the taker already holds it (a renewal).
+impl Store {
+    /// Takes (or renews) the lease `name` under `token` until `lease_ms`
+    /// from now. True when this token holds it now.
+    pub async fn take_leader_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        token: &str,
+        lease_ms: i64,
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        let taken = sqlx::query(
+            "INSERT INTO leader_leases (name, holder, token, lease_until, acquired_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = excluded.token,
+                 lease_until = excluded.lease_until,
+                 acquired_at = CASE WHEN leader_leases.token = excluded.token
+                                    THEN leader_leases.acquired_at ELSE excluded.acquired_at END
+             WHERE leader_leases.lease_until < $5 OR leader_leases.token = excluded.token",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(token)
+        .bind(now + lease_ms)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(taken == 1)
+    }
+
+    /// Gives the lease up at once (a clean stop), so another process need
+    /// not wait for it to lapse.
+    pub async fn release_leader_lease(&self, name: &str, token: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM leader_leases WHERE name = $1 AND token = $2")
+            .bind(name)
+            .bind(token)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Who holds the lease `name` now, if anyone (for tests and doctor).
+    pub async fn leader_lease_holder(&self, name: &str) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT holder FROM leader_leases WHERE name = $1 AND lease_until >= $2",
+        )
+        .bind(name)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Takes one send slot of `scope` on `platform` under a shared limit
+    /// of one send per `interval_ms` with bursts up to `tolerance_ms`
+    /// ahead (GCRA, one row per scope, so every process on the database
+    /// counts against the same limit). Ok(None) when the send may go now;
+    /// Ok(Some(ms)) is how long to wait before asking again.
+    pub async fn take_send_slot(
+        &self,
+        platform: &str,
+        scope: &str,
+        interval_ms: i64,
+        tolerance_ms: i64,
+    ) -> StoreResult<Option<i64>> {
+        let now = now_ms();
+        let taken: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO send_pacing (platform, scope, tat) VALUES ($1, $2, $3)
+             ON CONFLICT (platform, scope) DO UPDATE
+                 SET tat = (CASE WHEN send_pacing.tat > $4 THEN send_pacing.tat ELSE $4 END) + $5
+             WHERE send_pacing.tat - $6 <= $4
+             RETURNING tat",
+        )
+        .bind(platform)
+        .bind(scope)
+        .bind(now + interval_ms)
+        .bind(now)
+        .bind(interval_ms)
+        .bind(tolerance_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        if taken.is_some() {
+            return Ok(None);
+        }
+        let tat: Option<i64> =
+            sqlx::query_scalar("SELECT tat FROM send_pacing WHERE platform = $1 AND scope = $2")
+                .bind(platform)
+                .bind(scope)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(Some(
+            tat.map_or(1, |tat| (tat - tolerance_ms - now).max(1)),
+        ))
+    }
+}

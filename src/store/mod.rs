@@ -70,6 +70,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database URL '{0}': use postgres://… or sqlite://…")]
     UnsupportedUrl(String),
+    #[error(
+        "the database's schema is at version {found}, newer than this soloist knows (up to {known}): a newer soloist upgraded it; run that version or a newer one"
+    )]
+    SchemaNewer { found: i64, known: i64 },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -194,10 +198,36 @@ impl Store {
     }
 
     pub async fn migrate(&self) -> StoreResult<()> {
+        self.refuse_newer_schema().await?;
         migrator(self.backend)
             .run(&self.pool)
             .await
             .map_err(StoreError::Migrate)
+    }
+
+    /// Refuses a database a newer soloist migrated (a migration version
+    /// this binary does not have): during a rolling upgrade the old process
+    /// must not write to a schema it does not know. Migrations are
+    /// additive, so processes already running keep working; this stops
+    /// only a start.
+    pub async fn refuse_newer_schema(&self) -> StoreResult<()> {
+        // No migrations table yet: a fresh database.
+        let Ok(found) =
+            sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(version) FROM _sqlx_migrations")
+                .fetch_one(&self.pool)
+                .await
+        else {
+            return Ok(());
+        };
+        let known = migrator(self.backend)
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        match found {
+            Some(found) if found > known => Err(StoreError::SchemaNewer { found, known }),
+            _ => Ok(()),
+        }
     }
 
     /// Migrations not yet applied (for `soloist doctor`).
@@ -249,6 +279,7 @@ const MIGRATIONS: Migrations = migrations![
     7 "schedules" "0007_schedules.sql",
     8 "memory" "0008_memory.sql",
     9 "guardrails" "0009_guardrails.sql",
+    14 "coordination: leader leases, shared send pacing" "0014_coordination.sql",
     15 "embeddings" "0015_embeddings.sql",
 ];
 
@@ -342,4 +373,16 @@ pub(super) fn parse_id<T: std::str::FromStr>(text: &str) -> StoreResult<T> {
 
 pub(super) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| corrupt(format!("cannot encode: {e}")))
+}
+
+impl Store {
+    /// SQLite's online copy into a new file (`soloist backup`).
+    pub async fn vacuum_into(&self, target: &Path) -> StoreResult<()> {
+        let target = target.to_string_lossy().into_owned();
+        sqlx::query("VACUUM INTO $1")
+            .bind(target)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }

@@ -111,6 +111,22 @@ pub struct State {
     pub too_many_requests: u64,
     /// Method names called, lower case, in order.
     pub calls: Vec<String>,
+    /// `getUpdates` calls open right now, and how many began while
+    /// another was open (Telegram answers the older one 409 Conflict:
+    /// two pollers of one bot steal each other's updates).
+    polls_open: usize,
+    pub overlapping_polls: u64,
+}
+
+/// Closes a `getUpdates` call in the count of open ones, however it ends.
+struct PollOpen(Arc<Mutex<State>>);
+
+impl Drop for PollOpen {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.0.lock() {
+            state.polls_open -= 1;
+        }
+    }
 }
 
 impl State {
@@ -531,10 +547,15 @@ async fn get_updates(shared: &Shared, params: &Params) -> Response {
             );
         }
         state.offsets.push(offset);
+        if state.polls_open > 0 {
+            state.overlapping_polls += 1;
+        }
+        state.polls_open += 1;
         if let Some(offset) = offset {
             state.confirmed = state.confirmed.max(offset);
         }
     }
+    let _open = PollOpen(shared.state.clone());
     loop {
         let news = shared.news.notified();
         {

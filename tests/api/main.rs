@@ -5,11 +5,14 @@
 mod fake_discord;
 mod fake_llm;
 mod fake_telegram;
+mod tcp_proxy;
 mod fixtures;
 mod helpers;
 
 mod approvals;
+mod backup;
 mod batch;
+mod cluster;
 mod console;
 mod digest;
 mod discord;

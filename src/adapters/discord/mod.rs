@@ -152,31 +152,43 @@ async fn serve_bot(handles: Handles, shutdown: CancellationToken) -> Result<(), 
     door.replay_unhandled(Platform::Discord).await?;
     door.forget_old_payloads(Platform::Discord, settings.keep_payload_hours)
         .await?;
-    let handler = Gateway {
-        door,
-        controller: handles.controller.clone(),
-        rest,
-        open,
-        bot_user_id: introduced.bot_user_id,
-        health: handles.health.clone(),
-    };
-    let http = HttpBuilder::new(token)
-        .proxy(proxy)
-        .ratelimiter_disabled(true)
-        .build();
-    let client = ClientBuilder::new_with_http(http, intents())
-        .event_handler(handler)
-        .await
-        .map_err(|e| DiscordError::Gateway(e.to_string()))?;
-    // serenity asked /gateway itself and, had that failed, would fall back
-    // to Discord's public gateway; the URL from /gateway/bot is the one.
-    *client.ws_url.lock().await = introduced.gateway_url;
-    let watch = tokio::spawn(watch_shards(
-        client.shard_manager.clone(),
-        handles.health.clone(),
-    ));
-    let served = serve(client, shutdown).await;
-    watch.abort();
+    // One gateway session per shard among the processes on this database
+    // (a leased row, as Telegram's poller): serenity cannot resume another
+    // process's session, so a new holder identifies afresh.
+    let lease = format!("discord:gateway:{}:shard:0", introduced.bot_user_id);
+    let store = handles.store.clone();
+    let served = crate::coordination::while_leader(&store, &lease, &shutdown, |held| {
+        let handler = Gateway {
+            door: door.clone(),
+            controller: handles.controller.clone(),
+            rest: rest.clone(),
+            open: open.clone(),
+            bot_user_id: introduced.bot_user_id,
+            health: handles.health.clone(),
+        };
+        let gateway_url = introduced.gateway_url.clone();
+        let proxy = proxy.clone();
+        let health = handles.health.clone();
+        async move {
+            let http = HttpBuilder::new(token)
+                .proxy(proxy)
+                .ratelimiter_disabled(true)
+                .build();
+            let client = ClientBuilder::new_with_http(http, intents())
+                .event_handler(handler)
+                .await
+                .map_err(|e| DiscordError::Gateway(e.to_string()))?;
+            // serenity asked /gateway itself and, had that failed, would fall
+            // back to Discord's public gateway; the URL from /gateway/bot is
+            // the one.
+            *client.ws_url.lock().await = gateway_url;
+            let watch = tokio::spawn(watch_shards(client.shard_manager.clone(), health));
+            let served = serve(client, held).await;
+            watch.abort();
+            served
+        }
+    })
+    .await;
     lanes_stop.cancel();
     stop_outbox.cancel();
     outbox.stopped().await;

@@ -149,7 +149,9 @@ async fn serve_bot(handles: Handles, shutdown: CancellationToken) -> Result<(), 
 
     let receiving = async {
         match settings.mode {
-            TelegramMode::Polling => poll(&bot, &door, &settings, &redact, &stop).await,
+            TelegramMode::Polling => {
+                poll_while_leader(&bot, &door, &settings, &redact, &stop, me.id.0).await
+            }
             TelegramMode::Webhook => webhook(&bot, door.clone(), &settings, &redact, &stop).await,
         }
     };
@@ -307,6 +309,29 @@ async fn accept(door: &TelegramDoor, updates: &[Update]) -> Result<(), StoreErro
     door.accept(Platform::Telegram, arrivals).await
 }
 
+/// Polls while this process holds the bot's polling lease: with several
+/// `soloist run` on one database exactly one polls (two pollers would take
+/// each other's updates), and when it dies another takes over within
+/// seconds and continues from the offset recorded in `platform_updates`
+/// (the highest update id stored: every accepted update is recorded
+/// before its offset is confirmed). Webhook mode needs no lease: Telegram
+/// posts each update once, to whichever process the proxy picks.
+async fn poll_while_leader(
+    bot: &Bot,
+    door: &TelegramDoor,
+    settings: &TelegramSettings,
+    redact: &Redactor,
+    stop: &CancellationToken,
+    bot_id: u64,
+) -> Result<(), TelegramError> {
+    let store = door.handles().store.clone();
+    let lease = format!("telegram:poll:{bot_id}");
+    crate::coordination::while_leader(&store, &lease, stop, |held| async move {
+        poll(bot, door, settings, redact, &held).await
+    })
+    .await
+}
+
 /// Long polling. The offset sent with each `getUpdates` confirms the
 /// previous batch, so it advances only once that batch is recorded.
 async fn poll(
@@ -321,16 +346,11 @@ async fn poll(
         bot.delete_webhook().send()
     })
     .await?;
-    let store = &door.handles().store;
     let health = &door.handles().health;
-    store
-        .prune_updates(Platform::Telegram, now_ms() - OFFSET_MAX_AGE_MS)
-        .await?;
     let mut forgotten_at: Option<tokio::time::Instant> = None;
-    let mut offset = store
-        .last_update_id(Platform::Telegram, now_ms() - OFFSET_MAX_AGE_MS)
-        .await?
-        .map(|id| id + 1);
+    let Some(mut offset) = stored_offset(door, shutdown).await else {
+        return Ok(());
+    };
     let mut backoff = Backoff::default();
     loop {
         if forgotten_at.is_none_or(|at| at.elapsed() >= FORGET_EVERY) {
@@ -376,13 +396,48 @@ async fn poll(
         let Some(last) = updates.iter().map(|u| i64::from(u.id.0)).max() else {
             continue;
         };
+        let mut failures = 0;
         while let Err(error) = accept(door, &updates).await {
-            tracing::error!(error = ?error, "cannot record updates; Telegram keeps them until this succeeds");
+            // One line per outage, not one per attempt.
+            if failures == 0 {
+                tracing::error!(error = ?error, "cannot record updates; Telegram keeps them until this succeeds");
+            }
+            failures += 1;
             if !pause(backoff.next(), shutdown).await {
                 return Ok(());
             }
         }
+        if failures > 0 {
+            tracing::info!(attempts = failures, "updates recorded again");
+        }
         offset = Some(last + 1);
+    }
+}
+
+/// The offset to poll from: one past the highest update id recorded
+/// (recent enough to mean something). Retried while the database is away;
+/// None on shutdown.
+async fn stored_offset(door: &TelegramDoor, shutdown: &CancellationToken) -> Option<Option<i64>> {
+    let store = &door.handles().store;
+    let mut backoff = Backoff::default();
+    let mut logged = false;
+    loop {
+        let since = now_ms() - OFFSET_MAX_AGE_MS;
+        let found = match store.prune_updates(Platform::Telegram, since).await {
+            Ok(_) => store.last_update_id(Platform::Telegram, since).await,
+            Err(error) => Err(error),
+        };
+        match found {
+            Ok(last) => return Some(last.map(|id| id + 1)),
+            Err(error) if !logged => {
+                tracing::error!(error = ?error, "cannot read the stored polling offset; retrying");
+                logged = true;
+            }
+            Err(_) => {}
+        }
+        if !pause(backoff.next(), shutdown).await {
+            return None;
+        }
     }
 }
 
