@@ -52,6 +52,9 @@
 //!   Built-in housekeeping jobs (working-memory purge, payload pruning, URL
 //!   refresh, reservation sweep, fire-history pruning) run as schedules
 //!   whose misses are not recorded ([`scheduler::housekeeping`]).
+//! - [`funnel`]: the content funnel's step kinds (`fact_check`, `publish`,
+//!   Revise / Back on an approval), the publisher (due posts, once), the
+//!   `retract` compensation flow files declare, `/result` numbers.
 //! - [`digest`]: the daily digest: SQL numbers, a template, a chart (PNG).
 //! - [`http`]: `/healthz` (adapters report through [`http::Health`]) and
 //!   `/metrics` (Prometheus) for `soloist run`; the Telegram webhook mounts
@@ -75,6 +78,7 @@ pub mod domain;
 pub mod engine;
 pub mod flows;
 pub mod frontdoor;
+pub mod funnel;
 pub mod http;
 pub mod memory;
 pub mod outbox;

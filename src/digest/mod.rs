@@ -104,6 +104,8 @@ pub struct DigestNumbers {
     /// Percent of decisions over 7 days that were edits or rejections.
     pub intervention_rate: f64,
     pub misses: Vec<MissLine>,
+    /// FUNNEL: the latest post's reported numbers against earlier posts'.
+    pub posts: Vec<String>,
 }
 
 /// A built digest: the text, the chart, and the open approvals' offers.
@@ -260,6 +262,7 @@ pub async fn numbers(
         decisions_total,
         intervention_rate: percent(edited + rejected, decisions_total),
         misses,
+        posts: crate::funnel::results_lines(store).await?,
     })
 }
 

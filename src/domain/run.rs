@@ -68,6 +68,10 @@ pub enum InputPurpose {
     EditedDraft,
     /// The next message says why the draft was rejected.
     RejectReason,
+    /// FUNNEL: the next message says what to change in the draft.
+    ReviseInstruction,
+    /// FUNNEL: when to publish ("now", "tomorrow 09:00", a date and time).
+    PublishTime,
 }
 
 impl InputPurpose {
@@ -75,6 +79,8 @@ impl InputPurpose {
         match self {
             InputPurpose::EditedDraft => "edited_draft",
             InputPurpose::RejectReason => "reject_reason",
+            InputPurpose::ReviseInstruction => "revise_instruction",
+            InputPurpose::PublishTime => "publish_time",
         }
     }
 }
@@ -85,6 +91,8 @@ impl FromStr for InputPurpose {
         match s {
             "edited_draft" => Ok(InputPurpose::EditedDraft),
             "reject_reason" => Ok(InputPurpose::RejectReason),
+            "revise_instruction" => Ok(InputPurpose::ReviseInstruction),
+            "publish_time" => Ok(InputPurpose::PublishTime),
             other => Err(format!("unknown input purpose '{other}'")),
         }
     }
@@ -164,6 +172,15 @@ pub enum JournalEvent {
     Completed {
         summary: String,
     },
+    /// FUNNEL: a step's declared compensation ran (`compensate` in the
+    /// flow file): what it undid, or why it could not.
+    Compensated {
+        step: String,
+        compensation: String,
+        ok: bool,
+        detail: String,
+        by: String,
+    },
 }
 
 impl JournalEvent {
@@ -182,6 +199,7 @@ impl JournalEvent {
             JournalEvent::Failed { .. } => "failed",
             JournalEvent::Retried { .. } => "retried",
             JournalEvent::Completed { .. } => "completed",
+            JournalEvent::Compensated { .. } => "compensated",
         }
     }
 }

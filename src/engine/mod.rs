@@ -18,6 +18,7 @@ mod transitions;
 pub use replay::render_replay;
 pub use state::{FoldError, RunState, StepConversation};
 pub use transitions::{Actor, DecideError, Transition};
+pub(crate) use steps::{completed, failed};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -121,6 +121,17 @@ fn describe(event: &JournalEvent) -> String {
             tier: Some(tier),
         } => format!("retried by {by} on the {tier} tier"),
         JournalEvent::Completed { summary } => format!("completed: {summary}"),
+        JournalEvent::Compensated {
+            step,
+            compensation,
+            ok,
+            detail,
+            by,
+        } => format!(
+            "step '{step}': {compensation} by {by} {}: {}",
+            if *ok { "done" } else { "failed" },
+            clip(detail)
+        ),
     }
 }
 

@@ -76,6 +76,11 @@ impl RunState {
             }
             JournalEvent::StepCompleted { step, output } => {
                 self.outputs.insert(step.clone(), output.clone());
+                // A completed step's conversation is over: a loop that
+                // comes back to it (a Revise) starts a fresh one.
+                if let Some(conversation) = self.conversations.get_mut(step) {
+                    conversation.latest = None;
+                }
             }
             JournalEvent::ApprovalRequested {
                 step,
@@ -129,6 +134,8 @@ impl RunState {
                 self.status = RunStatus::Completed;
                 self.summary = Some(summary.clone());
             }
+            // An undo after the fact: the run's outcome stays as it was.
+            JournalEvent::Compensated { .. } => {}
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use crate::store::{NewApproval, NewArtifact, NewBatchItem, RunRow};
 
 /// A step that finished; the engine adds the run's completion when it was
 /// the last.
-fn completed(step: &str, output: serde_json::Value) -> Transition {
+pub(crate) fn completed(step: &str, output: serde_json::Value) -> Transition {
     let mut transition = Transition::new(RunStatus::Runnable);
     transition.events.push(JournalEvent::StepCompleted {
         step: step.to_string(),
@@ -30,7 +30,7 @@ fn completed(step: &str, output: serde_json::Value) -> Transition {
 
 /// The run stops as failed, and the operator is told what failed and what
 /// they can do.
-pub(super) fn failed(run: &RunRow, step: &str, error: String, advice: &str) -> Transition {
+pub(crate) fn failed(run: &RunRow, step: &str, error: String, advice: &str) -> Transition {
     let short = run.id.short();
     let mut transition = Transition::new(RunStatus::Failed);
     transition.messages.push(Outbound::text(format!(
@@ -79,11 +79,29 @@ impl Engine {
             StepKind::Approve {
                 draft_from,
                 artifact_kind,
+                revise,
             } => {
-                let mut transition = approve(run, step, state, draft_from, artifact_kind);
+                // FUNNEL: the version before the latest revision, for Back.
+                let previous = if *revise {
+                    crate::funnel::previous_version(self, run.id, &step.name, state).await
+                } else {
+                    None
+                };
+                let options = Offering {
+                    revise: *revise,
+                    previous,
+                };
+                let mut transition = approve(run, step, state, draft_from, artifact_kind, &options);
+                if *revise {
+                    crate::funnel::keep_previous(self, run.id, &transition).await;
+                }
                 // POLICY HOOK: flags on the approval message.
                 self.guard_offer(run, state, &mut transition).await;
                 transition
+            }
+            StepKind::FactCheck { .. } => crate::funnel::fact_check(self, run, flow, step, state).await,
+            StepKind::Publish { text_from } => {
+                crate::funnel::publish_step(self, run, step, state, text_from)
             }
         }
     }
@@ -150,7 +168,7 @@ impl Engine {
     /// POLICY HOOK: the values a prompt is rendered with, every untrusted
     /// text in them quoted as data: the request with its origin, earlier
     /// steps' outputs with theirs (see [`quote_outputs`]).
-    async fn prompt_values(&self, run: &RunRow, state: &RunState) -> serde_json::Value {
+    pub(crate) async fn prompt_values(&self, run: &RunRow, state: &RunState) -> serde_json::Value {
         let mut values = self.template_values(state);
         let origin = self.run_origin(run.id).await;
         values["request"] = crate::policy::quote(origin, &state.input.request).into();
@@ -414,12 +432,15 @@ fn approve(
     state: &RunState,
     draft_from: &str,
     artifact_kind: &str,
+    options: &Offering,
 ) -> Transition {
     let conversation = state.conversation(&step.name);
     let draft = conversation.draft.clone().unwrap_or_default();
-    let sources = crate::memory::sources_in(&state.outputs)
+    let mut sources = crate::memory::sources_in(&state.outputs)
         .map(|s| format!("\n\nSources: {s}"))
         .unwrap_or_default();
+    // FUNNEL: the fact check's doubtful claims, under the draft.
+    sources.push_str(&crate::funnel::fact_notes(&state.outputs));
     match &conversation.latest {
         None => {
             let first_draft = state
@@ -428,7 +449,7 @@ fn approve(
                 .and_then(|o| o.get("text"))
                 .and_then(|t| t.as_str())
                 .unwrap_or_default();
-            offer(run, step, first_draft, &sources)
+            offer(run, step, first_draft, &sources, options)
         }
         Some(JournalEvent::Decided { decision, .. }) => match decision {
             Decision::Approve => save(run, step, artifact_kind, &draft, None),
@@ -442,9 +463,21 @@ fn approve(
                 InputPurpose::RejectReason,
                 "Why reject it? Your next message is saved as the reason.",
             ),
+            Decision::Revise => ask_for_input(
+                step,
+                InputPurpose::ReviseInstruction,
+                "What should change? For example: shorter, mention the deposit, no emoji.",
+            ),
+            Decision::Back => match &options.previous {
+                Some(previous) => offer(run, step, previous, &sources, options),
+                None => offer(run, step, &draft, &sources, options),
+            },
         },
         Some(JournalEvent::InputReceived { purpose, text, .. }) => match purpose {
-            InputPurpose::EditedDraft => offer(run, step, text, &sources),
+            InputPurpose::EditedDraft => offer(run, step, text, &sources, options),
+            InputPurpose::ReviseInstruction => {
+                completed(&step.name, crate::funnel::revise_output(&draft, text))
+            }
             InputPurpose::RejectReason => {
                 let Some(approval_id) = conversation.approval_id else {
                     return failed(
@@ -458,6 +491,12 @@ fn approve(
                 transition.reject_reason = Some((approval_id, text.clone()));
                 transition
             }
+            InputPurpose::PublishTime => failed(
+                run,
+                &step.name,
+                "a publishing time arrived for an approval".into(),
+                "This is a bug; please report it with `soloist replay`.",
+            ),
         },
         Some(other) => failed(
             run,
@@ -471,15 +510,34 @@ fn approve(
     }
 }
 
-fn offer(run: &RunRow, step: &StepDef, draft: &str, sources: &str) -> Transition {
-    let approval = NewApproval::offer(
-        &step.name,
-        draft,
-        format!(
-            "Draft for review (run {}):\n\n{draft}{sources}",
-            run.id.short()
-        ),
+/// FUNNEL: what an approval offers besides Approve / Edit / Reject.
+pub(super) struct Offering {
+    /// Revise (and Back, when there is a previous version).
+    revise: bool,
+    previous: Option<String>,
+}
+
+fn offer(
+    run: &RunRow,
+    step: &StepDef,
+    draft: &str,
+    sources: &str,
+    options: &Offering,
+) -> Transition {
+    let text = format!(
+        "Draft for review (run {}):\n\n{draft}{sources}",
+        run.id.short()
     );
+    let approval = if options.revise {
+        let back = options.previous.as_deref().is_some_and(|p| p != draft);
+        let decisions: Vec<Decision> = Decision::EVERY
+            .into_iter()
+            .filter(|d| *d != Decision::Back || back)
+            .collect();
+        NewApproval::offer_with(&step.name, draft, text, &decisions)
+    } else {
+        NewApproval::offer(&step.name, draft, text)
+    };
     let mut transition = Transition::new(RunStatus::WaitingApproval);
     transition.events.push(JournalEvent::ApprovalRequested {
         step: step.name.clone(),

@@ -16,8 +16,11 @@ use serde::Deserialize;
 pub use crate::domain::{CostLabel, Tier};
 
 /// Built-in flows, compiled in.
-const BUILT_IN_FLOWS: [(&str, &str); 1] =
-    [("draft", include_str!("../../config/flows/draft.toml"))];
+const BUILT_IN_FLOWS: [(&str, &str); 2] = [
+    ("draft", include_str!("../../config/flows/draft.toml")),
+    // FUNNEL: draft, fact-check, approve or revise, publish, retract.
+    ("post", include_str!("../../config/flows/post.toml")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -49,6 +52,10 @@ pub struct StepDef {
     /// a required effect needs an approve step before it.
     #[serde(default)]
     pub effects: Vec<String>,
+    /// FUNNEL: how to undo what the step did to the world (`retract` for
+    /// a publish step), run by `/retract RUN`; see [`crate::funnel`].
+    #[serde(default)]
+    pub compensate: Option<String>,
     #[serde(flatten)]
     pub kind: StepKind,
 }
@@ -81,7 +88,42 @@ pub enum StepKind {
     Approve {
         draft_from: String,
         artifact_kind: String,
+        /// FUNNEL: also offer Revise (the step's outcome is `revise`, with
+        /// the operator's instruction; the flow loops back to rewrite) and
+        /// Back (the version before the latest revision).
+        #[serde(default)]
+        revise: bool,
     },
+    /// FUNNEL: checks every factual claim of a draft against the knowledge
+    /// base (one structured call, fast tier by default); the approval lists
+    /// the unsupported and contradicted ones with their sources.
+    #[serde(rename = "fact_check")]
+    FactCheck {
+        draft_from: String,
+        #[serde(default = "fast_tier")]
+        tier: Tier,
+        #[serde(default = "fact_check_system")]
+        system: String,
+        #[serde(default = "fact_check_prompt")]
+        prompt: String,
+        #[serde(default)]
+        top_k: Option<usize>,
+    },
+    /// FUNNEL: asks when (now, tomorrow 09:00, Monday 09:00, a time),
+    /// then publishes the text to `publish.targets` at that time, once.
+    Publish { text_from: String },
+}
+
+fn fast_tier() -> Tier {
+    Tier::Fast
+}
+
+fn fact_check_system() -> String {
+    "fact_check_system".into()
+}
+
+fn fact_check_prompt() -> String {
+    "fact_check".into()
 }
 
 fn urgent_by_default() -> bool {
@@ -92,7 +134,7 @@ impl Flow {
     pub fn needs_model(&self) -> bool {
         self.steps
             .iter()
-            .any(|s| matches!(s.kind, StepKind::Generate { .. }))
+            .any(|s| matches!(s.kind, StepKind::Generate { .. } | StepKind::FactCheck { .. }))
     }
 
     pub fn step_index(&self, name: &str) -> Option<usize> {
@@ -130,9 +172,40 @@ impl Flow {
                         ));
                     }
                 },
+                StepKind::FactCheck {
+                    draft_from,
+                    system,
+                    prompt,
+                    ..
+                } => {
+                    self.earlier(index, draft_from)?;
+                    for name in [system, prompt] {
+                        if !prompts.has(name) {
+                            return Err(format!(
+                                "step '{}' uses prompt '{name}', but there is no prompts/{name}.md",
+                                step.name
+                            ));
+                        }
+                    }
+                }
+                StepKind::Publish { text_from } => self.earlier(index, text_from)?,
+            }
+            if let Some(compensation) = &step.compensate {
+                crate::funnel::check_compensation(step, compensation)?;
             }
         }
         Ok(())
+    }
+
+    /// `source` names a step before the one at `index`.
+    fn earlier(&self, index: usize, source: &str) -> Result<(), String> {
+        match self.step_index(source) {
+            Some(at) if at < index => Ok(()),
+            _ => Err(format!(
+                "step '{}' takes its text from '{source}', which is not an earlier step",
+                self.steps[index].name
+            )),
+        }
     }
 }
 

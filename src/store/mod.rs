@@ -24,6 +24,7 @@ mod leases;
 mod ledger;
 mod messages;
 mod outbox;
+mod publications;
 mod reservations;
 mod runs;
 mod schedules;
@@ -40,6 +41,7 @@ pub use leases::{ClaimedRun, Fenced};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::InboundRecord;
 pub use outbox::{Claim, OutboxMessage, OutboxTrouble, Settlement};
+pub use publications::{NewPublication, Publication, ResultRow};
 pub use reservations::{HeldReservation, Release, ReleasedSummary};
 pub use runs::{NewArtifact, NewRun, RunRow};
 pub use schedules::{DueSchedule, FirePlan, MissRecord, PendingFire, ScheduleRow};
@@ -224,6 +226,7 @@ const MIGRATIONS: Migrations = migrations![
     7 "schedules" "0007_schedules.sql",
     8 "memory" "0008_memory.sql",
     9 "guardrails" "0009_guardrails.sql",
+    12 "funnel: publications and results" "0012_funnel.sql",
 ];
 
 /// The migrations compiled into the binary, for one backend.
