@@ -15,6 +15,7 @@ mod digest;
 mod discord;
 mod doctor;
 mod failures;
+mod funnel;
 mod http;
 mod memory;
 mod models;
