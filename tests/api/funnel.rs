@@ -29,6 +29,8 @@ on_both_backends!(
     retracting_a_post_not_yet_out_cancels_it,
     a_telegram_post_too_old_to_delete_is_replaced_by_a_retraction_note,
     a_failed_retraction_is_reported_and_journaled,
+    a_refused_discord_delete_is_reported_and_the_post_stays_published,
+    a_typed_time_is_read_in_the_operators_zone_and_a_bad_one_is_asked_again,
     results_are_stored_and_the_digest_compares_them_with_earlier_posts,
 );
 
@@ -320,4 +322,42 @@ async fn results_are_stored_and_the_digest_compares_them_with_earlier_posts(db: 
         digest.text
     );
     assert!(digest.text.contains("40 clicks vs 20"), "{}", digest.text);
+}
+
+async fn a_refused_discord_delete_is_reported_and_the_post_stays_published(db: Db) {
+    let discord = FakeDiscord::start().await;
+    let app = TestApp::spawn_with(db, |s| discord_target(s, &discord)).await;
+    let run = publish_now(&app).await;
+    discord.refuse_next_delete(403, 50013, "Missing Permissions");
+
+    let reply = app.say(&format!("/retract {}", run.short())).await;
+
+    let shown = texts(&reply);
+    assert!(shown.contains("could NOT retract"), "{shown}");
+    assert!(shown.contains("Missing Permissions"), "{shown}");
+    assert_eq!(discord.see(|w| w.in_channel(DISCORD_CHANNEL).len()), 1);
+    assert!(!compensations(&app, run).await[0].0);
+    assert_eq!(
+        app.app.store.publications_for_run(run).await.unwrap()[0].status,
+        "published"
+    );
+}
+
+async fn a_typed_time_is_read_in_the_operators_zone_and_a_bad_one_is_asked_again(db: Db) {
+    let telegram = FakeTelegram::start().await;
+    let app = TestApp::spawn_with(db, |s| telegram_target(s, &telegram)).await;
+    let (run, asked) = approve_and_choose(&app, "Pick a time").await;
+    assert!(texts(&asked).contains("Send the date and time"), "{}", texts(&asked));
+
+    let again = app.say("soonish").await;
+    assert!(texts(&again).contains("could not read 'soonish'"), "{}", texts(&again));
+    assert!(app.app.store.publications_for_run(run).await.unwrap().is_empty());
+
+    // Lisbon is on UTC in winter: 10:00 there is 10:00 UTC.
+    let scheduled = app.say("2099-01-15 10:00").await;
+    assert!(texts(&scheduled).contains("goes out"), "{}", texts(&scheduled));
+    let publications = app.app.store.publications_for_run(run).await.unwrap();
+    assert_eq!(publications.len(), 1);
+    let expected = chrono::DateTime::parse_from_rfc3339("2099-01-15T10:00:00Z").unwrap();
+    assert_eq!(publications[0].due_at, expected.timestamp_millis());
 }
