@@ -6,7 +6,11 @@ use crate::domain::{ButtonToken, Inbound, RunId};
 use crate::store::ActionLookup;
 
 impl Controller {
-    pub(super) async fn post(&self, inbound: &Inbound, request: &str) -> Result<Handled, ControllerError> {
+    pub(super) async fn post(
+        &self,
+        inbound: &Inbound,
+        request: &str,
+    ) -> Result<Handled, ControllerError> {
         if request.is_empty() {
             return Ok(Handled::reply(
                 "Tell me what to post, e.g. /post a LinkedIn post about the Trilho Hostels audit",
@@ -63,8 +67,12 @@ impl Controller {
         let reply =
             crate::funnel::retract(&self.engine, &self.flows, run_id, &inbound.user_name).await?;
         let mut tx = self.store.begin().await?;
-        tx.enqueue(&inbound.chat, Some(run_id), &crate::domain::Outbound::text(reply))
-            .await?;
+        tx.enqueue(
+            &inbound.chat,
+            Some(run_id),
+            &crate::domain::Outbound::text(reply),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Handled::replies(Vec::new()).finished())
     }

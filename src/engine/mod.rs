@@ -17,8 +17,8 @@ mod transitions;
 
 pub use replay::render_replay;
 pub use state::{FoldError, RunState, StepConversation};
-pub use transitions::{Actor, DecideError, Transition};
 pub(crate) use steps::{completed, failed};
+pub use transitions::{Actor, DecideError, Transition};
 
 use std::sync::Arc;
 use std::time::Duration;

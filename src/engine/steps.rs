@@ -99,7 +99,9 @@ impl Engine {
                 self.guard_offer(run, state, &mut transition).await;
                 transition
             }
-            StepKind::FactCheck { .. } => crate::funnel::fact_check(self, run, flow, step, state).await,
+            StepKind::FactCheck { .. } => {
+                crate::funnel::fact_check(self, run, flow, step, state).await
+            }
             StepKind::Publish { text_from } => {
                 crate::funnel::publish_step(self, run, step, state, text_from)
             }

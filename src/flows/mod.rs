@@ -132,9 +132,12 @@ fn urgent_by_default() -> bool {
 
 impl Flow {
     pub fn needs_model(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|s| matches!(s.kind, StepKind::Generate { .. } | StepKind::FactCheck { .. }))
+        self.steps.iter().any(|s| {
+            matches!(
+                s.kind,
+                StepKind::Generate { .. } | StepKind::FactCheck { .. }
+            )
+        })
     }
 
     pub fn step_index(&self, name: &str) -> Option<usize> {

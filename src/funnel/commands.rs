@@ -22,7 +22,9 @@ pub fn parse_metrics(args: &str) -> Result<Vec<(String, f64)>, String> {
             && name.len() <= 32
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_name {
-            return Err(format!("'{name}' is not a metric name (letters, digits, _)."));
+            return Err(format!(
+                "'{name}' is not a metric name (letters, digits, _)."
+            ));
         }
         let value: f64 = value
             .replace(',', "")
@@ -33,13 +35,19 @@ pub fn parse_metrics(args: &str) -> Result<Vec<(String, f64)>, String> {
         metrics.push((name, value));
     }
     if metrics.is_empty() {
-        return Err("Give the numbers as name=number, e.g. /result RUN views=1200 clicks=40.".into());
+        return Err(
+            "Give the numbers as name=number, e.g. /result RUN views=1200 clicks=40.".into(),
+        );
     }
     Ok(metrics)
 }
 
 /// Stores the run's numbers; the sentence to answer with.
-pub async fn record_results(store: &Store, run_id: RunId, args: &str) -> Result<String, StoreError> {
+pub async fn record_results(
+    store: &Store,
+    run_id: RunId,
+    args: &str,
+) -> Result<String, StoreError> {
     let metrics = match parse_metrics(args) {
         Ok(metrics) => metrics,
         Err(problem) => return Ok(problem),
@@ -73,9 +81,15 @@ pub async fn results_lines(store: &Store) -> Result<Vec<String>, StoreError> {
         .collect();
     let mut lines = Vec::new();
     for (metric, value) in &latest.metrics {
-        let past: Vec<f64> = earlier.iter().filter_map(|m| m.get(metric).copied()).collect();
+        let past: Vec<f64> = earlier
+            .iter()
+            .filter_map(|m| m.get(metric).copied())
+            .collect();
         let line = if past.is_empty() {
-            format!("{} {metric} (no earlier post to compare with)", number(*value))
+            format!(
+                "{} {metric} (no earlier post to compare with)",
+                number(*value)
+            )
         } else {
             let average = past.iter().sum::<f64>() / past.len() as f64;
             let change = if average > 0.0 {
@@ -92,7 +106,10 @@ pub async fn results_lines(store: &Store) -> Result<Vec<String>, StoreError> {
         };
         lines.push(line);
     }
-    lines.insert(0, format!("Latest post with results: run {}", latest.run_id.short()));
+    lines.insert(
+        0,
+        format!("Latest post with results: run {}", latest.run_id.short()),
+    );
     Ok(lines)
 }
 

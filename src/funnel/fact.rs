@@ -110,7 +110,8 @@ pub async fn fact_check(
         })
         .collect();
     let mut values = engine.prompt_values(run, state).await;
-    values["draft"] = quote_labelled(Origin::ModelOutput, &format!("step {draft_from}"), draft).into();
+    values["draft"] =
+        quote_labelled(Origin::ModelOutput, &format!("step {draft_from}"), draft).into();
     values["knowledge"] = Value::Array(knowledge);
     let prompts = engine.prompts();
     let rendered = prompts
@@ -134,7 +135,10 @@ pub async fn fact_check(
         redacted_items: 0,
     };
     match engine.agents().complete(&call).await {
-        Ok(completion) => completed(&step.name, checked(&completion.text, &sources, &completion.model)),
+        Ok(completion) => completed(
+            &step.name,
+            checked(&completion.text, &sources, &completion.model),
+        ),
         Err(error) => {
             tracing::warn!(error = ?error, "fact-check call failed");
             failed(run, &step.name, error.to_string(), error.advice())

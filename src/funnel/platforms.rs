@@ -56,13 +56,23 @@ pub async fn post(
 ) -> Result<String, PlatformError> {
     match platform {
         Platform::Telegram => {
-            let result = telegram(settings, "sendMessage", json!({"chat_id": channel, "text": text}))
-                .await?;
+            let result = telegram(
+                settings,
+                "sendMessage",
+                json!({"chat_id": channel, "text": text}),
+            )
+            .await?;
             Ok(result["message_id"].to_string())
         }
         Platform::Discord => {
             let path = format!("/channels/{channel}/messages");
-            let result = discord(settings, reqwest::Method::POST, &path, Some(json!({"content": text}))).await?;
+            let result = discord(
+                settings,
+                reqwest::Method::POST,
+                &path,
+                Some(json!({"content": text})),
+            )
+            .await?;
             result["id"]
                 .as_str()
                 .map(str::to_string)
@@ -88,9 +98,13 @@ pub async fn delete(
     match platform {
         Platform::Telegram => {
             let id: i64 = message_id.parse().unwrap_or_default();
-            telegram(settings, "deleteMessage", json!({"chat_id": channel, "message_id": id}))
-                .await
-                .map(|_| ())
+            telegram(
+                settings,
+                "deleteMessage",
+                json!({"chat_id": channel, "message_id": id}),
+            )
+            .await
+            .map(|_| ())
         }
         Platform::Discord => {
             let path = format!("/channels/{channel}/messages/{message_id}");

@@ -46,7 +46,9 @@ pub fn publish_step(
         return failed(
             run,
             &step.name,
-            format!("step '{text_from}' asked for a revision, but the flow does not loop back to rewrite"),
+            format!(
+                "step '{text_from}' asked for a revision, but the flow does not loop back to rewrite"
+            ),
             "Give the approve step next = { revise = \"write\", … } in the flow file.",
         );
     }
@@ -59,7 +61,12 @@ pub fn publish_step(
             ..
         }) => {
             if text.trim().eq_ignore_ascii_case("pick") {
-                return ask_when(run, step, &zone, Some("Send the date and time, e.g. 2026-12-03 14:30."));
+                return ask_when(
+                    run,
+                    step,
+                    &zone,
+                    Some("Send the date and time, e.g. 2026-12-03 14:30."),
+                );
             }
             match parse_when(&text, Utc::now(), zone) {
                 Ok(due) => schedule(settings, run, step, state, text_from, due, zone),
@@ -69,7 +76,10 @@ pub fn publish_step(
         Some(other) => failed(
             run,
             &step.name,
-            format!("unexpected journal event '{}' while asking when to publish", other.name()),
+            format!(
+                "unexpected journal event '{}' while asking when to publish",
+                other.name()
+            ),
             "This is a bug; please report it with `soloist replay`.",
         ),
     }
@@ -100,13 +110,18 @@ fn ask_when(run: &RunRow, step: &StepDef, zone: &Tz, problem: Option<&str>) -> T
     ]);
     transition.actions = tokens;
     let text = match problem {
-        Some(problem) => format!("{problem} When should run {} go out? Times are {zone}.", run.id.short()),
+        Some(problem) => format!(
+            "{problem} When should run {} go out? Times are {zone}.",
+            run.id.short()
+        ),
         None => format!(
             "When should run {} go out? Times are {zone}; you can also type one (2026-12-03 14:30).",
             run.id.short()
         ),
     };
-    transition.messages.push(Outbound::text(text).with_buttons(buttons));
+    transition
+        .messages
+        .push(Outbound::text(text).with_buttons(buttons));
     transition
 }
 
@@ -137,7 +152,10 @@ fn schedule(
         .and_then(|o| o.get("text"))
         .and_then(|t| t.as_str())
         .unwrap_or_default();
-    let local = due.with_timezone(&zone).format("%a %-d %b %H:%M").to_string();
+    let local = due
+        .with_timezone(&zone)
+        .format("%a %-d %b %H:%M")
+        .to_string();
     let names: Vec<String> = targets.iter().map(|(p, c)| format!("{p} {c}")).collect();
     let mut transition = completed(
         &step.name,
@@ -161,7 +179,8 @@ fn schedule(
         })
         .collect();
     let short = run.id.short();
-    let (buttons, tokens) = action_buttons(vec![("Retract".into(), Action::Retract { run_id: run.id })]);
+    let (buttons, tokens) =
+        action_buttons(vec![("Retract".into(), Action::Retract { run_id: run.id })]);
     transition.actions = tokens;
     transition.messages.push(
         Outbound::text(format!(
@@ -186,8 +205,11 @@ pub fn parse_when(text: &str, now: DateTime<Utc>, zone: Tz) -> Result<DateTime<U
         Some((day, time)) => (Some(day.trim()), time),
         None => (None, text.as_str()),
     };
-    let time = NaiveTime::parse_from_str(time, "%H:%M")
-        .map_err(|_| format!("I could not read '{text}' as a time (like 'tomorrow 09:00' or '2026-12-03 14:30')."))?;
+    let time = NaiveTime::parse_from_str(time, "%H:%M").map_err(|_| {
+        format!(
+            "I could not read '{text}' as a time (like 'tomorrow 09:00' or '2026-12-03 14:30')."
+        )
+    })?;
     let date = match day {
         None => {
             let at = local(zone, today, time)?;
@@ -205,8 +227,9 @@ pub fn parse_when(text: &str, now: DateTime<Utc>, zone: Tz) -> Result<DateTime<U
                     % 7;
                 today + Duration::days(if ahead == 0 { 7 } else { ahead })
             }
-            Err(_) => NaiveDate::parse_from_str(day, "%Y-%m-%d")
-                .map_err(|_| format!("I could not read '{day}' as a day (tomorrow, monday, 2026-12-03)."))?,
+            Err(_) => NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| {
+                format!("I could not read '{day}' as a day (tomorrow, monday, 2026-12-03).")
+            })?,
         },
     };
     let at = local(zone, date, time)?;
@@ -265,7 +288,10 @@ async fn record_published(
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     let mut tx = store.begin().await?;
-    if !tx.mark_published(&publication.id, message_id, now_ms).await? {
+    if !tx
+        .mark_published(&publication.id, message_id, now_ms)
+        .await?
+    {
         // Another publisher took over after this one's lease lapsed.
         tx.rollback().await?;
         return Ok(false);
@@ -329,7 +355,9 @@ pub async fn retract(
         return Ok(format!("Run {short} has no history."));
     };
     let Some(flow) = flows.get(flow) else {
-        return Ok(format!("Run {short}'s flow '{flow}' no longer exists; nothing to undo."));
+        return Ok(format!(
+            "Run {short}'s flow '{flow}' no longer exists; nothing to undo."
+        ));
     };
     let compensated: Vec<(&str, &str)> = flow
         .steps
@@ -338,7 +366,9 @@ pub async fn retract(
         .filter_map(|s| Some((s.name.as_str(), s.compensate.as_deref()?)))
         .collect();
     if compensated.is_empty() {
-        return Ok(format!("Run {short}'s flow declares no compensation; there is nothing to undo."));
+        return Ok(format!(
+            "Run {short}'s flow declares no compensation; there is nothing to undo."
+        ));
     }
     let publications = store.publications_for_run(run_id).await?;
     let mut lines = Vec::new();
@@ -357,7 +387,9 @@ pub async fn retract(
         }
     }
     if lines.is_empty() {
-        return Ok(format!("Run {short} has published nothing; there is nothing to retract."));
+        return Ok(format!(
+            "Run {short} has published nothing; there is nothing to retract."
+        ));
     }
     let mut tx = store.begin().await?;
     tx.append_events(run_id, &journal).await?;
@@ -366,7 +398,10 @@ pub async fn retract(
 }
 
 /// Undoes one publication: (whether it worked, what to tell the operator).
-async fn retract_one(engine: &Engine, publication: &Publication) -> Result<(bool, String), StoreError> {
+async fn retract_one(
+    engine: &Engine,
+    publication: &Publication,
+) -> Result<(bool, String), StoreError> {
     let store = engine.store();
     let settings = engine.settings();
     let place = format!("{} {}", publication.platform, publication.channel_id);
@@ -376,19 +411,45 @@ async fn retract_one(engine: &Engine, publication: &Publication) -> Result<(bool
             let cancelled = tx.cancel_publication(&publication.id).await?;
             tx.commit().await?;
             Ok(if cancelled {
-                (true, format!("the post scheduled for {place} is cancelled; it will not go out."))
+                (
+                    true,
+                    format!("the post scheduled for {place} is cancelled; it will not go out."),
+                )
             } else {
-                (false, format!("the post to {place} is going out right now; send /retract again in a minute."))
+                (
+                    false,
+                    format!(
+                        "the post to {place} is going out right now; send /retract again in a minute."
+                    ),
+                )
             })
         }
-        "sending" => Ok((false, format!("the post to {place} is going out right now; send /retract again in a minute."))),
+        "sending" => Ok((
+            false,
+            format!("the post to {place} is going out right now; send /retract again in a minute."),
+        )),
         "published" => {
             let message_id = publication.message_id.clone().unwrap_or_default();
-            let deleted = platforms::delete(settings, publication.platform, &publication.channel_id, &message_id).await;
+            let deleted = platforms::delete(
+                settings,
+                publication.platform,
+                &publication.channel_id,
+                &message_id,
+            )
+            .await;
             let (how, line) = match deleted {
                 Ok(()) => ("deleted", format!("the post on {place} is deleted.")),
-                Err(error) if publication.platform == crate::domain::Platform::Telegram && error.is_refusal() => {
-                    match platforms::replace_with_note(settings, &publication.channel_id, &message_id).await {
+                Err(error)
+                    if publication.platform == crate::domain::Platform::Telegram
+                        && error.is_refusal() =>
+                {
+                    match platforms::replace_with_note(
+                        settings,
+                        &publication.channel_id,
+                        &message_id,
+                    )
+                    .await
+                    {
                         Ok(()) => (
                             "replaced by a retraction note",
                             format!(
@@ -406,7 +467,9 @@ async fn retract_one(engine: &Engine, publication: &Publication) -> Result<(bool
             tx.commit().await?;
             Ok((true, line))
         }
-        "cancelled" | "retracted" => Ok((true, format!("the post to {place} was already retracted."))),
+        "cancelled" | "retracted" => {
+            Ok((true, format!("the post to {place} was already retracted.")))
+        }
         _ => Ok((true, format!("the post to {place} was never published."))),
     }
 }
@@ -415,7 +478,9 @@ fn failed_retraction(place: &str, error: &PlatformError) -> (bool, String) {
     tracing::warn!(%place, %error, "a retraction failed");
     (
         false,
-        format!("could NOT retract the post on {place}: {error}. It is still up; remove it by hand or try /retract again."),
+        format!(
+            "could NOT retract the post on {place}: {error}. It is still up; remove it by hand or try /retract again."
+        ),
     )
 }
 
@@ -424,7 +489,9 @@ mod tests {
     use super::*;
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
@@ -433,13 +500,32 @@ mod tests {
         // A Wednesday, 10:00 in Lisbon (UTC+0 in winter).
         let now = at("2026-12-02T10:00:00Z");
         assert_eq!(parse_when("now", now, zone).unwrap(), now);
-        assert_eq!(parse_when("tomorrow 09:00", now, zone).unwrap(), at("2026-12-03T09:00:00Z"));
-        assert_eq!(parse_when("Monday 09:00", now, zone).unwrap(), at("2026-12-07T09:00:00Z"));
-        assert_eq!(parse_when("2026-12-24 18:30", now, zone).unwrap(), at("2026-12-24T18:30:00Z"));
-        assert_eq!(parse_when("09:30", now, zone).unwrap(), at("2026-12-03T09:30:00Z"));
+        assert_eq!(
+            parse_when("tomorrow 09:00", now, zone).unwrap(),
+            at("2026-12-03T09:00:00Z")
+        );
+        assert_eq!(
+            parse_when("Monday 09:00", now, zone).unwrap(),
+            at("2026-12-07T09:00:00Z")
+        );
+        assert_eq!(
+            parse_when("2026-12-24 18:30", now, zone).unwrap(),
+            at("2026-12-24T18:30:00Z")
+        );
+        assert_eq!(
+            parse_when("09:30", now, zone).unwrap(),
+            at("2026-12-03T09:30:00Z")
+        );
         let berlin: Tz = "Europe/Berlin".parse().unwrap();
-        assert_eq!(parse_when("tomorrow 09:00", now, berlin).unwrap(), at("2026-12-03T08:00:00Z"));
-        assert!(parse_when("2026-12-01 09:00", now, zone).unwrap_err().contains("passed"));
+        assert_eq!(
+            parse_when("tomorrow 09:00", now, berlin).unwrap(),
+            at("2026-12-03T08:00:00Z")
+        );
+        assert!(
+            parse_when("2026-12-01 09:00", now, zone)
+                .unwrap_err()
+                .contains("passed")
+        );
         assert!(parse_when("soonish", now, zone).is_err());
     }
 }

@@ -87,7 +87,8 @@ fn publication(row: Row) -> StoreResult<Publication> {
 
 /// A due row, or one whose sender's claim lapsed (a crash between claim and
 /// record: sent again, the one documented exception to "once").
-const DUE: &str = "(status = 'scheduled' AND due_at <= $2) OR (status = 'sending' AND claimed_until < $2)";
+const DUE: &str =
+    "(status = 'scheduled' AND due_at <= $2) OR (status = 'sending' AND claimed_until < $2)";
 
 impl Store {
     /// Claims the earliest due publication for `lease_ms`: at most one
@@ -254,19 +255,26 @@ impl Tx {
     }
 
     /// Stores one reported number for a run (replacing an earlier one).
-    pub async fn record_result(&mut self, run_id: RunId, metric: &str, value: f64) -> StoreResult<()> {
+    pub async fn record_result(
+        &mut self,
+        run_id: RunId,
+        metric: &str,
+        value: f64,
+    ) -> StoreResult<()> {
         sqlx::query("DELETE FROM results WHERE run_id = $1 AND metric = $2")
             .bind(run_id.to_string())
             .bind(metric)
             .execute(&mut *self.inner)
             .await?;
-        sqlx::query("INSERT INTO results (run_id, metric, value, recorded_at) VALUES ($1, $2, $3, $4)")
-            .bind(run_id.to_string())
-            .bind(metric)
-            .bind(value)
-            .bind(now_ms())
-            .execute(&mut *self.inner)
-            .await?;
+        sqlx::query(
+            "INSERT INTO results (run_id, metric, value, recorded_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(run_id.to_string())
+        .bind(metric)
+        .bind(value)
+        .bind(now_ms())
+        .execute(&mut *self.inner)
+        .await?;
         Ok(())
     }
 }

@@ -65,9 +65,15 @@ async fn latest_run(app: &TestApp) -> RunId {
 /// `/post`, Approve, then the time button labelled `when`; returns the run
 /// and what the press answered.
 async fn approve_and_choose(app: &TestApp, when: &str) -> (RunId, Vec<Outbound>) {
-    let offer = app.say("/post a LinkedIn post about the Trilho Hostels audit").await;
+    let offer = app
+        .say("/post a LinkedIn post about the Trilho Hostels audit")
+        .await;
     let asked = app.press(&button(&offer, "Approve")).await;
-    assert!(texts(&asked).contains("When should run"), "{}", texts(&asked));
+    assert!(
+        texts(&asked).contains("When should run"),
+        "{}",
+        texts(&asked)
+    );
     let chosen = app.press(&button(&asked, when)).await;
     (latest_run(app).await, chosen)
 }
@@ -119,7 +125,9 @@ async fn a_fact_check_lists_a_contradicted_claim_with_its_source(db: Db) {
             .to_string(),
         ));
 
-    let offer = app.say("/post a LinkedIn post about the Trilho Hostels audit").await;
+    let offer = app
+        .say("/post a LinkedIn post about the Trilho Hostels audit")
+        .await;
 
     let shown = texts(&offer);
     assert!(shown.contains("Fact check:"), "{shown}");
@@ -127,8 +135,17 @@ async fn a_fact_check_lists_a_contradicted_claim_with_its_source(db: Db) {
         shown.contains("draft says founded in 2015; about.md says founded in 2019"),
         "{shown}"
     );
-    assert!(!shown.contains("audits hostel websites; about.md"), "{shown}");
-    let labels: Vec<_> = offer.last().unwrap().buttons.iter().map(|b| b.label.as_str()).collect();
+    assert!(
+        !shown.contains("audits hostel websites; about.md"),
+        "{shown}"
+    );
+    let labels: Vec<_> = offer
+        .last()
+        .unwrap()
+        .buttons
+        .iter()
+        .map(|b| b.label.as_str())
+        .collect();
     assert_eq!(labels, ["Approve", "Revise", "Edit", "Reject"]);
     // The check is structured output, with the draft quoted as model output
     // and the knowledge quoted with its source.
@@ -145,11 +162,17 @@ async fn a_fact_check_lists_a_contradicted_claim_with_its_source(db: Db) {
 
 async fn revise_asks_what_to_change_and_keeps_the_previous_version(db: Db) {
     let app = TestApp::spawn(db).await;
-    app.llm.then(Behavior::reply("First version, with emoji 🎉 and far too long."));
+    app.llm.then(Behavior::reply(
+        "First version, with emoji 🎉 and far too long.",
+    ));
     let offer = app.say("/post a post about the deposit").await;
 
     let ask = app.press(&button(&offer, "Revise")).await;
-    assert!(texts(&ask).contains("What should change?"), "{}", texts(&ask));
+    assert!(
+        texts(&ask).contains("What should change?"),
+        "{}",
+        texts(&ask)
+    );
     app.say("shorter, mention the deposit, no emoji").await;
 
     let run = latest_run(&app).await;
@@ -164,7 +187,10 @@ async fn revise_asks_what_to_change_and_keeps_the_previous_version(db: Db) {
         .kept(&run.to_string(), "funnel.previous.review")
         .await
         .unwrap();
-    assert_eq!(kept.as_deref(), Some("First version, with emoji 🎉 and far too long."));
+    assert_eq!(
+        kept.as_deref(),
+        Some("First version, with emoji 🎉 and far too long.")
+    );
 }
 
 async fn a_post_for_tomorrow_is_published_once_across_two_ticks_and_a_restart(db: Db) {
@@ -188,11 +214,21 @@ async fn a_post_for_tomorrow_is_published_once_across_two_ticks_and_a_restart(db
     assert_eq!(a.unwrap().published + b.unwrap().published, 1);
     assert_eq!(first.tick().await.unwrap().published, 0);
     let restarted = app.restart(|s| telegram_target(s, &telegram)).await;
-    assert_eq!(scheduler(&restarted, &clock).tick().await.unwrap().published, 0);
+    assert_eq!(
+        scheduler(&restarted, &clock)
+            .tick()
+            .await
+            .unwrap()
+            .published,
+        0
+    );
 
     let sent = telegram.inspect(|s| s.sent_to(CHANNEL));
     assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].text.as_deref(), Some(crate::fake_llm::DEFAULT_DRAFT));
+    assert_eq!(
+        sent[0].text.as_deref(),
+        Some(crate::fake_llm::DEFAULT_DRAFT)
+    );
     let told = app.drain().await;
     assert!(texts(&told).contains("Published run"), "{}", texts(&told));
     button(&told, "Retract");
@@ -241,7 +277,10 @@ async fn retracting_a_post_not_yet_out_cancels_it(db: Db) {
 
     assert!(texts(&reply).contains("cancelled"), "{}", texts(&reply));
     let clock = ManualClock::at(Utc::now() + Duration::days(8));
-    assert_eq!(scheduler(&app.app, &clock).tick().await.unwrap().published, 0);
+    assert_eq!(
+        scheduler(&app.app, &clock).tick().await.unwrap().published,
+        0
+    );
     assert!(telegram.inspect(|s| s.sent_to(CHANNEL)).is_empty());
     assert_eq!(
         app.app.store.publications_for_run(run).await.unwrap()[0].status,
@@ -306,18 +345,33 @@ async fn results_are_stored_and_the_digest_compares_them_with_earlier_posts(db: 
     let second = publish_now(&app).await;
     app.drain().await;
 
-    let bad = app.say(&format!("/result {} views=lots", first.short())).await;
-    assert!(texts(&bad).contains("'lots' is not a number"), "{}", texts(&bad));
-    app.say(&format!("/result {} views=800 clicks=20", first.short())).await;
-    let stored = app.say(&format!("/result {} views=1200 clicks=40", second.short())).await;
+    let bad = app
+        .say(&format!("/result {} views=lots", first.short()))
+        .await;
+    assert!(
+        texts(&bad).contains("'lots' is not a number"),
+        "{}",
+        texts(&bad)
+    );
+    app.say(&format!("/result {} views=800 clicks=20", first.short()))
+        .await;
+    let stored = app
+        .say(&format!("/result {} views=1200 clicks=40", second.short()))
+        .await;
     assert!(texts(&stored).contains("1200 views"), "{}", texts(&stored));
 
     let digest = soloist::digest::build_now(&app.app.store, &app.app.settings)
         .await
         .unwrap();
-    assert!(digest.text.contains(&format!("run {}", second.short())), "{}", digest.text);
     assert!(
-        digest.text.contains("1200 views vs 800 on average over 1 earlier post(s), +50%"),
+        digest.text.contains(&format!("run {}", second.short())),
+        "{}",
+        digest.text
+    );
+    assert!(
+        digest
+            .text
+            .contains("1200 views vs 800 on average over 1 earlier post(s), +50%"),
         "{}",
         digest.text
     );
@@ -347,15 +401,34 @@ async fn a_typed_time_is_read_in_the_operators_zone_and_a_bad_one_is_asked_again
     let telegram = FakeTelegram::start().await;
     let app = TestApp::spawn_with(db, |s| telegram_target(s, &telegram)).await;
     let (run, asked) = approve_and_choose(&app, "Pick a time").await;
-    assert!(texts(&asked).contains("Send the date and time"), "{}", texts(&asked));
+    assert!(
+        texts(&asked).contains("Send the date and time"),
+        "{}",
+        texts(&asked)
+    );
 
     let again = app.say("soonish").await;
-    assert!(texts(&again).contains("could not read 'soonish'"), "{}", texts(&again));
-    assert!(app.app.store.publications_for_run(run).await.unwrap().is_empty());
+    assert!(
+        texts(&again).contains("could not read 'soonish'"),
+        "{}",
+        texts(&again)
+    );
+    assert!(
+        app.app
+            .store
+            .publications_for_run(run)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Lisbon is on UTC in winter: 10:00 there is 10:00 UTC.
     let scheduled = app.say("2099-01-15 10:00").await;
-    assert!(texts(&scheduled).contains("goes out"), "{}", texts(&scheduled));
+    assert!(
+        texts(&scheduled).contains("goes out"),
+        "{}",
+        texts(&scheduled)
+    );
     let publications = app.app.store.publications_for_run(run).await.unwrap();
     assert_eq!(publications.len(), 1);
     let expected = chrono::DateTime::parse_from_rfc3339("2099-01-15T10:00:00Z").unwrap();
