@@ -162,3 +162,52 @@ pub async fn keep_previous(engine: &Engine, run_id: RunId, transition: &Transiti
 }
 
 pub(crate) use commands::{deliver_publish_time_in, record_results, results_lines};
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::flows::{FlowCatalog, Prompts};
+
+    fn load_with(flow: &str) -> Result<FlowCatalog, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("config/flows")).unwrap();
+        std::fs::write(dir.path().join("config/flows/odd.toml"), flow).unwrap();
+        let prompts = Prompts::load(Path::new("/nonexistent")).unwrap();
+        FlowCatalog::load(dir.path(), &prompts).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_compensation_its_step_kind_cannot_do_is_refused_when_flows_load() {
+        let head = "name = \"odd\"\ndescription = \"x\"\ncost_label = \"balanced\"\n\
+                    [[steps]]\nname = \"brief\"\nkind = \"context\"\n";
+        let error = load_with(&format!("{head}compensate = \"retract\"\n")).unwrap_err();
+        assert!(error.contains("compensate = \"retract\""), "{error}");
+        let error = load_with(&format!(
+            "{head}[[steps]]\nname = \"out\"\nkind = \"publish\"\ntext_from = \"brief\"\ncompensate = \"undo_everything\"\n"
+        ))
+        .unwrap_err();
+        assert!(error.contains("undo_everything"), "{error}");
+        let catalog = load_with(&format!(
+            "{head}[[steps]]\nname = \"out\"\nkind = \"publish\"\ntext_from = \"brief\"\ncompensate = \"retract\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            catalog.get("odd").unwrap().steps[1].compensate.as_deref(),
+            Some("retract")
+        );
+    }
+
+    #[test]
+    fn the_built_in_post_flow_checks_facts_offers_revise_and_can_retract() {
+        let prompts = Prompts::load(Path::new("/nonexistent")).unwrap();
+        let catalog = FlowCatalog::load(Path::new("/nonexistent"), &prompts).unwrap();
+        let post = catalog.get("post").unwrap();
+        let kinds: Vec<&str> = post.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["brief", "recall", "write", "check", "review", "publish"]
+        );
+        assert_eq!(post.steps[5].compensate.as_deref(), Some("retract"));
+    }
+}
