@@ -76,6 +76,7 @@ pub mod digest;
 pub mod doctor;
 pub mod domain;
 pub mod engine;
+pub mod events;
 pub mod flows;
 pub mod frontdoor;
 pub mod funnel;

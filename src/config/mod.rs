@@ -109,6 +109,8 @@ pub struct Settings {
     pub memory: crate::memory::MemorySettings,
     #[serde(default)]
     pub publish: crate::funnel::PublishSettings,
+    #[serde(default)]
+    pub events: crate::events::EventSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

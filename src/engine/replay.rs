@@ -132,6 +132,16 @@ fn describe(event: &JournalEvent) -> String {
             if *ok { "done" } else { "failed" },
             clip(detail)
         ),
+        JournalEvent::Routed {
+            from,
+            outcome: Some(outcome),
+            to,
+        } => format!("step '{from}' ended '{outcome}': next '{to}'"),
+        JournalEvent::Routed {
+            from,
+            outcome: None,
+            to,
+        } => format!("step '{from}': next '{to}'"),
     }
 }
 

@@ -311,6 +311,21 @@ async fn record_published(
     .with_buttons(buttons);
     tx.enqueue(&publication.notify, Some(publication.run_id), &message)
         .await?;
+    // Flows with `on = "post.published"` start from this, once per post.
+    let payload = json!({
+        "run_id": publication.run_id.to_string(),
+        "platform": publication.platform.as_str(),
+        "channel_id": publication.channel_id,
+        "message_id": message_id,
+        "text": publication.text,
+    });
+    crate::store::events::emit_in(
+        &mut tx,
+        "post.published",
+        payload,
+        &format!("post.published:{}", publication.id),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(run = %publication.run_id, platform = %publication.platform, "published");
     Ok(true)

@@ -22,7 +22,7 @@ use crate::on_both_backends;
 
 on_both_backends!(
     a_fact_check_lists_a_contradicted_claim_with_its_source,
-    revise_asks_what_to_change_and_keeps_the_previous_version,
+    revise_rewrites_with_the_instruction_and_back_restores_the_previous_version,
     a_post_for_tomorrow_is_published_once_across_two_ticks_and_a_restart,
     retract_deletes_the_published_post_on_telegram,
     retract_deletes_the_published_post_on_discord,
@@ -160,12 +160,13 @@ async fn a_fact_check_lists_a_contradicted_claim_with_its_source(db: Db) {
     assert_eq!(state.outputs["check"]["uncertain"], true);
 }
 
-async fn revise_asks_what_to_change_and_keeps_the_previous_version(db: Db) {
+async fn revise_rewrites_with_the_instruction_and_back_restores_the_previous_version(db: Db) {
     let app = TestApp::spawn(db).await;
-    app.llm.then(Behavior::reply(
-        "First version, with emoji 🎉 and far too long.",
-    ));
+    let first = "First version, with emoji 🎉 and far too long.";
+    let second = "Shorter: a 30% deposit holds your audit slot.";
+    app.llm.then(Behavior::reply(first));
     let offer = app.say("/post a post about the deposit").await;
+    assert!(texts(&offer).contains(first));
 
     let ask = app.press(&button(&offer, "Revise")).await;
     assert!(
@@ -173,24 +174,45 @@ async fn revise_asks_what_to_change_and_keeps_the_previous_version(db: Db) {
         "{}",
         texts(&ask)
     );
-    app.say("shorter, mention the deposit, no emoji").await;
+    // The rewrite (quality tier), then its fact check (fast tier).
+    app.llm.then(Behavior::reply(second));
+    let revised = app.say("shorter, mention the deposit, no emoji").await;
 
-    let run = latest_run(&app).await;
-    let state = app.app.engine.state(run).await.unwrap();
-    assert_eq!(state.outputs["review"]["outcome"], "revise");
-    assert_eq!(
-        state.outputs["review"]["instruction"],
-        "shorter, mention the deposit, no emoji"
+    assert!(texts(&revised).contains(second), "{}", texts(&revised));
+    let rewrite = app.llm.requests()[2].to_string();
+    assert!(
+        rewrite.contains("shorter, mention the deposit, no emoji"),
+        "{rewrite}"
     );
+    assert!(
+        rewrite.contains("far too long"),
+        "the rewrite sees the version it replaces"
+    );
+    assert_eq!(
+        app.llm.requests()[2]["model"],
+        "gpt-4o",
+        "the quality tier rewrites"
+    );
+    let run = latest_run(&app).await;
     let memory = Memory::new(app.app.store.clone(), app.app.settings.memory.clone());
     let kept = memory
         .kept(&run.to_string(), "funnel.previous.review")
         .await
         .unwrap();
-    assert_eq!(
-        kept.as_deref(),
-        Some("First version, with emoji 🎉 and far too long.")
+    assert_eq!(kept.as_deref(), Some(first));
+
+    let back = app.press(&button(&revised, "Back")).await;
+    assert!(texts(&back).contains(first), "{}", texts(&back));
+    let calls = app.llm.calls();
+    let approved = app.press(&button(&back, "Approve")).await;
+    assert_eq!(app.llm.calls(), calls, "Back calls no model");
+    assert!(
+        texts(&approved).contains("When should run"),
+        "{}",
+        texts(&approved)
     );
+    let state = app.app.engine.state(run).await.unwrap();
+    assert_eq!(state.outputs["review"]["text"], first);
 }
 
 async fn a_post_for_tomorrow_is_published_once_across_two_ticks_and_a_restart(db: Db) {
@@ -229,6 +251,12 @@ async fn a_post_for_tomorrow_is_published_once_across_two_ticks_and_a_restart(db
         sent[0].text.as_deref(),
         Some(crate::fake_llm::DEFAULT_DRAFT)
     );
+    let events: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE kind = 'post.published'")
+            .fetch_one(app.app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(events, 1, "post.published is emitted once");
     let told = app.drain().await;
     assert!(texts(&told).contains("Published run"), "{}", texts(&told));
     button(&told, "Retract");

@@ -15,6 +15,7 @@ mod digest;
 mod discord;
 mod doctor;
 mod failures;
+mod flows;
 mod funnel;
 mod http;
 mod memory;
