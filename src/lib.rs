@@ -55,6 +55,9 @@
 //!   Built-in housekeeping jobs (working-memory purge, payload pruning, URL
 //!   refresh, reservation sweep, fire-history pruning) run as schedules
 //!   whose misses are not recorded ([`scheduler::housekeeping`]).
+//! - [`funnel`]: the content funnel's step kinds (`fact_check`, `publish`,
+//!   Revise / Back on an approval), the publisher (due posts, once), the
+//!   `retract` compensation flow files declare, `/result` numbers.
 //! - [`digest`]: the daily digest: SQL numbers (retrieval use and
 //!   guardrail flags in `digest::usage`), a template, a chart (PNG), an
 //!   optional fast-tier summary (`digest::summary`).
@@ -80,8 +83,10 @@ pub mod digest;
 pub mod doctor;
 pub mod domain;
 pub mod engine;
+pub mod events;
 pub mod flows;
 pub mod frontdoor;
+pub mod funnel;
 pub mod http;
 pub mod memory;
 pub mod outbox;

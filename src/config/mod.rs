@@ -107,6 +107,10 @@ pub struct Settings {
     pub log: crate::http::LogSettings,
     #[serde(default)]
     pub memory: crate::memory::MemorySettings,
+    #[serde(default)]
+    pub publish: crate::funnel::PublishSettings,
+    #[serde(default)]
+    pub events: crate::events::EventSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

@@ -54,6 +54,10 @@ impl Controller {
         token: &ButtonToken,
         action: Action,
     ) -> Result<Handled, ControllerError> {
+        // FUNNEL: a retraction calls the platforms, outside the transaction.
+        if let Action::Retract { run_id } = action {
+            return self.retract_pressed(inbound, token, run_id).await;
+        }
         // A routing choice that names a command is a report: read it
         // before the transaction (on SQLite the store has one connection,
         // which the open transaction holds).
@@ -119,6 +123,18 @@ impl Controller {
                 let now_ms = schedule_now.unwrap_or_default();
                 Handled::reply(scheduler::set_paused_in(&mut tx, &name, paused, now_ms).await?)
             }
+            Action::PublishWhen { run_id, when } => {
+                if crate::funnel::deliver_publish_time_in(&mut tx, run_id, &when, by).await? {
+                    Handled::drive(run_id)
+                } else {
+                    Handled::reply(format!(
+                        "Run {} is no longer waiting for a publishing time.",
+                        run_id.short()
+                    ))
+                }
+            }
+            // Taken above, before the transaction.
+            Action::Retract { .. } => Handled::reply(""),
         };
         tx.finish_inbound(inbound, &handled.replies).await?;
         tx.commit().await?;

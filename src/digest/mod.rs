@@ -114,6 +114,8 @@ pub struct DigestNumbers {
     pub retrieval: usage::RetrievalUse,
     /// Guardrail flags that day by kind (and blocked or limited requests).
     pub guardrail_flags: Vec<usage::Count>,
+    /// FUNNEL: the latest post's reported numbers against earlier posts'.
+    pub posts: Vec<String>,
 }
 
 /// A built digest: the text, the chart, and the open approvals' offers.
@@ -272,6 +274,7 @@ pub async fn numbers(
         misses,
         retrieval: usage::retrieval_use(store, yesterday).await?,
         guardrail_flags: usage::guardrail_flags(store, yesterday).await?,
+        posts: crate::funnel::results_lines(store).await?,
     })
 }
 

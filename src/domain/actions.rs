@@ -23,6 +23,11 @@ pub enum Action {
     Route { intent: String, request: String },
     /// Pause (or resume) a schedule, from `/schedules`.
     SetSchedulePaused { name: String, paused: bool },
+    /// FUNNEL: answer a publish step's "when?" ("now", "tomorrow 09:00",
+    /// "monday 09:00", "pick").
+    PublishWhen { run_id: RunId, when: String },
+    /// FUNNEL: undo what the run published (the declared compensations).
+    Retract { run_id: RunId },
 }
 
 /// Buttons for labelled actions, each with a fresh token, and the

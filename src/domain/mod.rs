@@ -302,16 +302,30 @@ pub enum Decision {
     Approve,
     Edit,
     Reject,
+    /// FUNNEL: the operator says what to change; the flow rewrites it.
+    Revise,
+    /// FUNNEL: offer the version before the latest revision again.
+    Back,
 }
 
 impl Decision {
     pub const ALL: [Decision; 3] = [Decision::Approve, Decision::Edit, Decision::Reject];
+    /// Every decision, in the order buttons show them.
+    pub const EVERY: [Decision; 5] = [
+        Decision::Approve,
+        Decision::Revise,
+        Decision::Back,
+        Decision::Edit,
+        Decision::Reject,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Decision::Approve => "approve",
             Decision::Edit => "edit",
             Decision::Reject => "reject",
+            Decision::Revise => "revise",
+            Decision::Back => "back",
         }
     }
 
@@ -321,6 +335,8 @@ impl Decision {
             Decision::Approve => "Approved",
             Decision::Edit => "Edit requested",
             Decision::Reject => "Rejected",
+            Decision::Revise => "Revision requested",
+            Decision::Back => "Previous version restored",
         }
     }
 
@@ -329,6 +345,8 @@ impl Decision {
             Decision::Approve => "Approve",
             Decision::Edit => "Edit",
             Decision::Reject => "Reject",
+            Decision::Revise => "Revise",
+            Decision::Back => "Back",
         }
     }
 }
@@ -340,6 +358,8 @@ impl FromStr for Decision {
             "approve" => Ok(Decision::Approve),
             "edit" => Ok(Decision::Edit),
             "reject" => Ok(Decision::Reject),
+            "revise" => Ok(Decision::Revise),
+            "back" => Ok(Decision::Back),
             other => Err(format!("unknown decision '{other}'")),
         }
     }

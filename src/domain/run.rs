@@ -68,6 +68,10 @@ pub enum InputPurpose {
     EditedDraft,
     /// The next message says why the draft was rejected.
     RejectReason,
+    /// FUNNEL: the next message says what to change in the draft.
+    ReviseInstruction,
+    /// FUNNEL: when to publish ("now", "tomorrow 09:00", a date and time).
+    PublishTime,
 }
 
 impl InputPurpose {
@@ -75,6 +79,8 @@ impl InputPurpose {
         match self {
             InputPurpose::EditedDraft => "edited_draft",
             InputPurpose::RejectReason => "reject_reason",
+            InputPurpose::ReviseInstruction => "revise_instruction",
+            InputPurpose::PublishTime => "publish_time",
         }
     }
 }
@@ -85,6 +91,8 @@ impl FromStr for InputPurpose {
         match s {
             "edited_draft" => Ok(InputPurpose::EditedDraft),
             "reject_reason" => Ok(InputPurpose::RejectReason),
+            "revise_instruction" => Ok(InputPurpose::ReviseInstruction),
+            "publish_time" => Ok(InputPurpose::PublishTime),
             other => Err(format!("unknown input purpose '{other}'")),
         }
     }
@@ -95,6 +103,10 @@ impl FromStr for InputPurpose {
 pub struct RunInput {
     pub request: String,
     pub requested_by: String,
+    /// The event that started the run (`{"id", "kind", "payload"}`), for
+    /// a flow with `on = "..."`; see [`crate::events`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<serde_json::Value>,
 }
 
 /// One entry of a run's append-only journal. A run's state is the fold of
@@ -164,6 +176,24 @@ pub enum JournalEvent {
     Completed {
         summary: String,
     },
+    /// FUNNEL: a step's declared compensation ran (`compensate` in the
+    /// flow file): what it undid, or why it could not.
+    Compensated {
+        step: String,
+        compensation: String,
+        ok: bool,
+        detail: String,
+        by: String,
+    },
+    /// Where the run goes after `from` completed: the step named `to`, or
+    /// `"end"`; journaled with the completion, so the cursor is folded from
+    /// the journal, never recomputed from a flow file that may have changed.
+    Routed {
+        from: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<String>,
+        to: String,
+    },
 }
 
 impl JournalEvent {
@@ -182,6 +212,8 @@ impl JournalEvent {
             JournalEvent::Failed { .. } => "failed",
             JournalEvent::Retried { .. } => "retried",
             JournalEvent::Completed { .. } => "completed",
+            JournalEvent::Compensated { .. } => "compensated",
+            JournalEvent::Routed { .. } => "routed",
         }
     }
 }

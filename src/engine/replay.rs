@@ -121,6 +121,27 @@ fn describe(event: &JournalEvent) -> String {
             tier: Some(tier),
         } => format!("retried by {by} on the {tier} tier"),
         JournalEvent::Completed { summary } => format!("completed: {summary}"),
+        JournalEvent::Compensated {
+            step,
+            compensation,
+            ok,
+            detail,
+            by,
+        } => format!(
+            "step '{step}': {compensation} by {by} {}: {}",
+            if *ok { "done" } else { "failed" },
+            clip(detail)
+        ),
+        JournalEvent::Routed {
+            from,
+            outcome: Some(outcome),
+            to,
+        } => format!("step '{from}' ended '{outcome}': next '{to}'"),
+        JournalEvent::Routed {
+            from,
+            outcome: None,
+            to,
+        } => format!("step '{from}': next '{to}'"),
     }
 }
 

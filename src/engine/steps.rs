@@ -7,19 +7,19 @@
 use serde_json::json;
 
 use super::Engine;
-use super::state::RunState;
+use super::state::{MAX_VISITS, RunState};
 use super::transitions::Transition;
 use crate::agents::{ModelCall, ModelError};
 use crate::domain::{
     Action, ArtifactId, Decision, InputPurpose, JournalEvent, Outbound, RunId, RunStatus,
     action_buttons,
 };
-use crate::flows::{Flow, StepDef, StepKind, Tier};
+use crate::flows::{END, Flow, StepDef, StepKind, Target, Tier};
 use crate::store::{NewApproval, NewArtifact, NewBatchItem, RunRow};
 
 /// A step that finished; the engine adds the run's completion when it was
 /// the last.
-fn completed(step: &str, output: serde_json::Value) -> Transition {
+pub(crate) fn completed(step: &str, output: serde_json::Value) -> Transition {
     let mut transition = Transition::new(RunStatus::Runnable);
     transition.events.push(JournalEvent::StepCompleted {
         step: step.to_string(),
@@ -30,7 +30,7 @@ fn completed(step: &str, output: serde_json::Value) -> Transition {
 
 /// The run stops as failed, and the operator is told what failed and what
 /// they can do.
-pub(super) fn failed(run: &RunRow, step: &str, error: String, advice: &str) -> Transition {
+pub(crate) fn failed(run: &RunRow, step: &str, error: String, advice: &str) -> Transition {
     let short = run.id.short();
     let mut transition = Transition::new(RunStatus::Failed);
     transition.messages.push(Outbound::text(format!(
@@ -64,6 +64,7 @@ impl Engine {
                 max_tokens,
                 temperature,
                 urgent,
+                outcomes,
             } => {
                 let call = GenerateCall {
                     tier: *tier,
@@ -72,6 +73,7 @@ impl Engine {
                     max_tokens: *max_tokens,
                     temperature: *temperature,
                     urgent: *urgent,
+                    outcomes,
                 };
                 self.generate(run, flow, step, state, call).await
             }
@@ -79,11 +81,37 @@ impl Engine {
             StepKind::Approve {
                 draft_from,
                 artifact_kind,
+                revise,
             } => {
-                let mut transition = approve(run, step, state, draft_from, artifact_kind);
+                // FUNNEL: the version before the latest revision, for Back.
+                let previous = if *revise {
+                    crate::funnel::previous_version(self, run.id, &step.name, state).await
+                } else {
+                    None
+                };
+                let options = Offering {
+                    revise: *revise,
+                    previous,
+                };
+                let routes_rejection = flow.names_outcome(&step.name, "rejected");
+                let approval = ApproveStep {
+                    draft_from,
+                    artifact_kind,
+                    routes_rejection,
+                };
+                let mut transition = approve(run, step, state, approval, &options);
+                if *revise {
+                    crate::funnel::keep_previous(self, run.id, &transition).await;
+                }
                 // POLICY HOOK: flags on the approval message.
                 self.guard_offer(run, state, &mut transition).await;
                 transition
+            }
+            StepKind::FactCheck { .. } => {
+                crate::funnel::fact_check(self, run, flow, step, state).await
+            }
+            StepKind::Publish { text_from } => {
+                crate::funnel::publish_step(self, run, step, state, text_from)
             }
         }
     }
@@ -151,7 +179,7 @@ impl Engine {
     /// POLICY HOOK: the values a prompt is rendered with, every untrusted
     /// text in them quoted as data: the request with its origin, earlier
     /// steps' outputs with theirs (see [`quote_outputs`]).
-    async fn prompt_values(&self, run: &RunRow, state: &RunState) -> serde_json::Value {
+    pub(crate) async fn prompt_values(&self, run: &RunRow, state: &RunState) -> serde_json::Value {
         let mut values = self.template_values(state);
         let origin = self.run_origin(run.id).await;
         values["request"] = crate::policy::quote(origin, &state.input.request).into();
@@ -178,7 +206,7 @@ impl Engine {
                     let mut output = self.restore_batch(run, state, &call, output).await;
                     let tier = state.tier_override.unwrap_or(call.tier);
                     self.review_draft(run, flow, step, tier, &mut output).await;
-                    return completed(&step.name, output);
+                    return answered(run, step, output, call.outcomes);
                 }
                 Some(JournalEvent::BatchFinished {
                     error: Some(error), ..
@@ -246,7 +274,7 @@ impl Engine {
                 // journaled with the draft.
                 self.review_draft(run, flow, step, model_call.tier, &mut output)
                     .await;
-                completed(&step.name, output)
+                answered(run, step, output, call.outcomes)
             }
             Err(error) => self.model_failure(run, step, &error, model_call.tier),
         }
@@ -411,6 +439,70 @@ struct GenerateCall<'a> {
     max_tokens: u64,
     temperature: Option<f64>,
     urgent: bool,
+    outcomes: &'a [String],
+}
+
+/// A model step's answer. A step that declares `outcomes` completes with
+/// the one the answer names as its `"outcome"` (for `next` to branch on);
+/// an answer that names none fails the step, since guessing a branch could
+/// send the run somewhere nobody chose.
+fn answered(
+    run: &RunRow,
+    step: &StepDef,
+    mut output: serde_json::Value,
+    outcomes: &[String],
+) -> Transition {
+    if outcomes.is_empty() {
+        return completed(&step.name, output);
+    }
+    let text = output
+        .get("text")
+        .and_then(|t| t.as_str())
+        .unwrap_or_default();
+    match pick_outcome(text, outcomes) {
+        Some(outcome) => {
+            output["outcome"] = outcome.into();
+            completed(&step.name, output)
+        }
+        None => failed(
+            run,
+            &step.name,
+            format!(
+                "the model answered '{}', which is none of: {}",
+                crate::domain::clip(text, 60),
+                outcomes.join(", ")
+            ),
+            "Check the step's prompt asks for one of them.",
+        ),
+    }
+}
+
+/// The outcome a model's answer names: the whole answer, or its first
+/// word, compared without case or punctuation.
+fn pick_outcome(text: &str, outcomes: &[String]) -> Option<String> {
+    let clean = |s: &str| {
+        s.trim()
+            .trim_matches(|c: char| !c.is_alphanumeric())
+            .to_lowercase()
+    };
+    let whole = clean(text);
+    let first = text
+        .split_whitespace()
+        .next()
+        .map(clean)
+        .unwrap_or_default();
+    outcomes
+        .iter()
+        .find(|o| clean(o) == whole || clean(o) == first)
+        .cloned()
+}
+
+/// An approve step's settings, and whether its `next` routes a rejection
+/// (else a rejection ends the run, as it always did).
+struct ApproveStep<'a> {
+    draft_from: &'a str,
+    artifact_kind: &'a str,
+    routes_rejection: bool,
 }
 
 /// The approval conversation: offer the draft; on Approve save it; on Edit
@@ -420,14 +512,21 @@ fn approve(
     run: &RunRow,
     step: &StepDef,
     state: &RunState,
-    draft_from: &str,
-    artifact_kind: &str,
+    approval: ApproveStep<'_>,
+    options: &Offering,
 ) -> Transition {
+    let ApproveStep {
+        draft_from,
+        artifact_kind,
+        routes_rejection,
+    } = approval;
     let conversation = state.conversation(&step.name);
     let draft = conversation.draft.clone().unwrap_or_default();
-    let sources = crate::memory::sources_in(&state.outputs)
+    let mut sources = crate::memory::sources_in(&state.outputs)
         .map(|s| format!("\n\nSources: {s}"))
         .unwrap_or_default();
+    // FUNNEL: the fact check's doubtful claims, under the draft.
+    sources.push_str(&crate::funnel::fact_notes(&state.outputs));
     match &conversation.latest {
         None => {
             let first_draft = state
@@ -436,10 +535,10 @@ fn approve(
                 .and_then(|o| o.get("text"))
                 .and_then(|t| t.as_str())
                 .unwrap_or_default();
-            offer(run, step, first_draft, &sources)
+            offer(run, step, first_draft, &sources, options)
         }
         Some(JournalEvent::Decided { decision, .. }) => match decision {
-            Decision::Approve => save(run, step, artifact_kind, &draft, None),
+            Decision::Approve => save(run, step, artifact_kind, &draft, None, false),
             Decision::Edit => ask_for_input(
                 step,
                 InputPurpose::EditedDraft,
@@ -450,9 +549,21 @@ fn approve(
                 InputPurpose::RejectReason,
                 "Why reject it? Your next message is saved as the reason.",
             ),
+            Decision::Revise => ask_for_input(
+                step,
+                InputPurpose::ReviseInstruction,
+                "What should change? For example: shorter, mention the deposit, no emoji.",
+            ),
+            Decision::Back => match &options.previous {
+                Some(previous) => offer(run, step, previous, &sources, options),
+                None => offer(run, step, &draft, &sources, options),
+            },
         },
         Some(JournalEvent::InputReceived { purpose, text, .. }) => match purpose {
-            InputPurpose::EditedDraft => offer(run, step, text, &sources),
+            InputPurpose::EditedDraft => offer(run, step, text, &sources, options),
+            InputPurpose::ReviseInstruction => {
+                completed(&step.name, crate::funnel::revise_output(&draft, text))
+            }
             InputPurpose::RejectReason => {
                 let Some(approval_id) = conversation.approval_id else {
                     return failed(
@@ -462,10 +573,23 @@ fn approve(
                         "",
                     );
                 };
-                let mut transition = save(run, step, artifact_kind, &draft, Some(text));
+                let mut transition = save(
+                    run,
+                    step,
+                    artifact_kind,
+                    &draft,
+                    Some(text),
+                    !routes_rejection,
+                );
                 transition.reject_reason = Some((approval_id, text.clone()));
                 transition
             }
+            InputPurpose::PublishTime => failed(
+                run,
+                &step.name,
+                "a publishing time arrived for an approval".into(),
+                "This is a bug; please report it with `soloist replay`.",
+            ),
         },
         Some(other) => failed(
             run,
@@ -479,15 +603,34 @@ fn approve(
     }
 }
 
-fn offer(run: &RunRow, step: &StepDef, draft: &str, sources: &str) -> Transition {
-    let approval = NewApproval::offer(
-        &step.name,
-        draft,
-        format!(
-            "Draft for review (run {}):\n\n{draft}{sources}",
-            run.id.short()
-        ),
+/// FUNNEL: what an approval offers besides Approve / Edit / Reject.
+pub(super) struct Offering {
+    /// Revise (and Back, when there is a previous version).
+    revise: bool,
+    previous: Option<String>,
+}
+
+fn offer(
+    run: &RunRow,
+    step: &StepDef,
+    draft: &str,
+    sources: &str,
+    options: &Offering,
+) -> Transition {
+    let text = format!(
+        "Draft for review (run {}):\n\n{draft}{sources}",
+        run.id.short()
     );
+    let approval = if options.revise {
+        let back = options.previous.as_deref().is_some_and(|p| p != draft);
+        let decisions: Vec<Decision> = Decision::EVERY
+            .into_iter()
+            .filter(|d| *d != Decision::Back || back)
+            .collect();
+        NewApproval::offer_with(&step.name, draft, text, &decisions)
+    } else {
+        NewApproval::offer(&step.name, draft, text)
+    };
     let mut transition = Transition::new(RunStatus::WaitingApproval);
     transition.events.push(JournalEvent::ApprovalRequested {
         step: step.name.clone(),
@@ -526,13 +669,15 @@ fn ask_for_input(step: &StepDef, purpose: InputPurpose, question: &str) -> Trans
 }
 
 /// Stores the draft as an artifact: approved, or rejected with its reason.
-/// A rejection ends the run.
+/// The step's outcome is `approved` or `rejected`; a rejection ends the run
+/// when `rejection_ends` (its `next` does not route it).
 fn save(
     run: &RunRow,
     step: &StepDef,
     kind: &str,
     draft: &str,
     reject_reason: Option<&String>,
+    rejection_ends: bool,
 ) -> Transition {
     let artifact_id = ArtifactId::new();
     let status = if reject_reason.is_some() {
@@ -542,7 +687,13 @@ fn save(
     };
     let mut transition = completed(
         &step.name,
-        json!({ "decision": status, "artifact_id": artifact_id, "text": draft, "reason": reject_reason }),
+        json!({
+            "decision": status,
+            "outcome": status,
+            "artifact_id": artifact_id,
+            "text": draft,
+            "reason": reject_reason,
+        }),
     );
     transition.events.insert(
         0,
@@ -565,6 +716,10 @@ fn save(
             artifact_id.short(),
             run.id.short()
         ),
+        Some(_) if !rejection_ends => format!(
+            "Rejected. The draft and your reason are saved; run {} goes on.",
+            run.id.short()
+        ),
         Some(_) => {
             transition.status = RunStatus::Completed;
             let summary = "rejected".to_string();
@@ -580,7 +735,56 @@ fn save(
     transition
 }
 
-/// Closes the run when its last step has completed.
+/// Journals where the run goes after the step at `index`, when it
+/// completed in this transition and the run goes on: the target its `next`
+/// names for its outcome, else the following step, else the end.
+pub(super) fn route_after(
+    transition: &mut Transition,
+    run: &RunRow,
+    state: &RunState,
+    flow: &Flow,
+    index: usize,
+) {
+    let Some(step) = flow.steps.get(index) else {
+        return;
+    };
+    if transition.status != RunStatus::Runnable {
+        return;
+    }
+    let outcome = transition
+        .events
+        .iter()
+        .rev()
+        .find_map(|event| match event {
+            JournalEvent::StepCompleted { step: done, output } if *done == step.name => Some(
+                output
+                    .get("outcome")
+                    .and_then(|o| o.as_str())
+                    .map(str::to_string),
+            ),
+            _ => None,
+        });
+    let Some(outcome) = outcome else {
+        return;
+    };
+    let to = match flow.route(index, outcome.as_deref()) {
+        Target::Step(next) => flow.steps[next].name.clone(),
+        Target::End => END.to_string(),
+    };
+    if state.visits.get(&to).copied().unwrap_or_default() >= MAX_VISITS {
+        let error =
+            format!("the flow entered step '{to}' {MAX_VISITS} times; its loop does not end");
+        *transition = failed(run, &step.name, error, "Check the flow's `next` targets.");
+        return;
+    }
+    transition.events.push(JournalEvent::Routed {
+        from: step.name.clone(),
+        outcome,
+        to,
+    });
+}
+
+/// Closes the run when its route reached the end.
 pub(super) fn finish_if_done(
     transition: &mut Transition,
     state_after: &RunState,

@@ -34,6 +34,8 @@ pub struct Transition {
     /// Guardrail audit rows (kind, detail) the step's decision produced:
     /// flags on its offer, a refusal. Committed with the step.
     pub guardrails: Vec<(String, String)>,
+    /// FUNNEL: posts a publish step scheduled; the publisher sends them.
+    pub publications: Vec<crate::store::NewPublication>,
 }
 
 impl Transition {
@@ -50,6 +52,7 @@ impl Transition {
             actions: Vec::new(),
             batch_item: None,
             guardrails: Vec::new(),
+            publications: Vec::new(),
         }
     }
 }
@@ -114,6 +117,9 @@ impl Engine {
         for (kind, detail) in &transition.guardrails {
             tx.record_guardrail(run.id, kind, detail).await?;
         }
+        for publication in &transition.publications {
+            tx.insert_publication(run.id, publication).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -144,7 +150,10 @@ impl Engine {
                 decided.approval_id
             ))));
         }
-        let asks_for_text = matches!(decided.decision, Decision::Edit | Decision::Reject);
+        let asks_for_text = matches!(
+            decided.decision,
+            Decision::Edit | Decision::Reject | Decision::Revise
+        );
         tx.set_input_from(decided.run_id, asks_for_text.then_some(by.user_id))
             .await?;
         let event = JournalEvent::Decided {

@@ -16,8 +16,11 @@ use serde::Deserialize;
 pub use crate::domain::{CostLabel, Tier};
 
 /// Built-in flows, compiled in.
-const BUILT_IN_FLOWS: [(&str, &str); 1] =
-    [("draft", include_str!("../../config/flows/draft.toml"))];
+const BUILT_IN_FLOWS: [(&str, &str); 2] = [
+    ("draft", include_str!("../../config/flows/draft.toml")),
+    // FUNNEL: draft, fact-check, approve or revise, publish, retract.
+    ("post", include_str!("../../config/flows/post.toml")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -41,6 +44,10 @@ pub struct Flow {
     /// written at start); see [`crate::scheduler::FlowSchedule`].
     #[serde(default)]
     pub schedule: Option<crate::scheduler::FlowSchedule>,
+    /// The event kind that starts this flow by itself (`"lead.received"`):
+    /// one run per event, its payload in the run's input.
+    #[serde(default)]
+    pub on: Option<String>,
     pub steps: Vec<StepDef>,
 }
 
@@ -53,8 +60,36 @@ pub struct StepDef {
     /// a required effect needs an approve step before it.
     #[serde(default)]
     pub effects: Vec<String>,
+    /// FUNNEL: how to undo what the step did to the world (`retract` for
+    /// a publish step), run by `/retract RUN`; see [`crate::funnel`].
+    #[serde(default)]
+    pub compensate: Option<String>,
+    /// Where the run goes after this step: one step, or one per outcome
+    /// (the string at `"outcome"` in the step's output). None: the
+    /// following step in the file.
+    #[serde(default)]
+    pub next: Option<Next>,
     #[serde(flatten)]
     pub kind: StepKind,
+}
+
+/// A step's `next`: `next = "reply"` or `next = { hot = "reply", cold =
+/// "decline" }`. `"end"` completes the run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Next {
+    To(String),
+    ByOutcome(BTreeMap<String, String>),
+}
+
+/// The name a `next` uses to complete the run; no step may take it.
+pub const END: &str = "end";
+
+/// Where a run goes after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Step(usize),
+    End,
 }
 
 /// The step kinds soloist knows; a flow file picks one per step.
@@ -74,6 +109,11 @@ pub enum StepKind {
         /// false: the call may wait for the next batch (cheaper, slower).
         #[serde(default = "urgent_by_default")]
         urgent: bool,
+        /// The answers the model may give (`["hot", "borderline", "cold"]`):
+        /// its answer becomes the step's outcome, which `next` can branch
+        /// on. Empty: the step has no outcome.
+        #[serde(default)]
+        outcomes: Vec<String>,
     },
     /// Retrieves what the business knows about the request (knowledge,
     /// past decisions, the recent conversation); see [`crate::memory`].
@@ -85,7 +125,42 @@ pub enum StepKind {
     Approve {
         draft_from: String,
         artifact_kind: String,
+        /// FUNNEL: also offer Revise (the step's outcome is `revise`, with
+        /// the operator's instruction; the flow loops back to rewrite) and
+        /// Back (the version before the latest revision).
+        #[serde(default)]
+        revise: bool,
     },
+    /// FUNNEL: checks every factual claim of a draft against the knowledge
+    /// base (one structured call, fast tier by default); the approval lists
+    /// the unsupported and contradicted ones with their sources.
+    #[serde(rename = "fact_check")]
+    FactCheck {
+        draft_from: String,
+        #[serde(default = "fast_tier")]
+        tier: Tier,
+        #[serde(default = "fact_check_system")]
+        system: String,
+        #[serde(default = "fact_check_prompt")]
+        prompt: String,
+        #[serde(default)]
+        top_k: Option<usize>,
+    },
+    /// FUNNEL: asks when (now, tomorrow 09:00, Monday 09:00, a time),
+    /// then publishes the text to `publish.targets` at that time, once.
+    Publish { text_from: String },
+}
+
+fn fast_tier() -> Tier {
+    Tier::Fast
+}
+
+fn fact_check_system() -> String {
+    "fact_check_system".into()
+}
+
+fn fact_check_prompt() -> String {
+    "fact_check".into()
 }
 
 fn urgent_by_default() -> bool {
@@ -94,13 +169,104 @@ fn urgent_by_default() -> bool {
 
 impl Flow {
     pub fn needs_model(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|s| matches!(s.kind, StepKind::Generate { .. }))
+        self.steps.iter().any(|s| {
+            matches!(
+                s.kind,
+                StepKind::Generate { .. } | StepKind::FactCheck { .. }
+            )
+        })
     }
 
     pub fn step_index(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
+    }
+
+    /// Where the run goes after the step at `index` ended with `outcome`:
+    /// the target `next` names for it; without `next`, or for an outcome
+    /// its map does not name, the following step (the end after the last).
+    /// Targets are validated at load; one that is not (a journal from an
+    /// edited file) ends the run rather than guessing.
+    pub fn route(&self, index: usize, outcome: Option<&str>) -> Target {
+        let named = match self.steps.get(index).and_then(|s| s.next.as_ref()) {
+            Some(Next::To(target)) => Some(target.as_str()),
+            Some(Next::ByOutcome(map)) => outcome.and_then(|o| map.get(o)).map(String::as_str),
+            None => None,
+        };
+        match named {
+            Some(END) => Target::End,
+            Some(name) => self.step_index(name).map_or(Target::End, Target::Step),
+            None if index + 1 < self.steps.len() => Target::Step(index + 1),
+            None => Target::End,
+        }
+    }
+
+    /// Whether the step's `next` names this outcome explicitly (an approve
+    /// step's rejection ends the run unless its `next` names `rejected`).
+    pub fn names_outcome(&self, step: &str, outcome: &str) -> bool {
+        let next = self
+            .step_index(step)
+            .and_then(|i| self.steps[i].next.as_ref());
+        matches!(next, Some(Next::ByOutcome(map)) if map.contains_key(outcome))
+    }
+
+    /// Every `next` target is a step of this flow or `"end"`; no step is
+    /// called `"end"`.
+    fn validate_targets(&self) -> Result<(), String> {
+        for step in &self.steps {
+            if step.name == END {
+                return Err(format!(
+                    "a step may not be called '{END}': `next = \"{END}\"` completes the run"
+                ));
+            }
+            let targets: Vec<(Option<&str>, &str)> = match &step.next {
+                None => Vec::new(),
+                Some(Next::To(target)) => vec![(None, target.as_str())],
+                Some(Next::ByOutcome(map)) => map
+                    .iter()
+                    .map(|(outcome, target)| (Some(outcome.as_str()), target.as_str()))
+                    .collect(),
+            };
+            for (outcome, target) in targets {
+                if target == END || self.step_index(target).is_some() {
+                    continue;
+                }
+                let on = outcome
+                    .map(|o| format!(" on outcome '{o}'"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "step '{}' goes next{on} to '{target}', which is not a step of this flow (nor \"{END}\")",
+                    step.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps no route reaches from the first (allowed: a draft flow may
+    /// keep a step for later), for a warning at load.
+    pub fn unreachable_steps(&self) -> Vec<&str> {
+        let mut seen = vec![false; self.steps.len()];
+        let mut todo = vec![0];
+        while let Some(index) = todo.pop() {
+            if index >= self.steps.len() || std::mem::replace(&mut seen[index], true) {
+                continue;
+            }
+            let mut outcomes: Vec<Option<&str>> = vec![None];
+            if let Some(Next::ByOutcome(map)) = &self.steps[index].next {
+                outcomes.extend(map.keys().map(|k| Some(k.as_str())));
+            }
+            for outcome in outcomes {
+                if let Target::Step(next) = self.route(index, outcome) {
+                    todo.push(next);
+                }
+            }
+        }
+        self.steps
+            .iter()
+            .zip(seen)
+            .filter(|(_, seen)| !seen)
+            .map(|(step, _)| step.name.as_str())
+            .collect()
     }
 
     /// Step names are unique, references point to earlier steps, prompts
@@ -112,6 +278,7 @@ impl Flow {
         if let Some(schedule) = &self.schedule {
             schedule.validate()?;
         }
+        self.validate_targets()?;
         for (index, step) in self.steps.iter().enumerate() {
             if self.step_index(&step.name) != Some(index) {
                 return Err(format!("step name '{}' is used twice", step.name));
@@ -137,9 +304,40 @@ impl Flow {
                         ));
                     }
                 },
+                StepKind::FactCheck {
+                    draft_from,
+                    system,
+                    prompt,
+                    ..
+                } => {
+                    self.earlier(index, draft_from)?;
+                    for name in [system, prompt] {
+                        if !prompts.has(name) {
+                            return Err(format!(
+                                "step '{}' uses prompt '{name}', but there is no prompts/{name}.md",
+                                step.name
+                            ));
+                        }
+                    }
+                }
+                StepKind::Publish { text_from } => self.earlier(index, text_from)?,
+            }
+            if let Some(compensation) = &step.compensate {
+                crate::funnel::check_compensation(step, compensation)?;
             }
         }
         Ok(())
+    }
+
+    /// `source` names a step before the one at `index`.
+    fn earlier(&self, index: usize, source: &str) -> Result<(), String> {
+        match self.step_index(source) {
+            Some(at) if at < index => Ok(()),
+            _ => Err(format!(
+                "step '{}' takes its text from '{source}', which is not an earlier step",
+                self.steps[index].name
+            )),
+        }
     }
 }
 
@@ -177,6 +375,10 @@ impl FlowCatalog {
                     file: file.clone(),
                     message,
                 })?;
+            let unreachable = flow.unreachable_steps();
+            if !unreachable.is_empty() {
+                tracing::warn!(%file, steps = ?unreachable, "no route reaches these steps");
+            }
             flows.insert(flow.name.clone(), flow);
         }
         Ok(FlowCatalog { flows })
@@ -184,6 +386,14 @@ impl FlowCatalog {
 
     pub fn get(&self, name: &str) -> Option<&Flow> {
         self.flows.get(name)
+    }
+
+    /// The flows whose `on` names this event kind.
+    pub fn subscribers<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a str> {
+        self.flows
+            .values()
+            .filter(move |flow| flow.on.as_deref() == Some(kind))
+            .map(|flow| flow.name.as_str())
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

@@ -7,9 +7,16 @@ use std::path::Path;
 
 use minijinja::Environment;
 
-const BUILT_IN_PROMPTS: [(&str, &str); 4] = [
+const BUILT_IN_PROMPTS: [(&str, &str); 7] = [
     ("system", include_str!("../../prompts/system.md")),
     ("draft", include_str!("../../prompts/draft.md")),
+    // FUNNEL: the fact check and the rewrite a Revise asks for.
+    ("fact_check", include_str!("../../prompts/fact_check.md")),
+    (
+        "fact_check_system",
+        include_str!("../../prompts/fact_check_system.md"),
+    ),
+    ("revise", include_str!("../../prompts/revise.md")),
     ("route", include_str!("../../prompts/route.md")),
     (
         "route_system",

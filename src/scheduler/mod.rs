@@ -131,6 +131,8 @@ pub struct TickReport {
     pub missed: Vec<MissRecord>,
     /// Fires whose job ran (this tick's and leftovers of earlier ones).
     pub completed: usize,
+    /// FUNNEL: posts published this tick.
+    pub published: usize,
 }
 
 #[derive(Clone)]
@@ -285,6 +287,8 @@ impl Scheduler {
             }
         }
         report.completed = self.run_pending(now).await?;
+        // FUNNEL: posts due by now go out, each once.
+        report.published = crate::funnel::publish_due(&self.store, &self.settings, now).await?;
         Ok(report)
     }
 

@@ -26,7 +26,13 @@ impl NewApproval {
     /// An approval for `draft` with fresh Approve / Edit / Reject tokens and
     /// the message that offers them.
     pub fn offer(step: &str, draft: &str, text: String) -> Self {
-        let buttons: Vec<(Decision, ButtonToken)> = Decision::ALL
+        Self::offer_with(step, draft, text, &Decision::ALL)
+    }
+
+    /// An approval offering these decisions (FUNNEL: Revise and Back
+    /// besides the usual three).
+    pub fn offer_with(step: &str, draft: &str, text: String, decisions: &[Decision]) -> Self {
+        let buttons: Vec<(Decision, ButtonToken)> = decisions
             .iter()
             .map(|d| (*d, ButtonToken::generate()))
             .collect();
@@ -172,7 +178,7 @@ impl Store {
                     Ok((decision, token))
                 })
                 .collect::<StoreResult<Vec<_>>>()?;
-            buttons.sort_by_key(|(d, _)| Decision::ALL.iter().position(|x| x == d));
+            buttons.sort_by_key(|(d, _)| Decision::EVERY.iter().position(|x| x == d));
             approvals.push(ApprovalSummary {
                 id: parse_id(&id)?,
                 run_id: parse_id(&run_id)?,

@@ -19,12 +19,14 @@ mod batch;
 mod budget;
 mod digest;
 mod digest_usage;
+pub mod events;
 mod guardrails;
 mod journal;
 mod leases;
 mod ledger;
 mod messages;
 mod outbox;
+mod publications;
 mod reservations;
 mod runs;
 mod schedules;
@@ -41,6 +43,7 @@ pub use leases::{ClaimedRun, Fenced};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::InboundRecord;
 pub use outbox::{Claim, OutboxMessage, OutboxTrouble, Settlement};
+pub use publications::{NewPublication, Publication, ResultRow};
 pub use reservations::{HeldReservation, Release, ReleasedSummary};
 pub use runs::{NewArtifact, NewRun, RunRow};
 pub use schedules::{DueSchedule, FirePlan, MissRecord, PendingFire, ScheduleRow};
@@ -279,6 +282,8 @@ const MIGRATIONS: Migrations = migrations![
     7 "schedules" "0007_schedules.sql",
     8 "memory" "0008_memory.sql",
     9 "guardrails" "0009_guardrails.sql",
+    10 "events and autonomy" "0010_events_autonomy.sql",
+    12 "funnel: publications and results" "0012_funnel.sql",
     14 "coordination: leader leases, shared send pacing" "0014_coordination.sql",
     15 "embeddings" "0015_embeddings.sql",
 ];

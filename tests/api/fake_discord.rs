@@ -156,6 +156,10 @@ pub struct World {
     /// DM channels opened by `POST /users/@me/channels`: user id to
     /// channel id (Discord returns the same channel when asked again).
     pub dm_channels: BTreeMap<String, String>,
+    /// Ids of messages deleted with `DELETE /channels/{id}/messages/{id}`.
+    pub deleted: Vec<u64>,
+    /// Scripted answers for the next deletes: (status, code, message).
+    delete_refusals: VecDeque<(u16, u64, &'static str)>,
 }
 
 impl World {
@@ -229,7 +233,10 @@ impl FakeDiscord {
                 put(guild_commands),
             )
             .route("/channels/{channel}/messages", post(create_message))
-            .route("/channels/{channel}/messages/{id}", patch(edit_message))
+            .route(
+                "/channels/{channel}/messages/{id}",
+                patch(edit_message).delete(delete_message),
+            )
             .route("/interactions/{id}/{token}/callback", post(callback))
             .route("/webhooks/{app}/{token}", post(follow_up))
             .route(
@@ -247,6 +254,16 @@ impl FakeDiscord {
             api_url: format!("http://{address}/api/v10"),
             world,
         }
+    }
+
+    /// The next message delete is refused with this status, JSON error
+    /// code and message (e.g. 403, 50013, "Missing Permissions").
+    pub fn refuse_next_delete(&self, status: u16, code: u64, message: &'static str) {
+        self.world
+            .lock()
+            .unwrap()
+            .delete_refusals
+            .push_back((status, code, message));
     }
 
     /// Reads the world.
@@ -852,6 +869,35 @@ async fn edit_message(
             apply_edit(message, &body, Vec::new());
             let message = message.clone();
             message_response(&message)
+        }
+        None => discord_error(StatusCode::NOT_FOUND, 10008, "Unknown Message"),
+    }
+}
+
+/// `DELETE /channels/{id}/messages/{id}`: 204, or 404 Unknown Message
+/// (already gone), or a scripted refusal (`refuse_next_delete`).
+async fn delete_message(
+    State((world, _)): State<ApiState>,
+    Path((channel, id)): Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut world = world.lock().unwrap();
+    if let Some(refused) = gate(
+        &mut world,
+        &headers,
+        "DELETE",
+        &format!("/channels/{channel}/messages/{id}"),
+    ) {
+        return refused;
+    }
+    if let Some((status, code, message)) = world.delete_refusals.pop_front() {
+        return discord_error(StatusCode::from_u16(status).unwrap(), code, message);
+    }
+    match world.messages.get(&id).filter(|m| m.channel == channel) {
+        Some(_) => {
+            world.messages.remove(&id);
+            world.deleted.push(id);
+            StatusCode::NO_CONTENT.into_response()
         }
         None => discord_error(StatusCode::NOT_FOUND, 10008, "Unknown Message"),
     }

@@ -116,6 +116,8 @@ pub struct State {
     /// two pollers of one bot steal each other's updates).
     polls_open: usize,
     pub overlapping_polls: u64,
+    /// (chat, message id) of every message deleted with `deleteMessage`.
+    pub deleted: Vec<(i64, i64)>,
 }
 
 /// Closes a `getUpdates` call in the count of open ones, however it ends.
@@ -647,6 +649,25 @@ fn call(state: &mut State, method: &str, params: &Params) -> Response {
             match send_or_edit(state, method, params, chat) {
                 Ok(sent) => ok(message_json(&sent)),
                 Err(description) => error(400, &description),
+            }
+        }
+        // Deletes a message the bot sent (Telegram lets a bot delete its
+        // own messages for 48 hours; a test scripts the refusal after that
+        // with `fail_next("deletemessage", …)`).
+        "deletemessage" => {
+            let chat = params.i64("chat_id").unwrap_or(0);
+            let id = params.i64("message_id").unwrap_or(0);
+            match state
+                .sent
+                .iter()
+                .position(|s| s.chat_id == chat && s.message_id == id)
+            {
+                Some(at) => {
+                    state.sent.remove(at);
+                    state.deleted.push((chat, id));
+                    ok(json!(true))
+                }
+                None => error(400, "Bad Request: message to delete not found"),
             }
         }
         _ => error(404, "Not Found"),

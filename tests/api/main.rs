@@ -19,6 +19,8 @@ mod discord;
 mod doctor;
 mod failures;
 mod gaps;
+mod flows;
+mod funnel;
 mod http;
 mod memory;
 mod models;
