@@ -13,7 +13,7 @@ impl Controller {
         _args: &str,
     ) -> Result<Handled, ControllerError> {
         Ok(Handled::replies(
-            scheduler::digest_now(&self.store, &self.settings).await?,
+            scheduler::digest_now(&self.store, &self.settings, &self.agents).await?,
         ))
     }
 

@@ -10,10 +10,18 @@ use crate::config::Settings;
 use crate::domain::{Action, Outbound, action_buttons};
 use crate::store::{ScheduleRow, Store, StoreError, Tx};
 
-/// `/digest`: the digest now, with its chart and the open approvals.
-pub async fn digest_now(store: &Store, settings: &Settings) -> Result<Vec<Outbound>, StoreError> {
+/// `/digest`: the digest now, with its chart and the open approvals (and
+/// the summary paragraph when `digest.summary` is on).
+pub async fn digest_now(
+    store: &Store,
+    settings: &Settings,
+    agents: &crate::agents::Agents,
+) -> Result<Vec<Outbound>, StoreError> {
     match crate::digest::build_now(store, settings).await {
-        Ok(digest) => Ok(digest.messages()),
+        Ok(mut digest) => {
+            crate::digest::summary::summarize(agents, settings, &mut digest).await;
+            Ok(digest.messages())
+        }
         Err(crate::digest::DigestError::Store(error)) => Err(error),
         Err(error) => {
             tracing::error!(error = ?error, "building the digest failed");

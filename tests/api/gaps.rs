@@ -406,19 +406,23 @@ async fn the_digest_summary_is_written_by_the_fast_tier_and_costed(db: Db) {
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0]["model"], "gpt-4o-mini");
     assert!(user_content(&requests[0]).contains("Runs yesterday:"));
-    let rows: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT COALESCE(flow, ''), COALESCE(step, ''), tier FROM cost_ledger")
-            .fetch_all(app.app.store.pool())
-            .await
-            .unwrap();
-    assert_eq!(
-        rows,
-        [(
-            "digest".to_string(),
-            "summary".to_string(),
-            "fast".to_string()
-        )]
+
+    // `/digest` adds it too.
+    app.llm.then(Behavior::reply("Still calm."));
+    let now = app.say("/digest").await;
+    assert!(now[0].text.contains("\n\nStill calm.\n"), "{}", now[0].text);
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT COALESCE(flow, ''), COALESCE(step, ''), tier FROM cost_ledger ORDER BY id",
+    )
+    .fetch_all(app.app.store.pool())
+    .await
+    .unwrap();
+    let summary = (
+        "digest".to_string(),
+        "summary".to_string(),
+        "fast".to_string(),
     );
+    assert_eq!(rows, [summary.clone(), summary]);
 }
 
 async fn over_budget_the_digest_goes_out_with_its_numbers_and_says_why_there_is_no_summary(db: Db) {
