@@ -53,7 +53,7 @@ pub async fn check(settings: &Settings, home: &Path) -> Vec<Finding> {
         });
     }
     findings.extend(check_who_may_act(settings));
-    findings.push(crate::memory::doctor_finding(&settings));
+    findings.push(crate::memory::doctor_finding(settings));
     findings
 }
 

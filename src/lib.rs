@@ -37,8 +37,9 @@
 //!   effects that need an approval, rate limits, the fast-tier review of
 //!   high-quality drafts and the optional router-tier injection
 //!   classifier; audited per run.
-//! - [`memory`]: knowledge with provenance (ingest, chunks, full-text
-//!   retrieval on both databases), the decision log, the chat window and
+//! - [`memory`]: knowledge with provenance (ingest, readable pages, chunks,
+//!   full-text retrieval on both databases fused with an optional
+//!   `/embeddings` embedder's vectors), the decision log, the chat window and
 //!   working memory; the `retrieve` step and `/remember`, `/memory`,
 //!   `/forget`, `/sources`, `/forget_person`.
 //! - [`outbox`]: delivers queued messages to a platform: rows claimed with
