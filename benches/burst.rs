@@ -20,7 +20,6 @@
 #[allow(dead_code)]
 #[path = "../tests/api/fake_llm.rs"]
 mod fake_llm;
-#[allow(dead_code)]
 #[path = "../tests/api/fake_telegram.rs"]
 mod fake_telegram;
 #[allow(dead_code)]

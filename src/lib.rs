@@ -15,8 +15,10 @@
 //!   through the gateway (serenity) and delivers the outbox over REST.
 //! - [`frontdoor`]: the same way in for every platform: record the update,
 //!   queue it in its chat's lane (in order per chat, chats in parallel,
-//!   bounded), hand it to the controller (retried, a failure never
-//!   dropped), wake delivery.
+//!   bounded, the poller held back when full), hand it to the controller
+//!   (retried, a failure never dropped), wake delivery with the chat. The
+//!   raw update and its inbound are one commit per platform batch; a
+//!   command that only reads is answered in one more.
 //! - [`controller`]: who is speaking and where (`controller::access`),
 //!   which command or button, which flow. `commands` holds the one command
 //!   table (parsing, `/help`, the platforms' menus and the router's intents
@@ -44,8 +46,10 @@
 //!   `/forget`, `/sources`, `/forget_person`.
 //! - [`outbox`]: delivers queued messages to a platform: rows claimed with
 //!   a lease, in order per chat, fair across chats, within the platform's
-//!   rate limits, retried until delivered, marked once. Started once for
-//!   every platform by [`outbox::start`].
+//!   rate limits, retried until delivered, marked once. Woken with the
+//!   chats that have a row (in process, and on PostgreSQL by LISTEN/NOTIFY
+//!   from any process) instead of reading every pending row. Started once
+//!   for every platform by [`outbox::start`].
 //! - [`retry_after`]: every server's "retry after", read with a cap.
 //! - [`runtime`]: `soloist run`: the worker, the scheduler, HTTP and the
 //!   platforms until shutdown; a service that stops on its own stops the

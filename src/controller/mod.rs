@@ -228,7 +228,10 @@ impl Controller {
     /// A command that only reads (`/help`, a report) is answered first and
     /// recorded with its reply in one transaction: one commit, not one to
     /// record it and one to finish it. None for anything else.
-    async fn answer_read_only(&self, inbound: &Inbound) -> Result<Option<Outcome>, ControllerError> {
+    async fn answer_read_only(
+        &self,
+        inbound: &Inbound,
+    ) -> Result<Option<Outcome>, ControllerError> {
         let InboundContent::Text(text) = &inbound.content else {
             return Ok(None);
         };
@@ -242,7 +245,9 @@ impl Controller {
         if !commands::READ_ONLY.contains(&command.spec.name) {
             return Ok(None);
         }
-        let handled = self.command(&self.as_known_speaker(inbound), command).await?;
+        let handled = self
+            .command(&self.as_known_speaker(inbound), command)
+            .await?;
         let answered = self.store.answer_in_one(inbound, &handled.replies).await?;
         Ok(Some(if answered {
             handled.outcome

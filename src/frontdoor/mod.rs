@@ -319,13 +319,13 @@ impl Marks {
                 _ = self.news.notified() => false,
             };
             let ids = std::mem::take(&mut *self.lock());
-            if !ids.is_empty() {
-                if let Err(error) = store.mark_updates_handled(platform, &ids).await {
-                    tracing::warn!(error = %error_chain(&error), "could not mark updates handled; will try again (a restart finds them done)");
-                    self.lock().extend(ids);
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    self.news.notify_one();
-                }
+            if !ids.is_empty()
+                && let Err(error) = store.mark_updates_handled(platform, &ids).await
+            {
+                tracing::warn!(error = %error_chain(&error), "could not mark updates handled; will try again (a restart finds them done)");
+                self.lock().extend(ids);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                self.news.notify_one();
             }
             if stopping {
                 return;

@@ -32,7 +32,11 @@ impl Store {
     /// Records an update that only reads and its replies in one
     /// transaction (the inbound, the log, the queued replies, handled).
     /// False, writing nothing, when it was handled before.
-    pub async fn answer_in_one(&self, inbound: &Inbound, replies: &[Outbound]) -> StoreResult<bool> {
+    pub async fn answer_in_one(
+        &self,
+        inbound: &Inbound,
+        replies: &[Outbound],
+    ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         if record_inbound_in(&mut tx, inbound).await? == InboundRecord::Duplicate
             || !finish_inbound_in(&mut tx, inbound, replies).await?

@@ -50,9 +50,9 @@ pub use schedules::{DueSchedule, FirePlan, MissRecord, PendingFire, ScheduleRow}
 pub use updates::{PendingInteraction, RecordedUpdate};
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};

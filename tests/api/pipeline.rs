@@ -96,7 +96,11 @@ impl Drop for Burst {
 
 fn run(app: &App, shutdown: &CancellationToken) {
     let services = platform_services(app, shutdown);
-    tokio::spawn(soloist::runtime::run(app.clone(), services, shutdown.clone()));
+    tokio::spawn(soloist::runtime::run(
+        app.clone(),
+        services,
+        shutdown.clone(),
+    ));
 }
 
 /// Generation calls the fake model answered (chat completions and
@@ -112,7 +116,9 @@ async fn n_drafts_at_once_make_exactly_n_generation_calls(db: Db) {
     for chat in FIRST_CHAT..FIRST_CHAT + N {
         burst.tg.user_says(chat, "/draft a post about the audit");
     }
-    burst.offers_in(FIRST_CHAT..FIRST_CHAT + N, "Approve", 60).await;
+    burst
+        .offers_in(FIRST_CHAT..FIRST_CHAT + N, "Approve", 60)
+        .await;
     // Anything still running (a second driver of one step) has time to
     // reach the model.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -165,7 +171,9 @@ async fn a_paid_step_whose_commit_fails_for_a_moment_is_committed_not_paid_again
     let store = burst.test.app.store.clone();
     refuse_drafts(&store, db).await;
 
-    burst.tg.user_says(FIRST_CHAT, "/draft a post about the audit");
+    burst
+        .tg
+        .user_says(FIRST_CHAT, "/draft a post about the audit");
     let llm = burst.test.llm.clone();
     burst
         .tg
@@ -173,7 +181,9 @@ async fn a_paid_step_whose_commit_fails_for_a_moment_is_committed_not_paid_again
         .await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     accept_drafts(&store, db).await;
-    burst.offers_in(FIRST_CHAT..FIRST_CHAT + 1, "Approve", 20).await;
+    burst
+        .offers_in(FIRST_CHAT..FIRST_CHAT + 1, "Approve", 20)
+        .await;
     // Past the lease and the worker's next look for runs left behind.
     tokio::time::sleep(Duration::from_secs(6)).await;
 
@@ -190,20 +200,21 @@ async fn a_paid_step_whose_commit_fails_for_a_moment_is_committed_not_paid_again
 async fn a_first_reply_leaves_while_later_updates_of_the_burst_are_still_waiting(db: Db) {
     const N: i64 = 200;
     let burst = Burst::start(db, N, |_| {}).await;
-    burst
-        .test
-        .llm
-        .always(crate::fake_llm::Behavior::Delayed(
-            Duration::from_millis(20),
-            Box::new(crate::fake_llm::Behavior::reply(crate::fake_llm::DEFAULT_DRAFT)),
-        ));
+    burst.test.llm.always(crate::fake_llm::Behavior::Delayed(
+        Duration::from_millis(20),
+        Box::new(crate::fake_llm::Behavior::reply(
+            crate::fake_llm::DEFAULT_DRAFT,
+        )),
+    ));
 
     for chat in FIRST_CHAT..FIRST_CHAT + N {
         burst.tg.user_says(chat, "/draft a post about the audit");
     }
     burst
         .tg
-        .wait_for(30, "the first reply", |s| (!s.sent.is_empty()).then_some(()))
+        .wait_for(30, "the first reply", |s| {
+            (!s.sent.is_empty()).then_some(())
+        })
         .await;
     let waiting: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM platform_updates WHERE handled_at IS NULL AND failed_at IS NULL",
@@ -222,7 +233,9 @@ async fn a_first_reply_leaves_while_later_updates_of_the_burst_are_still_waiting
         still_waiting > N / 2,
         "the first reply left when only {still_waiting} of {N} updates were still waiting"
     );
-    burst.offers_in(FIRST_CHAT..FIRST_CHAT + N, "Approve", 60).await;
+    burst
+        .offers_in(FIRST_CHAT..FIRST_CHAT + N, "Approve", 60)
+        .await;
 }
 
 /// Records, for every write to the tables a /help touches, the id of the
