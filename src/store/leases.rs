@@ -193,6 +193,16 @@ impl Store {
         Ok(())
     }
 
+    /// Drops the lease `name` whoever holds it: only for SQLite at start,
+    /// where any holder is a dead process.
+    pub async fn drop_leader_lease(&self, name: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM leader_leases WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Who holds the lease `name` now, if anyone (for tests and doctor).
     pub async fn leader_lease_holder(&self, name: &str) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar(
