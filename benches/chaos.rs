@@ -235,7 +235,11 @@ async fn scenario(pg_url: Option<String>, processes: usize, kills: usize) -> Out
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut finished = 0;
     while Instant::now() < deadline {
-        finished = scalar(&store, "SELECT COUNT(*) FROM runs WHERE status = 'completed'").await;
+        finished = scalar(
+            &store,
+            "SELECT COUNT(*) FROM runs WHERE status = 'completed'",
+        )
+        .await;
         if finished as u64 >= asked {
             break;
         }

@@ -52,6 +52,11 @@
 //!   Built-in housekeeping jobs (working-memory purge, payload pruning, URL
 //!   refresh, reservation sweep, fire-history pruning) run as schedules
 //!   whose misses are not recorded ([`scheduler::housekeeping`]).
+//! - [`coordination`]: work only one process may do when several share a
+//!   database (the Telegram poller, the Discord gateway shard): a leased
+//!   row renewed by a heartbeat, taken over when its holder dies; and the
+//!   lock file that keeps a SQLite database to one long-running process.
+//! - [`backup`]: `soloist backup` (SQLite's `VACUUM INTO`).
 //! - [`digest`]: the daily digest: SQL numbers, a template, a chart (PNG).
 //! - [`http`]: `/healthz` (adapters report through [`http::Health`]) and
 //!   `/metrics` (Prometheus) for `soloist run`; the Telegram webhook mounts

@@ -251,8 +251,6 @@ impl Store {
                 .bind(scope)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(Some(
-            tat.map_or(1, |tat| (tat - tolerance_ms - now).max(1)),
-        ))
+        Ok(Some(tat.map_or(1, |tat| (tat - tolerance_ms - now).max(1))))
     }
 }
