@@ -25,7 +25,6 @@ mod common;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_llm.rs"]
 mod fake_llm;
-#[allow(dead_code)]
 #[path = "../tests/api/fake_telegram.rs"]
 mod fake_telegram;
 

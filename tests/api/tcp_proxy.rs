@@ -119,8 +119,7 @@ async fn every_connection_cut_during_a_draft_then_restored_the_draft_arrives_and
     let fake = tg.clone();
     let via = proxy.clone();
     let test = TestApp::spawn_with(Db::Postgres, move |settings| {
-        settings.database.url =
-            Secret::new(via.url_for(&settings.database.url.expose().unwrap().to_string()));
+        settings.database.url = Secret::new(via.url_for(settings.database.url.expose().unwrap()));
         settings.telegram.token = Secret::new(fake.token.clone());
         settings.telegram.api_url = fake.api_url.clone();
         settings.telegram.allowed_user_ids = vec![OWNER.to_string()];
