@@ -25,7 +25,6 @@ mod common;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_llm.rs"]
 mod fake_llm;
-#[allow(dead_code)]
 #[path = "../tests/api/fake_telegram.rs"]
 mod fake_telegram;
 
@@ -235,7 +234,11 @@ async fn scenario(pg_url: Option<String>, processes: usize, kills: usize) -> Out
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut finished = 0;
     while Instant::now() < deadline {
-        finished = scalar(&store, "SELECT COUNT(*) FROM runs WHERE status = 'completed'").await;
+        finished = scalar(
+            &store,
+            "SELECT COUNT(*) FROM runs WHERE status = 'completed'",
+        )
+        .await;
         if finished as u64 >= asked {
             break;
         }

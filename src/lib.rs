@@ -60,6 +60,11 @@
 //!   Built-in housekeeping jobs (working-memory purge, payload pruning, URL
 //!   refresh, reservation sweep, fire-history pruning) run as schedules
 //!   whose misses are not recorded ([`scheduler::housekeeping`]).
+//! - [`coordination`]: work only one process may do when several share a
+//!   database (the Telegram poller, the Discord gateway shard): a leased
+//!   row renewed by a heartbeat, taken over when its holder dies; and the
+//!   lock file that keeps a SQLite database to one long-running process.
+//! - [`backup`]: `soloist backup` (SQLite's `VACUUM INTO`).
 //! - [`funnel`]: the content funnel's step kinds (`fact_check`, `publish`,
 //!   Revise / Back on an approval), the publisher (due posts, once), the
 //!   `retract` compensation flow files declare, `/result` numbers.

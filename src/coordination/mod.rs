@@ -63,6 +63,14 @@ where
     Fut: Future<Output = Result<(), E>>,
 {
     let holder = holder_id();
+    if store.backend() == crate::store::Backend::Sqlite {
+        // One long-running process uses a SQLite file (its lock file says
+        // so): a lease found there is a dead process's, not worth waiting
+        // out.
+        if let Err(error) = store.drop_leader_lease(name).await {
+            tracing::debug!(error = ?error, lease = name, "could not drop a dead process's lease; it lapses");
+        }
+    }
     let mut outage = Outage::default();
     let mut waiting_logged = false;
     loop {

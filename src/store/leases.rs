@@ -193,6 +193,16 @@ impl Store {
         Ok(())
     }
 
+    /// Drops the lease `name` whoever holds it: only for SQLite at start,
+    /// where any holder is a dead process.
+    pub async fn drop_leader_lease(&self, name: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM leader_leases WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Who holds the lease `name` now, if anyone (for tests and doctor).
     pub async fn leader_lease_holder(&self, name: &str) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar(
@@ -241,8 +251,6 @@ impl Store {
                 .bind(scope)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(Some(
-            tat.map_or(1, |tat| (tat - tolerance_ms - now).max(1)),
-        ))
+        Ok(Some(tat.map_or(1, |tat| (tat - tolerance_ms - now).max(1))))
     }
 }

@@ -131,10 +131,18 @@ fn all_answered_in_order(state: &State, per_chat: usize) -> Option<()> {
                     .filter(|(_, text)| text.contains(&asked(chat, k)))
                     .map(|(i, _)| i)
                     .collect();
-                assert!(found.len() <= 1, "{} answered {} times", asked(chat, k), found.len());
+                assert!(
+                    found.len() <= 1,
+                    "{} answered {} times",
+                    asked(chat, k),
+                    found.len()
+                );
                 order.push(*found.first()?);
             }
-            assert!(order.windows(2).all(|w| w[0] < w[1]), "chat {chat} answered out of order: {replies:#?}");
+            assert!(
+                order.windows(2).all(|w| w[0] < w[1]),
+                "chat {chat} answered out of order: {replies:#?}"
+            );
         }
         Some(())
     }
@@ -161,8 +169,10 @@ async fn two_processes_on_one_postgres_answer_each_update_once_in_order_and_one_
 
     // A starts first and so holds the polling lease; B stands by.
     let mut a = Process::start(home.path(), "a", &run, Some(&db.url), &llm);
-    tg.wait_for(30, "process A polling", |s| (!s.offsets.is_empty()).then_some(()))
-        .await;
+    tg.wait_for(30, "process A polling", |s| {
+        (!s.offsets.is_empty()).then_some(())
+    })
+    .await;
     let mut b = Process::start(home.path(), "b", &run, Some(&db.url), &llm);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -192,7 +202,10 @@ async fn two_processes_on_one_postgres_answer_each_update_once_in_order_and_one_
         if pending == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{pending} replies never marked delivered");
+        assert!(
+            Instant::now() < deadline,
+            "{pending} replies never marked delivered"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 

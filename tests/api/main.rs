@@ -5,9 +5,9 @@
 mod fake_discord;
 mod fake_llm;
 mod fake_telegram;
-mod tcp_proxy;
 mod fixtures;
 mod helpers;
+mod tcp_proxy;
 
 mod approvals;
 mod backup;

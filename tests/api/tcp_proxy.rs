@@ -119,7 +119,7 @@ async fn every_connection_cut_during_a_draft_then_restored_the_draft_arrives_and
     let fake = tg.clone();
     let via = proxy.clone();
     let test = TestApp::spawn_with(Db::Postgres, move |settings| {
-        settings.database.url = Secret::new(via.url_for(&settings.database.url.expose().unwrap().to_string()));
+        settings.database.url = Secret::new(via.url_for(settings.database.url.expose().unwrap()));
         settings.telegram.token = Secret::new(fake.token.clone());
         settings.telegram.api_url = fake.api_url.clone();
         settings.telegram.allowed_user_ids = vec![OWNER.to_string()];
@@ -141,13 +141,22 @@ async fn every_connection_cut_during_a_draft_then_restored_the_draft_arrives_and
     tg.user_says(OWNER, "/draft a post about the spring audit");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while test.llm.calls() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the model was never called");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the model was never called"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(proxy.refused() > 0, "soloist tried the database during the outage");
-    assert!(!running.is_finished(), "soloist keeps running while the database is away");
+    assert!(
+        proxy.refused() > 0,
+        "soloist tried the database during the outage"
+    );
+    assert!(
+        !running.is_finished(),
+        "soloist keeps running while the database is away"
+    );
     proxy.restore();
 
     let offer = tg
@@ -160,5 +169,8 @@ async fn every_connection_cut_during_a_draft_then_restored_the_draft_arrives_and
     assert!(offer.button("Approve").is_some());
     assert!(!running.is_finished(), "soloist is still running");
     shutdown.cancel();
-    running.await.unwrap().expect("a clean stop after the outage");
+    running
+        .await
+        .unwrap()
+        .expect("a clean stop after the outage");
 }
