@@ -34,6 +34,12 @@ pub struct Transition {
     /// Guardrail audit rows (kind, detail) the step's decision produced:
     /// flags on its offer, a refusal. Committed with the step.
     pub guardrails: Vec<(String, String)>,
+    /// Events the step caused (`draft.approved`, `run.failed`, …),
+    /// emitted in the step's transaction: (kind, payload, idempotency key).
+    pub emits: Vec<(String, serde_json::Value, String)>,
+    /// Messages to chats other than the run's (the owner told of a failed
+    /// run started elsewhere).
+    pub notices: Vec<(ChatRef, Outbound)>,
 }
 
 impl Transition {
@@ -50,6 +56,8 @@ impl Transition {
             actions: Vec::new(),
             batch_item: None,
             guardrails: Vec::new(),
+            emits: Vec::new(),
+            notices: Vec::new(),
         }
     }
 }
@@ -113,6 +121,12 @@ impl Engine {
         }
         for (kind, detail) in &transition.guardrails {
             tx.record_guardrail(run.id, kind, detail).await?;
+        }
+        for (kind, payload, key) in &transition.emits {
+            crate::store::events::emit_in(&mut tx, kind, payload.clone(), key).await?;
+        }
+        for (chat, message) in &transition.notices {
+            tx.enqueue(chat, Some(run.id), message).await?;
         }
         tx.commit().await?;
         Ok(true)
