@@ -14,6 +14,7 @@ mod console;
 mod digest;
 mod discord;
 mod doctor;
+mod events;
 mod failures;
 mod flows;
 mod funnel;
