@@ -65,6 +65,14 @@ impl Controller {
             tokens,
             cost,
         );
+        if let Some(event) = &state.input.event {
+            let _ = write!(
+                text,
+                "\nStarted by event {} ({})",
+                event["kind"].as_str().unwrap_or("?"),
+                event["id"].as_str().unwrap_or("?")
+            );
+        }
         if let Some(retrieval) = crate::memory::retrieval_line(&state.outputs) {
             let _ = write!(text, "\nRetrieved: {retrieval}");
         }

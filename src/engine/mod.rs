@@ -342,6 +342,9 @@ impl Engine {
             None => Transition::new(RunStatus::Runnable),
         };
         steps::route_after(&mut transition, &claimed.run, &state, flow, cursor);
+        if transition.status == RunStatus::Failed {
+            self.announce_failure(&mut transition, &claimed.run, &state);
+        }
         let after = state.followed_by(&transition.events)?;
         steps::finish_if_done(&mut transition, &after, flow, run.id);
         let committed = self
@@ -391,6 +394,54 @@ impl Engine {
             match self.inner.store.journal(claimed.run.id).await {
                 Ok(journal) if journal.len() > seen => return Ok(true),
                 _ => {}
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// A run that failed emits `run.failed` (keyed on the run and the
+    /// journal's length, so a retried run that fails again is a new event)
+    /// and, unless `events.notify_run_failed` is off, tells the owner's
+    /// chats ([`crate::digest::owner_chats`]) other than the run's own,
+    /// which the failed step already told.
+    fn announce_failure(
+        &self,
+        transition: &mut Transition,
+        run: &crate::store::RunRow,
+        state: &RunState,
+    ) {
+        let (step, error) = transition
+            .events
+            .iter()
+            .find_map(|e| match e {
+                crate::domain::JournalEvent::Failed { step, error } => {
+                    Some((step.clone(), error.clone()))
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        let payload = serde_json::json!({
+            "run_id": run.id,
+            "flow": run.flow,
+            "step": step,
+            "error": error,
+        });
+        let key = format!("run.failed:{}:{}", run.id, state.events);
+        transition.emits.push(("run.failed".into(), payload, key));
+        if !self.inner.settings.events.notify_run_failed {
+            return;
+        }
+        let short = run.id.short();
+        let text = format!(
+            "Run {short} ({}) failed at step '{step}': {error}. /run {short} shows it; /retry {short} tries again.",
+            run.flow
+        );
+        for chat in crate::digest::owner_chats(&self.inner.settings) {
+            if chat != run.chat {
+                transition
+                    .notices
+                    .push((chat, crate::domain::Outbound::text(text.clone())));
             }
         }
     }

@@ -173,6 +173,7 @@ impl Engine {
             "policy": settings.policy,
             "request": state.input.request,
             "outputs": state.outputs,
+            "event": state.input.event,
         })
     }
 
@@ -184,6 +185,9 @@ impl Engine {
         let origin = self.run_origin(run.id).await;
         values["request"] = crate::policy::quote(origin, &state.input.request).into();
         values["outputs"] = quote_outputs(&state.outputs, origin);
+        if let Some(event) = values.get_mut("event") {
+            quote_strings(event, origin);
+        }
         values
     }
 
@@ -317,6 +321,26 @@ impl Engine {
     ) -> Transition {
         tracing::warn!(error = ?error, "model step failed");
         let mut transition = failed(run, &step.name, error.to_string(), error.advice());
+        if let ModelError::Blocked(refusal) = error {
+            let payload = json!({
+                "run_id": run.id,
+                "flow": run.flow,
+                "step": step.name,
+                "cap": refusal.which,
+                "needed_usd": refusal.needed_usd,
+                "reason": error.to_string(),
+            });
+            // One event per blocked attempt: the key is new each time, and
+            // the step's fenced commit writes it at most once.
+            let key = format!(
+                "budget.blocked:{}:{}",
+                run.id,
+                uuid::Uuid::new_v4().simple()
+            );
+            transition
+                .emits
+                .push(("budget.blocked".into(), payload, key));
+        }
         if let Some(ways) = WaysOut::after(error, tier) {
             self.offer_ways_out(&mut transition, run, ways);
         }
@@ -403,6 +427,17 @@ fn quote_outputs(
         quoted.insert(step.clone(), output);
     }
     serde_json::Value::Object(quoted)
+}
+
+/// Every string in an event's payload quoted as data of `origin`: the
+/// payload came from outside (a web hook's lead, another flow's output).
+fn quote_strings(value: &mut serde_json::Value, origin: crate::policy::Origin) {
+    match value {
+        serde_json::Value::String(text) => *text = crate::policy::quote(origin, text),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| quote_strings(v, origin)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| quote_strings(v, origin)),
+        _ => {}
+    }
 }
 
 /// The buttons a stopped model step offers besides Retry and Cancel.
@@ -703,6 +738,20 @@ fn save(
             status: status.into(),
         },
     );
+    if reject_reason.is_none() {
+        let payload = json!({
+            "run_id": run.id,
+            "flow": run.flow,
+            "step": step.name,
+            "artifact_id": artifact_id,
+            "artifact_kind": kind,
+            "text": draft,
+        });
+        let key = format!("draft.approved:{artifact_id}");
+        transition
+            .emits
+            .push(("draft.approved".into(), payload, key));
+    }
     transition.artifact = Some(NewArtifact {
         id: artifact_id,
         kind: kind.to_string(),

@@ -36,6 +36,12 @@ pub struct Transition {
     pub guardrails: Vec<(String, String)>,
     /// FUNNEL: posts a publish step scheduled; the publisher sends them.
     pub publications: Vec<crate::store::NewPublication>,
+    /// Events the step caused (`draft.approved`, `run.failed`, …),
+    /// emitted in the step's transaction: (kind, payload, idempotency key).
+    pub emits: Vec<(String, serde_json::Value, String)>,
+    /// Messages to chats other than the run's (the owner told of a failed
+    /// run started elsewhere).
+    pub notices: Vec<(ChatRef, Outbound)>,
 }
 
 impl Transition {
@@ -53,6 +59,8 @@ impl Transition {
             batch_item: None,
             guardrails: Vec::new(),
             publications: Vec::new(),
+            emits: Vec::new(),
+            notices: Vec::new(),
         }
     }
 }
@@ -119,6 +127,12 @@ impl Engine {
         }
         for publication in &transition.publications {
             tx.insert_publication(run.id, publication).await?;
+        }
+        for (kind, payload, key) in &transition.emits {
+            crate::store::events::emit_in(&mut tx, kind, payload.clone(), key).await?;
+        }
+        for (chat, message) in &transition.notices {
+            tx.enqueue(chat, Some(run.id), message).await?;
         }
         tx.commit().await?;
         Ok(true)

@@ -325,6 +325,16 @@ impl Flow {
             if let Some(compensation) = &step.compensate {
                 crate::funnel::check_compensation(step, compensation)?;
             }
+            // FUNNEL: Revise must loop back somewhere, or the draft under
+            // revision would go on as if approved.
+            if matches!(step.kind, StepKind::Approve { revise: true, .. })
+                && !self.names_outcome(&step.name, "revise")
+            {
+                return Err(format!(
+                    "step '{}' offers Revise, so its next must name the outcome: next = {{ revise = \"write\" }}",
+                    step.name
+                ));
+            }
         }
         Ok(())
     }

@@ -199,6 +199,17 @@ mod tests {
     }
 
     #[test]
+    fn an_approval_offering_revise_without_a_loop_back_is_refused_when_flows_load() {
+        let flow = "name = \"odd\"\ndescription = \"x\"\ncost_label = \"balanced\"\n\
+                    [[steps]]\nname = \"write\"\nkind = \"context\"\n\
+                    [[steps]]\nname = \"review\"\nkind = \"approve\"\ndraft_from = \"write\"\n\
+                    artifact_kind = \"post\"\nrevise = true\n";
+        let error = load_with(flow).unwrap_err();
+        assert!(error.contains("offers Revise"), "{error}");
+        assert!(load_with(&format!("{flow}next = {{ revise = \"write\" }}\n")).is_ok());
+    }
+
+    #[test]
     fn the_built_in_post_flow_checks_facts_offers_revise_and_can_retract() {
         let prompts = Prompts::load(Path::new("/nonexistent")).unwrap();
         let catalog = FlowCatalog::load(Path::new("/nonexistent"), &prompts).unwrap();

@@ -94,39 +94,28 @@ impl Store {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
-        let pending = "done_at IS NULL AND (claimed_until IS NULL OR claimed_until < $1)";
-        let select = format!(
-            "SELECT {COLUMNS} FROM events WHERE {pending} ORDER BY created_at, id LIMIT 1{lock}"
+        let pending = "done_at IS NULL AND (claimed_until IS NULL OR claimed_until < $3)";
+        // One statement, so SQLite never upgrades a read lock to a write
+        // lock (two such upgrades deadlock there); the outer guard makes the
+        // claim exclusive on SQLite, SKIP LOCKED on PostgreSQL.
+        let sql = format!(
+            "UPDATE events SET claim_token = $1, claimed_until = $2 \
+             WHERE id = (SELECT id FROM events WHERE {pending} ORDER BY created_at, id LIMIT 1{lock}) \
+             AND {pending} RETURNING {COLUMNS}"
         );
-        let mut tx = self.pool.begin().await?;
-        let row: Option<(String, String, String, i64)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(select))
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(row) = row else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let update = format!(
-            "UPDATE events SET claim_token = $2, claimed_until = $3 WHERE id = $4 AND {pending}"
-        );
-        let claimed = sqlx::query(sqlx::AssertSqlSafe(update))
-            .bind(now)
+        let row: Option<(String, String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(token)
             .bind(now + lease_ms)
-            .bind(&row.0)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        if claimed != 1 {
-            return Ok(None);
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(ClaimedEvent {
+                event: event_from(row)?,
+                token: token.to_string(),
+            })),
+            None => Ok(None),
         }
-        Ok(Some(ClaimedEvent {
-            event: event_from(row)?,
-            token: token.to_string(),
-        }))
     }
 
     /// The event that started a run, if one did.

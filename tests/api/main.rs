@@ -17,6 +17,7 @@ mod console;
 mod digest;
 mod discord;
 mod doctor;
+mod events;
 mod failures;
 mod gaps;
 mod flows;
