@@ -29,7 +29,10 @@
 //!   step, commit it, decide, take input, retry, cancel
 //!   (`engine::transitions`), resume after a crash, replay.
 //! - [`flows`]: flows as data (`config/flows/*.toml`) and prompt templates
-//!   (`prompts/*.md`).
+//!   (`prompts/*.md`); a step's `next` (one step, or one per outcome)
+//!   branches and loops, checked at load; the engine journals each route.
+//! - [`events`]: the event worker: flows with `on = "kind"` start once per
+//!   event (`store::events`, written in the transaction of their cause).
 //! - [`agents`]: model calls through rig-core: the fallback chain and
 //!   retries (`router`), the budget gate and its reservations (`budget`),
 //!   the cost ledger (`ledger`), batches (`batch`).

@@ -477,6 +477,34 @@ mod tests {
         assert!(error.contains("teleport"), "{error}");
     }
 
+    const BRANCHING: &str = "name = \"x\"\ndescription = \"x\"\ncost_label = \"balanced\"\n\
+        [[steps]]\nname = \"a\"\nkind = \"context\"\nnext = { hot = \"c\", cold = \"end\" }\n\
+        [[steps]]\nname = \"b\"\nkind = \"context\"\n\
+        [[steps]]\nname = \"c\"\nkind = \"context\"\nnext = \"a\"\n";
+
+    #[test]
+    fn a_route_follows_the_named_outcome_else_the_following_step() {
+        let flow: Flow = BRANCHING.parse().unwrap();
+        assert_eq!(flow.route(0, Some("hot")), Target::Step(2));
+        assert_eq!(flow.route(0, Some("cold")), Target::End);
+        assert_eq!(flow.route(0, Some("lukewarm")), Target::Step(1));
+        assert_eq!(flow.route(0, None), Target::Step(1));
+        assert_eq!(flow.route(1, None), Target::Step(2));
+        assert_eq!(flow.route(2, Some("anything")), Target::Step(0));
+        assert!(flow.unreachable_steps().is_empty());
+    }
+
+    #[test]
+    fn a_target_that_is_not_a_step_is_refused_naming_the_step() {
+        let flow: Flow = BRANCHING
+            .replace("next = \"a\"", "next = \"z\"")
+            .parse()
+            .unwrap();
+        let prompts = Prompts::load(Path::new("/nonexistent")).unwrap();
+        let error = flow.validate(&prompts).unwrap_err();
+        assert!(error.contains("step 'c' goes next to 'z'"), "{error}");
+    }
+
     #[test]
     fn an_approval_of_a_later_step_is_refused() {
         let text = "name = \"x\"\ndescription = \"x\"\ncost_label = \"balanced\"\n\
