@@ -19,7 +19,7 @@ use crate::store::{NewApproval, NewArtifact, NewBatchItem, RunRow};
 
 /// A step that finished; the engine adds the run's completion when it was
 /// the last.
-fn completed(step: &str, output: serde_json::Value) -> Transition {
+pub(super) fn completed(step: &str, output: serde_json::Value) -> Transition {
     let mut transition = Transition::new(RunStatus::Runnable);
     transition.events.push(JournalEvent::StepCompleted {
         step: step.to_string(),
@@ -76,6 +76,11 @@ impl Engine {
                 self.generate(run, flow, step, state, call).await
             }
             StepKind::Retrieve { top_k } => self.retrieve(run, step, state, *top_k).await,
+            StepKind::Extract { .. }
+            | StepKind::Enrich { .. }
+            | StepKind::Score { .. }
+            | StepKind::Email { .. }
+            | StepKind::LeadStatus { .. } => self.lead_step(run, flow, step, state).await,
             StepKind::Approve {
                 draft_from,
                 artifact_kind,
@@ -150,11 +155,14 @@ impl Engine {
     /// POLICY HOOK: the values a prompt is rendered with, every untrusted
     /// text in them quoted as data: the request with its origin, earlier
     /// steps' outputs with theirs (see [`quote_outputs`]).
-    async fn prompt_values(&self, run: &RunRow, state: &RunState) -> serde_json::Value {
+    pub(super) async fn prompt_values(&self, run: &RunRow, state: &RunState) -> serde_json::Value {
         let mut values = self.template_values(state);
         let origin = self.run_origin(run.id).await;
         values["request"] = crate::policy::quote(origin, &state.input.request).into();
         values["outputs"] = quote_outputs(&state.outputs, origin);
+        if let Some(lead) = super::lead_steps::run_lead(state) {
+            values["lead"] = super::lead_steps::quoted_lead(&lead);
+        }
         values
     }
 
@@ -272,7 +280,7 @@ impl Engine {
     }
 
     /// The run stops, saying what failed, with buttons to go on.
-    fn model_failure(
+    pub(super) fn model_failure(
         &self,
         run: &RunRow,
         step: &StepDef,

@@ -82,6 +82,46 @@ pub enum StepKind {
         draft_from: String,
         artifact_kind: String,
     },
+    /// Structured fields of the run's lead by a model (name, company,
+    /// e-mail, budget, timeline, need, website); the lead is quoted as
+    /// untrusted data. See [`crate::leads::steps`].
+    Extract {
+        tier: Tier,
+        system: String,
+        prompt: String,
+        max_tokens: u64,
+    },
+    /// Past leads, clients and offers from memory, and the lead's website
+    /// through the guarded fetcher; all quoted as untrusted.
+    Enrich {
+        #[serde(default)]
+        top_k: Option<usize>,
+    },
+    /// Deterministic score of the fields `from` extracted, by
+    /// `[leads.criteria]`; its outcome is the tier (hot, borderline, cold).
+    Score { from: String },
+    /// Sends the text an approve step saved to the run's lead by e-mail,
+    /// once, and sets the lead's status (`replied`, `declined`, …). Only an
+    /// approved draft is sent.
+    Email {
+        draft_from: String,
+        subject: String,
+        #[serde(default)]
+        status: Option<String>,
+    },
+    /// Sets the run's lead's status (`pursuing`, `declined`, …).
+    #[serde(rename = "lead_status")]
+    LeadStatus { status: String },
+}
+
+/// A lead status a step sets must be one leads have.
+fn check_status(step: &str, status: Option<&str>) -> Result<(), String> {
+    match status {
+        Some(status) if crate::leads::LeadStatus::parse(status).is_none() => Err(format!(
+            "step '{step}': '{status}' is not a lead status (new, replied, pursuing, won, lost, declined)"
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn urgent_by_default() -> bool {
@@ -92,7 +132,7 @@ impl Flow {
     pub fn needs_model(&self) -> bool {
         self.steps
             .iter()
-            .any(|s| matches!(s.kind, StepKind::Generate { .. }))
+            .any(|s| matches!(s.kind, StepKind::Generate { .. } | StepKind::Extract { .. }))
     }
 
     pub fn step_index(&self, name: &str) -> Option<usize> {
@@ -110,7 +150,22 @@ impl Flow {
                 return Err(format!("step name '{}' is used twice", step.name));
             }
             match &step.kind {
-                StepKind::Context | StepKind::Retrieve { .. } => {}
+                StepKind::Context
+                | StepKind::Retrieve { .. }
+                | StepKind::Enrich { .. }
+                | StepKind::Score { .. } => {}
+                StepKind::Extract { system, prompt, .. } => {
+                    for name in [system, prompt] {
+                        if !prompts.has(name) {
+                            return Err(format!(
+                                "step '{}' uses prompt '{name}', but there is no prompts/{name}.md",
+                                step.name
+                            ));
+                        }
+                    }
+                }
+                StepKind::Email { status, .. } => check_status(&step.name, status.as_deref())?,
+                StepKind::LeadStatus { status } => check_status(&step.name, Some(status))?,
                 StepKind::Generate { system, prompt, .. } => {
                     for name in [system, prompt] {
                         if !prompts.has(name) {

@@ -10,6 +10,7 @@
 
 pub mod hook;
 pub mod score;
+pub mod steps;
 mod store;
 
 pub use score::{Criteria, Extracted, Scored, Tier};

@@ -96,7 +96,13 @@ fn kind_effects(kind: &StepKind) -> Vec<Effect> {
         StepKind::Context
         | StepKind::Retrieve { .. }
         | StepKind::Generate { .. }
-        | StepKind::Approve { .. } => Vec::new(),
+        | StepKind::Approve { .. }
+        | StepKind::Extract { .. }
+        | StepKind::Enrich { .. }
+        | StepKind::Score { .. }
+        | StepKind::LeadStatus { .. } => Vec::new(),
+        // Writes to a client by e-mail: needs an approval decision first.
+        StepKind::Email { .. } => vec![Effect::Email, Effect::ClientMessage],
     }
 }
 
