@@ -18,10 +18,11 @@ use super::transitions::Transition;
 use crate::agents::ModelCall;
 use crate::email::{EmailMessage, queue};
 use crate::flows::{Flow, StepDef, StepKind};
+pub(super) use crate::leads::steps::quoted_lead;
 use crate::leads::steps::{extract_schema, lead_id, lead_of, read_extraction, score_output};
 use crate::leads::{Extracted, LeadStatus, Leads};
 use crate::memory::fetch::{FetchLimits, fetch, is_public};
-use crate::policy::{Origin, quote, quote_labelled};
+use crate::policy::{Origin, quote};
 use crate::store::RunRow;
 
 /// A fetched website is cut to this many characters before a prompt sees it.
@@ -286,21 +287,6 @@ pub(super) fn run_lead(state: &RunState) -> Option<Value> {
 /// The event that started the run, once runs carry one (flowcore).
 fn run_event(_state: &RunState) -> Option<&Value> {
     None
-}
-
-/// The lead as a prompt sees it: every field quoted as a web-hook lead's
-/// text (data, never instructions).
-pub(super) fn quoted_lead(lead: &Value) -> Value {
-    let mut quoted = serde_json::Map::new();
-    for key in ["name", "company", "email", "website", "message", "source"] {
-        if let Some(text) = lead.get(key).and_then(Value::as_str) {
-            quoted.insert(
-                key.into(),
-                quote_labelled(Origin::WebhookLead, &format!("lead {key}"), text).into(),
-            );
-        }
-    }
-    Value::Object(quoted)
 }
 
 /// The lead's website's text through memory's guarded fetcher (public

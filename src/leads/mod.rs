@@ -8,6 +8,8 @@
 //! Every text of a lead came from outside: it is data for the flow's
 //! steps, quoted as untrusted, and never chooses a step or a setting.
 
+pub mod eval;
+pub mod follow_up;
 pub mod hook;
 pub mod score;
 pub mod steps;

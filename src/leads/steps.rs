@@ -5,6 +5,8 @@
 
 use serde_json::{Value, json};
 
+use crate::policy::{Origin, quote_labelled};
+
 use super::score::{Criteria, Extracted, Tier, first_number, score};
 
 /// The lead a run works on: the `lead.received` event's payload that
@@ -22,6 +24,21 @@ pub fn lead_of(event: Option<&Value>, request: &str) -> Option<Value> {
 /// The lead's id in the `leads` table, when it has one.
 pub fn lead_id(lead: &Value) -> Option<i64> {
     lead.get("lead_id").and_then(Value::as_i64)
+}
+
+/// The lead as a prompt sees it: every field quoted as a web-hook lead's
+/// text (data, never instructions).
+pub fn quoted_lead(lead: &Value) -> Value {
+    let mut quoted = serde_json::Map::new();
+    for key in ["name", "company", "email", "website", "message", "source"] {
+        if let Some(text) = lead.get(key).and_then(Value::as_str) {
+            quoted.insert(
+                key.into(),
+                quote_labelled(Origin::WebhookLead, &format!("lead {key}"), text).into(),
+            );
+        }
+    }
+    Value::Object(quoted)
 }
 
 /// The JSON schema the extraction answer follows (structured output).
