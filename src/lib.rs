@@ -80,6 +80,7 @@ pub mod doctor;
 pub mod domain;
 pub mod email;
 pub mod engine;
+pub mod events;
 pub mod flows;
 pub mod frontdoor;
 pub mod http;

@@ -64,6 +64,7 @@ pub async fn run(
     let mut services = tokio::task::JoinSet::new();
     services.spawn(batches(app.clone(), shutdown.clone()));
     services.spawn(crate::scheduler::service(&app, shutdown.clone()));
+    services.spawn(crate::events::service(&app, shutdown.clone()));
     if let Some(http) = crate::http::service(&app, shutdown.clone())
         .await
         .map_err(|error| RuntimeError::Service(format!("http: {}", error_chain(&error))))?

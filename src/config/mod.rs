@@ -108,6 +108,8 @@ pub struct Settings {
     #[serde(default)]
     pub memory: crate::memory::MemorySettings,
     #[serde(default)]
+    pub events: crate::events::EventSettings,
+    #[serde(default)]
     pub email: crate::email::EmailSettings,
     #[serde(default)]
     pub leads: crate::leads::LeadSettings,

@@ -169,7 +169,7 @@ pub const COMMAND_TABLE: &[CommandSpec] = &[
         aliases: &[],
         args: "",
         description: "recent leads, their tier and status",
-        intent: Some("list the recent leads (enquiries from clients) and their status"),
+        intent: None,
         report: true,
         handler: handler!(list_leads),
     },

@@ -95,6 +95,10 @@ impl FromStr for InputPurpose {
 pub struct RunInput {
     pub request: String,
     pub requested_by: String,
+    /// The event that started the run (`{"id", "kind", "payload"}`), for
+    /// a flow with `on = "..."`; see [`crate::events`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<serde_json::Value>,
 }
 
 /// One entry of a run's append-only journal. A run's state is the fold of
@@ -164,6 +168,15 @@ pub enum JournalEvent {
     Completed {
         summary: String,
     },
+    /// Where the run goes after `from` completed: the step named `to`, or
+    /// `"end"`; journaled with the completion, so the cursor is folded from
+    /// the journal, never recomputed from a flow file that may have changed.
+    Routed {
+        from: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<String>,
+        to: String,
+    },
 }
 
 impl JournalEvent {
@@ -182,6 +195,7 @@ impl JournalEvent {
             JournalEvent::Failed { .. } => "failed",
             JournalEvent::Retried { .. } => "retried",
             JournalEvent::Completed { .. } => "completed",
+            JournalEvent::Routed { .. } => "routed",
         }
     }
 }

@@ -284,9 +284,9 @@ pub(super) fn run_lead(state: &RunState) -> Option<Value> {
     lead_of(run_event(state), &state.input.request)
 }
 
-/// The event that started the run, once runs carry one (flowcore).
-fn run_event(_state: &RunState) -> Option<&Value> {
-    None
+/// The event that started the run (`{"id", "kind", "payload"}`).
+fn run_event(state: &RunState) -> Option<&Value> {
+    state.input.event.as_ref()
 }
 
 /// The lead's website's text through memory's guarded fetcher (public

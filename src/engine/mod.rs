@@ -17,7 +17,7 @@ mod steps;
 mod transitions;
 
 pub use replay::render_replay;
-pub use state::{FoldError, RunState, StepConversation};
+pub use state::{FoldError, MAX_VISITS, RunState, StepConversation};
 pub use transitions::{Actor, DecideError, Transition};
 
 use std::sync::Arc;
@@ -161,6 +161,29 @@ impl Engine {
         Ok(id)
     }
 
+    /// Starts a run for an event inside the event worker's transaction:
+    /// the run's input carries the event, and its text (the payload) is
+    /// quoted as untrusted data in every prompt.
+    pub async fn start_event_in(
+        &self,
+        tx: &mut Tx,
+        start: StartRun,
+        event: &crate::store::events::EventRow,
+    ) -> Result<RunId, EngineError> {
+        let mut new = self.new_run(start)?;
+        new.input.event = Some(serde_json::json!({
+            "id": event.id,
+            "kind": event.kind,
+            "payload": event.payload,
+        }));
+        let (id, created) = tx.create_run(&new).await?;
+        if created {
+            let origin = crate::policy::Origin::Forwarded;
+            tx.record_guardrail(id, "origin", origin.as_str()).await?;
+        }
+        Ok(id)
+    }
+
     fn new_run(&self, start: StartRun) -> Result<NewRun, EngineError> {
         if self.inner.flows.get(&start.flow).is_none() {
             return Err(EngineError::UnknownFlow(start.flow));
@@ -171,6 +194,7 @@ impl Engine {
             input: RunInput {
                 request: start.request,
                 requested_by: start.requested_by,
+                event: None,
             },
             idempotency_key: start.idempotency_key,
         })
@@ -313,6 +337,7 @@ impl Engine {
             // an edited flow file can shorten a flow).
             None => Transition::new(RunStatus::Runnable),
         };
+        steps::route_after(&mut transition, &claimed.run, &state, flow, cursor);
         let after = state.followed_by(&transition.events)?;
         steps::finish_if_done(&mut transition, &after, flow, run.id);
         let committed = self.commit_step(claimed, &transition).await?;

@@ -121,6 +121,16 @@ fn describe(event: &JournalEvent) -> String {
             tier: Some(tier),
         } => format!("retried by {by} on the {tier} tier"),
         JournalEvent::Completed { summary } => format!("completed: {summary}"),
+        JournalEvent::Routed {
+            from,
+            outcome: Some(outcome),
+            to,
+        } => format!("step '{from}' ended '{outcome}': next '{to}'"),
+        JournalEvent::Routed {
+            from,
+            outcome: None,
+            to,
+        } => format!("step '{from}': next '{to}'"),
     }
 }
 

@@ -22,8 +22,20 @@ pub struct RunState {
     pub summary: Option<String>,
     /// The tier the operator switched a failed run to, for its model steps.
     pub tier_override: Option<crate::domain::Tier>,
+    /// The step the journal last routed the run to (or `"end"`). None in a
+    /// journal written before routes were journaled: then the cursor is the
+    /// first step without an output, as it was.
+    pub routed_to: Option<String>,
+    /// How many times the journal routed the run into each step: a loop
+    /// that never ends is stopped at [`MAX_VISITS`].
+    pub visits: BTreeMap<String, usize>,
     pub events: usize,
 }
+
+/// How many times a run may enter one step: a loop whose exit never comes
+/// (a model that always says "again", a cached answer) fails the run
+/// instead of spending forever.
+pub const MAX_VISITS: usize = 25;
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StepConversation {
@@ -51,6 +63,8 @@ impl RunState {
             error: None,
             summary: None,
             tier_override: None,
+            routed_to: None,
+            visits: BTreeMap::new(),
             events: 1,
         };
         for event in &events[1..] {
@@ -129,6 +143,15 @@ impl RunState {
                 self.status = RunStatus::Completed;
                 self.summary = Some(summary.clone());
             }
+            JournalEvent::Routed { to, .. } => {
+                // A step entered again starts afresh: an approval asks
+                // again, a batched call is queued again. Its old output
+                // stays until the new one replaces it (a rewrite can read
+                // the version it replaces).
+                self.conversations.remove(to);
+                *self.visits.entry(to.clone()).or_default() += 1;
+                self.routed_to = Some(to.clone());
+            }
         }
         Ok(())
     }
@@ -140,13 +163,21 @@ impl RunState {
             .latest = Some(event.clone());
     }
 
-    /// The index of the first step without an output: the one to execute
-    /// next. Equal to the number of steps when all are done.
+    /// The index of the step to execute next: the one the journal last
+    /// routed the run to. Equal to the number of steps when the route says
+    /// `"end"` (or names a step the flow file no longer has). A journal
+    /// without routes (written before branching) keeps its old rule: the
+    /// first step without an output.
     pub fn cursor(&self, flow: &Flow) -> usize {
-        flow.steps
-            .iter()
-            .position(|step| !self.outputs.contains_key(&step.name))
-            .unwrap_or(flow.steps.len())
+        match self.routed_to.as_deref() {
+            Some(crate::flows::END) => flow.steps.len(),
+            Some(step) => flow.step_index(step).unwrap_or(flow.steps.len()),
+            None => flow
+                .steps
+                .iter()
+                .position(|step| !self.outputs.contains_key(&step.name))
+                .unwrap_or(flow.steps.len()),
+        }
     }
 
     pub fn conversation(&self, step: &str) -> StepConversation {

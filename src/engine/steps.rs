@@ -7,14 +7,14 @@
 use serde_json::json;
 
 use super::Engine;
-use super::state::RunState;
+use super::state::{MAX_VISITS, RunState};
 use super::transitions::Transition;
 use crate::agents::{ModelCall, ModelError};
 use crate::domain::{
     Action, ArtifactId, Decision, InputPurpose, JournalEvent, Outbound, RunId, RunStatus,
     action_buttons,
 };
-use crate::flows::{Flow, StepDef, StepKind, Tier};
+use crate::flows::{END, Flow, StepDef, StepKind, Target, Tier};
 use crate::store::{NewApproval, NewArtifact, NewBatchItem, RunRow};
 
 /// A step that finished; the engine adds the run's completion when it was
@@ -64,6 +64,7 @@ impl Engine {
                 max_tokens,
                 temperature,
                 urgent,
+                outcomes,
             } => {
                 let call = GenerateCall {
                     tier: *tier,
@@ -72,6 +73,7 @@ impl Engine {
                     max_tokens: *max_tokens,
                     temperature: *temperature,
                     urgent: *urgent,
+                    outcomes,
                 };
                 self.generate(run, flow, step, state, call).await
             }
@@ -85,7 +87,13 @@ impl Engine {
                 draft_from,
                 artifact_kind,
             } => {
-                let mut transition = approve(run, step, state, draft_from, artifact_kind);
+                let routes_rejection = flow.names_outcome(&step.name, "rejected");
+                let approval = ApproveStep {
+                    draft_from,
+                    artifact_kind,
+                    routes_rejection,
+                };
+                let mut transition = approve(run, step, state, approval);
                 // POLICY HOOK: flags on the approval message.
                 self.guard_offer(run, state, &mut transition).await;
                 transition
@@ -182,7 +190,7 @@ impl Engine {
                 }) => {
                     // POLICY HOOK: the batch answer carries placeholders.
                     let output = self.restore_batch(run, state, &call, output).await;
-                    return completed(&step.name, output);
+                    return answered(run, step, output, call.outcomes);
                 }
                 Some(JournalEvent::BatchFinished {
                     error: Some(error), ..
@@ -237,8 +245,9 @@ impl Engine {
             }
         }
         match self.inner.agents.complete(&model_call).await {
-            Ok(completion) => completed(
-                &step.name,
+            Ok(completion) => answered(
+                run,
+                step,
                 json!({
                     "text": completion.text.trim(),
                     "model": completion.model,
@@ -247,6 +256,7 @@ impl Engine {
                     "output_tokens": completion.output_tokens,
                     "cache_hit": completion.cache_hit,
                 }),
+                call.outcomes,
             ),
             Err(error) => self.model_failure(run, step, &error, model_call.tier),
         }
@@ -411,6 +421,70 @@ struct GenerateCall<'a> {
     max_tokens: u64,
     temperature: Option<f64>,
     urgent: bool,
+    outcomes: &'a [String],
+}
+
+/// A model step's answer. A step that declares `outcomes` completes with
+/// the one the answer names as its `"outcome"` (for `next` to branch on);
+/// an answer that names none fails the step, since guessing a branch could
+/// send the run somewhere nobody chose.
+fn answered(
+    run: &RunRow,
+    step: &StepDef,
+    mut output: serde_json::Value,
+    outcomes: &[String],
+) -> Transition {
+    if outcomes.is_empty() {
+        return completed(&step.name, output);
+    }
+    let text = output
+        .get("text")
+        .and_then(|t| t.as_str())
+        .unwrap_or_default();
+    match pick_outcome(text, outcomes) {
+        Some(outcome) => {
+            output["outcome"] = outcome.into();
+            completed(&step.name, output)
+        }
+        None => failed(
+            run,
+            &step.name,
+            format!(
+                "the model answered '{}', which is none of: {}",
+                crate::domain::clip(text, 60),
+                outcomes.join(", ")
+            ),
+            "Check the step's prompt asks for one of them.",
+        ),
+    }
+}
+
+/// The outcome a model's answer names: the whole answer, or its first
+/// word, compared without case or punctuation.
+fn pick_outcome(text: &str, outcomes: &[String]) -> Option<String> {
+    let clean = |s: &str| {
+        s.trim()
+            .trim_matches(|c: char| !c.is_alphanumeric())
+            .to_lowercase()
+    };
+    let whole = clean(text);
+    let first = text
+        .split_whitespace()
+        .next()
+        .map(clean)
+        .unwrap_or_default();
+    outcomes
+        .iter()
+        .find(|o| clean(o) == whole || clean(o) == first)
+        .cloned()
+}
+
+/// An approve step's settings, and whether its `next` routes a rejection
+/// (else a rejection ends the run, as it always did).
+struct ApproveStep<'a> {
+    draft_from: &'a str,
+    artifact_kind: &'a str,
+    routes_rejection: bool,
 }
 
 /// The approval conversation: offer the draft; on Approve save it; on Edit
@@ -420,9 +494,13 @@ fn approve(
     run: &RunRow,
     step: &StepDef,
     state: &RunState,
-    draft_from: &str,
-    artifact_kind: &str,
+    approval: ApproveStep<'_>,
 ) -> Transition {
+    let ApproveStep {
+        draft_from,
+        artifact_kind,
+        routes_rejection,
+    } = approval;
     let conversation = state.conversation(&step.name);
     let draft = conversation.draft.clone().unwrap_or_default();
     let sources = crate::memory::sources_in(&state.outputs)
@@ -439,7 +517,7 @@ fn approve(
             offer(run, step, first_draft, &sources)
         }
         Some(JournalEvent::Decided { decision, .. }) => match decision {
-            Decision::Approve => save(run, step, artifact_kind, &draft, None),
+            Decision::Approve => save(run, step, artifact_kind, &draft, None, false),
             Decision::Edit => ask_for_input(
                 step,
                 InputPurpose::EditedDraft,
@@ -462,7 +540,14 @@ fn approve(
                         "",
                     );
                 };
-                let mut transition = save(run, step, artifact_kind, &draft, Some(text));
+                let mut transition = save(
+                    run,
+                    step,
+                    artifact_kind,
+                    &draft,
+                    Some(text),
+                    !routes_rejection,
+                );
                 transition.reject_reason = Some((approval_id, text.clone()));
                 transition
             }
@@ -526,13 +611,15 @@ fn ask_for_input(step: &StepDef, purpose: InputPurpose, question: &str) -> Trans
 }
 
 /// Stores the draft as an artifact: approved, or rejected with its reason.
-/// A rejection ends the run.
+/// The step's outcome is `approved` or `rejected`; a rejection ends the run
+/// when `rejection_ends` (its `next` does not route it).
 fn save(
     run: &RunRow,
     step: &StepDef,
     kind: &str,
     draft: &str,
     reject_reason: Option<&String>,
+    rejection_ends: bool,
 ) -> Transition {
     let artifact_id = ArtifactId::new();
     let status = if reject_reason.is_some() {
@@ -542,7 +629,13 @@ fn save(
     };
     let mut transition = completed(
         &step.name,
-        json!({ "decision": status, "artifact_id": artifact_id, "text": draft, "reason": reject_reason }),
+        json!({
+            "decision": status,
+            "outcome": status,
+            "artifact_id": artifact_id,
+            "text": draft,
+            "reason": reject_reason,
+        }),
     );
     transition.events.insert(
         0,
@@ -565,6 +658,10 @@ fn save(
             artifact_id.short(),
             run.id.short()
         ),
+        Some(_) if !rejection_ends => format!(
+            "Rejected. The draft and your reason are saved; run {} goes on.",
+            run.id.short()
+        ),
         Some(_) => {
             transition.status = RunStatus::Completed;
             let summary = "rejected".to_string();
@@ -580,7 +677,56 @@ fn save(
     transition
 }
 
-/// Closes the run when its last step has completed.
+/// Journals where the run goes after the step at `index`, when it
+/// completed in this transition and the run goes on: the target its `next`
+/// names for its outcome, else the following step, else the end.
+pub(super) fn route_after(
+    transition: &mut Transition,
+    run: &RunRow,
+    state: &RunState,
+    flow: &Flow,
+    index: usize,
+) {
+    let Some(step) = flow.steps.get(index) else {
+        return;
+    };
+    if transition.status != RunStatus::Runnable {
+        return;
+    }
+    let outcome = transition
+        .events
+        .iter()
+        .rev()
+        .find_map(|event| match event {
+            JournalEvent::StepCompleted { step: done, output } if *done == step.name => Some(
+                output
+                    .get("outcome")
+                    .and_then(|o| o.as_str())
+                    .map(str::to_string),
+            ),
+            _ => None,
+        });
+    let Some(outcome) = outcome else {
+        return;
+    };
+    let to = match flow.route(index, outcome.as_deref()) {
+        Target::Step(next) => flow.steps[next].name.clone(),
+        Target::End => END.to_string(),
+    };
+    if state.visits.get(&to).copied().unwrap_or_default() >= MAX_VISITS {
+        let error =
+            format!("the flow entered step '{to}' {MAX_VISITS} times; its loop does not end");
+        *transition = failed(run, &step.name, error, "Check the flow's `next` targets.");
+        return;
+    }
+    transition.events.push(JournalEvent::Routed {
+        from: step.name.clone(),
+        outcome,
+        to,
+    });
+}
+
+/// Closes the run when its route reached the end.
 pub(super) fn finish_if_done(
     transition: &mut Transition,
     state_after: &RunState,

@@ -16,8 +16,13 @@ use serde::Deserialize;
 pub use crate::domain::{CostLabel, Tier};
 
 /// Built-in flows, compiled in.
-const BUILT_IN_FLOWS: [(&str, &str); 1] =
-    [("draft", include_str!("../../config/flows/draft.toml"))];
+const BUILT_IN_FLOWS: [(&str, &str); 2] = [
+    ("draft", include_str!("../../config/flows/draft.toml")),
+    (
+        "lead-qualification",
+        include_str!("../../config/flows/lead-qualification.toml"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -37,6 +42,10 @@ pub struct Flow {
     pub name: String,
     pub description: String,
     pub cost_label: CostLabel,
+    /// The event kind that starts this flow by itself (`"lead.received"`):
+    /// one run per event, its payload in the run's input.
+    #[serde(default)]
+    pub on: Option<String>,
     pub steps: Vec<StepDef>,
 }
 
@@ -49,8 +58,32 @@ pub struct StepDef {
     /// a required effect needs an approve step before it.
     #[serde(default)]
     pub effects: Vec<String>,
+    /// Where the run goes after this step: one step, or one per outcome
+    /// (the string at `"outcome"` in the step's output). None: the
+    /// following step in the file.
+    #[serde(default)]
+    pub next: Option<Next>,
     #[serde(flatten)]
     pub kind: StepKind,
+}
+
+/// A step's `next`: `next = "reply"` or `next = { hot = "reply", cold =
+/// "decline" }`. `"end"` completes the run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Next {
+    To(String),
+    ByOutcome(BTreeMap<String, String>),
+}
+
+/// The name a `next` uses to complete the run; no step may take it.
+pub const END: &str = "end";
+
+/// Where a run goes after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Step(usize),
+    End,
 }
 
 /// The step kinds soloist knows; a flow file picks one per step.
@@ -70,6 +103,11 @@ pub enum StepKind {
         /// false: the call may wait for the next batch (cheaper, slower).
         #[serde(default = "urgent_by_default")]
         urgent: bool,
+        /// The answers the model may give (`["hot", "borderline", "cold"]`):
+        /// its answer becomes the step's outcome, which `next` can branch
+        /// on. Empty: the step has no outcome.
+        #[serde(default)]
+        outcomes: Vec<String>,
     },
     /// Retrieves what the business knows about the request (knowledge,
     /// past decisions, the recent conversation); see [`crate::memory`].
@@ -139,12 +177,101 @@ impl Flow {
         self.steps.iter().position(|s| s.name == name)
     }
 
+    /// Where the run goes after the step at `index` ended with `outcome`:
+    /// the target `next` names for it; without `next`, or for an outcome
+    /// its map does not name, the following step (the end after the last).
+    /// Targets are validated at load; one that is not (a journal from an
+    /// edited file) ends the run rather than guessing.
+    pub fn route(&self, index: usize, outcome: Option<&str>) -> Target {
+        let named = match self.steps.get(index).and_then(|s| s.next.as_ref()) {
+            Some(Next::To(target)) => Some(target.as_str()),
+            Some(Next::ByOutcome(map)) => outcome.and_then(|o| map.get(o)).map(String::as_str),
+            None => None,
+        };
+        match named {
+            Some(END) => Target::End,
+            Some(name) => self.step_index(name).map_or(Target::End, Target::Step),
+            None if index + 1 < self.steps.len() => Target::Step(index + 1),
+            None => Target::End,
+        }
+    }
+
+    /// Whether the step's `next` names this outcome explicitly (an approve
+    /// step's rejection ends the run unless its `next` names `rejected`).
+    pub fn names_outcome(&self, step: &str, outcome: &str) -> bool {
+        let next = self
+            .step_index(step)
+            .and_then(|i| self.steps[i].next.as_ref());
+        matches!(next, Some(Next::ByOutcome(map)) if map.contains_key(outcome))
+    }
+
+    /// Every `next` target is a step of this flow or `"end"`; no step is
+    /// called `"end"`.
+    fn validate_targets(&self) -> Result<(), String> {
+        for step in &self.steps {
+            if step.name == END {
+                return Err(format!(
+                    "a step may not be called '{END}': `next = \"{END}\"` completes the run"
+                ));
+            }
+            let targets: Vec<(Option<&str>, &str)> = match &step.next {
+                None => Vec::new(),
+                Some(Next::To(target)) => vec![(None, target.as_str())],
+                Some(Next::ByOutcome(map)) => map
+                    .iter()
+                    .map(|(outcome, target)| (Some(outcome.as_str()), target.as_str()))
+                    .collect(),
+            };
+            for (outcome, target) in targets {
+                if target == END || self.step_index(target).is_some() {
+                    continue;
+                }
+                let on = outcome
+                    .map(|o| format!(" on outcome '{o}'"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "step '{}' goes next{on} to '{target}', which is not a step of this flow (nor \"{END}\")",
+                    step.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps no route reaches from the first (allowed: a draft flow may
+    /// keep a step for later), for a warning at load.
+    pub fn unreachable_steps(&self) -> Vec<&str> {
+        let mut seen = vec![false; self.steps.len()];
+        let mut todo = vec![0];
+        while let Some(index) = todo.pop() {
+            if index >= self.steps.len() || std::mem::replace(&mut seen[index], true) {
+                continue;
+            }
+            let mut outcomes: Vec<Option<&str>> = vec![None];
+            if let Some(Next::ByOutcome(map)) = &self.steps[index].next {
+                outcomes.extend(map.keys().map(|k| Some(k.as_str())));
+            }
+            for outcome in outcomes {
+                if let Target::Step(next) = self.route(index, outcome) {
+                    todo.push(next);
+                }
+            }
+        }
+        self.steps
+            .iter()
+            .zip(seen)
+            .filter(|(_, seen)| !seen)
+            .map(|(step, _)| step.name.as_str())
+            .collect()
+    }
+
     /// Step names are unique, references point to earlier steps, prompts
     /// exist.
     fn validate(&self, prompts: &Prompts) -> Result<(), String> {
         if self.steps.is_empty() {
             return Err("a flow needs at least one step".into());
         }
+        self.validate_targets()?;
         for (index, step) in self.steps.iter().enumerate() {
             if self.step_index(&step.name) != Some(index) {
                 return Err(format!("step name '{}' is used twice", step.name));
@@ -225,6 +352,10 @@ impl FlowCatalog {
                     file: file.clone(),
                     message,
                 })?;
+            let unreachable = flow.unreachable_steps();
+            if !unreachable.is_empty() {
+                tracing::warn!(%file, steps = ?unreachable, "no route reaches these steps");
+            }
             flows.insert(flow.name.clone(), flow);
         }
         Ok(FlowCatalog { flows })
@@ -232,6 +363,14 @@ impl FlowCatalog {
 
     pub fn get(&self, name: &str) -> Option<&Flow> {
         self.flows.get(name)
+    }
+
+    /// The flows whose `on` names this event kind.
+    pub fn subscribers<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a str> {
+        self.flows
+            .values()
+            .filter(move |flow| flow.on.as_deref() == Some(kind))
+            .map(|flow| flow.name.as_str())
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

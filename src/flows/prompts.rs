@@ -7,7 +7,16 @@ use std::path::Path;
 
 use minijinja::Environment;
 
-const BUILT_IN_PROMPTS: [(&str, &str); 4] = [
+const BUILT_IN_PROMPTS: [(&str, &str); 7] = [
+    (
+        "lead_extract",
+        include_str!("../../prompts/lead_extract.md"),
+    ),
+    ("lead_reply", include_str!("../../prompts/lead_reply.md")),
+    (
+        "lead_decline",
+        include_str!("../../prompts/lead_decline.md"),
+    ),
     ("system", include_str!("../../prompts/system.md")),
     ("draft", include_str!("../../prompts/draft.md")),
     ("route", include_str!("../../prompts/route.md")),

@@ -100,17 +100,14 @@ pub enum LeadError {
 /// The event a stored lead emits.
 pub const LEAD_RECEIVED: &str = "lead.received";
 
-/// Emits `lead.received` inside `tx`, keyed by the lead.
-///
-/// PENDING flowcore: the `events` table and `store::events::emit_in` land
-/// on the `flowcore` branch; once merged this calls
-/// `crate::store::events::emit_in(tx, LEAD_RECEIVED, payload, key)`.
+/// Emits `lead.received` inside `tx`, keyed by the lead; flows with
+/// `on = "lead.received"` start from it.
 async fn emit_received(
     tx: &mut crate::store::Tx,
     payload: serde_json::Value,
     key: &str,
 ) -> crate::store::StoreResult<()> {
-    let _ = (tx, payload, key);
+    crate::store::events::emit_in(tx, LEAD_RECEIVED, payload, key).await?;
     Ok(())
 }
 

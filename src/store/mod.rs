@@ -18,6 +18,7 @@ mod approvals;
 mod batch;
 mod budget;
 mod digest;
+pub mod events;
 mod guardrails;
 mod journal;
 mod leases;
@@ -224,6 +225,7 @@ const MIGRATIONS: Migrations = migrations![
     7 "schedules" "0007_schedules.sql",
     8 "memory" "0008_memory.sql",
     9 "guardrails" "0009_guardrails.sql",
+    10 "events and autonomy" "0010_events_autonomy.sql",
     11 "leads and e-mail" "0011_leads.sql",
 ];
 

@@ -17,6 +17,7 @@ mod discord;
 mod doctor;
 mod email;
 mod failures;
+mod flows;
 mod http;
 mod leads;
 mod memory;

@@ -158,6 +158,7 @@ async fn a_run_that_cannot_resume_does_not_hold_up_the_others(db: Db) {
         input: soloist::domain::RunInput {
             request: "x".into(),
             requested_by: "Maya".into(),
+            event: None,
         },
         idempotency_key: "broken".into(),
     };

@@ -30,6 +30,7 @@ fn new_run(key: &str) -> NewRun {
         input: RunInput {
             request: "a post".into(),
             requested_by: "Maya".into(),
+            event: None,
         },
         idempotency_key: key.into(),
     }
