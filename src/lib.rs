@@ -42,6 +42,9 @@
 //!   effects that need an approval, rate limits, the fast-tier review of
 //!   high-quality drafts and the optional router-tier injection
 //!   classifier; audited per run.
+//! - [`leads`]: leads from `POST /hooks/lead` (shared secret or HMAC) and
+//!   `/lead`, stored once per id with a `lead.received` event; the
+//!   deterministic scoring rules of `[leads.criteria]`; `/leads`.
 //! - [`memory`]: knowledge with provenance (ingest, readable pages, chunks,
 //!   full-text retrieval on both databases fused with an optional
 //!   `/embeddings` embedder's vectors), the decision log, the chat window and
@@ -53,6 +56,9 @@
 //!   chats that have a row (in process, and on PostgreSQL by LISTEN/NOTIFY
 //!   from any process) instead of reading every pending row. Started once
 //!   for every platform by [`outbox::start`].
+//! - [`email`]: e-mail out over SMTP (lettre, rustls) as one more outbox
+//!   target: `email::queue_in` inside a change's transaction, once per
+//!   idempotency key; delivered, retried and paced by the outbox.
 //! - [`retry_after`]: every server's "retry after", read with a cap.
 //! - [`runtime`]: `soloist run`: the worker, the scheduler, HTTP and the
 //!   platforms until shutdown; a service that stops on its own stops the
@@ -95,12 +101,14 @@ pub mod coordination;
 pub mod digest;
 pub mod doctor;
 pub mod domain;
+pub mod email;
 pub mod engine;
 pub mod events;
 pub mod flows;
 pub mod frontdoor;
 pub mod funnel;
 pub mod http;
+pub mod leads;
 pub mod memory;
 pub mod outbox;
 pub mod policy;

@@ -48,11 +48,13 @@ enum Command {
         #[arg(long)]
         refresh: bool,
     },
-    /// Measure retrieval: `soloist eval retrieval FILE.tsv`.
+    /// Measure retrieval (`soloist eval retrieval FILE.tsv`) or lead
+    /// qualification (`soloist eval leads FILE.jsonl`).
     Eval {
-        /// What to evaluate: `retrieval`.
+        /// What to evaluate: `retrieval` or `leads`.
         what: String,
-        /// A TSV file: a header line, then question<TAB>expected_source.
+        /// retrieval: a TSV file (a header line, then
+        /// question<TAB>expected_source); leads: JSON lines with `expected_tier`.
         file: PathBuf,
     },
     /// Rebuild a run from its journal and print it.
@@ -129,6 +131,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Digest { now, chart } => digest(settings, &cli.home, now, &chart).await,
         Command::Ingest { path, refresh } => {
             soloist::memory::cli::ingest(settings, &cli.home, path.as_deref(), refresh).await
+        }
+        Command::Eval { what, file } if what == "leads" => {
+            soloist::leads::eval::cli(settings, &cli.home, &file).await
         }
         Command::Eval { what, file } => {
             soloist::memory::cli::eval(settings, &cli.home, &what, &file).await

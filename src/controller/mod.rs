@@ -13,6 +13,7 @@ mod buttons;
 mod commands;
 mod cost;
 mod funnel;
+mod leads;
 mod memory;
 mod policy_hooks;
 mod reports;

@@ -10,6 +10,7 @@
 //! is never executed again.
 
 mod guard;
+mod lead_steps;
 mod replay;
 mod state;
 mod steps;

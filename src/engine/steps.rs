@@ -78,6 +78,11 @@ impl Engine {
                 self.generate(run, flow, step, state, call).await
             }
             StepKind::Retrieve { top_k } => self.retrieve(run, step, state, *top_k).await,
+            StepKind::Extract { .. }
+            | StepKind::Enrich { .. }
+            | StepKind::Score { .. }
+            | StepKind::Email { .. }
+            | StepKind::LeadStatus { .. } => self.lead_step(run, flow, step, state).await,
             StepKind::Approve {
                 draft_from,
                 artifact_kind,
@@ -187,6 +192,9 @@ impl Engine {
         values["outputs"] = quote_outputs(&state.outputs, origin);
         if let Some(event) = values.get_mut("event") {
             quote_strings(event, origin);
+        }
+        if let Some(lead) = super::lead_steps::run_lead(state) {
+            values["lead"] = super::lead_steps::quoted_lead(&lead);
         }
         values
     }
@@ -312,7 +320,7 @@ impl Engine {
     }
 
     /// The run stops, saying what failed, with buttons to go on.
-    fn model_failure(
+    pub(super) fn model_failure(
         &self,
         run: &RunRow,
         step: &StepDef,

@@ -16,10 +16,14 @@ use serde::Deserialize;
 pub use crate::domain::{CostLabel, Tier};
 
 /// Built-in flows, compiled in.
-const BUILT_IN_FLOWS: [(&str, &str); 2] = [
+const BUILT_IN_FLOWS: [(&str, &str); 3] = [
     ("draft", include_str!("../../config/flows/draft.toml")),
     // FUNNEL: draft, fact-check, approve or revise, publish, retract.
     ("post", include_str!("../../config/flows/post.toml")),
+    (
+        "lead-qualification",
+        include_str!("../../config/flows/lead-qualification.toml"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +153,36 @@ pub enum StepKind {
     /// FUNNEL: asks when (now, tomorrow 09:00, Monday 09:00, a time),
     /// then publishes the text to `publish.targets` at that time, once.
     Publish { text_from: String },
+    /// Structured fields of the run's lead by a model (name, company,
+    /// e-mail, budget, timeline, need, website); the lead is quoted as
+    /// untrusted data. See [`crate::leads::steps`].
+    Extract {
+        tier: Tier,
+        system: String,
+        prompt: String,
+        max_tokens: u64,
+    },
+    /// Past leads, clients and offers from memory, and the lead's website
+    /// through the guarded fetcher; all quoted as untrusted.
+    Enrich {
+        #[serde(default)]
+        top_k: Option<usize>,
+    },
+    /// Deterministic score of the fields `from` extracted, by
+    /// `[leads.criteria]`; its outcome is the tier (hot, borderline, cold).
+    Score { from: String },
+    /// Sends the text an approve step saved to the run's lead by e-mail,
+    /// once, and sets the lead's status (`replied`, `declined`, …). Only an
+    /// approved draft is sent.
+    Email {
+        draft_from: String,
+        subject: String,
+        #[serde(default)]
+        status: Option<String>,
+    },
+    /// Sets the run's lead's status (`pursuing`, `declined`, …).
+    #[serde(rename = "lead_status")]
+    LeadStatus { status: String },
 }
 
 fn fast_tier() -> Tier {
@@ -163,6 +197,17 @@ fn fact_check_prompt() -> String {
     "fact_check".into()
 }
 
+
+/// A lead status a step sets must be one leads have.
+fn check_status(step: &str, status: Option<&str>) -> Result<(), String> {
+    match status {
+        Some(status) if crate::leads::LeadStatus::parse(status).is_none() => Err(format!(
+            "step '{step}': '{status}' is not a lead status (new, replied, pursuing, won, lost, declined)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn urgent_by_default() -> bool {
     true
 }
@@ -172,7 +217,7 @@ impl Flow {
         self.steps.iter().any(|s| {
             matches!(
                 s.kind,
-                StepKind::Generate { .. } | StepKind::FactCheck { .. }
+                StepKind::Generate { .. } | StepKind::FactCheck { .. } | StepKind::Extract { .. }
             )
         })
     }
@@ -284,7 +329,22 @@ impl Flow {
                 return Err(format!("step name '{}' is used twice", step.name));
             }
             match &step.kind {
-                StepKind::Context | StepKind::Retrieve { .. } => {}
+                StepKind::Context
+                | StepKind::Retrieve { .. }
+                | StepKind::Enrich { .. }
+                | StepKind::Score { .. } => {}
+                StepKind::Extract { system, prompt, .. } => {
+                    for name in [system, prompt] {
+                        if !prompts.has(name) {
+                            return Err(format!(
+                                "step '{}' uses prompt '{name}', but there is no prompts/{name}.md",
+                                step.name
+                            ));
+                        }
+                    }
+                }
+                StepKind::Email { status, .. } => check_status(&step.name, status.as_deref())?,
+                StepKind::LeadStatus { status } => check_status(&step.name, Some(status))?,
                 StepKind::Generate { system, prompt, .. } => {
                     for name in [system, prompt] {
                         if !prompts.has(name) {

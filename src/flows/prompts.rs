@@ -8,6 +8,15 @@ use std::path::Path;
 use minijinja::Environment;
 
 const BUILT_IN_PROMPTS: [(&str, &str); 7] = [
+    (
+        "lead_extract",
+        include_str!("../../prompts/lead_extract.md"),
+    ),
+    ("lead_reply", include_str!("../../prompts/lead_reply.md")),
+    (
+        "lead_decline",
+        include_str!("../../prompts/lead_decline.md"),
+    ),
     ("system", include_str!("../../prompts/system.md")),
     ("draft", include_str!("../../prompts/draft.md")),
     // FUNNEL: the fact check and the rewrite a Revise asks for.

@@ -97,7 +97,13 @@ fn kind_effects(kind: &StepKind) -> Vec<Effect> {
         | StepKind::Retrieve { .. }
         | StepKind::Generate { .. }
         | StepKind::Approve { .. }
-        | StepKind::FactCheck { .. } => Vec::new(),
+        | StepKind::FactCheck { .. }
+        | StepKind::Extract { .. }
+        | StepKind::Enrich { .. }
+        | StepKind::Score { .. }
+        | StepKind::LeadStatus { .. } => Vec::new(),
+        // Writes to a client by e-mail: needs an approval decision first.
+        StepKind::Email { .. } => vec![Effect::Email, Effect::ClientMessage],
         StepKind::Publish { .. } => vec![Effect::PublicPost],
     }
 }

@@ -25,6 +25,10 @@ pub fn jobs(agents: Option<Agents>) -> Vec<(&'static str, Arc<dyn Job>)> {
         ("prune_payloads", Arc::new(PrunePayloads)),
         ("refresh_urls", Arc::new(RefreshUrls)),
         ("prune_schedule_history", Arc::new(PruneScheduleHistory)),
+        (
+            "follow_up_leads",
+            Arc::new(crate::leads::follow_up::FollowUpLeads),
+        ),
     ];
     if let Some(agents) = agents {
         jobs.push(("sweep_reservations", Arc::new(SweepReservations(agents))));

@@ -283,6 +283,7 @@ const MIGRATIONS: Migrations = migrations![
     8 "memory" "0008_memory.sql",
     9 "guardrails" "0009_guardrails.sql",
     10 "events and autonomy" "0010_events_autonomy.sql",
+    11 "leads and e-mail" "0011_leads.sql",
     12 "funnel: publications and results" "0012_funnel.sql",
     14 "coordination: leader leases, shared send pacing" "0014_coordination.sql",
     15 "embeddings" "0015_embeddings.sql",
@@ -362,6 +363,12 @@ impl Store {
 }
 
 impl Tx {
+    /// The transaction's connection, for modules that keep their own
+    /// tables' queries beside their code (`email`, `leads`).
+    pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut *self.inner
+    }
+
     pub async fn commit(self) -> StoreResult<()> {
         Ok(self.inner.commit().await?)
     }

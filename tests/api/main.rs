@@ -4,6 +4,7 @@
 
 mod fake_discord;
 mod fake_llm;
+mod fake_smtp;
 mod fake_telegram;
 mod fixtures;
 mod helpers;
@@ -18,11 +19,13 @@ mod digest;
 mod discord;
 mod doctor;
 mod events;
+mod email;
 mod failures;
 mod gaps;
 mod flows;
 mod funnel;
 mod http;
+mod leads;
 mod memory;
 mod models;
 mod outbox;
