@@ -13,6 +13,7 @@ mod buttons;
 mod commands;
 mod cost;
 mod memory;
+mod offers;
 mod policy_hooks;
 mod reports;
 mod routing;

@@ -23,6 +23,19 @@ pub enum Action {
     Route { intent: String, request: String },
     /// Pause (or resume) a schedule, from `/schedules`.
     SetSchedulePaused { name: String, paused: bool },
+    /// Change a reviewed variable of an offer, or confirm it (`/offer`).
+    OfferTerms { offer_id: String, change: OfferChange },
+}
+
+/// What an offer's review button changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "set", rename_all = "snake_case")]
+pub enum OfferChange {
+    Discount { percent: u32 },
+    /// `YYYY-MM-DD`.
+    Start { date: String },
+    Confirm,
+    Cancel,
 }
 
 /// Buttons for labelled actions, each with a fresh token, and the

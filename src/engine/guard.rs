@@ -55,6 +55,7 @@ impl Engine {
         &self,
         run: &RunRow,
         state: &RunState,
+        draft_from: &str,
         transition: &mut Transition,
     ) {
         let Some(approval) = transition.approval.as_mut() else {
@@ -67,7 +68,9 @@ impl Engine {
                 .into_iter()
                 .map(|text| Source::retrieved(Origin::Knowledge, text)),
         );
-        let review = self.inner.guard.review(&sources, &approval.draft);
+        let mut review = self.inner.guard.review(&sources, &approval.draft);
+        let draft_output = state.outputs.get(draft_from);
+        crate::offers::step::own_price_flags(&mut review, draft_output, &approval.draft);
         if review.is_clean() {
             return;
         }

@@ -16,8 +16,10 @@ use serde::Deserialize;
 pub use crate::domain::{CostLabel, Tier};
 
 /// Built-in flows, compiled in.
-const BUILT_IN_FLOWS: [(&str, &str); 1] =
-    [("draft", include_str!("../../config/flows/draft.toml"))];
+const BUILT_IN_FLOWS: [(&str, &str); 2] = [
+    ("draft", include_str!("../../config/flows/draft.toml")),
+    ("offer", include_str!("../../config/flows/offer.toml")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
@@ -82,6 +84,19 @@ pub enum StepKind {
         draft_from: String,
         artifact_kind: String,
     },
+    /// The confirmed terms of the run's offer (`/offer`), priced from
+    /// `[[offers]]`: client, offer, start, e-mail and the quote.
+    Quote,
+    /// A proposal document: `template` (a prompt file) rendered with the
+    /// quote and two model texts, as Markdown and as a PDF attached to
+    /// the approval; amounts in the model texts that the quote does not
+    /// state are flagged.
+    Proposal {
+        template: String,
+        quote_from: String,
+        scope_from: String,
+        cover_from: String,
+    },
 }
 
 fn urgent_by_default() -> bool {
@@ -116,6 +131,28 @@ impl Flow {
                         if !prompts.has(name) {
                             return Err(format!(
                                 "step '{}' uses prompt '{name}', but there is no prompts/{name}.md",
+                                step.name
+                            ));
+                        }
+                    }
+                }
+                StepKind::Quote => {}
+                StepKind::Proposal {
+                    template,
+                    quote_from,
+                    scope_from,
+                    cover_from,
+                } => {
+                    if !prompts.has(template) {
+                        return Err(format!(
+                            "step '{}' uses template '{template}', but there is no prompts/{template}.md",
+                            step.name
+                        ));
+                    }
+                    for source in [quote_from, scope_from, cover_from] {
+                        if !matches!(self.step_index(source), Some(at) if at < index) {
+                            return Err(format!(
+                                "step '{}' takes '{source}', which is not an earlier step",
                                 step.name
                             ));
                         }

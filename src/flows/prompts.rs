@@ -7,7 +7,7 @@ use std::path::Path;
 
 use minijinja::Environment;
 
-const BUILT_IN_PROMPTS: [(&str, &str); 4] = [
+const BUILT_IN_PROMPTS: [(&str, &str); 7] = [
     ("system", include_str!("../../prompts/system.md")),
     ("draft", include_str!("../../prompts/draft.md")),
     ("route", include_str!("../../prompts/route.md")),
@@ -15,6 +15,9 @@ const BUILT_IN_PROMPTS: [(&str, &str); 4] = [
         "route_system",
         include_str!("../../prompts/route_system.md"),
     ),
+    ("offer_scope", include_str!("../../prompts/offer_scope.md")),
+    ("offer_cover", include_str!("../../prompts/offer_cover.md")),
+    ("proposal", include_str!("../../prompts/proposal.md")),
 ];
 
 #[derive(Debug, thiserror::Error)]

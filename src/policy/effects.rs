@@ -96,7 +96,9 @@ fn kind_effects(kind: &StepKind) -> Vec<Effect> {
         StepKind::Context
         | StepKind::Retrieve { .. }
         | StepKind::Generate { .. }
-        | StepKind::Approve { .. } => Vec::new(),
+        | StepKind::Approve { .. }
+        | StepKind::Quote
+        | StepKind::Proposal { .. } => Vec::new(),
     }
 }
 

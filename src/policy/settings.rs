@@ -34,6 +34,14 @@ pub struct PolicySettings {
     /// Clients who agreed in writing to be named in public posts.
     #[serde(default)]
     pub consented_clients: Vec<String>,
+    /// The largest discount, in percent, an offer may be given (`/offer`);
+    /// a larger one is refused with a sentence.
+    #[serde(default = "default_max_discount")]
+    pub max_discount: u32,
+}
+
+fn default_max_discount() -> u32 {
+    10
 }
 
 impl Default for PolicySettings {
@@ -46,6 +54,7 @@ impl Default for PolicySettings {
             rate_limits: RateLimitSettings::default(),
             clients: Vec::new(),
             consented_clients: Vec::new(),
+            max_discount: default_max_discount(),
         }
     }
 }

@@ -23,6 +23,7 @@ mod journal;
 mod leases;
 mod ledger;
 mod messages;
+mod offers;
 mod outbox;
 mod reservations;
 mod runs;
@@ -39,6 +40,7 @@ pub use guardrails::GuardrailEvent;
 pub use leases::{ClaimedRun, Fenced};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::InboundRecord;
+pub use offers::OfferDraft;
 pub use outbox::{Claim, OutboxMessage, OutboxTrouble, Settlement};
 pub use reservations::{HeldReservation, Release, ReleasedSummary};
 pub use runs::{NewArtifact, NewRun, RunRow};
@@ -224,6 +226,7 @@ const MIGRATIONS: Migrations = migrations![
     7 "schedules" "0007_schedules.sql",
     8 "memory" "0008_memory.sql",
     9 "guardrails" "0009_guardrails.sql",
+    13 "offers and blobs" "0013_offers.sql",
 ];
 
 /// The migrations compiled into the binary, for one backend.

@@ -18,6 +18,7 @@ mod failures;
 mod http;
 mod memory;
 mod models;
+mod offers;
 mod outbox;
 mod policy;
 mod recovery;
