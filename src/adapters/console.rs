@@ -210,7 +210,8 @@ impl<W: AsyncWrite + Unpin> Console<W> {
         tokio::fs::write(&path, bytes)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(path)
+        // The home is often "."; an absolute path can be opened from anywhere.
+        Ok(tokio::fs::canonicalize(&path).await.unwrap_or(path))
     }
 }
 

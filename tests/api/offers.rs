@@ -264,3 +264,32 @@ async fn the_proposal_pdf_reaches_discord_as_a_message_file(db: Db) {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), adapter).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_writes_the_proposal_pdf_under_the_home_and_prints_its_path() {
+    let llm = FakeLlm::start().await;
+    script(&llm, SCOPE);
+    let home = tempfile::tempdir().unwrap();
+    let url = llm.base_url.clone();
+    let path = home.path().to_path_buf();
+    // The card's buttons: −5%, −10%, three start dates, Confirm (6), Cancel.
+    let input = "/offer Forno Velho, Brand Sprint, start 2031-03-03\n6\n";
+
+    let (stdout, stderr, ok) =
+        tokio::task::spawn_blocking(move || crate::console::chat(&path, Some(&url), input))
+            .await
+            .unwrap();
+
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("[6] Confirm  [7] Cancel"), "{stdout}");
+    let written = home
+        .path()
+        .canonicalize()
+        .unwrap()
+        .join("files/proposal-forno-velho-brand-sprint.pdf");
+    assert!(
+        stdout.contains(&format!("[file: {}]", written.display())),
+        "{stdout}"
+    );
+    assert!(std::fs::read(&written).unwrap().starts_with(b"%PDF-"));
+}
