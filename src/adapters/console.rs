@@ -199,7 +199,13 @@ impl<W: AsyncWrite + Unpin> Console<W> {
         let name: String = attachment
             .file_name
             .chars()
-            .map(|c| if c.is_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+            .map(|c| {
+                if c.is_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let name = name.trim_start_matches('.');
         let name = if name.is_empty() { "attachment" } else { name };

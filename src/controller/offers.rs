@@ -15,7 +15,11 @@ impl Controller {
     /// `/offer CLIENT, OFFER[, start …][, email=…][, discount=…]`: the
     /// review card, or a sentence saying what is wrong (unknown offer,
     /// discount above the cap, …). Nothing is stored for a refused request.
-    pub(super) async fn offer(&self, inbound: &Inbound, args: &str) -> Result<Handled, ControllerError> {
+    pub(super) async fn offer(
+        &self,
+        inbound: &Inbound,
+        args: &str,
+    ) -> Result<Handled, ControllerError> {
         let settings = &self.settings;
         let today = review::business_today(settings);
         let cap = settings.policy.guard.max_discount;

@@ -24,16 +24,23 @@ pub enum Action {
     /// Pause (or resume) a schedule, from `/schedules`.
     SetSchedulePaused { name: String, paused: bool },
     /// Change a reviewed variable of an offer, or confirm it (`/offer`).
-    OfferTerms { offer_id: String, change: OfferChange },
+    OfferTerms {
+        offer_id: String,
+        change: OfferChange,
+    },
 }
 
 /// What an offer's review button changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "set", rename_all = "snake_case")]
 pub enum OfferChange {
-    Discount { percent: u32 },
+    Discount {
+        percent: u32,
+    },
     /// `YYYY-MM-DD`.
-    Start { date: String },
+    Start {
+        date: String,
+    },
     Confirm,
     Cancel,
 }

@@ -94,7 +94,8 @@ impl Engine {
             }
             StepKind::Quote => {
                 let inner = &self.inner;
-                let output = crate::offers::step::quote(&inner.store, &inner.settings, run.id).await;
+                let output =
+                    crate::offers::step::quote(&inner.store, &inner.settings, run.id).await;
                 self.offer_step(run, step, output)
             }
             StepKind::Proposal {

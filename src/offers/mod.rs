@@ -125,7 +125,10 @@ pub fn parse_request(
 /// Refuses a discount above the cap: a sentence, nothing changed.
 pub fn check_discount(percent: u32, cap: u32) -> Result<(), OfferError> {
     if percent > cap {
-        Err(OfferError::DiscountAboveCap { asked: percent, cap })
+        Err(OfferError::DiscountAboveCap {
+            asked: percent,
+            cap,
+        })
     } else {
         Ok(())
     }
@@ -145,7 +148,9 @@ fn looks_like_email(text: &str) -> bool {
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
-        && !text.chars().any(|c| c.is_whitespace() || c == '<' || c == '>')
+        && !text
+            .chars()
+            .any(|c| c.is_whitespace() || c == '<' || c == '>')
 }
 
 fn parse_discount(value: &str) -> Result<u32, OfferError> {

@@ -82,7 +82,11 @@ pub fn card(
     }
     if let Some(start) = start {
         let earlier = start - Duration::days(7);
-        let others = [earlier, start + Duration::days(7), start + Duration::days(14)];
+        let others = [
+            earlier,
+            start + Duration::days(7),
+            start + Duration::days(14),
+        ];
         for date in others.into_iter().filter(|d| *d >= today) {
             choices.push((
                 format!("Start {}", date.format("%-d %b")),
@@ -162,7 +166,9 @@ pub async fn press_in(
     today: NaiveDate,
 ) -> StoreResult<Pressed> {
     let Some(mut draft) = tx.offer_draft(offer_id).await? else {
-        return Ok(say("That offer is no longer there; start again with /offer."));
+        return Ok(say(
+            "That offer is no longer there; start again with /offer.",
+        ));
     };
     if draft.status != "open" {
         let run = draft

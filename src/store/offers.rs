@@ -49,8 +49,19 @@ macro_rules! columns {
 }
 
 fn from_row(row: DraftRow) -> StoreResult<OfferDraft> {
-    let (id, platform, chat_id, requested_by, client, offer_name, email, start, discount, status, run) =
-        row;
+    let (
+        id,
+        platform,
+        chat_id,
+        requested_by,
+        client,
+        offer_name,
+        email,
+        start,
+        discount,
+        status,
+        run,
+    ) = row;
     Ok(OfferDraft {
         id,
         chat: ChatRef::new(platform.parse().map_err(corrupt)?, chat_id),

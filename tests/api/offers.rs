@@ -30,12 +30,14 @@ const REQUEST: &str =
     "/offer Forno Velho, Brand Sprint, start in January, email=ana@fornovelho.example";
 /// The scope as a model might write it, with a price it was told not to state.
 const SCOPE_WITH_WRONG_PRICE: &str = "- A half-day positioning workshop\n- Logo and wordmark\n- A one-page brand guide, all for EUR 3,900";
-const SCOPE: &str = "- A half-day positioning workshop\n- Logo and wordmark\n- A one-page brand guide";
+const SCOPE: &str =
+    "- A half-day positioning workshop\n- Logo and wordmark\n- A one-page brand guide";
 const COVER: &str =
     "Forno Velho bakes for three neighbourhoods; the brand should say so at a glance.";
 
 fn script(llm: &FakeLlm, scope: &str) {
-    llm.then(Behavior::reply(scope)).then(Behavior::reply(COVER));
+    llm.then(Behavior::reply(scope))
+        .then(Behavior::reply(COVER));
 }
 
 /// The PDF an approval message carries, read from the store.
@@ -54,7 +56,10 @@ async fn an_offer_is_priced_from_the_settings_whatever_price_the_model_wrote(db:
 
     let card = app.say(REQUEST).await;
     let shown = texts(&card);
-    assert!(shown.contains("Offer for Forno Velho: Brand Sprint"), "{shown}");
+    assert!(
+        shown.contains("Offer for Forno Velho: Brand Sprint"),
+        "{shown}"
+    );
     assert!(shown.contains("Price: EUR 4,800"), "{shown}");
     assert!(shown.contains("deposit of EUR 2,400"), "{shown}");
     assert!(shown.contains("Start: Monday 4 January 2027"), "{shown}");
@@ -66,8 +71,16 @@ async fn an_offer_is_priced_from_the_settings_whatever_price_the_model_wrote(db:
         .iter()
         .find(|m| m.buttons.iter().any(|b| b.label == "Approve"))
         .unwrap_or_else(|| panic!("an approval offer in {}", texts(&replies)));
-    assert!(offer.text.contains("- Brand Sprint: EUR 4,800"), "{}", offer.text);
-    assert!(offer.text.contains("Deposit (50%): EUR 2,400"), "{}", offer.text);
+    assert!(
+        offer.text.contains("- Brand Sprint: EUR 4,800"),
+        "{}",
+        offer.text
+    );
+    assert!(
+        offer.text.contains("Deposit (50%): EUR 2,400"),
+        "{}",
+        offer.text
+    );
     assert!(
         offer.text.contains(
             "⚠ Check before approving: the scope states EUR 3,900, which is not this offer's price (Brand Sprint: EUR 4,800; deposit EUR 2,400)."
@@ -81,9 +94,16 @@ async fn an_offer_is_priced_from_the_settings_whatever_price_the_model_wrote(db:
     assert_eq!(name, "proposal-forno-velho-brand-sprint.pdf");
 
     let approved = app.press(&button(&replies, "Approve")).await;
-    assert!(texts(&approved).contains("Approved."), "{}", texts(&approved));
+    assert!(
+        texts(&approved).contains("Approved."),
+        "{}",
+        texts(&approved)
+    );
     let run = app.app.store.recent_runs(1).await.unwrap().remove(0);
-    assert_eq!((run.flow.as_str(), run.status), ("offer", RunStatus::Completed));
+    assert_eq!(
+        (run.flow.as_str(), run.status),
+        ("offer", RunStatus::Completed)
+    );
     let state = app.app.engine.state(run.id).await.unwrap();
     assert_eq!(state.outputs["terms"]["quote"]["price_eur"], 4800);
     assert_eq!(state.outputs["review"]["decision"], "approved");
@@ -191,7 +211,10 @@ async fn the_proposal_pdf_reaches_telegram_as_a_document_before_the_approval(db:
         .await;
 
     let sent = tg.inspect(|s| s.sent_to(TG_OWNER));
-    let at = sent.iter().position(|m| m.message_id == offer.message_id).unwrap();
+    let at = sent
+        .iter()
+        .position(|m| m.message_id == offer.message_id)
+        .unwrap();
     let (name, bytes) = sent[at - 1]
         .document
         .clone()
@@ -258,7 +281,12 @@ async fn the_proposal_pdf_reaches_discord_as_a_message_file(db: Db) {
         .iter()
         .find(|(name, _)| name.ends_with(".pdf"))
         .cloned()
-        .unwrap_or_else(|| panic!("a PDF among {:?}", offer.files.iter().map(|f| &f.0).collect::<Vec<_>>()));
+        .unwrap_or_else(|| {
+            panic!(
+                "a PDF among {:?}",
+                offer.files.iter().map(|f| &f.0).collect::<Vec<_>>()
+            )
+        });
     assert_eq!(name, "proposal-forno-velho-brand-sprint.pdf");
     assert!(bytes.starts_with(b"%PDF-"));
     shutdown.cancel();

@@ -53,7 +53,9 @@ pub fn render(message: &Outbound, ephemeral: bool) -> Body {
                 mime: known_mime(&attachment.content_type),
                 bytes,
             }),
-            Err(error) => tracing::error!(%error, "an outbox attachment is unreadable; sent without it"),
+            Err(error) => {
+                tracing::error!(%error, "an outbox attachment is unreadable; sent without it")
+            }
         }
     }
     let mut payload = json!({

@@ -37,7 +37,10 @@ pub enum Part {
     /// A file the message carries (a proposal's PDF), sent as a document
     /// before the text, so the text part keeps the buttons and can be
     /// edited when an approval closes.
-    File { file_name: String, bytes: Vec<u8> },
+    File {
+        file_name: String,
+        bytes: Vec<u8>,
+    },
 }
 
 /// An outbound message as the Telegram messages that carry it, in order;
