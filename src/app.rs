@@ -84,6 +84,11 @@ impl App {
             guard,
         });
         let database_label = describe_database(&settings.database_url(home), store.backend());
+        let hooks = crate::http::Hooks::default();
+        hooks.mount(
+            crate::leads::hook::PATH,
+            crate::leads::hook::hook(store.clone(), settings.hooks.clone()),
+        );
         Ok(App {
             controller: Controller::new(engine.clone()),
             settings,
@@ -92,7 +97,7 @@ impl App {
             engine,
             database_label,
             health: crate::http::Health::default(),
-            hooks: crate::http::Hooks::default(),
+            hooks,
         })
     }
 }

@@ -35,6 +35,9 @@
 //!   text from others, injection detection, PII redaction before model
 //!   calls, draft checks (never-share, secrets, links, brand, prices),
 //!   effects that need an approval, rate limits; audited per run.
+//! - [`leads`]: leads from `POST /hooks/lead` (shared secret or HMAC) and
+//!   `/lead`, stored once per id with a `lead.received` event; the
+//!   deterministic scoring rules of `[leads.criteria]`; `/leads`.
 //! - [`memory`]: knowledge with provenance (ingest, chunks, full-text
 //!   retrieval on both databases), the decision log, the chat window and
 //!   working memory; the `retrieve` step and `/remember`, `/memory`,
@@ -46,6 +49,9 @@
 //!   a lease, in order per chat, fair across chats, within the platform's
 //!   rate limits, retried until delivered, marked once. Started once for
 //!   every platform by [`outbox::start`].
+//! - [`email`]: e-mail out over SMTP (lettre, rustls) as one more outbox
+//!   target: `email::queue_in` inside a change's transaction, once per
+//!   idempotency key; delivered, retried and paced by the outbox.
 //! - [`retry_after`]: every server's "retry after", read with a cap.
 //! - [`runtime`]: `soloist run`: the worker, the scheduler, HTTP and the
 //!   platforms until shutdown; a service that stops on its own stops the
@@ -75,10 +81,12 @@ pub mod controller;
 pub mod digest;
 pub mod doctor;
 pub mod domain;
+pub mod email;
 pub mod engine;
 pub mod flows;
 pub mod frontdoor;
 pub mod http;
+pub mod leads;
 pub mod memory;
 pub mod offers;
 pub mod outbox;

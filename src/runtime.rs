@@ -70,6 +70,11 @@ pub async fn run(
     {
         services.spawn(http);
     }
+    services.spawn(crate::email::service(
+        app.store.clone(),
+        app.settings.email.clone(),
+        shutdown.clone(),
+    ));
     services.spawn(worker(app, shutdown.clone()));
     for platform in platforms {
         services.spawn(platform);

@@ -107,6 +107,12 @@ pub struct Settings {
     pub log: crate::http::LogSettings,
     #[serde(default)]
     pub memory: crate::memory::MemorySettings,
+    #[serde(default)]
+    pub email: crate::email::EmailSettings,
+    #[serde(default)]
+    pub leads: crate::leads::LeadSettings,
+    #[serde(default)]
+    pub hooks: crate::leads::HookSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -203,7 +209,7 @@ impl OwnerSettings {
     /// terminal has no accounts: `soloist chat` is the owner and says so.)
     pub fn is_owner(&self, platform: Platform, user_id: &str) -> bool {
         let id = match platform {
-            Platform::Console => return false,
+            Platform::Console | Platform::Email => return false,
             Platform::Telegram => &self.telegram_user_id,
             Platform::Discord => &self.discord_user_id,
         };

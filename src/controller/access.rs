@@ -43,6 +43,8 @@ pub fn decide(settings: &Settings, inbound: &Inbound) -> Access {
     let platform = inbound.chat.platform;
     let (users, chats) = match platform {
         Platform::Console => return Access::Allowed,
+        // Nobody speaks to soloist by e-mail (yet): it only sends.
+        Platform::Email => return Access::Stranger,
         Platform::Telegram => (
             &settings.telegram.allowed_user_ids,
             &settings.telegram.allowed_chat_ids,

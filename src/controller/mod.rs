@@ -12,6 +12,7 @@ pub mod access;
 mod buttons;
 mod commands;
 mod cost;
+mod leads;
 mod memory;
 mod offers;
 mod policy_hooks;

@@ -24,6 +24,9 @@ pub enum Platform {
     Console,
     Telegram,
     Discord,
+    /// Outgoing e-mail (SMTP): a delivery target of the outbox, never a
+    /// source of updates; its "chat" is the recipient's address.
+    Email,
 }
 
 impl Platform {
@@ -32,6 +35,7 @@ impl Platform {
             Platform::Console => "console",
             Platform::Telegram => "telegram",
             Platform::Discord => "discord",
+            Platform::Email => "email",
         }
     }
 }
@@ -49,6 +53,7 @@ impl FromStr for Platform {
             "console" => Ok(Platform::Console),
             "telegram" => Ok(Platform::Telegram),
             "discord" => Ok(Platform::Discord),
+            "email" => Ok(Platform::Email),
             other => Err(format!("unknown platform '{other}'")),
         }
     }

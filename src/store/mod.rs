@@ -226,6 +226,7 @@ const MIGRATIONS: Migrations = migrations![
     7 "schedules" "0007_schedules.sql",
     8 "memory" "0008_memory.sql",
     9 "guardrails" "0009_guardrails.sql",
+    11 "leads and e-mail" "0011_leads.sql",
     13 "offers and blobs" "0013_offers.sql",
 ];
 
@@ -303,6 +304,12 @@ impl Store {
 }
 
 impl Tx {
+    /// The transaction's connection, for modules that keep their own
+    /// tables' queries beside their code (`email`, `leads`).
+    pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut *self.inner
+    }
+
     pub async fn commit(self) -> StoreResult<()> {
         Ok(self.inner.commit().await?)
     }

@@ -4,6 +4,7 @@
 
 mod fake_discord;
 mod fake_llm;
+mod fake_smtp;
 mod fake_telegram;
 mod fixtures;
 mod helpers;
@@ -14,8 +15,10 @@ mod console;
 mod digest;
 mod discord;
 mod doctor;
+mod email;
 mod failures;
 mod http;
+mod leads;
 mod memory;
 mod models;
 mod offers;
