@@ -23,7 +23,7 @@ impl Controller {
         let settings = &self.settings;
         let today = review::business_today(settings);
         let cap = settings.policy.guard.max_discount;
-        let request = match offers::parse_request(args, &settings.offers, cap, today) {
+        let mut request = match offers::parse_request(args, &settings.offers, cap, today) {
             Ok(request) => request,
             Err(refused) => return Ok(Handled::reply(refused.to_string())),
         };
@@ -33,6 +33,10 @@ impl Controller {
         // POLICY HOOK: a burst beyond the limits gets one sentence.
         if let Some(limited) = policy_hooks::limited(&self.engine, inbound, Some(FLOW)).await? {
             return Ok(limited);
+        }
+        // No address given: a lead of that name or company has one.
+        if request.email.is_none() {
+            request.email = self.store.lead_email(&request.client).await?;
         }
         let draft = review::new_draft(&request, &inbound.chat, &inbound.user_name);
         self.store.create_offer_draft(&draft).await?;

@@ -121,6 +121,32 @@ impl Engine {
                 .await;
                 self.offer_step(run, step, output)
             }
+            StepKind::SendProposal {
+                proposal_from,
+                approved_from,
+            } => {
+                let inner = &self.inner;
+                let sources = crate::offers::step::SendParts {
+                    proposal_from,
+                    approved_from,
+                };
+                let sent = crate::offers::step::send(
+                    &inner.store,
+                    &inner.settings,
+                    run.id,
+                    &state.outputs,
+                    sources,
+                )
+                .await;
+                match sent {
+                    Ok((output, said)) => {
+                        let mut transition = self.offer_step(run, step, Ok(output));
+                        transition.messages.push(Outbound::text(said));
+                        transition
+                    }
+                    Err(error) => self.offer_step(run, step, Err(error)),
+                }
+            }
         }
     }
 

@@ -97,6 +97,13 @@ pub enum StepKind {
         scope_from: String,
         cover_from: String,
     },
+    /// E-mails an approved proposal to the client, its PDF attached, once
+    /// (keyed on the run); declare `effects = ["client communications"]`.
+    #[serde(rename = "send_proposal")]
+    SendProposal {
+        proposal_from: String,
+        approved_from: String,
+    },
 }
 
 fn urgent_by_default() -> bool {
@@ -150,6 +157,19 @@ impl Flow {
                         ));
                     }
                     for source in [quote_from, scope_from, cover_from] {
+                        if !matches!(self.step_index(source), Some(at) if at < index) {
+                            return Err(format!(
+                                "step '{}' takes '{source}', which is not an earlier step",
+                                step.name
+                            ));
+                        }
+                    }
+                }
+                StepKind::SendProposal {
+                    proposal_from,
+                    approved_from,
+                } => {
+                    for source in [proposal_from, approved_from] {
                         if !matches!(self.step_index(source), Some(at) if at < index) {
                             return Err(format!(
                                 "step '{}' takes '{source}', which is not an earlier step",

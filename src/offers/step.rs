@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::{Quote, eur, find_offer, price_flags};
 use crate::config::Settings;
 use crate::domain::{Attachment, AttachmentBody, RunId};
+use crate::email::{Attachment as EmailAttachment, EmailError, EmailMessage};
 use crate::flows::{PromptError, Prompts};
 use crate::policy::{Flag, FlagKind, Review};
 use crate::store::{Store, StoreError};
@@ -33,6 +34,8 @@ pub enum StepError {
     Template(#[from] PromptError),
     #[error(transparent)]
     Pdf(#[from] super::pdf::PdfError),
+    #[error("the e-mail could not be queued: {0}")]
+    Email(#[from] EmailError),
 }
 
 impl StepError {
@@ -45,6 +48,7 @@ impl StepError {
             StepError::Store(_) => "Check the database (soloist doctor).",
             StepError::Template(_) => "Fix the template file.",
             StepError::Pdf(_) => "This is a bug; please report it.",
+            StepError::Email(_) => "Check the client's address and the database, then retry.",
         }
     }
 }
@@ -134,6 +138,94 @@ pub async fn proposal(
             "bytes": pdf.len(),
         },
     }))
+}
+
+/// Which earlier steps an e-mailed proposal comes from.
+pub struct SendParts<'a> {
+    pub proposal_from: &'a str,
+    pub approved_from: &'a str,
+}
+
+/// The `send_proposal` step: the approved proposal to the client by
+/// e-mail (its text, and the PDF attached), queued once per run (the key
+/// is the run's id, so a step repeated after a lapsed claim queues
+/// nothing new). Returns the output and what the operator is told.
+pub async fn send(
+    store: &Store,
+    settings: &Settings,
+    run_id: RunId,
+    outputs: &BTreeMap<String, Value>,
+    parts: SendParts<'_>,
+) -> Result<(Value, String), StepError> {
+    let proposal = outputs
+        .get(parts.proposal_from)
+        .ok_or_else(|| StepError::Missing(parts.proposal_from.into()))?;
+    let approved = outputs
+        .get(parts.approved_from)
+        .ok_or_else(|| StepError::Missing(parts.approved_from.into()))?;
+    if approved.get("decision").and_then(Value::as_str) != Some("approved") {
+        return Ok((
+            json!({ "sent": false }),
+            "The proposal was not approved, so nothing was sent.".into(),
+        ));
+    }
+    let client = proposal["client"].as_str().unwrap_or_default();
+    let Some(to) = proposal["email"].as_str().filter(|e| !e.is_empty()) else {
+        let said = format!(
+            "Nothing was e-mailed: there is no address for {client} (add email=… to /offer next time). The PDF is on the approval above."
+        );
+        return Ok((json!({ "sent": false, "reason": "no address" }), said));
+    };
+    let text = approved["text"].as_str().unwrap_or_default().to_string();
+    let quote: Quote = serde_json::from_value(proposal["quote"].clone())
+        .map_err(|_| StepError::Missing(parts.proposal_from.into()))?;
+    let pdf = approved_pdf(store, proposal, &text, &quote, client).await?;
+    let file_name = file_name(client, &quote.offer);
+    let message = EmailMessage {
+        to: to.to_string(),
+        subject: format!("Proposal: {} for {client}", quote.offer),
+        text: text.clone(),
+        attachments: vec![EmailAttachment {
+            filename: file_name.clone(),
+            content_type: PDF.into(),
+            bytes: pdf,
+        }],
+    };
+    let key = format!("proposal:{run_id}");
+    let queued = crate::email::queue(store, message, &key).await?;
+    let when = if settings.email.is_configured() {
+        "it goes out now"
+    } else {
+        "it waits until [email] is configured"
+    };
+    let said = format!("E-mailed to {to} with {file_name} attached ({when}).");
+    Ok((
+        json!({ "sent": true, "to": to, "file_name": file_name, "queued_now": queued }),
+        said,
+    ))
+}
+
+/// The PDF of the approved text: the stored one when the operator approved
+/// the proposal as made, a new one when they edited it first.
+async fn approved_pdf(
+    store: &Store,
+    proposal: &Value,
+    approved_text: &str,
+    quote: &Quote,
+    client: &str,
+) -> Result<Vec<u8>, StepError> {
+    let unchanged = proposal.get("text").and_then(Value::as_str) == Some(approved_text);
+    let stored = proposal
+        .get("file")
+        .and_then(|f| f.get("blob"))
+        .and_then(Value::as_str);
+    if let (true, Some(blob)) = (unchanged, stored)
+        && let Some(bytes) = store.blob(blob).await?
+    {
+        return Ok(bytes);
+    }
+    let title = format!("Proposal: {} for {client}", quote.offer);
+    Ok(super::pdf::render(&title, approved_text)?)
 }
 
 /// "proposal-forno-velho-brand-sprint.pdf".

@@ -99,6 +99,10 @@ fn kind_effects(kind: &StepKind) -> Vec<Effect> {
         | StepKind::Approve { .. }
         | StepKind::Quote
         | StepKind::Proposal { .. } => Vec::new(),
+        // Declared in the flow file too; a send to a client is one always.
+        StepKind::SendProposal { .. } => {
+            vec![Effect::ClientMessage, Effect::PriceQuote, Effect::Email]
+        }
     }
 }
 

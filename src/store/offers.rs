@@ -145,6 +145,18 @@ impl Store {
         Ok(())
     }
 
+    /// The e-mail address of the latest lead whose company or name is
+    /// `client` (any case): where a proposal goes when `/offer` names no
+    /// address.
+    pub async fn lead_email(&self, client: &str) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT email FROM leads WHERE email <> '' AND (LOWER(company) = LOWER($1) OR LOWER(name) = LOWER($1)) ORDER BY created_at DESC, id DESC LIMIT 1",
+        )
+        .bind(client.trim())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// The offer a run makes the proposal for.
     pub async fn offer_draft_for_run(&self, run_id: RunId) -> StoreResult<Option<OfferDraft>> {
         let row: Option<DraftRow> = sqlx::query_as(concat!(

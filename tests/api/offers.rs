@@ -11,8 +11,12 @@ use soloist::domain::{AttachmentBody, InboundContent, Outbound, RunStatus};
 use soloist::runtime::{self, platform_services};
 use tokio_util::sync::CancellationToken;
 
+use base64::Engine as _;
+
+use crate::email::{point_email_at, start_email};
 use crate::fake_discord::{FakeDiscord, Place, TOKEN, User};
 use crate::fake_llm::{Behavior, FakeLlm};
+use crate::fake_smtp::FakeSmtp;
 use crate::fake_telegram::FakeTelegram;
 use crate::helpers::{Db, TestApp, button, texts};
 use crate::on_both_backends;
@@ -24,6 +28,8 @@ on_both_backends!(
     an_unknown_offer_is_answered_with_the_configured_offers,
     the_proposal_pdf_reaches_telegram_as_a_document_before_the_approval,
     the_proposal_pdf_reaches_discord_as_a_message_file,
+    an_approved_proposal_reaches_the_client_by_email_with_its_pdf_and_only_after_approve,
+    without_an_address_the_leads_email_is_used_and_a_rejection_sends_nothing,
 );
 
 const REQUEST: &str =
@@ -320,4 +326,82 @@ async fn the_console_writes_the_proposal_pdf_under_the_home_and_prints_its_path(
         "{stdout}"
     );
     assert!(std::fs::read(&written).unwrap().starts_with(b"%PDF-"));
+}
+
+async fn an_approved_proposal_reaches_the_client_by_email_with_its_pdf_and_only_after_approve(
+    db: Db,
+) {
+    let smtp = FakeSmtp::start().await;
+    let app = TestApp::spawn_with(db, |s| point_email_at(s, &smtp)).await;
+    script(&app.llm, SCOPE);
+    let shutdown = start_email(&app);
+    let card = app.say(REQUEST).await;
+    let offer = app.press(&button(&card, "Confirm")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(smtp.received().await.is_empty(), "nothing before Approve");
+
+    let approved = app.press(&button(&offer, "Approve")).await;
+
+    assert!(
+        texts(&approved).contains(
+            "E-mailed to ana@fornovelho.example with proposal-forno-velho-brand-sprint.pdf attached"
+        ),
+        "{}",
+        texts(&approved)
+    );
+    let received = smtp.wait_for(1, 10).await;
+    shutdown.cancel();
+    let mail = &received[0];
+    assert_eq!(mail.to, ["ana@fornovelho.example"]);
+    assert!(
+        mail.data
+            .contains("Subject: Proposal: Brand Sprint for Forno Velho")
+    );
+    // Long header lines are folded; read them unfolded.
+    let headers = mail.data.replace("\r\n ", " ").replace("\r\n\t", " ");
+    assert!(
+        headers.contains("proposal-forno-velho-brand-sprint.pdf")
+            && headers.contains("application/pdf"),
+        "{}",
+        &mail.data[..mail.data.len().min(3000)]
+    );
+    // The attachment is the PDF the approval carried (base64 in the mail).
+    let run = app.app.store.recent_runs(1).await.unwrap().remove(0);
+    let state = app.app.engine.state(run.id).await.unwrap();
+    let blob = state.outputs["proposal"]["file"]["blob"].as_str().unwrap();
+    let pdf = app.app.store.blob(blob).await.unwrap().unwrap();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&pdf);
+    let body: String = mail.data.split("\r\n").collect();
+    assert!(body.contains(&encoded), "the PDF's bytes are in the mail");
+    assert_eq!(run.status, RunStatus::Completed);
+}
+
+async fn without_an_address_the_leads_email_is_used_and_a_rejection_sends_nothing(db: Db) {
+    let app = TestApp::spawn(db).await;
+    script(&app.llm, SCOPE);
+    sqlx::query(
+        "INSERT INTO leads (external_id, source, name, company, email, message, created_at, updated_at)
+         VALUES ('l-1', 'hook', 'Ana Lopes', 'Forno Velho', 'ana@fornovelho.example', 'We need a brand.', 1, 1)",
+    )
+    .execute(app.app.store.pool())
+    .await
+    .unwrap();
+
+    let card = app.say("/offer forno velho, Brand Sprint").await;
+    assert!(
+        texts(&card).contains("E-mail to: ana@fornovelho.example"),
+        "{}",
+        texts(&card)
+    );
+    let offer = app.press(&button(&card, "Confirm")).await;
+    app.press(&button(&offer, "Reject")).await;
+    app.say("Too early, they have no budget yet.").await;
+
+    let run = app.app.store.recent_runs(1).await.unwrap().remove(0);
+    assert_eq!(run.status, RunStatus::Completed);
+    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM email_keys")
+        .fetch_one(app.app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(keys, 0, "a rejected proposal is never e-mailed");
 }
