@@ -50,6 +50,9 @@
 //!   `/embeddings` embedder's vectors), the decision log, the chat window and
 //!   working memory; the `retrieve` step and `/remember`, `/memory`,
 //!   `/forget`, `/sources`, `/forget_person`.
+//! - [`offers`]: productized offers (`/offer`): the quote computed from
+//!   `[[offers]]` (no model writes a price), the key-variable review card,
+//!   the `quote` and `proposal` step kinds, the proposal PDF (printpdf).
 //! - [`outbox`]: delivers queued messages to a platform: rows claimed with
 //!   a lease, in order per chat, fair across chats, within the platform's
 //!   rate limits, retried until delivered, marked once. Woken with the
@@ -110,6 +113,7 @@ pub mod funnel;
 pub mod http;
 pub mod leads;
 pub mod memory;
+pub mod offers;
 pub mod outbox;
 pub mod policy;
 pub mod retry_after;

@@ -203,7 +203,8 @@ async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<Exit
         tokio::io::stdout(),
         app.settings.business.owner.clone(),
     )
-    .echo_input(!std::io::IsTerminal::is_terminal(&std::io::stdin()));
+    .echo_input(!std::io::IsTerminal::is_terminal(&std::io::stdin()))
+    .files_dir(home.join("files"));
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
     console.run(stdin, &banner).await?;
     batches.cancel();

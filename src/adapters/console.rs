@@ -33,6 +33,8 @@ pub struct Console<W> {
     line_number: u64,
     buttons: Vec<Button>,
     echo: bool,
+    /// Where attachments are written (`<home>/files` from `soloist chat`).
+    files_dir: std::path::PathBuf,
 }
 
 impl<W: AsyncWrite + Unpin> Console<W> {
@@ -45,7 +47,15 @@ impl<W: AsyncWrite + Unpin> Console<W> {
             line_number: 0,
             buttons: Vec::new(),
             echo: false,
+            files_dir: std::env::temp_dir().join("soloist-files"),
         }
+    }
+
+    /// Where the files messages carry are written (a proposal's PDF); the
+    /// message shows the path.
+    pub fn files_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.files_dir = dir;
+        self
     }
 
     /// Prints each input line after the prompt: for input that is not a
@@ -132,7 +142,8 @@ impl<W: AsyncWrite + Unpin> Console<W> {
             if pending.is_empty() {
                 return Ok(());
             }
-            for message in pending {
+            for mut message in pending {
+                store.load_attachment(&mut message.message).await?;
                 self.print(&message.message).await?;
                 store.mark_delivered(message.id, None).await?;
             }
@@ -155,10 +166,58 @@ impl<W: AsyncWrite + Unpin> Console<W> {
         if let Some(image) = &message.image {
             text.push_str(&format!("\n[image: {}]", sanitize(&image.file_name)));
         }
+        if let Some(attachment) = &message.attachment {
+            let line = match self.write_attachment(attachment).await {
+                Ok(path) => format!("\n[file: {}]", sanitize(&path.display().to_string())),
+                Err(error) => {
+                    tracing::warn!(error = %error, "an attachment could not be written");
+                    format!(
+                        "\n[file {} could not be written: {}]",
+                        sanitize(&attachment.file_name),
+                        sanitize(&error)
+                    )
+                }
+            };
+            text.push_str(&line);
+        }
         text.push('\n');
         self.output.write_all(text.as_bytes()).await?;
         self.output.flush().await?;
         Ok(())
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Console<W> {
+    /// Writes an attachment under the files folder; its name is reduced to
+    /// a plain file name (no folders, no dots in front), so a file name
+    /// from a message cannot write elsewhere.
+    async fn write_attachment(
+        &self,
+        attachment: &crate::domain::Attachment,
+    ) -> Result<std::path::PathBuf, String> {
+        let bytes = attachment.bytes()?;
+        let name: String = attachment
+            .file_name
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let name = name.trim_start_matches('.');
+        let name = if name.is_empty() { "attachment" } else { name };
+        tokio::fs::create_dir_all(&self.files_dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        let path = self.files_dir.join(name);
+        tokio::fs::write(&path, bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The home is often "."; an absolute path can be opened from anywhere.
+        Ok(tokio::fs::canonicalize(&path).await.unwrap_or(path))
     }
 }
 

@@ -119,6 +119,10 @@ impl Controller {
                     }
                 },
             },
+            Action::OfferTerms { offer_id, change } => {
+                self.offer_press(&mut tx, inbound, &offer_id, change)
+                    .await?
+            }
             Action::SetSchedulePaused { name, paused } => {
                 let now_ms = schedule_now.unwrap_or_default();
                 Handled::reply(scheduler::set_paused_in(&mut tx, &name, paused, now_ms).await?)

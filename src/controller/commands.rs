@@ -79,6 +79,15 @@ pub const COMMAND_TABLE: &[CommandSpec] = &[
         handler: handler!(draft),
     },
     CommandSpec {
+        name: "offer",
+        aliases: &[],
+        args: "TEXT",
+        description: "a proposal: CLIENT, OFFER, start …, email=…; review the terms, then approve the PDF",
+        intent: None,
+        report: false,
+        handler: handler!(offer),
+    },
+    CommandSpec {
         name: "runs",
         aliases: &[],
         args: "",

@@ -15,6 +15,7 @@ mod cost;
 mod funnel;
 mod leads;
 mod memory;
+mod offers;
 mod policy_hooks;
 mod reports;
 mod routing;

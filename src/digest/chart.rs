@@ -13,7 +13,9 @@ use plotters::style::FontStyle;
 pub const WIDTH: u32 = 1000;
 pub const HEIGHT: u32 = 500;
 
-const FONT: &[u8] = include_bytes!("font/DejaVuSans.ttf");
+/// DejaVu Sans, compiled in once: the chart and the proposal PDFs
+/// (`offers::pdf`) both use it.
+pub(crate) const FONT: &[u8] = include_bytes!("font/DejaVuSans.ttf");
 
 /// What the chart shows.
 #[derive(Debug, Clone, Default)]

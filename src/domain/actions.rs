@@ -28,6 +28,26 @@ pub enum Action {
     PublishWhen { run_id: RunId, when: String },
     /// FUNNEL: undo what the run published (the declared compensations).
     Retract { run_id: RunId },
+    /// Change a reviewed variable of an offer, or confirm it (`/offer`).
+    OfferTerms {
+        offer_id: String,
+        change: OfferChange,
+    },
+}
+
+/// What an offer's review button changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "set", rename_all = "snake_case")]
+pub enum OfferChange {
+    Discount {
+        percent: u32,
+    },
+    /// `YYYY-MM-DD`.
+    Start {
+        date: String,
+    },
+    Confirm,
+    Cancel,
 }
 
 /// Buttons for labelled actions, each with a fresh token, and the

@@ -7,7 +7,7 @@ mod ids;
 mod models;
 mod run;
 
-pub use actions::{Action, action_buttons};
+pub use actions::{Action, OfferChange, action_buttons};
 pub use ids::{ApprovalId, ArtifactId, IdError, RunId};
 pub use models::{CostLabel, Tier};
 pub use run::{InputPurpose, JournalEvent, RunInput, RunStatus};
@@ -181,6 +181,11 @@ pub struct Outbound {
     pub buttons: Vec<Button>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<Image>,
+    /// A file sent with the message (a proposal's PDF): Telegram sends it
+    /// as a document before the text, Discord as an attachment, the
+    /// console writes it to a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
     /// Set when the message offers an approval's buttons, or reports its
     /// decision: adapters edit the offer in place (buttons removed) when
     /// they can.
@@ -222,6 +227,7 @@ impl Outbound {
             text: text.into(),
             buttons: Vec::new(),
             image: None,
+            attachment: None,
             approval: None,
             private_to: None,
             answers: None,
@@ -239,6 +245,11 @@ impl Outbound {
         self
     }
 
+    pub fn with_attachment(mut self, attachment: Attachment) -> Self {
+        self.attachment = Some(attachment);
+        self
+    }
+
     pub fn linked_to(mut self, id: ApprovalId, role: ApprovalRole) -> Self {
         self.approval = Some(ApprovalLink { id, role });
         self
@@ -250,6 +261,50 @@ impl Outbound {
 pub struct Image {
     pub file_name: String,
     pub png_base64: String,
+}
+
+/// A file a message carries. Its bytes are either inline (base64, for small
+/// files) or a blob stored once in the database (`blobs` table), so an
+/// outbox row stays small; delivery resolves a blob before the adapter
+/// sees the message ([`Attachment::bytes`] then works).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub file_name: String,
+    pub content_type: String,
+    pub body: AttachmentBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachmentBody {
+    Base64(String),
+    /// The id of a stored blob (its SHA-256, hex).
+    Blob(String),
+}
+
+impl Attachment {
+    pub fn inline(file_name: &str, content_type: &str, bytes: &[u8]) -> Self {
+        use base64::Engine as _;
+        Attachment {
+            file_name: file_name.to_string(),
+            content_type: content_type.to_string(),
+            body: AttachmentBody::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        }
+    }
+
+    /// The file's bytes. Err for a blob not yet resolved, or bad base64.
+    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        match &self.body {
+            AttachmentBody::Base64(data) => base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| format!("the attachment {} is not valid base64: {e}", self.file_name)),
+            AttachmentBody::Blob(id) => Err(format!(
+                "the attachment {} is stored blob {id}, not loaded",
+                self.file_name
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -58,6 +58,7 @@ impl Engine {
         &self,
         run: &RunRow,
         state: &RunState,
+        draft_from: &str,
         transition: &mut Transition,
     ) {
         let Some(draft) = transition.approval.as_ref().map(|a| a.draft.clone()) else {
@@ -72,6 +73,8 @@ impl Engine {
         );
         let guard = &self.inner.guard;
         let mut review = guard.review(&sources, &draft);
+        let draft_output = state.outputs.get(draft_from);
+        crate::offers::step::own_price_flags(&mut review, draft_output, &draft);
         if guard.classifier_on() {
             let step = approving_step(state, transition);
             let of = ReviewOf {

@@ -108,8 +108,15 @@ impl Engine {
                 if *revise {
                     crate::funnel::keep_previous(self, run.id, &transition).await;
                 }
+                // A draft step's file (a proposal's PDF) goes with its offer.
+                if let Some(approval) = transition.approval.as_mut() {
+                    let output = state.outputs.get(draft_from);
+                    approval.message.attachment =
+                        crate::offers::step::attachment_for(output, &approval.draft);
+                }
                 // POLICY HOOK: flags on the approval message.
-                self.guard_offer(run, state, &mut transition).await;
+                self.guard_offer(run, state, draft_from, &mut transition)
+                    .await;
                 transition
             }
             StepKind::FactCheck { .. } => {
@@ -117,6 +124,77 @@ impl Engine {
             }
             StepKind::Publish { text_from } => {
                 crate::funnel::publish_step(self, run, step, state, text_from)
+            }
+            StepKind::Quote => {
+                let inner = &self.inner;
+                let output =
+                    crate::offers::step::quote(&inner.store, &inner.settings, run.id).await;
+                self.offer_step(run, step, output)
+            }
+            StepKind::Proposal {
+                template,
+                quote_from,
+                scope_from,
+                cover_from,
+            } => {
+                let inner = &self.inner;
+                let parts = crate::offers::step::ProposalParts {
+                    template,
+                    quote_from,
+                    scope_from,
+                    cover_from,
+                };
+                let output = crate::offers::step::proposal(
+                    &inner.store,
+                    &inner.settings,
+                    &inner.prompts,
+                    &state.outputs,
+                    parts,
+                )
+                .await;
+                self.offer_step(run, step, output)
+            }
+            StepKind::SendProposal {
+                proposal_from,
+                approved_from,
+            } => {
+                let inner = &self.inner;
+                let sources = crate::offers::step::SendParts {
+                    proposal_from,
+                    approved_from,
+                };
+                let sent = crate::offers::step::send(
+                    &inner.store,
+                    &inner.settings,
+                    run.id,
+                    &state.outputs,
+                    sources,
+                )
+                .await;
+                match sent {
+                    Ok((output, said)) => {
+                        let mut transition = self.offer_step(run, step, Ok(output));
+                        transition.messages.push(Outbound::text(said));
+                        transition
+                    }
+                    Err(error) => self.offer_step(run, step, Err(error)),
+                }
+            }
+        }
+    }
+
+    /// An offer step's output journaled, or the run stopped saying why.
+    fn offer_step(
+        &self,
+        run: &RunRow,
+        step: &StepDef,
+        output: Result<serde_json::Value, crate::offers::step::StepError>,
+    ) -> Transition {
+        match output {
+            Ok(output) => completed(&step.name, output),
+            Err(error) => {
+                tracing::warn!(error = ?error, "offer step failed");
+                failed(run, &step.name, error.to_string(), error.advice())
             }
         }
     }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 pub use crate::domain::{CostLabel, Tier};
 
 /// Built-in flows, compiled in.
-const BUILT_IN_FLOWS: [(&str, &str); 3] = [
+const BUILT_IN_FLOWS: [(&str, &str); 4] = [
     ("draft", include_str!("../../config/flows/draft.toml")),
     // FUNNEL: draft, fact-check, approve or revise, publish, retract.
     ("post", include_str!("../../config/flows/post.toml")),
@@ -24,6 +24,7 @@ const BUILT_IN_FLOWS: [(&str, &str); 3] = [
         "lead-qualification",
         include_str!("../../config/flows/lead-qualification.toml"),
     ),
+    ("offer", include_str!("../../config/flows/offer.toml")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +184,26 @@ pub enum StepKind {
     /// Sets the run's lead's status (`pursuing`, `declined`, …).
     #[serde(rename = "lead_status")]
     LeadStatus { status: String },
+    /// The confirmed terms of the run's offer (`/offer`), priced from
+    /// `[[offers]]`: client, offer, start, e-mail and the quote.
+    Quote,
+    /// A proposal document: `template` (a prompt file) rendered with the
+    /// quote and two model texts, as Markdown and as a PDF attached to
+    /// the approval; amounts in the model texts that the quote does not
+    /// state are flagged.
+    Proposal {
+        template: String,
+        quote_from: String,
+        scope_from: String,
+        cover_from: String,
+    },
+    /// E-mails an approved proposal to the client, its PDF attached, once
+    /// (keyed on the run); declare `effects = ["client communications"]`.
+    #[serde(rename = "send_proposal")]
+    SendProposal {
+        proposal_from: String,
+        approved_from: String,
+    },
 }
 
 fn fast_tier() -> Tier {
@@ -350,6 +371,41 @@ impl Flow {
                         if !prompts.has(name) {
                             return Err(format!(
                                 "step '{}' uses prompt '{name}', but there is no prompts/{name}.md",
+                                step.name
+                            ));
+                        }
+                    }
+                }
+                StepKind::Quote => {}
+                StepKind::Proposal {
+                    template,
+                    quote_from,
+                    scope_from,
+                    cover_from,
+                } => {
+                    if !prompts.has(template) {
+                        return Err(format!(
+                            "step '{}' uses template '{template}', but there is no prompts/{template}.md",
+                            step.name
+                        ));
+                    }
+                    for source in [quote_from, scope_from, cover_from] {
+                        if !matches!(self.step_index(source), Some(at) if at < index) {
+                            return Err(format!(
+                                "step '{}' takes '{source}', which is not an earlier step",
+                                step.name
+                            ));
+                        }
+                    }
+                }
+                StepKind::SendProposal {
+                    proposal_from,
+                    approved_from,
+                } => {
+                    for source in [proposal_from, approved_from] {
+                        if !matches!(self.step_index(source), Some(at) if at < index) {
+                            return Err(format!(
+                                "step '{}' takes '{source}', which is not an earlier step",
                                 step.name
                             ));
                         }

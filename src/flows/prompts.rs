@@ -31,6 +31,9 @@ const BUILT_IN_PROMPTS: [(&str, &str); 7] = [
         "route_system",
         include_str!("../../prompts/route_system.md"),
     ),
+    ("offer_scope", include_str!("../../prompts/offer_scope.md")),
+    ("offer_cover", include_str!("../../prompts/offer_cover.md")),
+    ("proposal", include_str!("../../prompts/proposal.md")),
 ];
 
 #[derive(Debug, thiserror::Error)]

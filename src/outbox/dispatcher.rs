@@ -412,6 +412,12 @@ impl<'a, D: Deliver> Run<'a, D> {
                 limits,
             )
             .await;
+            let mut message = message;
+            // A stored file is loaded here, once for every platform.
+            store
+                .load_attachment(&mut message.message)
+                .await
+                .map_err(|e| DeliveryError::Transient(format!("reading the attachment: {e}")))?;
             let offer_ids = match message.message.approval {
                 Some(link) if link.role == ApprovalRole::Closed => store
                     .offer_message_ids(link.id, &message.chat)

@@ -82,6 +82,17 @@ static AMOUNT: LazyLock<Regex> = LazyLock::new(|| {
         .expect("amount pattern")
 });
 
+/// Every euro amount `text` states, in whole euros ("EUR 4,800", "€900",
+/// "3900 euros"), in order: for checks that know the one right figure
+/// (an offer's quote, `crate::offers`).
+pub fn amounts_in(text: &str) -> Vec<u64> {
+    AMOUNT
+        .captures_iter(text)
+        .filter_map(|capture| capture.get(1).or_else(|| capture.get(2)))
+        .filter_map(|digits| digits.as_str().replace([',', '.'], "").parse().ok())
+        .collect()
+}
+
 /// True when `phrase` appears in `text` as whole words, ignoring case
 /// ("Casa Lume" in "the casa lume team", not "Lume" in "Lumen").
 pub fn mentions(text: &str, phrase: &str) -> bool {

@@ -101,10 +101,16 @@ fn kind_effects(kind: &StepKind) -> Vec<Effect> {
         | StepKind::Extract { .. }
         | StepKind::Enrich { .. }
         | StepKind::Score { .. }
-        | StepKind::LeadStatus { .. } => Vec::new(),
+        | StepKind::LeadStatus { .. }
+        | StepKind::Quote
+        | StepKind::Proposal { .. } => Vec::new(),
         // Writes to a client by e-mail: needs an approval decision first.
         StepKind::Email { .. } => vec![Effect::Email, Effect::ClientMessage],
         StepKind::Publish { .. } => vec![Effect::PublicPost],
+        // Declared in the flow file too; a send to a client is one always.
+        StepKind::SendProposal { .. } => {
+            vec![Effect::ClientMessage, Effect::PriceQuote, Effect::Email]
+        }
     }
 }
 

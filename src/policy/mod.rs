@@ -31,7 +31,7 @@ pub mod trust;
 #[cfg(test)]
 pub(crate) mod test_fixtures;
 
-pub use checks::{DraftRules, Flag, FlagKind};
+pub use checks::{DraftRules, Flag, FlagKind, amounts_in};
 pub use effects::{Effect, UnknownEffect};
 pub use limits::{LIMITED, Limited, Limits};
 pub use pii::{PiiKind, Redaction, Redactor};

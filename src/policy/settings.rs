@@ -44,10 +44,19 @@ pub struct PolicySettings {
     /// [`super::classifier`]). Off by default.
     #[serde(default)]
     pub injection_classifier: bool,
+    /// The largest discount, in percent, an offer may be given (`/offer`);
+    /// a larger one is refused with a sentence.
+    #[serde(default = "default_max_discount")]
+    pub max_discount: u32,
 }
 
 fn on() -> bool {
     true
+
+}
+
+fn default_max_discount() -> u32 {
+    10
 }
 
 impl Default for PolicySettings {
@@ -62,6 +71,7 @@ impl Default for PolicySettings {
             consented_clients: Vec::new(),
             fast_review: true,
             injection_classifier: false,
+            max_discount: default_max_discount(),
         }
     }
 }

@@ -25,6 +25,7 @@ mod journal;
 mod leases;
 mod ledger;
 mod messages;
+mod offers;
 mod outbox;
 mod publications;
 mod reservations;
@@ -42,6 +43,7 @@ pub use guardrails::GuardrailEvent;
 pub use leases::{ClaimedRun, Fenced};
 pub use ledger::{CostGroup, CostLine, CostSummary, LedgerEntry};
 pub use messages::InboundRecord;
+pub use offers::OfferDraft;
 pub use outbox::{Claim, OutboxMessage, OutboxTrouble, Settlement};
 pub use publications::{NewPublication, Publication, ResultRow};
 pub use reservations::{HeldReservation, Release, ReleasedSummary};
@@ -285,6 +287,7 @@ const MIGRATIONS: Migrations = migrations![
     10 "events and autonomy" "0010_events_autonomy.sql",
     11 "leads and e-mail" "0011_leads.sql",
     12 "funnel: publications and results" "0012_funnel.sql",
+    13 "offers and blobs" "0013_offers.sql",
     14 "coordination: leader leases, shared send pacing" "0014_coordination.sql",
     15 "embeddings" "0015_embeddings.sql",
 ];

@@ -6,7 +6,11 @@ use std::process::{Command, Stdio};
 use crate::fake_llm::{DEFAULT_DRAFT, FakeLlm};
 
 /// Runs `soloist chat` in `home` with `input` on stdin and a fake model.
-fn chat(home: &std::path::Path, llm: Option<&str>, input: &str) -> (String, String, bool) {
+pub(crate) fn chat(
+    home: &std::path::Path,
+    llm: Option<&str>,
+    input: &str,
+) -> (String, String, bool) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_soloist"));
     command
         .arg("chat")

@@ -28,6 +28,7 @@ mod http;
 mod leads;
 mod memory;
 mod models;
+mod offers;
 mod outbox;
 mod pipeline;
 mod policy;

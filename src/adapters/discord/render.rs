@@ -46,6 +46,18 @@ pub fn render(message: &Outbound, ephemeral: bool) -> Body {
             Err(error) => tracing::error!(%error, "an outbox image is not base64; sent without it"),
         }
     }
+    if let Some(attachment) = &message.attachment {
+        match attachment.bytes() {
+            Ok(bytes) => files.push(Attachment {
+                name: attachment.file_name.clone(),
+                mime: known_mime(&attachment.content_type),
+                bytes,
+            }),
+            Err(error) => {
+                tracing::error!(%error, "an outbox attachment is unreadable; sent without it")
+            }
+        }
+    }
     let mut payload = json!({
         "content": content,
         "allowed_mentions": {"parse": []},
@@ -60,6 +72,18 @@ pub fn render(message: &Outbound, ephemeral: bool) -> Body {
         payload["flags"] = json!(EPHEMERAL);
     }
     Body { payload, files }
+}
+
+/// The content types soloist attaches, as the multipart part's type;
+/// anything else goes as bytes.
+fn known_mime(content_type: &str) -> &'static str {
+    match content_type {
+        "application/pdf" => "application/pdf",
+        "text/markdown" | "text/markdown; charset=utf-8" => "text/markdown; charset=utf-8",
+        "text/plain" | "text/plain; charset=utf-8" => "text/plain; charset=utf-8",
+        "image/png" => "image/png",
+        _ => "application/octet-stream",
+    }
 }
 
 /// The edit that closes an offer: its buttons give way to one disabled

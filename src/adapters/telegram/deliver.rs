@@ -102,6 +102,10 @@ impl TelegramOutbox {
                     InputFile::memory(text.clone().into_bytes()).file_name(file_name.clone());
                 self.bot.send_document(chat, file).await?
             }
+            Part::File { file_name, bytes } => {
+                let file = InputFile::memory(bytes.clone()).file_name(file_name.clone());
+                self.bot.send_document(chat, file).await?
+            }
         };
         Ok(sent.id)
     }

@@ -34,6 +34,13 @@ pub enum Part {
         file_name: String,
         text: String,
     },
+    /// A file the message carries (a proposal's PDF), sent as a document
+    /// before the text, so the text part keeps the buttons and can be
+    /// edited when an approval closes.
+    File {
+        file_name: String,
+        bytes: Vec<u8>,
+    },
 }
 
 /// An outbound message as the Telegram messages that carry it, in order;
@@ -41,6 +48,12 @@ pub enum Part {
 pub fn render(message: &Outbound) -> Result<Vec<Part>, String> {
     let mut parts = Vec::new();
     let mut text = message.text.as_str();
+    if let Some(attachment) = &message.attachment {
+        parts.push(Part::File {
+            file_name: attachment.file_name.clone(),
+            bytes: attachment.bytes()?,
+        });
+    }
     if let Some(image) = &message.image {
         let png = base64::engine::general_purpose::STANDARD
             .decode(&image.png_base64)
