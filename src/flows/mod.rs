@@ -16,7 +16,7 @@ use serde::Deserialize;
 pub use crate::domain::{CostLabel, Tier};
 
 /// Built-in flows, compiled in.
-const BUILT_IN_FLOWS: [(&str, &str); 4] = [
+const BUILT_IN_FLOWS: &[(&str, &str)] = &[
     ("draft", include_str!("../../config/flows/draft.toml")),
     // FUNNEL: draft, fact-check, approve or revise, publish, retract.
     ("post", include_str!("../../config/flows/post.toml")),
@@ -217,7 +217,6 @@ fn fact_check_system() -> String {
 fn fact_check_prompt() -> String {
     "fact_check".into()
 }
-
 
 /// A lead status a step sets must be one leads have.
 fn check_status(step: &str, status: Option<&str>) -> Result<(), String> {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use minijinja::Environment;
 
-const BUILT_IN_PROMPTS: [(&str, &str); 7] = [
+const BUILT_IN_PROMPTS: &[(&str, &str)] = &[
     (
         "lead_extract",
         include_str!("../../prompts/lead_extract.md"),

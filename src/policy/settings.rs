@@ -52,7 +52,6 @@ pub struct PolicySettings {
 
 fn on() -> bool {
     true
-
 }
 
 fn default_max_discount() -> u32 {

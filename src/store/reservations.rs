@@ -71,13 +71,41 @@ impl HeldReservation {
         &self.inner.reservation
     }
 
+    /// A paid call's settlement, tried again while the database is away
+    /// for a moment (a restart, cut connections: about 20 s in all), so the
+    /// answer is not thrown away and paid for again when its step retries.
+    async fn settle_waiting_out_an_outage(&self, entry: Option<&LedgerEntry>) -> StoreResult<()> {
+        const WAITS: [std::time::Duration; 6] = [
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_millis(400),
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(3),
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(10),
+        ];
+        let held = &self.inner;
+        let mut waits = WAITS.iter();
+        loop {
+            match held.store.settle_budget(&held.reservation, entry).await {
+                Err(error @ super::StoreError::Unavailable(_)) => {
+                    let Some(wait) = waits.next() else {
+                        return Err(error);
+                    };
+                    tracing::warn!(error = ?error, ?wait, "settling a call's cost failed; trying again");
+                    tokio::time::sleep(*wait).await;
+                }
+                settled => return settled,
+            }
+        }
+    }
+
     /// Replaces the reservation by what the call cost and writes its ledger
     /// row, in one transaction. If that fails, the cost is still charged
     /// (without the row) so the budget stays true, and the error is
     /// returned.
     pub async fn settle(&self, entry: Option<&LedgerEntry>) -> StoreResult<()> {
         let held = &self.inner;
-        match held.store.settle_budget(&held.reservation, entry).await {
+        match self.settle_waiting_out_an_outage(entry).await {
             Ok(()) => {
                 held.open.store(false, Ordering::SeqCst);
                 Ok(())

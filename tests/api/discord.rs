@@ -154,7 +154,7 @@ impl Bot {
     }
 
     /// Stops the adapter and returns how it ended.
-    async fn stop(mut self) -> Result<(), DiscordError> {
+    async fn stop(&mut self) -> Result<(), DiscordError> {
         self.shutdown.cancel();
         self.running.take().unwrap().await.unwrap()
     }
@@ -665,6 +665,8 @@ async fn slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally
             "digest",
             "schedules",
             "schedule",
+            "lead",
+            "leads",
             "remember",
             "memory",
             "forget",
@@ -721,7 +723,7 @@ async fn a_refused_token_stops_the_adapter_with_a_sentence_that_does_not_print_i
 }
 
 async fn shutdown_stops_the_adapter_cleanly(db: Db) {
-    let bot = Bot::start(db).await;
+    let mut bot = Bot::start(db).await;
     let store = bot.test.app.store.clone();
     let discord = bot.discord.clone();
 

@@ -25,7 +25,7 @@ const GREET: &str = r#"
 name = "greet"
 description = "Answer a new lead."
 cost_label = "balanced"
-on = "lead.received"
+on = "contact.received"
 
 [[steps]]
 name = "write"
@@ -41,7 +41,7 @@ const NOTE: &str = r#"
 name = "note"
 description = "Note a new lead."
 cost_label = "low-cost"
-on = "lead.received"
+on = "contact.received"
 
 [[steps]]
 name = "brief"
@@ -53,16 +53,20 @@ async fn emitting_the_same_key_twice_is_one_event(db: Db) {
     let store = &app.app.store;
 
     let first = store
-        .emit("lead.received", json!({ "name": "Ana" }), "lead:1")
+        .emit("contact.received", json!({ "name": "Ana" }), "lead:1")
         .await
         .unwrap();
     let second = store
-        .emit("lead.received", json!({ "name": "Ana, again" }), "lead:1")
+        .emit(
+            "contact.received",
+            json!({ "name": "Ana, again" }),
+            "lead:1",
+        )
         .await
         .unwrap();
 
     assert!(first && !second);
-    let events = store.events_of_kind("lead.received").await.unwrap();
+    let events = store.events_of_kind("contact.received").await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].payload["name"], "Ana");
 }
@@ -81,7 +85,7 @@ async fn an_on_flow_starts_from_an_emitted_event_and_its_run_names_the_event(db:
     let payload = json!({ "name": "Ana Lopes", "company": "Vinho Verde Lda" });
     app.app
         .store
-        .emit("lead.received", payload, "lead:ana")
+        .emit("contact.received", payload, "lead:ana")
         .await
         .unwrap();
     let worker = EventWorker::new(app.app.engine.clone());
@@ -101,11 +105,11 @@ async fn an_on_flow_starts_from_an_emitted_event_and_its_run_names_the_event(db:
         "{request}"
     );
     let event = app.app.store.event_for_run(run).await.unwrap().unwrap();
-    assert_eq!(event.kind, "lead.received");
+    assert_eq!(event.kind, "contact.received");
     app.drain().await;
     let shown = texts(&app.say(&format!("/run {}", run.short())).await);
     assert!(
-        shown.contains(&format!("Started by event lead.received ({})", event.id)),
+        shown.contains(&format!("Started by event contact.received ({})", event.id)),
         "{shown}"
     );
 }
@@ -117,7 +121,7 @@ async fn an_event_is_consumed_once_by_two_workers_racing(db: Db) {
         let payload = json!({ "name": format!("lead {n}") });
         app.app
             .store
-            .emit("lead.received", payload, &format!("lead:{n}"))
+            .emit("contact.received", payload, &format!("lead:{n}"))
             .await
             .unwrap();
     }

@@ -236,6 +236,8 @@ async fn a_draft_is_offered_with_buttons_and_approving_edits_the_offer_in_place(
             "digest",
             "schedules",
             "schedule",
+            "lead",
+            "leads",
             "remember",
             "memory",
             "forget",
