@@ -105,7 +105,7 @@ fn signature_matches(secret: &str, body: &[u8], hex_signature: &str) -> bool {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -369,7 +369,7 @@ impl Tx {
     /// The transaction's connection, for modules that keep their own
     /// tables' queries beside their code (`email`, `leads`).
     pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {
-        &mut *self.inner
+        &mut self.inner
     }
 
     pub async fn commit(self) -> StoreResult<()> {
