@@ -7,17 +7,6 @@ use super::providers::Reply;
 use super::{Agents, Attempt, Completion, ModelError};
 use crate::store::LedgerEntry;
 
-/// The waits before each new try of a ledger row the database refused
-/// for being away (about 20 s in all: a PostgreSQL restart).
-const LEDGER_RETRY: [Duration; 6] = [
-    Duration::from_millis(100),
-    Duration::from_millis(400),
-    Duration::from_secs(1),
-    Duration::from_secs(3),
-    Duration::from_secs(5),
-    Duration::from_secs(10),
-];
-
 impl Agents {
     pub(super) fn completion_from(
         &self,
@@ -72,23 +61,14 @@ impl Agents {
     }
 
     /// The row of a call that may have been paid: a database that is away
-    /// for a moment (a restart, cut connections) is waited for, so the
-    /// answer is not thrown away and paid for again when the step retries.
+    /// for a moment is waited for, so the answer is not thrown away and
+    /// paid for again when the step retries.
     pub(super) async fn record_entry(&self, entry: &LedgerEntry) -> Result<(), ModelError> {
-        let mut waits = LEDGER_RETRY.iter();
-        loop {
-            match self.inner.store.record_call(entry).await {
-                Ok(()) => return Ok(()),
-                Err(error @ crate::store::StoreError::Unavailable(_)) => {
-                    let Some(wait) = waits.next() else {
-                        return Err(ModelError::Ledger(error));
-                    };
-                    tracing::warn!(error = ?error, ?wait, "recording a call's cost failed; trying again");
-                    tokio::time::sleep(*wait).await;
-                }
-                Err(error) => return Err(ModelError::Ledger(error)),
-            }
-        }
+        crate::store::waiting_out_an_outage("recording a call's cost", || {
+            self.inner.store.record_call(entry)
+        })
+        .await
+        .map_err(ModelError::Ledger)
     }
 
     pub(super) fn entry(

@@ -95,6 +95,40 @@ impl From<sqlx::Error> for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The waits before each new try of a write the database refused for being
+/// away (about 20 s in all: a PostgreSQL restart, cut connections).
+const OUTAGE_WAITS: [Duration; 6] = [
+    Duration::from_millis(100),
+    Duration::from_millis(400),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+];
+
+/// `attempt`, tried again while the database is unavailable for a moment;
+/// any other error, or an outage longer than [`OUTAGE_WAITS`], is returned.
+/// For writes whose loss costs money (a paid call's cost and ledger row).
+pub(crate) async fn waiting_out_an_outage<T, F, Fut>(what: &str, mut attempt: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let mut waits = OUTAGE_WAITS.iter();
+    loop {
+        match attempt().await {
+            Err(error @ StoreError::Unavailable(_)) => {
+                let Some(wait) = waits.next() else {
+                    return Err(error);
+                };
+                tracing::warn!(error = ?error, ?wait, "{what} failed; trying again");
+                tokio::time::sleep(*wait).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Postgres,

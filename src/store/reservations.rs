@@ -72,31 +72,14 @@ impl HeldReservation {
     }
 
     /// A paid call's settlement, tried again while the database is away
-    /// for a moment (a restart, cut connections: about 20 s in all), so the
-    /// answer is not thrown away and paid for again when its step retries.
+    /// for a moment, so the answer is not thrown away and paid for again
+    /// when its step retries.
     async fn settle_waiting_out_an_outage(&self, entry: Option<&LedgerEntry>) -> StoreResult<()> {
-        const WAITS: [std::time::Duration; 6] = [
-            std::time::Duration::from_millis(100),
-            std::time::Duration::from_millis(400),
-            std::time::Duration::from_secs(1),
-            std::time::Duration::from_secs(3),
-            std::time::Duration::from_secs(5),
-            std::time::Duration::from_secs(10),
-        ];
         let held = &self.inner;
-        let mut waits = WAITS.iter();
-        loop {
-            match held.store.settle_budget(&held.reservation, entry).await {
-                Err(error @ super::StoreError::Unavailable(_)) => {
-                    let Some(wait) = waits.next() else {
-                        return Err(error);
-                    };
-                    tracing::warn!(error = ?error, ?wait, "settling a call's cost failed; trying again");
-                    tokio::time::sleep(*wait).await;
-                }
-                settled => return settled,
-            }
-        }
+        super::waiting_out_an_outage("settling a call's cost", || {
+            held.store.settle_budget(&held.reservation, entry)
+        })
+        .await
     }
 
     /// Replaces the reservation by what the call cost and writes its ledger
