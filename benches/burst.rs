@@ -17,6 +17,7 @@
 //! Each case runs in a child process of its own, so each peak is its own.
 //! PostgreSQL cases need `SOLOIST_TEST_PG_URL`; without it they are skipped.
 
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_llm.rs"]
 mod fake_llm;
@@ -28,13 +29,8 @@ mod helpers;
 
 use std::time::Duration;
 
-use soloist::config::{Secret, Settings};
-use soloist::runtime::platform_services;
+use helpers::Db;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
-use fake_telegram::FakeTelegram;
-use helpers::{Db, TestApp};
 
 const FIRST_CHAT: i64 = 10_000;
 const CASE: &str = "--burst-case";
@@ -93,30 +89,11 @@ fn run_case(db: Db, n: i64) {
 }
 
 async fn burst(db: Db, n: i64) {
-    let tg = FakeTelegram::start().await;
-    let fake = tg.clone();
-    let test = TestApp::spawn_with(db, move |s: &mut Settings| {
-        s.telegram.token = Secret::new(fake.token.clone());
-        s.telegram.api_url = fake.api_url.clone();
-        s.telegram.allowed_user_ids = (FIRST_CHAT..FIRST_CHAT + n)
-            .map(|id| id.to_string())
-            .collect();
-        s.telegram.rate_limits = false;
-        s.telegram.poll_timeout_secs = 10;
-        s.models.timeout_secs = 60;
-    })
-    .await;
-    let shutdown = CancellationToken::new();
-    let services = platform_services(&test.app, &shutdown);
-    tokio::spawn(soloist::runtime::run(
-        test.app.clone(),
-        services,
-        shutdown.clone(),
-    ));
-    tg.wait_for(10, "the first poll", |s| {
-        (!s.offsets.is_empty()).then_some(())
-    })
-    .await;
+    let (test, tg, shutdown) =
+        common::soloist_on_fake_telegram(db, FIRST_CHAT..FIRST_CHAT + n, false, |s| {
+            s.models.timeout_secs = 60;
+        })
+        .await;
     let rss_before = rss_kib("VmRSS");
 
     let started = Instant::now();

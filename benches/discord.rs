@@ -6,6 +6,11 @@
 //! resident memory lies (the binary's code, heap, other anonymous memory,
 //! shared libraries) from /proc/PID/smaps.
 //!
+//! Then, as a separate process with Telegram alone and its rate limits
+//! lifted, a long run: `SOLOIST_SOAK_UPDATES` `/help` updates (default
+//! 100,000) with the RSS sampled every tenth of them, to show whether the
+//! resident memory grows after warm-up (`SOLOIST_SOAK_UPDATES=0` skips it).
+//!
 //! Linux only (it reads /proc). The process runs on SQLite, as a first
 //! `soloist run` does.
 
@@ -39,6 +44,88 @@ fn main() {
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(measure());
+    let soak: usize = std::env::var("SOLOIST_SOAK_UPDATES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    if soak > 0 {
+        runtime.block_on(long_run(soak));
+    }
+}
+
+/// `updates` `/help` messages from the owner through Telegram, ten rounds,
+/// the RSS read after each round once the round's replies are all out.
+async fn long_run(updates: usize) {
+    let telegram = fake_telegram::FakeTelegram::start().await;
+    let llm = fake_llm::FakeLlm::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = soloist_run(
+        home.path(),
+        &telegram,
+        &llm,
+        &[("SOLOIST__TELEGRAM__RATE_LIMITS", "false")],
+    );
+    telegram
+        .wait_for(30, "long polling", |s| {
+            (!s.offsets.is_empty()).then_some(())
+        })
+        .await;
+    let round = (updates / 10).max(1);
+    let started = Instant::now();
+    let mut sent = 0;
+    println!("long run: {updates} /help updates, Telegram only, rate limits lifted");
+    while sent < updates {
+        for _ in 0..round.min(updates - sent) {
+            telegram.user_says(4242, "/help");
+            sent += 1;
+        }
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while telegram.inspect(|s| s.sent.len()) < sent {
+            assert!(Instant::now() < deadline, "replies stalled at {sent}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rss = status_field(child.id(), "VmRSS:");
+        println!(
+            "    after {sent:>7} updates ({:>6.1?}): VmRSS {rss}",
+            started.elapsed()
+        );
+    }
+    stop(&mut child);
+}
+
+/// `soloist run` on SQLite in `home`, with Telegram (owner 4242) and the
+/// fake model, plus `extra` variables.
+fn soloist_run(
+    home: &std::path::Path,
+    telegram: &fake_telegram::FakeTelegram,
+    llm: &fake_llm::FakeLlm,
+    extra: &[(&str, &str)],
+) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_soloist"))
+        .arg("run")
+        .current_dir(home)
+        .env_remove("DATABASE_URL")
+        .env("TELEGRAM_BOT_TOKEN", &telegram.token)
+        .env("SOLOIST__TELEGRAM__API_URL", &telegram.api_url)
+        .env("SOLOIST__OWNER__TELEGRAM_USER_ID", "4242")
+        .env("OPENAI_BASE_URL", &llm.base_url)
+        .env("OPENAI_API_KEY", "sk-bench-not-a-real-key")
+        .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start soloist run")
+}
+
+fn status_field(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .map(|l| l[name.len()..].trim().to_string())
+        .unwrap_or_default()
 }
 
 async fn measure() {
@@ -46,24 +133,16 @@ async fn measure() {
     let telegram = fake_telegram::FakeTelegram::start().await;
     let llm = fake_llm::FakeLlm::start().await;
     let home = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_soloist"))
-        .arg("run")
-        .current_dir(home.path())
-        .env_remove("DATABASE_URL")
-        .env("TELEGRAM_BOT_TOKEN", &telegram.token)
-        .env("SOLOIST__TELEGRAM__API_URL", &telegram.api_url)
-        .env("SOLOIST__OWNER__TELEGRAM_USER_ID", "4242")
-        .env("DISCORD_TOKEN", TOKEN)
-        .env("SOLOIST__DISCORD__API_URL", &discord.api_url)
-        .env("SOLOIST__OWNER__DISCORD_USER_ID", OWNER.id)
-        .env("OPENAI_BASE_URL", &llm.base_url)
-        .env("OPENAI_API_KEY", "sk-bench-not-a-real-key")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start soloist run");
+    let mut child = soloist_run(
+        home.path(),
+        &telegram,
+        &llm,
+        &[
+            ("DISCORD_TOKEN", TOKEN),
+            ("SOLOIST__DISCORD__API_URL", &discord.api_url),
+            ("SOLOIST__OWNER__DISCORD_USER_ID", OWNER.id),
+        ],
+    );
     discord
         .wait_for("the gateway session", |w| w.connected().then_some(()))
         .await;
@@ -112,14 +191,7 @@ async fn measure() {
 
 fn report(moment: &str, child: &Child) {
     let pid = child.id();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .map(|l| l[name.len()..].trim().to_string())
-            .unwrap_or_default()
-    };
+    let field = |name: &str| status_field(pid, name);
     println!(
         "{moment}: VmRSS {} (peak {}), threads {}",
         field("VmRSS:"),

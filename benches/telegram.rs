@@ -19,6 +19,7 @@
 //!
 //! Needs `SOLOIST_TEST_PG_URL` (see `SOLOIST_TEST_SETUP_ONLY=1 scripts/test.sh`).
 
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_llm.rs"]
 mod fake_llm;
@@ -31,7 +32,6 @@ mod helpers;
 use std::time::Duration;
 
 use soloist::config::{Secret, Settings};
-use soloist::runtime::platform_services;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -68,36 +68,20 @@ fn main() {
 
 /// A soloist with its Telegram service running against a fresh fake.
 async fn start(rate_limits: bool, durable: bool) -> (TestApp, FakeTelegram, CancellationToken) {
-    let tg = FakeTelegram::start().await;
-    let fake = tg.clone();
-    let test = TestApp::spawn_with(Db::Postgres, move |s: &mut Settings| {
-        if !durable {
-            let url = s.database.url.expose().unwrap_or_default();
-            s.database.url = Secret::new(format!("{url}&options=-c%20synchronous_commit%3Doff"));
-        }
-        s.telegram.token = Secret::new(fake.token.clone());
-        s.telegram.api_url = fake.api_url.clone();
-        s.telegram.allowed_user_ids = (FIRST_CHAT..FIRST_CHAT + CHATS)
-            .map(|id| id.to_string())
-            .collect();
-        s.telegram.rate_limits = rate_limits;
-        s.telegram.poll_timeout_secs = 10;
-        s.database.max_connections = 8;
-    })
-    .await;
-    let shutdown = CancellationToken::new();
-    let services = platform_services(&test.app, &shutdown);
-    tokio::spawn(soloist::runtime::run(
-        test.app.clone(),
-        services,
-        shutdown.clone(),
-    ));
-    // Polling: the first getUpdates is waiting.
-    tg.wait_for(10, "the first poll", |s| {
-        (!s.offsets.is_empty()).then_some(())
-    })
-    .await;
-    (test, tg, shutdown)
+    common::soloist_on_fake_telegram(
+        Db::Postgres,
+        FIRST_CHAT..FIRST_CHAT + CHATS,
+        rate_limits,
+        move |s: &mut Settings| {
+            if !durable {
+                let url = s.database.url.expose().unwrap_or_default();
+                s.database.url =
+                    Secret::new(format!("{url}&options=-c%20synchronous_commit%3Doff"));
+            }
+            s.database.max_connections = 8;
+        },
+    )
+    .await
 }
 
 async fn sent(tg: &FakeTelegram) -> usize {
