@@ -42,19 +42,7 @@ impl Store {
         let now = now_ms();
         let mut fresh = Vec::with_capacity(updates.len());
         for update in updates {
-            let inserted = sqlx::query(
-                "INSERT INTO platform_updates (platform, update_id, chat_id, payload, received_at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (platform, update_id) DO NOTHING",
-            )
-            .bind(platform.as_str())
-            .bind(update.update_id)
-            .bind(&update.chat_id)
-            .bind(&update.payload)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
+            let inserted = insert_update_in(&mut tx, platform, update, now).await?;
             if inserted {
                 fresh.push(update.clone());
             }
@@ -76,19 +64,7 @@ impl Store {
         let now = now_ms();
         let mut fresh = Vec::with_capacity(updates.len());
         for (update, inbound) in updates {
-            let inserted = sqlx::query(
-                "INSERT INTO platform_updates (platform, update_id, chat_id, payload, received_at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (platform, update_id) DO NOTHING",
-            )
-            .bind(platform.as_str())
-            .bind(update.update_id)
-            .bind(&update.chat_id)
-            .bind(&update.payload)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
+            let inserted = insert_update_in(&mut tx, platform, update, now).await?;
             if inserted {
                 super::messages::record_inbound_in(&mut tx, inbound).await?;
                 fresh.push(update.clone());
@@ -307,4 +283,27 @@ impl Store {
         .await?
         .rows_affected())
     }
+}
+
+/// Stores one raw update unless the platform sent it before; true when it
+/// is new (a redelivered update is recorded once).
+async fn insert_update_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    platform: Platform,
+    update: &RecordedUpdate,
+    now: i64,
+) -> StoreResult<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO platform_updates (platform, update_id, chat_id, payload, received_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (platform, update_id) DO NOTHING",
+    )
+    .bind(platform.as_str())
+    .bind(update.update_id)
+    .bind(&update.chat_id)
+    .bind(&update.payload)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
 }
