@@ -176,12 +176,20 @@ pub fn shutdown_on_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("install the SIGTERM handler");
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
+            // Without a SIGTERM handler (a sandbox that forbids it) the
+            // process still stops on Ctrl-C; a container's stop would then
+            // end in SIGKILL, which the journal survives.
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "no SIGTERM handler; stopping on Ctrl-C only");
+                    let _ = ctrl_c.await;
+                }
             }
         }
         #[cfg(not(unix))]
