@@ -20,7 +20,7 @@ use crate::email::point_email_at;
 use crate::fake_llm::Behavior;
 use crate::fake_smtp::FakeSmtp;
 use crate::fake_telegram::{FakeTelegram, Sent};
-use crate::helpers::{Db, TestApp, texts};
+use crate::helpers::{Db, TestApp, button, texts};
 use crate::leads::{SECRET, leads_stored, own_fixture_leads, scripted_extraction, serve};
 use crate::on_both_backends;
 
@@ -29,6 +29,7 @@ on_both_backends!(
     a_cold_lead_gets_a_decline_draft_emailed_only_after_approve,
     a_borderline_lead_offers_pursue_and_decline_and_each_sets_the_lead_s_status,
     every_lead_fixture_lands_in_its_expected_tier_through_the_flow,
+    approvals_lists_a_waiting_borderline_lead_with_pursue_and_decline,
 );
 
 const TG_OWNER: i64 = 111;
@@ -409,4 +410,32 @@ async fn every_lead_fixture_lands_in_its_expected_tier_through_the_flow(db: Db) 
         offers.contains("Lead Marta Gil, Gil & Filhos: borderline"),
         "{offers}"
     );
+}
+
+async fn approvals_lists_a_waiting_borderline_lead_with_pursue_and_decline(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let lead = fixture("T04");
+    app.llm
+        .then(Behavior::reply(&scripted_extraction(&lead).to_string()));
+    let new = parse_body(lead.to_string().as_bytes(), "application/json").unwrap();
+    store_lead(&app.app.store, &new).await.unwrap();
+    EventWorker::new(app.app.engine.clone())
+        .tick()
+        .await
+        .unwrap();
+    let offered = app.drain().await;
+
+    let listed = app.say("/approvals").await;
+
+    let shown = |messages: &[soloist::domain::Outbound]| -> Vec<String> {
+        messages
+            .iter()
+            .flat_map(|m| m.buttons.iter().map(|b| b.label.clone()))
+            .collect()
+    };
+    assert_eq!(shown(&offered), ["Pursue", "Decline"]);
+    assert_eq!(shown(&listed), ["Pursue", "Decline"], "{}", texts(&listed));
+    app.press(&button(&listed, "Pursue")).await;
+    let row = Leads(&app.app.store).recent(1).await.unwrap().remove(0);
+    assert_eq!(row.status, "pursuing");
 }
