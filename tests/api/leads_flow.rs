@@ -80,6 +80,19 @@ impl Running {
         }
     }
 
+    /// Started, with the fake model scripted for the own fixture `id`:
+    /// its extraction, then `draft` for the reply or decline step.
+    async fn for_lead(db: Db, id: &str, draft: &str) -> (Running, Value) {
+        let lead = fixture(id);
+        let running = Running::start(db).await;
+        running
+            .test
+            .llm
+            .then(Behavior::reply(&scripted_extraction(&lead).to_string()))
+            .then(Behavior::reply(draft));
+        (running, lead)
+    }
+
     async fn post(&self, body: &str, authorization: &str) -> u16 {
         reqwest::Client::new()
             .post(&self.hook)
@@ -159,14 +172,8 @@ fn bearer() -> String {
 async fn a_hot_lead_by_web_hook_is_qualified_by_itself_and_its_reply_is_emailed_once_only_after_approve(
     db: Db,
 ) {
-    let lead = fixture("T01");
+    let (running, lead) = Running::for_lead(db, "T01", REPLY).await;
     let email = lead["email"].as_str().unwrap();
-    let running = Running::start(db).await;
-    running
-        .test
-        .llm
-        .then(Behavior::reply(&scripted_extraction(&lead).to_string()))
-        .then(Behavior::reply(REPLY));
     let body = lead.to_string();
     let huge = serde_json::json!({ "id": "huge", "email": email, "message": "x".repeat(1 << 20) });
 
@@ -240,14 +247,8 @@ async fn a_hot_lead_by_web_hook_is_qualified_by_itself_and_its_reply_is_emailed_
 }
 
 async fn a_cold_lead_gets_a_decline_draft_emailed_only_after_approve(db: Db) {
-    let lead = fixture("T02");
+    let (running, lead) = Running::for_lead(db, "T02", DECLINE).await;
     let email = lead["email"].as_str().unwrap();
-    let running = Running::start(db).await;
-    running
-        .test
-        .llm
-        .then(Behavior::reply(&scripted_extraction(&lead).to_string()))
-        .then(Behavior::reply(DECLINE));
 
     assert_eq!(running.post(&lead.to_string(), &bearer()).await, 202);
     let offer = running.offer("Approve", DECLINE).await;
