@@ -30,7 +30,8 @@
 //!   (`engine::transitions`), resume after a crash, replay.
 //! - [`flows`]: flows as data (`config/flows/*.toml`) and prompt templates
 //!   (`prompts/*.md`); a step's `next` (one step, or one per outcome)
-//!   branches and loops, checked at load; the engine journals each route.
+//!   branches and loops, checked at load; the engine journals each route;
+//!   an approve step may rename its buttons (`flows::ButtonLabels`).
 //! - [`events`]: the event worker: flows with `on = "kind"` start once per
 //!   event (`store::events`, written in the transaction of their cause).
 //! - [`agents`]: model calls through rig-core: the fallback chain and
@@ -44,7 +45,8 @@
 //!   classifier; audited per run.
 //! - [`leads`]: leads from `POST /hooks/lead` (shared secret or HMAC) and
 //!   `/lead`, stored once per id with a `lead.received` event; the
-//!   deterministic scoring rules of `[leads.criteria]`; `/leads`.
+//!   deterministic scoring rules of `[leads.criteria]`; `/leads`; the
+//!   follow-up reminder job and `soloist eval leads`.
 //! - [`memory`]: knowledge with provenance (ingest, readable pages, chunks,
 //!   full-text retrieval on both databases fused with an optional
 //!   `/embeddings` embedder's vectors), the decision log, the chat window and

@@ -87,6 +87,7 @@ impl Engine {
                 draft_from,
                 artifact_kind,
                 revise,
+                labels,
             } => {
                 // FUNNEL: the version before the latest revision, for Back.
                 let previous = if *revise {
@@ -108,8 +109,10 @@ impl Engine {
                 if *revise {
                     crate::funnel::keep_previous(self, run.id, &transition).await;
                 }
-                // A draft step's file (a proposal's PDF) goes with its offer.
+                // The step's button words (LEADS: Pursue / Decline), and a
+                // draft step's file (a proposal's PDF) goes with its offer.
                 if let Some(approval) = transition.approval.as_mut() {
+                    labels.apply(approval);
                     let output = state.outputs.get(draft_from);
                     approval.message.attachment =
                         crate::offers::step::attachment_for(output, &approval.draft);

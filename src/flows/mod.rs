@@ -3,8 +3,10 @@
 //! binary carries the built-in flows and prompts; a file of the same name
 //! under the home directory overrides one.
 
+mod labels;
 mod prompts;
 
+pub use labels::ButtonLabels;
 pub use prompts::{PromptError, Prompts};
 
 use std::collections::BTreeMap;
@@ -135,6 +137,10 @@ pub enum StepKind {
         /// Back (the version before the latest revision).
         #[serde(default)]
         revise: bool,
+        /// LEADS: the buttons' own words (`labels = { approve = "Pursue",
+        /// reject = "Decline" }`); the outcomes stay approved / rejected.
+        #[serde(default)]
+        labels: ButtonLabels,
     },
     /// FUNNEL: checks every factual claim of a draft against the knowledge
     /// base (one structured call, fast tier by default); the approval lists
@@ -410,8 +416,10 @@ impl Flow {
                         }
                     }
                 }
-                StepKind::Approve { draft_from, .. } => match self.step_index(draft_from) {
-                    Some(source) if source < index => {}
+                StepKind::Approve {
+                    draft_from, labels, ..
+                } => match self.step_index(draft_from) {
+                    Some(source) if source < index => labels.check(&step.name)?,
                     _ => {
                         return Err(format!(
                             "step '{}' takes its draft from '{draft_from}', which is not an earlier step",

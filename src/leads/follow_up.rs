@@ -14,9 +14,10 @@ pub struct FollowUpLeads;
 impl Job for FollowUpLeads {
     async fn run(&self, context: &JobContext, _fire: &PendingFire) -> Result<JobOutput, String> {
         let days = i64::from(context.settings.leads.follow_up_days);
-        let quiet_since = context.now.timestamp_millis() - days * 24 * 3600 * 1000;
+        let now = context.now.timestamp_millis();
+        let quiet_since = now - days * 24 * 3600 * 1000;
         let quiet = Leads(&context.store)
-            .claim_quiet(quiet_since)
+            .claim_quiet(quiet_since, now)
             .await
             .map_err(|e| e.to_string())?;
         let mut output = JobOutput::default();

@@ -29,6 +29,11 @@ pub struct Criteria {
     /// A team of at least this many people.
     pub min_team_size: i64,
     pub team_points: i64,
+    /// A team above this many people is beyond what the business serves
+    /// (a one-person studio and a group of a thousand): these points
+    /// instead of `team_points`. 0: no upper bound.
+    pub max_team_size: i64,
+    pub too_large_points: i64,
     /// Score at or above: hot; at or above `borderline_at`: borderline;
     /// below: cold.
     pub hot_at: i64,
@@ -64,6 +69,8 @@ impl Default for Criteria {
             discount_points: -15,
             min_team_size: 10,
             team_points: 20,
+            max_team_size: 250,
+            too_large_points: -40,
             hot_at: 50,
             borderline_at: 15,
         }
@@ -176,8 +183,18 @@ pub fn score(lead: &Extracted, criteria: &Criteria) -> Scored {
             format!("asks for a special rate ({word})"),
         );
     }
-    if let Some(size) = lead.team_size.filter(|s| *s >= criteria.min_team_size) {
-        add(criteria.team_points, format!("a team of {size}"));
+    match lead.team_size {
+        Some(size) if criteria.max_team_size > 0 && size > criteria.max_team_size => add(
+            criteria.too_large_points,
+            format!(
+                "a team of {size}, more than the {} served",
+                criteria.max_team_size
+            ),
+        ),
+        Some(size) if size >= criteria.min_team_size => {
+            add(criteria.team_points, format!("a team of {size}"))
+        }
+        _ => {}
     }
     let tier = if total >= criteria.hot_at {
         Tier::Hot
@@ -200,13 +217,32 @@ fn first_match<'a>(text: &str, words: &'a [String]) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// The first whole number in `text` ("12 people" → 12).
+/// The first whole number in `text` ("12 people" → 12), thousands
+/// separators read as such ("1,200 people" → 1200).
 pub fn first_number(text: &str) -> Option<i64> {
-    let digits: String = text
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let start = text.find(|c: char| c.is_ascii_digit())?;
+    let mut digits = String::new();
+    let mut rest = &text[start..];
+    loop {
+        let run = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        digits.push_str(&rest[..run]);
+        rest = &rest[run..];
+        // "1,200" or "1 200": a separator followed by exactly three digits.
+        let mut chars = rest.chars();
+        match chars.next() {
+            Some(',' | ' ' | '.') => {
+                let group: String = chars.clone().take(3).collect();
+                let after = chars.nth(3);
+                let three = group.len() == 3 && group.chars().all(|c| c.is_ascii_digit());
+                if three && !after.is_some_and(|c| c.is_ascii_digit()) {
+                    rest = &rest[1..];
+                    continue;
+                }
+                break;
+            }
+            _ => break,
+        }
+    }
     digits.parse().ok()
 }
 
@@ -298,6 +334,27 @@ mod tests {
     #[test]
     fn first_number_reads_a_team_size() {
         assert_eq!(first_number("12 people"), Some(12));
+        assert_eq!(first_number("1,200 people"), Some(1200));
+        assert_eq!(first_number("about 1 200 staff"), Some(1200));
+        assert_eq!(first_number("3, 4 or 5 people"), Some(3));
+        assert_eq!(first_number("12.5 people"), Some(12));
         assert_eq!(first_number("one person"), None);
+    }
+
+    #[test]
+    fn a_group_far_larger_than_the_business_serves_is_cold_however_it_fits() {
+        let scored = score(
+            &lead(None, "a global rebrand across 14 markets", "", Some(1200)),
+            &Criteria::default(),
+        );
+        assert_eq!(scored.tier, Tier::Cold, "{:?}", scored.reasons);
+        assert!(
+            scored
+                .reasons
+                .iter()
+                .any(|r| r.contains("more than the 250 served")),
+            "{:?}",
+            scored.reasons
+        );
     }
 }

@@ -27,16 +27,22 @@ pub fn lead_id(lead: &Value) -> Option<i64> {
 }
 
 /// The lead as a prompt sees it: every field quoted as a web-hook lead's
-/// text (data, never instructions).
+/// text (data, never instructions). Every field is there, empty when the
+/// lead did not give it: templates refuse an undefined value, and a
+/// fixture line or a form may leave out `email` or `website`.
 pub fn quoted_lead(lead: &Value) -> Value {
     let mut quoted = serde_json::Map::new();
     for key in ["name", "company", "email", "website", "message", "source"] {
-        if let Some(text) = lead.get(key).and_then(Value::as_str) {
-            quoted.insert(
-                key.into(),
-                quote_labelled(Origin::WebhookLead, &format!("lead {key}"), text).into(),
-            );
-        }
+        let text = lead
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .unwrap_or_default();
+        let value = match text {
+            "" => String::new(),
+            text => quote_labelled(Origin::WebhookLead, &format!("lead {key}"), text),
+        };
+        quoted.insert(key.into(), value.into());
     }
     Value::Object(quoted)
 }
@@ -138,6 +144,20 @@ mod tests {
         assert_eq!(got.email.as_deref(), Some("rui@x.example"));
         assert_eq!(got.budget, Some(6000.0));
         assert_eq!(got.team_size, Some(12));
+    }
+
+    #[test]
+    fn a_lead_without_email_or_website_is_quoted_with_those_fields_empty() {
+        let quoted = quoted_lead(&json!({"name": "Tom", "message": "a logo?", "email": " "}));
+        assert_eq!(quoted["website"], "");
+        assert_eq!(quoted["email"], "");
+        assert!(
+            quoted["message"]
+                .as_str()
+                .unwrap()
+                .contains("not instructions"),
+            "{quoted}"
+        );
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The `leads` table.
 
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
 use crate::store::{Store, StoreError, StoreResult, Tx, now_ms};
 
 /// A lead to store.
@@ -34,53 +37,26 @@ pub struct LeadRow {
     pub last_contact: Option<i64>,
 }
 
-type Row = (
-    i64,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<i64>,
-    String,
-    i64,
-    Option<i64>,
-);
-
 const COLUMNS: &str = "id, external_id, source, name, company, email, message, tier, score, \
                        status, created_at, last_contact";
 
-fn from_row(row: Row) -> LeadRow {
-    let (
-        id,
-        external_id,
-        source,
-        name,
-        company,
-        email,
-        message,
-        tier,
-        score,
-        status,
-        created_at,
-        last_contact,
-    ) = row;
-    LeadRow {
-        id,
-        external_id,
-        source,
-        name,
-        company,
-        email,
-        message,
-        tier,
-        score,
-        status,
-        created_at,
-        last_contact,
-    }
+/// A row of [`COLUMNS`], read by name (every query of leads reads rows
+/// through here).
+fn lead_from_row(row: &AnyRow) -> StoreResult<LeadRow> {
+    Ok(LeadRow {
+        id: row.try_get("id")?,
+        external_id: row.try_get("external_id")?,
+        source: row.try_get("source")?,
+        name: row.try_get("name")?,
+        company: row.try_get("company")?,
+        email: row.try_get("email")?,
+        message: row.try_get("message")?,
+        tier: row.try_get("tier")?,
+        score: row.try_get("score")?,
+        status: row.try_get("status")?,
+        created_at: row.try_get("created_at")?,
+        last_contact: row.try_get("last_contact")?,
+    })
 }
 
 impl NewLead {
@@ -116,21 +92,23 @@ pub struct Leads<'a>(pub &'a Store);
 impl Leads<'_> {
     /// The most recent leads first.
     pub async fn recent(&self, limit: i64) -> StoreResult<Vec<LeadRow>> {
-        let sql = format!("SELECT {COLUMNS} FROM leads ORDER BY created_at DESC, id DESC LIMIT $1");
-        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(limit)
-            .fetch_all(self.0.pool())
-            .await?;
-        Ok(rows.into_iter().map(from_row).collect())
+        self.select("ORDER BY created_at DESC, id DESC LIMIT $1", limit)
+            .await
     }
 
     pub async fn get(&self, id: i64) -> StoreResult<Option<LeadRow>> {
-        let sql = format!("SELECT {COLUMNS} FROM leads WHERE id = $1");
-        let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(self.0.pool())
+        Ok(self.select("WHERE id = $1", id).await?.pop())
+    }
+
+    /// The leads `tail` (a WHERE or ORDER BY clause with one parameter,
+    /// `$1` = `value`) picks.
+    async fn select(&self, tail: &str, value: i64) -> StoreResult<Vec<LeadRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM leads {tail}");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(value)
+            .fetch_all(self.0.pool())
             .await?;
-        Ok(row.map(from_row))
+        rows.iter().map(lead_from_row).collect()
     }
 
     /// Records the tier, score and reasons of a qualification.
@@ -168,8 +146,9 @@ impl Leads<'_> {
 
     /// Replied leads with no contact since `quiet_since` (Unix ms) and no
     /// reminder since then: each is claimed for its reminder (marked
-    /// reminded) and returned, so one reminder goes per quiet spell.
-    pub async fn claim_quiet(&self, quiet_since: i64) -> StoreResult<Vec<LeadRow>> {
+    /// reminded at `now`, the scheduler's clock) and returned, so one
+    /// reminder goes per quiet spell.
+    pub async fn claim_quiet(&self, quiet_since: i64, now: i64) -> StoreResult<Vec<LeadRow>> {
         let mut tx = self.0.begin().await?;
         let sql = format!(
             "UPDATE leads SET reminded_at = $1
@@ -177,13 +156,14 @@ impl Leads<'_> {
                AND (reminded_at IS NULL OR reminded_at < last_contact)
              RETURNING {COLUMNS}"
         );
-        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(now_ms())
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
             .bind(quiet_since)
             .fetch_all(&mut *tx.conn())
             .await?;
+        let leads = rows.iter().map(lead_from_row).collect();
         tx.commit().await?;
-        Ok(rows.into_iter().map(from_row).collect())
+        leads
     }
 }
 

@@ -164,21 +164,21 @@ impl Store {
         .await?;
         let mut approvals = Vec::with_capacity(rows.len());
         for (id, run_id, platform, chat_id, draft, created_at) in rows {
-            let buttons: Vec<(String, String)> = sqlx::query_as(
-                "SELECT token, decision FROM approval_buttons WHERE approval_id = $1",
+            let buttons: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                "SELECT token, decision, label FROM approval_buttons WHERE approval_id = $1",
             )
             .bind(&id)
             .fetch_all(&self.pool)
             .await?;
             let mut buttons = buttons
                 .into_iter()
-                .map(|(token, decision)| {
+                .map(|(token, decision, label)| {
                     let decision: Decision = decision.parse().map_err(corrupt)?;
                     let token = ButtonToken::try_from(token).map_err(corrupt)?;
-                    Ok((decision, token))
+                    Ok((decision, token, label))
                 })
                 .collect::<StoreResult<Vec<_>>>()?;
-            buttons.sort_by_key(|(d, _)| Decision::EVERY.iter().position(|x| x == d));
+            buttons.sort_by_key(|(d, _, _)| Decision::EVERY.iter().position(|x| x == d));
             approvals.push(ApprovalSummary {
                 id: parse_id(&id)?,
                 run_id: parse_id(&run_id)?,
@@ -186,8 +186,8 @@ impl Store {
                 draft,
                 buttons: buttons
                     .into_iter()
-                    .map(|(d, token)| Button {
-                        label: d.label().to_string(),
+                    .map(|(d, token, label)| Button {
+                        label: label.unwrap_or_else(|| d.label().to_string()),
                         token,
                     })
                     .collect(),
@@ -275,12 +275,21 @@ async fn insert_approval(
     .execute(&mut **tx)
     .await?;
     for (decision, token) in &approval.buttons {
+        // A label the step renamed (Pursue for Approve), kept for /approvals.
+        let label = approval
+            .message
+            .buttons
+            .iter()
+            .find(|b| b.token == *token && b.label != decision.label())
+            .map(|b| b.label.as_str());
         sqlx::query(
-            "INSERT INTO approval_buttons (token, approval_id, decision) VALUES ($1, $2, $3)",
+            "INSERT INTO approval_buttons (token, approval_id, decision, label)
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(token.as_str())
         .bind(approval.id.to_string())
         .bind(decision.as_str())
+        .bind(label)
         .execute(&mut **tx)
         .await?;
     }

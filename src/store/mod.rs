@@ -324,6 +324,7 @@ const MIGRATIONS: Migrations = migrations![
     13 "offers and blobs" "0013_offers.sql",
     14 "coordination: leader leases, shared send pacing" "0014_coordination.sql",
     15 "embeddings" "0015_embeddings.sql",
+    18 "approval button labels" "0018_button_labels.sql",
 ];
 
 /// The migrations compiled into the binary, for one backend.

@@ -7,13 +7,13 @@ use soloist::config::Secret;
 use soloist::http::{Health, HttpState};
 use soloist::leads::hook::sign;
 use soloist::leads::score::score;
-use soloist::leads::{Criteria, Extracted, Tier};
+use soloist::leads::{Criteria, Tier};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Db, TestApp, texts};
 use crate::on_both_backends;
 
-const SECRET: &str = "lead-hook-secret-4d1";
+pub const SECRET: &str = "lead-hook-secret-4d1";
 
 on_both_backends!(
     a_lead_with_a_wrong_or_missing_secret_is_refused_and_nothing_is_stored,
@@ -23,13 +23,13 @@ on_both_backends!(
     a_pasted_lead_is_stored_and_listed_by_leads,
 );
 
-async fn spawn(db: Db) -> TestApp {
+pub async fn spawn(db: Db) -> TestApp {
     TestApp::spawn_with(db, |s| s.hooks.lead_secret = Secret::new(SECRET)).await
 }
 
 /// Serves the app's HTTP routes (with the hooks the app mounted) on a
 /// free loopback port; returns the hook's URL.
-async fn serve(app: &TestApp) -> (String, CancellationToken) {
+pub async fn serve(app: &TestApp) -> (String, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hooks/lead", listener.local_addr().unwrap());
     let state = HttpState {
@@ -43,7 +43,7 @@ async fn serve(app: &TestApp) -> (String, CancellationToken) {
     (url, shutdown)
 }
 
-async fn leads_stored(app: &TestApp) -> i64 {
+pub async fn leads_stored(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM leads")
         .fetch_one(app.app.store.pool())
         .await
@@ -220,51 +220,90 @@ async fn a_pasted_lead_is_stored_and_listed_by_leads(db: Db) {
     assert_eq!(leads_stored(&app).await, 1);
 }
 
-/// What a fast-tier extraction of a fixture lead gives: its fields, with
-/// the budget, timeline and need read from its message the way the
-/// scripted model answers in the flow tests do.
-pub fn extracted(lead: &Value) -> Extracted {
-    let text = |k: &str| lead.get(k).and_then(Value::as_str).map(str::to_string);
+/// The structured answer the scripted fast tier gives for a fixture lead:
+/// its fields, with the budget, timeline and need read from its message
+/// the way a careful model would (no field is invented; the lead's text
+/// never chooses its tier). The flow tests queue it on the fake model.
+pub fn scripted_extraction(lead: &Value) -> Value {
+    let text = |k: &str| {
+        lead.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_string)
+    };
     let message = text("message").unwrap_or_default();
     let lower = message.to_lowercase();
-    let budget = if lower.contains("6k") {
-        Some(6000.0)
-    } else if lower.contains("200 euros") {
-        Some(200.0)
-    } else {
-        None
-    };
-    let timeline = ["january", "march", "next week", "next year", "spring"]
-        .into_iter()
-        .find(|w| lower.contains(w))
-        .map(str::to_string);
-    Extracted {
-        name: text("name"),
-        company: text("company"),
-        email: text("email"),
-        budget,
-        timeline,
-        need: Some(message),
-        website: text("website"),
-        team_size: text("size")
-            .as_deref()
-            .and_then(soloist::leads::score::first_number),
-    }
+    const WHEN: &[&str] = &[
+        "january",
+        "february",
+        "march",
+        "april",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+        "next week",
+        "next month",
+        "next year",
+        "spring",
+        "summer",
+        "autumn",
+        "winter",
+    ];
+    serde_json::json!({
+        "name": text("name"),
+        "company": text("company"),
+        "email": text("email"),
+        "budget": budget(&lower),
+        "timeline": WHEN.iter().find(|w| lower.contains(*w)),
+        "need": message,
+        "website": text("website"),
+        "team_size": text("size").as_deref().and_then(soloist::leads::score::first_number),
+    })
 }
 
-#[test]
-fn the_project_lead_fixtures_score_to_their_expected_tiers() {
-    let own: Vec<Value> = std::fs::read_to_string(
+/// "about 6k", "200 euros", "€2,000": the first amount stated, in euros.
+fn budget(lower: &str) -> Option<f64> {
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    words.iter().enumerate().find_map(|(i, word)| {
+        let word = word.trim_matches(|c: char| !c.is_alphanumeric() && c != '€');
+        let number = |s: &str| s.replace(',', "").parse::<f64>().ok();
+        if let Some(thousands) = word.strip_suffix('k').and_then(number) {
+            return Some(thousands * 1000.0);
+        }
+        if let Some(euros) = word.strip_prefix('€').and_then(number) {
+            return Some(euros);
+        }
+        let next = words.get(i + 1).copied().unwrap_or_default();
+        number(word).filter(|_| next.starts_with("eur"))
+    })
+}
+
+/// The project's own lead fixtures (not the shared ones).
+pub fn own_fixture_leads() -> Vec<Value> {
+    std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/leads/inbound.jsonl"),
     )
     .unwrap()
     .lines()
     .filter(|l| !l.trim().is_empty())
     .map(|l| serde_json::from_str(l).unwrap())
-    .collect();
+    .collect()
+}
+
+/// The rules alone (no database, no model): each own fixture's scripted
+/// extraction scores to the tier its owner expects. The flow test
+/// (`leads_flow`) runs the same leads through the whole flow.
+#[test]
+fn the_project_lead_fixtures_score_to_their_expected_tiers() {
     let criteria = Criteria::default();
-    for lead in &own {
-        let scored = score(&extracted(lead), &criteria);
+    for lead in &own_fixture_leads() {
+        let fields =
+            soloist::leads::steps::read_extraction(&scripted_extraction(lead).to_string(), lead);
+        let scored = score(&fields, &criteria);
         let expected = Tier::parse(lead["expected_tier"].as_str().unwrap()).unwrap();
         assert_eq!(
             scored.tier, expected,
@@ -272,4 +311,12 @@ fn the_project_lead_fixtures_score_to_their_expected_tiers() {
             lead["id"], scored.reasons, scored.score
         );
     }
+}
+
+#[test]
+fn the_scripted_model_reads_budgets_as_a_model_would() {
+    assert_eq!(budget("budget about 6k."), Some(6000.0));
+    assert_eq!(budget("we only have like 200 euros"), Some(200.0));
+    assert_eq!(budget("a retainer, €2,000 a month"), Some(2000.0));
+    assert_eq!(budget("about 18 pages"), None);
 }

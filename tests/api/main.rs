@@ -26,6 +26,8 @@ mod funnel;
 mod gaps;
 mod http;
 mod leads;
+mod leads_flow;
+mod leads_jobs;
 mod memory;
 mod models;
 mod offers;
