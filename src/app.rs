@@ -25,6 +25,9 @@ pub enum AppError {
     Flow(#[from] FlowError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// `[autonomy]` names a flow that does not exist.
+    #[error("{0}")]
+    Autonomy(String),
 }
 
 /// A running soloist: everything a front end (console, chat platforms)
@@ -68,6 +71,8 @@ impl App {
         let prompts = Prompts::load(home)?;
         let flows = FlowCatalog::load(home, &prompts)?;
         guard.check_flows(&flows)?;
+        // AUTONOMY: a level for a flow that does not exist is a typo.
+        crate::autonomy::check_settings(&settings, flows.names()).map_err(AppError::Autonomy)?;
         let timezone = settings.timezone().unwrap_or(chrono_tz::UTC);
         let agents = Agents::new(
             settings.models.clone(),

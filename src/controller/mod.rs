@@ -9,6 +9,7 @@
 //! change), so a redelivered update is neither lost nor acted on twice.
 
 pub mod access;
+mod autonomy;
 mod buttons;
 mod commands;
 mod cost;

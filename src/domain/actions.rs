@@ -33,6 +33,14 @@ pub enum Action {
         offer_id: String,
         change: OfferChange,
     },
+    /// AUTONOMY: the owner's answer to a graduation proposal: raise
+    /// `flow` from `from` to `to` (Yes), or not yet.
+    AnswerGraduation {
+        flow: String,
+        from: crate::autonomy::Level,
+        to: crate::autonomy::Level,
+        raise: bool,
+    },
 }
 
 /// What an offer's review button changes.
