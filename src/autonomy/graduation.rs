@@ -12,7 +12,7 @@ use super::store::{self, WINDOW};
 use super::{Change, Level, Record, level_in, level_of, set_level_in};
 use crate::config::Settings;
 use crate::domain::{Action, ChatRef, Decision, Outbound, Platform, action_buttons};
-use crate::store::{Decided, Store, StoreError, StoreResult, Tx};
+use crate::store::{Decided, Store, StoreError, StoreResult, Tx, now_ms};
 
 /// A proposal to raise a flow's level.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,12 +60,14 @@ pub async fn graduation_proposals(
 /// is delivered.
 pub async fn digest_proposals(store: &Store, settings: &Settings) -> StoreResult<Vec<Outbound>> {
     let mut messages = Vec::new();
+    let proposed_at = now_ms();
     for proposal in graduation_proposals(store, settings).await? {
         let answer = |raise| Action::AnswerGraduation {
             flow: proposal.flow.clone(),
             from: proposal.from,
             to: proposal.to,
             raise,
+            proposed_at,
         };
         let (buttons, tokens) = action_buttons(vec![
             ("Yes".to_string(), answer(true)),
@@ -93,19 +95,35 @@ fn proposal_text(proposal: &Proposal) -> String {
     )
 }
 
+/// A proposal as its buttons carry it.
+#[derive(Debug, Clone, Copy)]
+pub struct Proposed<'a> {
+    pub flow: &'a str,
+    pub from: Level,
+    pub to: Level,
+    /// When it was made (unix ms): a change or an answer since voids it.
+    pub at: i64,
+}
+
 /// The owner's answer to a proposal (Yes raises `from` → `to`; Not yet
-/// is recorded), in the transaction that takes the button. What to reply.
+/// is recorded), in the transaction that takes the button. A proposal
+/// answered before (its other button, a later digest's), or overtaken by a
+/// change of level, changes nothing. What to reply.
 pub async fn answer_in(
     tx: &mut Tx,
     settings: &Settings,
-    (flow, from, to): (&str, Level, Level),
+    proposal: Proposed<'_>,
     raise: bool,
     by: &str,
 ) -> StoreResult<String> {
+    let Proposed { flow, from, to, at } = proposal;
     let now = level_in(tx, settings, flow).await?.level;
-    if now != from {
+    let changed_since = store::last_change_at(tx.conn(), flow)
+        .await?
+        .is_some_and(|changed| changed >= at);
+    if now != from || changed_since {
         return Ok(format!(
-            "That proposal no longer applies: {flow} runs at '{now}' now. /autonomy shows every flow."
+            "That proposal no longer applies: it was answered, or {flow}'s level changed since (it runs at '{now}'). /autonomy shows every flow."
         ));
     }
     if !raise {

@@ -147,8 +147,14 @@ impl Controller {
                 from,
                 to,
                 raise,
+                proposed_at,
             } => {
-                let proposal = (flow.as_str(), from, to);
+                let proposal = crate::autonomy::Proposed {
+                    flow: &flow,
+                    from,
+                    to,
+                    at: proposed_at,
+                };
                 let settings = &self.settings;
                 Handled::reply(
                     crate::autonomy::answer_in(&mut tx, settings, proposal, raise, by).await?,
