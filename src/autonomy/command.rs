@@ -31,7 +31,9 @@ pub fn flows_with_approvals(flows: &FlowCatalog) -> Vec<&str> {
 
 /// `/autonomy`: every flow with approvals, its level and its record.
 pub async fn list(store: &Store, settings: &Settings, flows: &FlowCatalog) -> StoreResult<String> {
-    let mut text = String::from("Autonomy levels (always: every approval waits for you; borderline: only cases the flow marks uncertain; never: runs unattended and tells you after; a guardrail flag always waits):");
+    let mut text = String::from(
+        "Autonomy levels (always: every approval waits for you; borderline: only cases the flow marks uncertain; never: runs unattended and tells you after; a guardrail flag always waits):",
+    );
     for flow in flows_with_approvals(flows) {
         let level = level_of(store, settings, flow).await?;
         let record = record_of(store, flow).await?;
@@ -77,7 +79,9 @@ pub fn parse<'a>(args: &'a str, flows: &FlowCatalog) -> Result<(&'a str, Level),
             known.join(", ")
         ));
     }
-    let level: Level = level.parse().map_err(|e: super::UnknownLevel| format!("{e}."))?;
+    let level: Level = level
+        .parse()
+        .map_err(|e: super::UnknownLevel| format!("{e}."))?;
     Ok((flow, level))
 }
 

@@ -21,7 +21,9 @@ pub mod graduation;
 pub mod skip;
 mod store;
 
-pub use graduation::{Proposal, Proposed, answer_in, digest_proposals, drop_back_in, graduation_proposals};
+pub use graduation::{
+    Proposal, Proposed, answer_in, digest_proposals, drop_back_in, graduation_proposals,
+};
 pub use skip::{Verdict, decision_lines, verdict};
 pub use store::Record;
 

@@ -117,7 +117,11 @@ pub fn decision_lines(events: &[JournalEvent]) -> String {
             step, decision, by, ..
         } = event
         {
-            let _ = write!(text, "\nDecision at '{step}': {} by {by}", decision.as_str());
+            let _ = write!(
+                text,
+                "\nDecision at '{step}': {} by {by}",
+                decision.as_str()
+            );
         }
     }
     text

@@ -25,7 +25,9 @@ pub struct Record {
 impl Record {
     /// Percent approved unchanged (0 with no decisions).
     pub fn percent(self) -> usize {
-        (self.approved * 100).checked_div(self.decisions).unwrap_or(0)
+        (self.approved * 100)
+            .checked_div(self.decisions)
+            .unwrap_or(0)
     }
 
     /// Enough decisions, and few enough of them changed anything.

@@ -61,7 +61,10 @@ impl Controller {
         // AUTONOMY: only the owner answers a graduation proposal (the
         // token stays unused for them).
         if matches!(action, Action::AnswerGraduation { .. }) && !self.may_change_autonomy(inbound) {
-            return Ok(Handled::private(inbound, crate::autonomy::command::OWNER_ONLY));
+            return Ok(Handled::private(
+                inbound,
+                crate::autonomy::command::OWNER_ONLY,
+            ));
         }
         // A routing choice that names a command is a report: read it
         // before the transaction (on SQLite the store has one connection,
