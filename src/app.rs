@@ -58,7 +58,12 @@ impl App {
                 url: redact_url(&url),
                 source,
             })?;
-        App::with_store(settings, home, store)
+        let app = App::with_store(settings, home, store)?;
+        // AUTONOMY: a level the settings file changed is audited at start.
+        if let Err(error) = crate::autonomy::audit_settings(&app.store, &app.settings).await {
+            tracing::warn!(error = ?error, "the autonomy settings could not be audited");
+        }
+        Ok(app)
     }
 
     /// Builds on an already opened store (tests share one this way).

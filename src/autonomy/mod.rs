@@ -12,7 +12,8 @@
 //! unless one was set in chat (`/autonomy FLOW LEVEL`), by a graduation
 //! (Yes on the digest's proposal, [`graduation`]) or by a drop-back (an
 //! edit, revision or rejection lowers a graduated flow one level); each of
-//! those is an audit row in `autonomy_changes`. A skipped approval is
+//! those, and a level the settings file changed (recorded at start, by
+//! [`audit_settings`]), is an audit row in `autonomy_changes`. A skipped approval is
 //! journaled as a decision by autonomy, which is what lets a step whose
 //! effect `policy.approval_required_for` names run in that flow only.
 
@@ -197,6 +198,38 @@ pub struct Change<'a> {
 pub async fn record_of(store: &Store, flow: &str) -> StoreResult<Record> {
     let mut conn = store.pool().acquire().await?;
     store::recent_decisions(&mut conn, flow, None).await
+}
+
+/// Audits a level the settings file changed since the last start: a flow
+/// with no level set in chat whose configured level differs from its
+/// last audit row's (`always` with none) gets a row by `settings`. Run at
+/// start, so a level raised by editing the file is on record too.
+pub async fn audit_settings(store: &Store, settings: &Settings) -> StoreResult<()> {
+    let mut tx = store.begin().await?;
+    let mut flows: Vec<String> = settings.autonomy.keys().cloned().collect();
+    flows.extend(store::audited_flows(tx.conn()).await?);
+    flows.sort();
+    flows.dedup();
+    for flow in &flows {
+        if store::chat_level(tx.conn(), flow).await?.is_some() {
+            continue;
+        }
+        let recorded = store::last_recorded(tx.conn(), flow)
+            .await?
+            .unwrap_or_default();
+        let configured = configured(settings, flow).level;
+        if recorded != configured {
+            let change = Change {
+                flow,
+                from: recorded,
+                to: configured,
+                by: "settings",
+                reason: "the settings file ([autonomy]) changed",
+            };
+            store::record_change(tx.conn(), &change).await?;
+        }
+    }
+    tx.commit().await
 }
 
 /// Whether the person may change autonomy levels: the owner (the

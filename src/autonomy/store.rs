@@ -54,7 +54,6 @@ pub async fn chat_level(conn: &mut AnyConnection, flow: &str) -> StoreResult<Opt
 /// Sets the level (unless the change only records an answer: `from` =
 /// `to`) and writes the audit row.
 pub async fn set_level(conn: &mut AnyConnection, change: &Change<'_>) -> StoreResult<()> {
-    let now = now_ms();
     if change.from != change.to {
         sqlx::query(
             "INSERT INTO autonomy_levels (flow, level, updated_at) VALUES ($1, $2, $3)
@@ -62,10 +61,16 @@ pub async fn set_level(conn: &mut AnyConnection, change: &Change<'_>) -> StoreRe
         )
         .bind(change.flow)
         .bind(change.to.as_str())
-        .bind(now)
+        .bind(now_ms())
         .execute(&mut *conn)
         .await?;
     }
+    record_change(conn, change).await
+}
+
+/// The audit row alone (a change the settings file made).
+pub async fn record_change(conn: &mut AnyConnection, change: &Change<'_>) -> StoreResult<()> {
+    let now = now_ms();
     sqlx::query(
         "INSERT INTO autonomy_changes (flow, from_level, to_level, changed_by, reason, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -79,6 +84,26 @@ pub async fn set_level(conn: &mut AnyConnection, change: &Change<'_>) -> StoreRe
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// The level the flow's last audit row left it at.
+pub async fn last_recorded(conn: &mut AnyConnection, flow: &str) -> StoreResult<Option<Level>> {
+    let level: Option<String> = sqlx::query_scalar(
+        "SELECT to_level FROM autonomy_changes WHERE flow = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(flow)
+    .fetch_optional(&mut *conn)
+    .await?;
+    level.as_deref().map(parse_level).transpose()
+}
+
+/// Every flow with an audit row.
+pub async fn audited_flows(conn: &mut AnyConnection) -> StoreResult<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT DISTINCT flow FROM autonomy_changes")
+            .fetch_all(&mut *conn)
+            .await?,
+    )
 }
 
 /// When the flow's level last changed or a proposal for it was answered:

@@ -377,7 +377,29 @@ async fn autonomy_sets_and_lists_levels_with_an_audit_row_per_change(db: Db) {
             "set in chat (/autonomy)".to_string()
         )]
     );
-    assert_eq!(changes(&app, "post").await.len(), 1);
+    let post = changes(&app, "post").await;
+    assert_eq!(post.len(), 2, "{post:?}");
+    assert_eq!(
+        (post[0].0.as_str(), post[0].1.as_str(), post[0].2.as_str()),
+        ("always", "borderline", "settings"),
+        "the level the settings file raised is on record"
+    );
+    app.restart(at_level("post", "borderline")).await;
+    app.restart(at_level("draft", "never")).await;
+    assert_eq!(
+        changes(&app, "post").await.len(),
+        2,
+        "the chat's level wins"
+    );
+    assert_eq!(
+        changes(&app, "draft").await,
+        [(
+            "always".to_string(),
+            "never".to_string(),
+            "settings".to_string(),
+            "the settings file ([autonomy]) changed".to_string()
+        )]
+    );
 }
 
 async fn an_unknown_flow_or_level_a_non_owner_and_a_forged_button_are_refused(db: Db) {
