@@ -25,6 +25,9 @@ pub enum AppError {
     Flow(#[from] FlowError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// `[autonomy]` names a flow that does not exist.
+    #[error("{0}")]
+    Autonomy(String),
 }
 
 /// A running soloist: everything a front end (console, chat platforms)
@@ -55,7 +58,12 @@ impl App {
                 url: redact_url(&url),
                 source,
             })?;
-        App::with_store(settings, home, store)
+        let app = App::with_store(settings, home, store)?;
+        // AUTONOMY: a level the settings file changed is audited at start.
+        if let Err(error) = crate::autonomy::audit_settings(&app.store, &app.settings).await {
+            tracing::warn!(error = ?error, "the autonomy settings could not be audited");
+        }
+        Ok(app)
     }
 
     /// Builds on an already opened store (tests share one this way).
@@ -68,6 +76,8 @@ impl App {
         let prompts = Prompts::load(home)?;
         let flows = FlowCatalog::load(home, &prompts)?;
         guard.check_flows(&flows)?;
+        // AUTONOMY: a level for a flow that does not exist is a typo.
+        crate::autonomy::check_settings(&settings, flows.names()).map_err(AppError::Autonomy)?;
         let timezone = settings.timezone().unwrap_or(chrono_tz::UTC);
         let agents = Agents::new(
             settings.models.clone(),

@@ -43,6 +43,11 @@
 //!   effects that need an approval, rate limits, the fast-tier review of
 //!   high-quality drafts and the optional router-tier injection
 //!   classifier; audited per run.
+//! - [`autonomy`]: graduated automation: each flow's level (`always`,
+//!   `borderline`, `never`) from `[autonomy]` or `/autonomy`, which an
+//!   approve step asks before waiting (a guardrail flag always waits);
+//!   graduation proposals in the digest (Yes / Not yet), drop-back on an
+//!   edit or rejection, every change an audit row.
 //! - [`leads`]: leads from `POST /hooks/lead` (shared secret or HMAC) and
 //!   `/lead`, stored once per id with a `lead.received` event; the
 //!   deterministic scoring rules of `[leads.criteria]`; `/leads`; the
@@ -99,6 +104,7 @@
 pub mod adapters;
 pub mod agents;
 pub mod app;
+pub mod autonomy;
 pub mod backup;
 pub mod config;
 pub mod controller;

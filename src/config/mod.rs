@@ -117,6 +117,10 @@ pub struct Settings {
     pub leads: crate::leads::LeadSettings,
     #[serde(default)]
     pub hooks: crate::leads::HookSettings,
+    /// `[autonomy]`: each flow's autonomy level (`"flow" = "never"`);
+    /// a flow not named is `always`. See [`crate::autonomy`].
+    #[serde(default)]
+    pub autonomy: std::collections::BTreeMap<String, crate::autonomy::Level>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

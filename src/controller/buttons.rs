@@ -58,6 +58,14 @@ impl Controller {
         if let Action::Retract { run_id } = action {
             return self.retract_pressed(inbound, token, run_id).await;
         }
+        // AUTONOMY: only the owner answers a graduation proposal (the
+        // token stays unused for them).
+        if matches!(action, Action::AnswerGraduation { .. }) && !self.may_change_autonomy(inbound) {
+            return Ok(Handled::private(
+                inbound,
+                crate::autonomy::command::OWNER_ONLY,
+            ));
+        }
         // A routing choice that names a command is a report: read it
         // before the transaction (on SQLite the store has one connection,
         // which the open transaction holds).
@@ -136,6 +144,24 @@ impl Controller {
                         run_id.short()
                     ))
                 }
+            }
+            Action::AnswerGraduation {
+                flow,
+                from,
+                to,
+                raise,
+                proposed_at,
+            } => {
+                let proposal = crate::autonomy::Proposed {
+                    flow: &flow,
+                    from,
+                    to,
+                    at: proposed_at,
+                };
+                let settings = &self.settings;
+                Handled::reply(
+                    crate::autonomy::answer_in(&mut tx, settings, proposal, raise, by).await?,
+                )
             }
             // Taken above, before the transaction.
             Action::Retract { .. } => Handled::reply(""),

@@ -214,6 +214,17 @@ pub const COMMAND_TABLE: &[CommandSpec] = &[
         handler: handler!(list_leads),
     },
     CommandSpec {
+        name: "autonomy",
+        aliases: &[],
+        // No declared argument: alone it lists; Discord's slash option
+        // names cannot hold the space of "FLOW LEVEL".
+        args: "",
+        description: "each flow's autonomy level; /autonomy FLOW LEVEL sets one: always, borderline or never",
+        intent: None,
+        report: false,
+        handler: handler!(autonomy),
+    },
+    CommandSpec {
         name: "remember",
         aliases: &[],
         args: "TEXT",

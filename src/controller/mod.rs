@@ -3,12 +3,13 @@
 //! command list), a message a waiting run asked for, or free text for the
 //! router (`routing`). Reports live in `reports`, `/cost` in `cost`, the
 //! guardrails' rate limits, `/run` lines and `/policy` in `policy_hooks`;
-//! memory commands in `memory`.
+//! memory commands in `memory`; `/autonomy` in `autonomy`.
 //! Replies go through the outbox, queued in the same transaction that marks
 //! the update handled (and, for a press or a run's input, that makes the
 //! change), so a redelivered update is neither lost nor acted on twice.
 
 pub mod access;
+mod autonomy;
 mod buttons;
 mod commands;
 mod cost;

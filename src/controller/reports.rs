@@ -76,6 +76,8 @@ impl Controller {
         if let Some(retrieval) = crate::memory::retrieval_line(&state.outputs) {
             let _ = write!(text, "\nRetrieved: {retrieval}");
         }
+        // AUTONOMY: who made each decision (a person, or autonomy).
+        text.push_str(&crate::autonomy::decision_lines(&events));
         if let Some(summary) = &state.summary {
             let _ = write!(text, "\nOutcome: {summary}");
         }

@@ -159,7 +159,7 @@ pub async fn build(
     let numbers = numbers(store, settings, timezone, now).await?;
     let text = render(&numbers)?;
     let chart_png = chart::render_png(&chart_data(store, settings, timezone, now).await?)?;
-    let approvals = store
+    let mut approvals: Vec<Outbound> = store
         .pending_approvals()
         .await?
         .into_iter()
@@ -173,6 +173,8 @@ pub async fn build(
             .linked_to(a.id, ApprovalRole::Offer)
         })
         .collect();
+    // AUTONOMY: graduation proposals (Yes / Not yet) after the approvals.
+    approvals.extend(crate::autonomy::digest_proposals(store, settings).await?);
     Ok(Digest {
         numbers,
         text,

@@ -33,6 +33,16 @@ pub enum Action {
         offer_id: String,
         change: OfferChange,
     },
+    /// AUTONOMY: the owner's answer to a graduation proposal made at
+    /// `proposed_at` (unix ms): raise `flow` from `from` to `to` (Yes), or
+    /// not yet.
+    AnswerGraduation {
+        flow: String,
+        from: crate::autonomy::Level,
+        to: crate::autonomy::Level,
+        raise: bool,
+        proposed_at: i64,
+    },
 }
 
 /// What an offer's review button changes.

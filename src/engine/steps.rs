@@ -120,6 +120,23 @@ impl Engine {
                 // POLICY HOOK: flags on the approval message.
                 self.guard_offer(run, state, draft_from, &mut transition)
                     .await;
+                // AUTONOMY: at the flow's level an unflagged first offer is
+                // approved in the operator's place; they are told after.
+                let inner = &self.inner;
+                let (store, settings) = (&inner.store, &inner.settings);
+                let verdict = crate::autonomy::verdict(
+                    store,
+                    settings,
+                    &flow.name,
+                    state,
+                    &step.name,
+                    &mut transition,
+                )
+                .await;
+                if let crate::autonomy::Verdict::Approve { by, notice } = verdict {
+                    let said = (by.as_str(), notice.as_str());
+                    transition = approved_by_autonomy(run, step, artifact_kind, transition, said);
+                }
                 transition
             }
             StepKind::FactCheck { .. } => {
@@ -870,6 +887,43 @@ fn save(
         }
     };
     transition.messages.push(Outbound::text(message));
+    transition
+}
+
+/// AUTONOMY: an offer approved in the operator's place: journaled as asked
+/// and decided by autonomy (`by`), saved as an approval would save it, and
+/// the operator told what goes out (with the offer's file, if any).
+fn approved_by_autonomy(
+    run: &RunRow,
+    step: &StepDef,
+    kind: &str,
+    offer: Transition,
+    (by, notice): (&str, &str),
+) -> Transition {
+    let Some(approval) = offer.approval else {
+        return offer;
+    };
+    let mut transition = save(run, step, kind, &approval.draft, None, false);
+    let asked = JournalEvent::ApprovalRequested {
+        step: step.name.clone(),
+        approval_id: approval.id,
+        draft: approval.draft.clone(),
+    };
+    let decided = JournalEvent::Decided {
+        step: step.name.clone(),
+        approval_id: approval.id,
+        decision: Decision::Approve,
+        by: by.to_string(),
+    };
+    transition.events.splice(0..0, [asked, decided]);
+    transition.guardrails = offer.guardrails;
+    let short = run.id.short();
+    let mut told = Outbound::text(format!(
+        "{notice}\n\n{}\n\n(run {short}; /run {short} shows who decided)",
+        approval.draft
+    ));
+    told.attachment = approval.message.attachment;
+    transition.messages = vec![told];
     transition
 }
 

@@ -178,6 +178,8 @@ impl Engine {
         };
         tx.append_events(decided.run_id, &[event]).await?;
         close_offers(tx, &decided, by.name).await?;
+        // AUTONOMY: an edit, revision or rejection drops a graduated flow.
+        crate::autonomy::drop_back_in(tx, &self.inner.settings, &decided, by.name).await?;
         Ok(decided)
     }
 

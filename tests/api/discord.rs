@@ -667,6 +667,7 @@ async fn slash_commands_are_registered_in_the_guild_when_one_is_set_and_globally
             "schedule",
             "lead",
             "leads",
+            "autonomy",
             "remember",
             "memory",
             "forget",

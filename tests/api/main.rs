@@ -11,6 +11,7 @@ mod helpers;
 mod tcp_proxy;
 
 mod approvals;
+mod autonomy;
 mod backup;
 mod batch;
 mod cluster;

@@ -238,6 +238,7 @@ async fn a_draft_is_offered_with_buttons_and_approving_edits_the_offer_in_place(
             "schedule",
             "lead",
             "leads",
+            "autonomy",
             "remember",
             "memory",
             "forget",
