@@ -90,7 +90,7 @@ fn run_case(db: Db, n: i64) {
 
 async fn burst(db: Db, n: i64) {
     let (test, tg, shutdown) =
-        common::soloist_on_fake_telegram(db, FIRST_CHAT..FIRST_CHAT + n, false, |s| {
+        in_process_telegram::soloist_on_fake_telegram(db, FIRST_CHAT..FIRST_CHAT + n, false, |s| {
             s.models.timeout_secs = 60;
         })
         .await;

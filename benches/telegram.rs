@@ -68,7 +68,7 @@ fn main() {
 
 /// A soloist with its Telegram service running against a fresh fake.
 async fn start(rate_limits: bool, durable: bool) -> (TestApp, FakeTelegram, CancellationToken) {
-    common::soloist_on_fake_telegram(
+    in_process_telegram::soloist_on_fake_telegram(
         Db::Postgres,
         FIRST_CHAT..FIRST_CHAT + CHATS,
         rate_limits,

@@ -1,47 +1,35 @@
-//! Set-up shared by the benches that drive `soloist run`'s Telegram service
-//! in process against the fake Bot API (`burst`, `telegram`). Each bench
-//! includes the fakes and the test helpers as modules of its own, so this
-//! module reaches them through `crate::`.
+//! What the bench binaries share: a fresh PostgreSQL database, and the
+//! figures printed one line each.
 
-use std::ops::Range;
+use std::time::Duration;
 
-use soloist::config::{Secret, Settings};
-use soloist::runtime::platform_services;
-use tokio_util::sync::CancellationToken;
+use soloist::store::Store;
 
-use crate::fake_telegram::FakeTelegram;
-use crate::helpers::{Db, TestApp};
+/// A new, empty database on the server `admin` points at.
+pub async fn fresh_pg_database(admin: &str) -> String {
+    let name = format!("soloist_test_bench_{}", uuid::Uuid::new_v4().simple());
+    let store = Store::connect(admin, 1).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let mut url = url::Url::parse(admin).unwrap();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
 
-/// A soloist on `db` whose Telegram service polls a fresh fake, with
-/// `chats` allowed and the outbox's rate limits as given; `tweak` changes
-/// any other setting. Returns once the first long poll is waiting.
-pub async fn soloist_on_fake_telegram(
-    db: Db,
-    chats: Range<i64>,
-    rate_limits: bool,
-    tweak: impl FnOnce(&mut Settings),
-) -> (TestApp, FakeTelegram, CancellationToken) {
-    let tg = FakeTelegram::start().await;
-    let fake = tg.clone();
-    let test = TestApp::spawn_with(db, move |s: &mut Settings| {
-        s.telegram.token = Secret::new(fake.token.clone());
-        s.telegram.api_url = fake.api_url.clone();
-        s.telegram.allowed_user_ids = chats.map(|id| id.to_string()).collect();
-        s.telegram.rate_limits = rate_limits;
-        s.telegram.poll_timeout_secs = 10;
-        tweak(s);
-    })
-    .await;
-    let shutdown = CancellationToken::new();
-    let services = platform_services(&test.app, &shutdown);
-    tokio::spawn(soloist::runtime::run(
-        test.app.clone(),
-        services,
-        shutdown.clone(),
-    ));
-    tg.wait_for(10, "the first poll", |s| {
-        (!s.offsets.is_empty()).then_some(())
-    })
-    .await;
-    (test, tg, shutdown)
+/// Prints `what: n=… median=… p99=… mean=…`.
+pub fn report(what: &str, samples: &[Duration]) {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let at = |q: f64| sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)];
+    let mean = sorted.iter().sum::<Duration>() / sorted.len() as u32;
+    println!(
+        "{what}: n={} median={:?} p99={:?} mean={:?}",
+        sorted.len(),
+        at(0.5),
+        at(0.99),
+        mean
+    );
 }

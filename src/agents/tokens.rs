@@ -1,7 +1,10 @@
 //! Prompt token counts for the budget gate: an upper bound that needs
 //! nothing, and an exact count with OpenAI's tokenizer for the models it
 //! knows (its tables cost tens of MiB, so the gate asks for it only when
-//! the bound is refused).
+//! the bound is refused). The exact count is the `exact-tokens` feature:
+//! its tables are 7 MB of the binary, a fifth of it. Without it the gate
+//! reserves by the bound alone, which can only refuse earlier, never
+//! spend more.
 
 use crate::config::ProviderKind;
 
@@ -20,6 +23,7 @@ pub fn conservative_prompt_tokens(texts: &[&str]) -> u64 {
 }
 
 /// The exact count, for a model whose tokenizer is known (OpenAI's).
+#[cfg(feature = "exact-tokens")]
 pub fn count_prompt_tokens(kind: ProviderKind, model: &str, texts: &[&str]) -> Option<u64> {
     if kind != ProviderKind::Openai {
         return None;
@@ -32,7 +36,13 @@ pub fn count_prompt_tokens(kind: ProviderKind, model: &str, texts: &[&str]) -> O
     Some(counted + FRAMING_TOKENS)
 }
 
-#[cfg(test)]
+/// Without the `exact-tokens` feature no tokenizer is compiled in.
+#[cfg(not(feature = "exact-tokens"))]
+pub fn count_prompt_tokens(_kind: ProviderKind, _model: &str, _texts: &[&str]) -> Option<u64> {
+    None
+}
+
+#[cfg(all(test, feature = "exact-tokens"))]
 mod tests {
     use super::*;
 
