@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use soloist::digest::chart::{HEIGHT, WIDTH};
+use soloist::domain::{JournalEvent, RunStatus};
 use soloist::store::Store;
 
 use crate::helpers::{Db, TestApp, TestDb, test_settings};
@@ -300,4 +301,20 @@ async fn digest_command_sends_the_digest_with_its_chart_and_the_open_approvals(d
     assert!(sent[0].image.is_some());
     let labels: Vec<_> = sent[1].buttons.iter().map(|b| b.label.as_str()).collect();
     assert_eq!(labels, ["Approve", "Edit", "Reject"]);
+    // A run of the digest flow, each step journaled.
+    let run = app.app.store.recent_runs(1).await.unwrap().remove(0);
+    assert_eq!((run.flow.as_str(), run.status), ("digest", RunStatus::Completed));
+    let steps: Vec<String> = app
+        .app
+        .store
+        .journal(run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            JournalEvent::StepCompleted { step, .. } => Some(step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, ["numbers", "render", "summary", "deliver"]);
 }
