@@ -1,6 +1,7 @@
 //! The handlers of `/digest` (a run of the `digest` flow), `/schedules`
 //! and `/schedule` (issue 12). The work is in [`crate::scheduler::commands`];
-//! these adapt it to the command table. The pause / resume buttons are taken in `buttons.rs`.
+//! these adapt it to the command table. The pause / resume buttons are
+//! taken in `buttons.rs`.
 
 use super::{Controller, ControllerError, Handled};
 use crate::domain::Inbound;

@@ -56,6 +56,8 @@ pub enum DigestError {
     Chart(#[from] ChartError),
     #[error("'{0}' is not a time zone name")]
     TimeZone(String),
+    #[error(transparent)]
+    Prompt(#[from] crate::flows::PromptError),
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -135,7 +137,12 @@ impl Digest {
     /// The messages to send: the text with the chart, then each open
     /// approval with its buttons.
     pub fn messages(&self) -> Vec<Outbound> {
-        messages(&self.text, &self.numbers.date, &self.chart_png, &self.approvals)
+        messages(
+            &self.text,
+            &self.numbers.date,
+            &self.chart_png,
+            &self.approvals,
+        )
     }
 }
 
@@ -259,8 +266,11 @@ pub async fn numbers(
         count(&decisions, "reject"),
     );
     let decisions_total = approved + edited + rejected;
+    // Misses detected since yesterday began, up to when this is built: a
+    // digest fired late (or on time after downtime) is built after its
+    // tick, and the misses its own fire recorded belong in it.
     let misses = store
-        .schedule_misses(yesterday.from, now.timestamp_millis() + 1)
+        .schedule_misses(yesterday.from, i64::MAX)
         .await?
         .into_iter()
         .map(|m| MissLine {
@@ -410,10 +420,19 @@ pub async fn owner_chats_now(settings: &Settings) -> Result<Vec<ChatRef>, String
     Ok(chats)
 }
 
-/// The digest now, for `soloist digest --now`.
-pub async fn build_now(store: &Store, settings: &Settings) -> Result<Digest, DigestError> {
+/// The digest now, for `soloist digest --now`; its text from `prompts`, so
+/// an operator's copy of `prompts/digest.md` wins, as in the flow.
+pub async fn build_now(
+    store: &Store,
+    settings: &Settings,
+    prompts: &crate::flows::Prompts,
+) -> Result<Digest, DigestError> {
     let now = crate::scheduler::Clock::now(&crate::scheduler::DatabaseClock(store.clone())).await?;
-    build(store, settings, now).await
+    let mut digest = build(store, settings, now).await?;
+    // A plain struct of numbers and strings: it always serializes.
+    let values = serde_json::to_value(&digest.numbers).unwrap_or_default();
+    digest.text = prompts.render("digest", &values)?.trim().to_string();
+    Ok(digest)
 }
 
 fn lines(lines: Vec<CostLine>) -> Vec<Line> {

@@ -6,7 +6,6 @@ use chrono::{TimeZone, Utc};
 use std::fmt::Write;
 
 use super::{Clock, DatabaseClock, Timetable};
-use crate::config::Settings;
 use crate::domain::{Action, Outbound, action_buttons};
 use crate::store::{ScheduleRow, Store, StoreError, Tx};
 

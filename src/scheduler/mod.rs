@@ -410,8 +410,8 @@ impl Scheduler {
             tracing::warn!(%run, error = ?error, "driving a scheduled run failed; the worker resumes it");
         }
         Ok(JobOutput {
-            messages: Vec::new(),
             run_id: Some(run.to_string()),
+            ..JobOutput::default()
         })
     }
 

@@ -94,12 +94,19 @@ async fn approve_and_choose(app: &TestApp, when: &str) -> (RunId, Vec<Outbound>)
     (latest_run(app).await, chosen)
 }
 
-/// Publishes now: the button alone, no scheduler tick.
+/// Publishes now: the button alone, no scheduler tick. The press is
+/// answered with the post already out ("Published run …", Retract).
 async fn publish_now(app: &TestApp) -> RunId {
-    let (run, _) = approve_and_choose(app, "Publish now").await;
+    publish_now_told(app).await.0
+}
+
+/// [`publish_now`], and what the press answered.
+async fn publish_now_told(app: &TestApp) -> (RunId, Vec<Outbound>) {
+    let (run, told) = approve_and_choose(app, "Publish now").await;
     let publications = app.app.store.publications_for_run(run).await.unwrap();
     assert_eq!(publications[0].status, "published");
-    run
+    assert!(texts(&told).contains("Published run"), "{}", texts(&told));
+    (run, told)
 }
 
 async fn compensations(app: &TestApp, run: RunId) -> Vec<(bool, String)> {
@@ -283,8 +290,7 @@ async fn a_post_for_tomorrow_is_published_once_across_two_ticks_and_a_restart(db
 async fn retract_deletes_the_published_post_on_telegram(db: Db) {
     let telegram = FakeTelegram::start().await;
     let app = TestApp::spawn_with(db, |s| telegram_target(s, &telegram)).await;
-    let run = publish_now(&app).await;
-    let told = app.drain().await;
+    let (run, told) = publish_now_told(&app).await;
     assert_eq!(telegram.inspect(|s| s.sent_to(CHANNEL).len()), 1);
 
     let reply = app.press(&button(&told, "Retract")).await;
@@ -403,9 +409,10 @@ async fn results_are_stored_and_the_digest_compares_them_with_earlier_posts(db: 
         .await;
     assert!(texts(&stored).contains("1200 views"), "{}", texts(&stored));
 
-    let digest = soloist::digest::build_now(&app.app.store, &app.app.settings)
-        .await
-        .unwrap();
+    let digest =
+        soloist::digest::build_now(&app.app.store, &app.app.settings, app.app.engine.prompts())
+            .await
+            .unwrap();
     assert!(
         digest.text.contains(&format!("run {}", second.short())),
         "{}",
@@ -509,7 +516,11 @@ async fn a_paused_publish_posts_schedule_holds_a_due_post_until_resumed(db: Db) 
     scheduler.tick().await.unwrap();
 
     let listed = app.say("/schedules").await;
-    assert!(texts(&listed).contains("publish_posts"), "{}", texts(&listed));
+    assert!(
+        texts(&listed).contains("publish_posts"),
+        "{}",
+        texts(&listed)
+    );
     app.press(&button(&listed, "Pause publish_posts")).await;
     clock.set(due + Duration::seconds(1));
     assert_eq!(scheduler.tick().await.unwrap().published, 0);

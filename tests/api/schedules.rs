@@ -30,6 +30,7 @@ on_both_backends!(
     fire_rows_past_the_retention_are_pruned_by_the_history_job,
     the_scheduled_digest_is_one_run_of_the_digest_flow_queued_once_with_its_chart,
     an_operator_copy_of_the_digest_flow_changes_the_digest,
+    downtime_across_two_digest_ticks_sends_one_digest_that_reports_the_miss,
     a_flow_that_drops_its_schedule_loses_its_schedule_row_at_start,
 );
 
@@ -457,17 +458,21 @@ async fn two_schedulers_on_one_postgres_fire_a_due_tick_once() {
     assert_eq!(job.runs.load(Ordering::SeqCst), 1);
 }
 
-/// A scheduler for `t`'s engine with only the digest schedule (08:00 UTC),
-/// sent to the console, on `clock`.
-fn digest_scheduler(t: &TestApp, clock: &ManualClock) -> Scheduler {
-    let mut settings: Settings = (*t.app.settings).clone();
-    settings.schedules.retain(|name, _| name == "digest");
+/// The digest goes to the console, the business is on UTC.
+fn digest_to_console(settings: &mut Settings) {
     settings.business.timezone = "UTC".into();
     settings.digest.chats = vec!["console:console".into()];
+}
+
+/// A scheduler for `app`'s engine with only the digest schedule (08:00),
+/// on `clock`.
+fn digest_scheduler(app: &soloist::app::App, clock: &ManualClock) -> Scheduler {
+    let mut settings: Settings = (*app.settings).clone();
+    settings.schedules.retain(|name, _| name == "digest");
     Scheduler::new(
-        t.app.store.clone(),
+        app.store.clone(),
         Arc::new(settings),
-        Some(t.app.engine.clone()),
+        Some(app.engine.clone()),
         Arc::new(clock.clone()),
     )
 }
@@ -484,16 +489,16 @@ async fn digest_runs(store: &Store) -> Vec<(String, String)> {
 /// again (from a second scheduler too), and reports the day before its
 /// tick, not the day the clock of the machine says.
 async fn the_scheduled_digest_is_one_run_of_the_digest_flow_queued_once_with_its_chart(db: Db) {
-    let t = TestApp::spawn(db).await;
+    let t = TestApp::spawn_with(db, digest_to_console).await;
     let clock = ManualClock::at(utc("2027-01-10T07:00:00Z"));
-    let scheduler = digest_scheduler(&t, &clock);
+    let scheduler = digest_scheduler(&t.app, &clock);
     scheduler.sync_config().await.unwrap();
     scheduler.tick().await.unwrap();
 
     clock.set(utc("2027-01-10T08:00:02Z"));
     let report = scheduler.tick().await.unwrap();
     scheduler.tick().await.unwrap();
-    digest_scheduler(&t, &clock).tick().await.unwrap();
+    digest_scheduler(&t.app, &clock).tick().await.unwrap();
 
     assert_eq!(report.fired.len(), 1, "{report:?}");
     let sent = drain(&t.app.store).await;
@@ -512,6 +517,30 @@ async fn the_scheduled_digest_is_one_run_of_the_digest_flow_queued_once_with_its
     assert!(runs[0].1.contains("2027-01-10T08:00:00Z"), "{runs:?}");
 }
 
+/// Down across two digest ticks (catch-up once): the tick on time fires one
+/// digest run, and that digest reports the two missed ticks.
+async fn downtime_across_two_digest_ticks_sends_one_digest_that_reports_the_miss(db: Db) {
+    let t = TestApp::spawn_with(db, digest_to_console).await;
+    let clock = ManualClock::at(utc("2027-01-10T07:00:00Z"));
+    let scheduler = digest_scheduler(&t.app, &clock);
+    scheduler.sync_config().await.unwrap();
+    scheduler.tick().await.unwrap();
+
+    clock.set(utc("2027-01-12T08:00:02Z"));
+    let report = scheduler.tick().await.unwrap();
+
+    assert_eq!(report.missed.len(), 1, "{report:?}");
+    let sent = drain(&t.app.store).await;
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    let text = &sent[0].text;
+    assert!(text.contains("2027-01-11"), "{text}");
+    assert!(
+        text.contains("digest: 2 tick(s) from 2027-01-10 08:00 to 2027-01-11 08:00"),
+        "{text}"
+    );
+    assert_eq!(digest_runs(&t.app.store).await.len(), 1);
+}
+
 /// An operator's copy of digest.toml (and of its template) changes what the
 /// scheduled digest says; the numbers still come from SQL.
 async fn an_operator_copy_of_the_digest_flow_changes_the_digest(db: Db) {
@@ -526,8 +555,9 @@ async fn an_operator_copy_of_the_digest_flow_changes_the_digest(db: Db) {
     let flow = include_str!("../../config/flows/digest.toml")
         .replace("template = \"digest\"", "template = \"short_digest\"");
     let t = t.with_flow("digest", &flow).await;
+    let app = t.restart(digest_to_console).await;
     let clock = ManualClock::at(utc("2027-01-10T07:00:00Z"));
-    let scheduler = digest_scheduler(&t, &clock);
+    let scheduler = digest_scheduler(&app, &clock);
     scheduler.sync_config().await.unwrap();
     scheduler.tick().await.unwrap();
 
@@ -550,7 +580,11 @@ fn weekly_flow(schedule: &str) -> String {
 }
 
 /// A scheduler for `t`'s flows alone (no configured schedules).
-fn flows_scheduler(t: &TestApp, engine: &soloist::engine::Engine, clock: &ManualClock) -> Scheduler {
+fn flows_scheduler(
+    t: &TestApp,
+    engine: &soloist::engine::Engine,
+    clock: &ManualClock,
+) -> Scheduler {
     let mut settings: Settings = (*t.app.settings).clone();
     settings.schedules.clear();
     Scheduler::new(
@@ -566,16 +600,29 @@ fn flows_scheduler(t: &TestApp, engine: &soloist::engine::Engine, clock: &Manual
 /// brings it back.
 async fn a_flow_that_drops_its_schedule_loses_its_schedule_row_at_start(db: Db) {
     let scheduled = weekly_flow(r#"schedule = "0 0 9 * * Mon""#);
-    let t = TestApp::spawn(db).await.with_flow("weekly", &scheduled).await;
+    let t = TestApp::spawn(db)
+        .await
+        .with_flow("weekly", &scheduled)
+        .await;
     let clock = ManualClock::at(utc("2027-01-10T12:00:00Z"));
-    flows_scheduler(&t, &t.app.engine, &clock).sync_config().await.unwrap();
+    flows_scheduler(&t, &t.app.engine, &clock)
+        .sync_config()
+        .await
+        .unwrap();
     assert!(texts(&t.say("/schedules").await).contains("weekly"));
 
     let t = t.with_flow("weekly", &weekly_flow("")).await;
     let scheduler = flows_scheduler(&t, &t.app.engine, &clock);
     scheduler.sync_config().await.unwrap();
 
-    assert!(t.app.store.schedule_named("weekly").await.unwrap().is_none());
+    assert!(
+        t.app
+            .store
+            .schedule_named("weekly")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let listed = texts(&t.say("/schedules").await);
     assert!(!listed.contains("weekly"), "{listed}");
     scheduler.tick().await.unwrap();
@@ -589,7 +636,10 @@ async fn a_flow_that_drops_its_schedule_loses_its_schedule_row_at_start(db: Db) 
 
     // Declared again: back, planned from now (no miss for the gap).
     let t = t.with_flow("weekly", &scheduled).await;
-    flows_scheduler(&t, &t.app.engine, &clock).sync_config().await.unwrap();
+    flows_scheduler(&t, &t.app.engine, &clock)
+        .sync_config()
+        .await
+        .unwrap();
     assert!(texts(&t.say("/schedules").await).contains("weekly"));
 
     // The file gone: retired again.
@@ -599,8 +649,22 @@ async fn a_flow_that_drops_its_schedule_loses_its_schedule_row_at_start(db: Db) 
         .sync_config()
         .await
         .unwrap();
-    assert!(t.app.store.schedule_named("weekly").await.unwrap().is_none());
-    assert!(t.app.store.schedule_misses(0, i64::MAX).await.unwrap().is_empty());
+    assert!(
+        t.app
+            .store
+            .schedule_named("weekly")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        t.app
+            .store
+            .schedule_misses(0, i64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn a_due_housekeeping_tick_runs_its_job_once_and_its_misses_stay_out_of_the_digest(db: Db) {
