@@ -32,6 +32,7 @@ on_both_backends!(
     an_operator_copy_of_the_digest_flow_changes_the_digest,
     downtime_across_two_digest_ticks_sends_one_digest_that_reports_the_miss,
     a_flow_that_drops_its_schedule_loses_its_schedule_row_at_start,
+    a_schedule_the_config_turns_off_is_retired_at_start,
 );
 
 fn utc(text: &str) -> DateTime<Utc> {
@@ -539,6 +540,39 @@ async fn downtime_across_two_digest_ticks_sends_one_digest_that_reports_the_miss
         "{text}"
     );
     assert_eq!(digest_runs(&t.app.store).await.len(), 1);
+}
+
+/// `enabled = false` in the config retires the schedule at the next start:
+/// it is not listed and does not fire.
+async fn a_schedule_the_config_turns_off_is_retired_at_start(db: Db) {
+    let h = Harness::new(
+        db,
+        "0 0 8 * * *",
+        "UTC",
+        CatchUp::Once,
+        "2027-01-10T07:00:00Z",
+    )
+    .await;
+    assert!(h.store.schedule_named("job").await.unwrap().is_some());
+    let mut settings = (*h.settings).clone();
+    settings.schedules.get_mut("job").unwrap().enabled = false;
+    let job = Arc::new(CountingJob::default());
+    let scheduler = Scheduler::new(
+        h.store.clone(),
+        Arc::new(settings),
+        None,
+        Arc::new(h.clock.clone()),
+    )
+    .with_job("counting", job.clone());
+
+    scheduler.sync_config().await.unwrap();
+    h.clock.set(utc("2027-01-10T08:00:05Z"));
+    scheduler.tick().await.unwrap();
+
+    assert!(h.store.schedule_named("job").await.unwrap().is_none());
+    assert!(h.store.schedules().await.unwrap().is_empty());
+    assert!(h.fired().await.is_empty());
+    assert_eq!(job.runs.load(Ordering::SeqCst), 0);
 }
 
 /// An operator's copy of digest.toml (and of its template) changes what the
