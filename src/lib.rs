@@ -77,8 +77,9 @@
 //!   (unique key), missed ticks follow the catch-up policy and are recorded.
 //!   Flow files may declare their own schedule ([`scheduler::FlowSchedule`]).
 //!   Built-in housekeeping jobs (working-memory purge, payload pruning, URL
-//!   refresh, reservation sweep, fire-history pruning) run as schedules
-//!   whose misses are not recorded ([`scheduler::housekeeping`]).
+//!   refresh, reservation sweep, fire-history pruning, scheduled post
+//!   delivery) run as schedules whose misses are not recorded
+//!   ([`scheduler::housekeeping`]). Undeclared schedules are retired at start.
 //! - [`coordination`]: work only one process may do when several share a
 //!   database (the Telegram poller, the Discord gateway shard): a leased
 //!   row renewed by a heartbeat, taken over when its holder dies; and the
@@ -89,7 +90,8 @@
 //!   `retract` compensation flow files declare, `/result` numbers.
 //! - [`digest`]: the daily digest: SQL numbers (retrieval use and
 //!   guardrail flags in `digest::usage`), a template, a chart (PNG), an
-//!   optional fast-tier summary (`digest::summary`).
+//!   optional fast-tier summary (`digest::summary`). The `digest` flow
+//!   (`config/flows/digest.toml`) runs them as steps (`engine/digest_steps.rs`).
 //! - [`http`]: `/healthz` (adapters report through [`http::Health`]) and
 //!   `/metrics` (Prometheus) for `soloist run`; the Telegram webhook mounts
 //!   on it ([`http::Hooks`]).

@@ -166,7 +166,7 @@ async fn digest(
         anyhow::bail!("soloist digest needs --now (the scheduled digest is sent by soloist run)");
     }
     let app = App::build(settings, home).await?;
-    let digest = soloist::digest::build_now(&app.store, &app.settings)
+    let digest = soloist::digest::build_now(&app.store, &app.settings, app.engine.prompts())
         .await
         .context("building the digest")?;
     println!("{}", digest.text);

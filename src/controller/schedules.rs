@@ -1,20 +1,24 @@
-//! The handlers of `/digest`, `/schedules` and `/schedule` (issue 12). The
-//! work is in [`crate::scheduler::commands`]; these adapt it to the
-//! command table. The pause / resume buttons are taken in `buttons.rs`.
+//! The handlers of `/digest` (a run of the `digest` flow), `/schedules`
+//! and `/schedule` (issue 12). The work is in [`crate::scheduler::commands`];
+//! these adapt it to the command table. The pause / resume buttons are
+//! taken in `buttons.rs`.
 
 use super::{Controller, ControllerError, Handled};
 use crate::domain::Inbound;
 use crate::scheduler::commands as scheduler;
 
 impl Controller {
+    /// `/digest`: a run of the digest flow, answered in this chat.
     pub(super) async fn digest(
         &self,
-        _inbound: &Inbound,
+        inbound: &Inbound,
         _args: &str,
     ) -> Result<Handled, ControllerError> {
-        Ok(Handled::replies(
-            scheduler::digest_now(&self.store, &self.settings, &self.agents).await?,
-        ))
+        // An empty request: the digest reports on now (a schedule's run
+        // carries its tick instead).
+        let start = self.start_request(inbound, "digest", String::new());
+        let run = self.engine.start(start).await?;
+        Ok(Handled::drive(run))
     }
 
     pub(super) async fn list_schedules(

@@ -3,6 +3,11 @@
 //! Every number is a SQL aggregate ([`crate::store`]'s digest queries);
 //! the text is `prompts/digest.md` rendered with minijinja — never written
 //! by a model — and the chart is drawn in process ([`chart`]).
+//!
+//! The digest is a flow (`config/flows/digest.toml`): its steps
+//! (`digest_numbers`, `digest_render`, `digest_summary`, `digest_deliver`,
+//! in `engine/digest_steps.rs`) call the functions here. The `digest`
+//! schedule and `/digest` start it; `soloist digest --now` calls [`build`].
 
 pub mod chart;
 pub mod summary;
@@ -14,8 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
 use crate::domain::{ApprovalRole, ChatRef, Image, Outbound, Platform};
-use crate::scheduler::{Job, JobContext, JobOutput};
-use crate::store::{CostLine, DigestSql, PendingFire, Store, StoreError, Window};
+use crate::store::{CostLine, DigestSql, Store, StoreError, Window};
 
 pub use chart::{ChartData, ChartError};
 
@@ -52,6 +56,8 @@ pub enum DigestError {
     Chart(#[from] ChartError),
     #[error("'{0}' is not a time zone name")]
     TimeZone(String),
+    #[error(transparent)]
+    Prompt(#[from] crate::flows::PromptError),
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -131,35 +137,50 @@ impl Digest {
     /// The messages to send: the text with the chart, then each open
     /// approval with its buttons.
     pub fn messages(&self) -> Vec<Outbound> {
-        let mut main = Outbound::text(self.text.clone());
-        main.image = Some(Image {
-            file_name: format!("digest-{}.png", self.numbers.date),
-            png_base64: base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                &self.chart_png,
-            ),
-        });
-        std::iter::once(main)
-            .chain(self.approvals.iter().cloned())
-            .collect()
+        messages(
+            &self.text,
+            &self.numbers.date,
+            &self.chart_png,
+            &self.approvals,
+        )
     }
 }
 
-/// Builds the digest for the local day before `now`.
-pub async fn build(
-    store: &Store,
-    settings: &Settings,
-    now: DateTime<Utc>,
-) -> Result<Digest, DigestError> {
-    let timezone: Tz = settings
+/// The digest's messages: `text` with the chart (named for the day
+/// reported), then each open approval with its buttons.
+pub fn messages(text: &str, date: &str, chart_png: &[u8], approvals: &[Outbound]) -> Vec<Outbound> {
+    let mut main = Outbound::text(text.to_string());
+    main.image = Some(Image {
+        file_name: format!("digest-{date}.png"),
+        png_base64: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, chart_png),
+    });
+    std::iter::once(main)
+        .chain(approvals.iter().cloned())
+        .collect()
+}
+
+/// The business's time zone, which decides what "yesterday" is.
+pub fn timezone(settings: &Settings) -> Result<Tz, DigestError> {
+    settings
         .business
         .timezone
         .parse()
-        .map_err(|_| DigestError::TimeZone(settings.business.timezone.clone()))?;
-    let numbers = numbers(store, settings, timezone, now).await?;
-    let text = render(&numbers)?;
-    let chart_png = chart::render_png(&chart_data(store, settings, timezone, now).await?)?;
-    let mut approvals: Vec<Outbound> = store
+        .map_err(|_| DigestError::TimeZone(settings.business.timezone.clone()))
+}
+
+/// The chart of the `digest.chart_days` days before `now`, as a PNG.
+pub async fn chart_png(
+    store: &Store,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> Result<Vec<u8>, DigestError> {
+    let data = chart_data(store, settings, timezone(settings)?, now).await?;
+    Ok(chart::render_png(&data)?)
+}
+
+/// Each open approval offered again, with its buttons.
+pub async fn open_approvals(store: &Store) -> Result<Vec<Outbound>, StoreError> {
+    Ok(store
         .pending_approvals()
         .await?
         .into_iter()
@@ -172,9 +193,20 @@ pub async fn build(
             .with_buttons(a.buttons)
             .linked_to(a.id, ApprovalRole::Offer)
         })
-        .collect();
-    // AUTONOMY: graduation proposals (Yes / Not yet) after the approvals.
-    approvals.extend(crate::autonomy::digest_proposals(store, settings).await?);
+        .collect())
+}
+
+/// Builds the digest for the local day before `now` (what the digest
+/// flow's steps do, in one call: for `soloist digest --now` and tests).
+pub async fn build(
+    store: &Store,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> Result<Digest, DigestError> {
+    let numbers = numbers(store, settings, timezone(settings)?, now).await?;
+    let text = render(&numbers)?;
+    let chart_png = chart_png(store, settings, now).await?;
+    let approvals = open_approvals(store).await?;
     Ok(Digest {
         numbers,
         text,
@@ -234,8 +266,11 @@ pub async fn numbers(
         count(&decisions, "reject"),
     );
     let decisions_total = approved + edited + rejected;
+    // Misses detected since yesterday began, up to when this is built: a
+    // digest fired late (or on time after downtime) is built after its
+    // tick, and the misses its own fire recorded belong in it.
     let misses = store
-        .schedule_misses(yesterday.from, now.timestamp_millis() + 1)
+        .schedule_misses(yesterday.from, i64::MAX)
         .await?
         .into_iter()
         .map(|m| MissLine {
@@ -385,43 +420,19 @@ pub async fn owner_chats_now(settings: &Settings) -> Result<Vec<ChatRef>, String
     Ok(chats)
 }
 
-/// The scheduled digest job; with the agents, it can add the optional
-/// summary paragraph.
-#[derive(Debug, Default)]
-pub struct DigestJob {
-    pub agents: Option<crate::agents::Agents>,
-}
-
-#[async_trait::async_trait]
-impl Job for DigestJob {
-    async fn run(&self, context: &JobContext, fire: &PendingFire) -> Result<JobOutput, String> {
-        // Where it goes first: a Discord outage fails the fire before
-        // anything (the summary's model call) is paid for.
-        let chats = owner_chats_now(&context.settings).await?;
-        if chats.is_empty() {
-            tracing::warn!(schedule = %fire.name, "the digest has nowhere to go: set owner.telegram_user_id, owner.discord_user_id or digest.chats");
-        }
-        let mut digest = build(&context.store, &context.settings, context.now)
-            .await
-            .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
-        if let Some(agents) = &self.agents {
-            summary::summarize(agents, &context.settings, &mut digest).await;
-        }
-        let messages = digest.messages();
-        Ok(JobOutput {
-            messages: chats
-                .into_iter()
-                .flat_map(|chat| messages.iter().map(move |m| (chat.clone(), m.clone())))
-                .collect(),
-            run_id: None,
-        })
-    }
-}
-
-/// The digest now, for `/digest` and `soloist digest --now`.
-pub async fn build_now(store: &Store, settings: &Settings) -> Result<Digest, DigestError> {
+/// The digest now, for `soloist digest --now`; its text from `prompts`, so
+/// an operator's copy of `prompts/digest.md` wins, as in the flow.
+pub async fn build_now(
+    store: &Store,
+    settings: &Settings,
+    prompts: &crate::flows::Prompts,
+) -> Result<Digest, DigestError> {
     let now = crate::scheduler::Clock::now(&crate::scheduler::DatabaseClock(store.clone())).await?;
-    build(store, settings, now).await
+    let mut digest = build(store, settings, now).await?;
+    // A plain struct of numbers and strings: it always serializes.
+    let values = serde_json::to_value(&digest.numbers).unwrap_or_default();
+    digest.text = prompts.render("digest", &values)?.trim().to_string();
+    Ok(digest)
 }
 
 fn lines(lines: Vec<CostLine>) -> Vec<Line> {
@@ -472,4 +483,14 @@ fn local_text(timezone: Tz, ms: i64) -> String {
                 .to_string()
         })
         .unwrap_or_default()
+}
+
+/// The instant a digest run reports on (the local day before it): the
+/// run's request when it is a time, which is how a schedule asks for its
+/// tick ([`crate::scheduler`] gives a schedule without `input` its tick,
+/// RFC 3339); None for `/digest`, which reports on now.
+pub fn requested_time(request: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(request.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }

@@ -7,40 +7,49 @@
 
 use crate::agents::{Agents, ModelCall, ModelError};
 use crate::config::Settings;
-use crate::domain::{CostLabel, Tier};
-
-use super::Digest;
+use crate::domain::{CostLabel, RunId, Tier};
 
 const SYSTEM: &str = "You summarise a small business's daily operations digest for its owner in one short paragraph (at most four sentences): what needs their attention first, then anything unusual in cost or guardrails. Use only the figures given; never invent one.";
 
-/// Adds the summary paragraph to `digest` when `digest.summary` is on.
-pub async fn summarize(agents: &Agents, settings: &Settings, digest: &mut Digest) {
+/// The digest's text with the summary paragraph under its title, or with
+/// one line saying why there is none (the budget is short, the model
+/// failed, no model is configured). `digest.summary` off: the text as is.
+pub async fn summarize(
+    agents: &Agents,
+    settings: &Settings,
+    text: &str,
+    run_id: Option<RunId>,
+    step: &str,
+) -> String {
     if !settings.digest.summary {
-        return;
+        return text.to_string();
+    }
+    if !agents.is_configured() {
+        return note(text, "no model is configured");
     }
     let call = ModelCall {
         tier: Tier::Fast,
         // low-cost: stopped, not downgraded, when the budget is short.
         label: CostLabel::LowCost,
         system: SYSTEM.to_string(),
-        prompt: digest.text.clone(),
+        prompt: text.to_string(),
         max_tokens: 400,
         temperature: Some(0.2),
-        run_id: None,
+        run_id,
         flow: Some("digest".into()),
-        step: Some("summary".into()),
+        step: Some(step.to_string()),
         reply_schema: None,
         redacted_items: 0,
     };
     match agents.complete(&call).await {
         Ok(completion) if !completion.text.trim().is_empty() => {
-            digest.text = with_paragraph(&digest.text, completion.text.trim());
+            with_paragraph(text, completion.text.trim())
         }
-        Ok(_) => note(digest, "the summary model answered nothing"),
-        Err(ModelError::Blocked(_)) => note(digest, "the budget is short today"),
+        Ok(_) => note(text, "the summary model answered nothing"),
+        Err(ModelError::Blocked(_)) => note(text, "the budget is short today"),
         Err(error) => {
             tracing::warn!(error = ?error, "the digest summary failed; sending the numbers alone");
-            note(digest, "the summary model failed");
+            note(text, "the summary model failed")
         }
     }
 }
@@ -53,8 +62,8 @@ fn with_paragraph(text: &str, paragraph: &str) -> String {
     }
 }
 
-fn note(digest: &mut Digest, reason: &str) {
-    digest.text = format!("{}\n(No summary today: {reason}.)", digest.text);
+fn note(text: &str, reason: &str) -> String {
+    format!("{text}\n(No summary today: {reason}.)")
 }
 
 #[cfg(test)]

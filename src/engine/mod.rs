@@ -9,6 +9,7 @@
 //! lapses and any worker resumes the run from its journal: a journaled step
 //! is never executed again.
 
+mod digest_steps;
 mod guard;
 mod lead_steps;
 mod replay;
@@ -355,6 +356,8 @@ impl Engine {
             tracing::warn!("lease lost; another worker owns the run now");
             return Ok(StepOutcome::LeaseLost);
         }
+        // FUNNEL: a post for "now" goes out at once, not at the next tick.
+        crate::funnel::publish_at_once(self, &transition).await;
         Ok(StepOutcome::Executed(transition.status))
     }
 }

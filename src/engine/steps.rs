@@ -174,6 +174,20 @@ impl Engine {
                 .await;
                 self.offer_step(run, step, output)
             }
+            StepKind::DigestNumbers => self.digest_numbers(run, step, state).await,
+            StepKind::DigestRender { template, from } => {
+                self.digest_render(run, step, state, template, from)
+            }
+            StepKind::DigestSummary { text_from } => {
+                self.digest_summary(run, step, state, text_from).await
+            }
+            StepKind::DigestDeliver {
+                text_from,
+                numbers_from,
+            } => {
+                self.digest_deliver(run, step, state, text_from, numbers_from)
+                    .await
+            }
             StepKind::SendProposal {
                 proposal_from,
                 approved_from,

@@ -27,6 +27,8 @@ const BUILT_IN_FLOWS: &[(&str, &str)] = &[
         include_str!("../../config/flows/lead-qualification.toml"),
     ),
     ("offer", include_str!("../../config/flows/offer.toml")),
+    // SCHEDULE: the daily digest (the `digest` schedule and /digest).
+    ("digest", include_str!("../../config/flows/digest.toml")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +211,27 @@ pub enum StepKind {
     SendProposal {
         proposal_from: String,
         approved_from: String,
+    },
+    /// DIGEST: every number of the digest, SQL aggregates for the local
+    /// day before the run's time; see [`crate::digest`].
+    #[serde(rename = "digest_numbers")]
+    DigestNumbers,
+    /// DIGEST: `template` (a prompt file) rendered with the numbers of
+    /// step `from`; never written by a model.
+    #[serde(rename = "digest_render")]
+    DigestRender { template: String, from: String },
+    /// DIGEST: the optional one-paragraph summary of `text_from`'s text
+    /// by the fast tier (`digest.summary`), skipped with a sentence when
+    /// the budget is short.
+    #[serde(rename = "digest_summary")]
+    DigestSummary { text_from: String },
+    /// DIGEST: sends `text_from`'s text with the chart of `numbers_from`'s
+    /// day and each open approval: to the owner for a scheduled run, to
+    /// the asking chat otherwise.
+    #[serde(rename = "digest_deliver")]
+    DigestDeliver {
+        text_from: String,
+        numbers_from: String,
     },
 }
 
@@ -444,6 +467,24 @@ impl Flow {
                     }
                 }
                 StepKind::Publish { text_from } => self.earlier(index, text_from)?,
+                StepKind::DigestNumbers => {}
+                StepKind::DigestRender { template, from } => {
+                    self.earlier(index, from)?;
+                    if !prompts.has(template) {
+                        return Err(format!(
+                            "step '{}' uses template '{template}', but there is no prompts/{template}.md",
+                            step.name
+                        ));
+                    }
+                }
+                StepKind::DigestSummary { text_from } => self.earlier(index, text_from)?,
+                StepKind::DigestDeliver {
+                    text_from,
+                    numbers_from,
+                } => {
+                    self.earlier(index, text_from)?;
+                    self.earlier(index, numbers_from)?;
+                }
             }
             if let Some(compensation) = &step.compensate {
                 crate::funnel::check_compensation(step, compensation)?;

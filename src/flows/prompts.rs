@@ -34,6 +34,8 @@ const BUILT_IN_PROMPTS: &[(&str, &str)] = &[
     ("offer_scope", include_str!("../../prompts/offer_scope.md")),
     ("offer_cover", include_str!("../../prompts/offer_cover.md")),
     ("proposal", include_str!("../../prompts/proposal.md")),
+    // SCHEDULE: the digest's text (numbers only, rendered, never a model's).
+    ("digest", include_str!("../../prompts/digest.md")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,8 @@
 //!   again.
 //! - `publish`: asks when (now, tomorrow 09:00, Monday 09:00, a time in the
 //!   operator's zone), then records one publication per `publish.targets`
-//!   channel; [`publish_due`] (called on every scheduler tick) claims due
+//!   channel; [`publish_due`] (the `publish_posts` schedule, and at once after the
+//!   step for a post due now) claims due
 //!   ones and posts them, once across restarts and processes.
 //! - Compensation: a step declares `compensate = "retract"` in its flow
 //!   file; `/retract RUN` (or the Retract button) deletes what it posted,
@@ -26,7 +27,7 @@ mod publish;
 
 pub use fact::{fact_check, fact_notes};
 pub use platforms::PlatformError;
-pub use publish::{parse_when, publish_due, publish_step, retract};
+pub use publish::{parse_when, publish_at_once, publish_due, publish_step, retract};
 
 use serde::Deserialize;
 use serde_json::json;

@@ -246,6 +246,24 @@ fn local(zone: Tz, date: NaiveDate, time: NaiveTime) -> Result<DateTime<Utc>, St
         .ok_or_else(|| format!("{date} {time} does not exist in {zone} (a clock change)."))
 }
 
+/// After a step's commit: when it scheduled a post due now ("Publish
+/// now"), the post goes out at once instead of at the next `publish_posts`
+/// tick. The same claim as the schedule's, so still once across processes;
+/// a failure here is logged and leaves the post to the schedule.
+pub async fn publish_at_once(engine: &Engine, transition: &Transition) {
+    let now = Utc::now();
+    let due_now = transition
+        .publications
+        .iter()
+        .any(|p| p.due_at <= now.timestamp_millis());
+    if !due_now {
+        return;
+    }
+    if let Err(error) = publish_due(engine.store(), engine.settings(), now).await {
+        tracing::warn!(error = ?error, "publishing now failed; the publish_posts schedule tries again");
+    }
+}
+
 /// Posts every publication due at `now`, each once; returns how many went
 /// out. A platform that refuses marks the post failed and says so; one
 /// that cannot be reached leaves it due for the next tick.

@@ -104,6 +104,11 @@ fn kind_effects(kind: &StepKind) -> Vec<Effect> {
         | StepKind::LeadStatus { .. }
         | StepKind::Quote
         | StepKind::Proposal { .. } => Vec::new(),
+        // The digest goes to the owner only: nothing public, no client.
+        StepKind::DigestNumbers
+        | StepKind::DigestRender { .. }
+        | StepKind::DigestSummary { .. }
+        | StepKind::DigestDeliver { .. } => Vec::new(),
         // Writes to a client by e-mail: needs an approval decision first.
         StepKind::Email { .. } => vec![Effect::Email, Effect::ClientMessage],
         StepKind::Publish { .. } => vec![Effect::PublicPost],

@@ -1,4 +1,4 @@
-//! `/digest`, `/schedules`, `/schedule NAME HH:MM` and the pause / resume
+//! `/schedules`, `/schedule NAME HH:MM` and the pause / resume
 //! buttons. The controller's handlers (`controller/schedules.rs`) call
 //! these; replies go back as messages.
 
@@ -6,31 +6,8 @@ use chrono::{TimeZone, Utc};
 use std::fmt::Write;
 
 use super::{Clock, DatabaseClock, Timetable};
-use crate::config::Settings;
 use crate::domain::{Action, Outbound, action_buttons};
 use crate::store::{ScheduleRow, Store, StoreError, Tx};
-
-/// `/digest`: the digest now, with its chart and the open approvals (and
-/// the summary paragraph when `digest.summary` is on).
-pub async fn digest_now(
-    store: &Store,
-    settings: &Settings,
-    agents: &crate::agents::Agents,
-) -> Result<Vec<Outbound>, StoreError> {
-    match crate::digest::build_now(store, settings).await {
-        Ok(mut digest) => {
-            crate::digest::summary::summarize(agents, settings, &mut digest).await;
-            Ok(digest.messages())
-        }
-        Err(crate::digest::DigestError::Store(error)) => Err(error),
-        Err(error) => {
-            tracing::error!(error = ?error, "building the digest failed");
-            Ok(vec![Outbound::text(format!(
-                "I could not build the digest ({error}). The log has the details."
-            ))])
-        }
-    }
-}
 
 /// `/schedules`: each schedule, its next fire time, and a pause or resume
 /// button.

@@ -29,11 +29,35 @@ pub fn jobs(agents: Option<Agents>) -> Vec<(&'static str, Arc<dyn Job>)> {
             "follow_up_leads",
             Arc::new(crate::leads::follow_up::FollowUpLeads),
         ),
+        ("publish_posts", Arc::new(PublishPosts)),
     ];
     if let Some(agents) = agents {
         jobs.push(("sweep_reservations", Arc::new(SweepReservations(agents))));
     }
     jobs
+}
+
+/// FUNNEL: scheduled posts due by now go out, each once (a post for "now"
+/// goes out at once, without waiting for this; see
+/// [`crate::funnel::publish_at_once`]). Housekeeping: a minutely job's
+/// missed ticks after downtime are one late run, not a digest line.
+struct PublishPosts;
+
+#[async_trait::async_trait]
+impl Job for PublishPosts {
+    async fn run(&self, context: &JobContext, _fire: &PendingFire) -> Result<JobOutput, String> {
+        let published = crate::funnel::publish_due(&context.store, &context.settings, context.now)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(JobOutput {
+            published,
+            ..JobOutput::default()
+        })
+    }
+
+    fn housekeeping(&self) -> bool {
+        true
+    }
 }
 
 fn memory(context: &JobContext) -> Memory {

@@ -8,9 +8,15 @@
 //! database's time (one clock for every process sharing it), tests set a
 //! [`ManualClock`] by hand.
 //!
-//! A fire names a target: a built-in [`Job`] (the daily digest; purge,
-//! prune and sweeper jobs register the same way) or a flow, started as a run
-//! whose idempotency key is the fire's key.
+//! A fire names a target: a built-in [`Job`] (purge, prune, sweeper,
+//! scheduled post delivery) or a flow (the daily digest is the `digest`
+//! flow), started as a run whose idempotency key is the fire's key. A
+//! schedule without `input` asks its flow for the tick it fires for: the
+//! run's request is the tick's time (RFC 3339).
+//!
+//! At start ([`Scheduler::sync_config`]) the rows follow what is declared:
+//! a schedule nothing declares any more (a flow file that dropped
+//! `schedule`, a config entry removed or `enabled = false`) is retired.
 
 pub mod commands;
 pub mod housekeeping;
@@ -99,6 +105,17 @@ impl Clock for ManualClock {
 pub struct JobOutput {
     pub messages: Vec<(ChatRef, Outbound)>,
     pub run_id: Option<String>,
+    /// FUNNEL: posts the `publish_posts` job published.
+    pub published: usize,
+}
+
+/// Who a scheduled run says asked for it (`schedule NAME`).
+const REQUESTED_BY_SCHEDULE: &str = "schedule ";
+
+/// Whether a run was started by a schedule (not by someone in a chat), from
+/// its `requested_by`: the digest then goes to the owner.
+pub fn started_by_schedule(requested_by: &str) -> bool {
+    requested_by.starts_with(REQUESTED_BY_SCHEDULE)
 }
 
 /// Context a job runs with.
@@ -109,8 +126,8 @@ pub struct JobContext {
     pub now: DateTime<Utc>,
 }
 
-/// A built-in scheduled job (the digest; purge, prune and sweeper jobs
-/// from other parts register here by name).
+/// A built-in scheduled job (purge, prune, sweeper and post delivery jobs
+/// register here by name).
 #[async_trait::async_trait]
 pub trait Job: Send + Sync {
     async fn run(&self, context: &JobContext, fire: &PendingFire) -> Result<JobOutput, String>;
@@ -131,7 +148,7 @@ pub struct TickReport {
     pub missed: Vec<MissRecord>,
     /// Fires whose job ran (this tick's and leftovers of earlier ones).
     pub completed: usize,
-    /// FUNNEL: posts published this tick.
+    /// FUNNEL: posts published this tick (by the `publish_posts` job).
     pub published: usize,
 }
 
@@ -163,10 +180,6 @@ impl Scheduler {
     ) -> Self {
         let mut jobs: HashMap<String, Arc<dyn Job>> = HashMap::new();
         let agents = engine.as_ref().map(|engine| engine.agents().clone());
-        let digest = crate::digest::DigestJob {
-            agents: agents.clone(),
-        };
-        jobs.insert("digest".into(), Arc::new(digest));
         for (name, job) in housekeeping::jobs(agents) {
             jobs.insert(name.into(), job);
         }
@@ -190,9 +203,31 @@ impl Scheduler {
         self.jobs.get(target).is_some_and(|job| job.housekeeping())
     }
 
-    /// Writes the schedules of the config file into the database.
+    /// Writes the schedules of the config file and the flow files into the
+    /// database, and retires the ones nothing declares any more.
     pub async fn sync_config(&self) -> Result<(), SchedulerError> {
         let now = self.clock.now().await?.timestamp_millis();
+        let mut declared = self.sync_config_schedules(now).await?;
+        declared.extend(self.sync_flow_schedules(now).await?);
+        if self.engine.is_none() {
+            // Without the flows it cannot tell a flow's schedule from a
+            // stale one: it keeps every row the config does not turn off.
+            for row in self.store.schedules().await? {
+                if !self.settings.schedules.contains_key(&row.name) {
+                    declared.push(row.name);
+                }
+            }
+        }
+        let retired = self.store.retire_schedules(&declared, now).await?;
+        if !retired.is_empty() {
+            tracing::info!(schedules = ?retired, "schedules nothing declares any more are retired");
+        }
+        Ok(())
+    }
+
+    /// The `[schedules.*]` of the config; returns the names in use.
+    async fn sync_config_schedules(&self, now: i64) -> Result<Vec<String>, SchedulerError> {
+        let mut declared = Vec::new();
         for (name, config) in &self.settings.schedules {
             if !config.enabled {
                 continue;
@@ -213,16 +248,18 @@ impl Scheduler {
                 catch_up: config.catch_up.as_str().to_string(),
             };
             self.store.define_schedule(&def, now).await?;
+            declared.push(name.clone());
         }
-        self.sync_flow_schedules(now).await
+        Ok(declared)
     }
 
     /// Writes the schedules flow files declare (`schedule = "…"`), each
     /// named like its flow and starting it. A `[schedules.NAME]` of the
-    /// same name in the config wins.
-    async fn sync_flow_schedules(&self, now: i64) -> Result<(), SchedulerError> {
+    /// same name in the config wins. Returns the names written.
+    async fn sync_flow_schedules(&self, now: i64) -> Result<Vec<String>, SchedulerError> {
+        let mut declared = Vec::new();
         let Some(engine) = &self.engine else {
-            return Ok(());
+            return Ok(declared);
         };
         let flows = engine.flows();
         for name in flows.names() {
@@ -252,8 +289,9 @@ impl Scheduler {
                 catch_up: table.catch_up.as_str().to_string(),
             };
             self.store.define_schedule(&def, now).await?;
+            declared.push(name.to_string());
         }
-        Ok(())
+        Ok(declared)
     }
 
     /// Plans every due schedule, then runs the jobs of pending fires.
@@ -286,21 +324,23 @@ impl Scheduler {
                 });
             }
         }
-        report.completed = self.run_pending(now).await?;
-        // FUNNEL: posts due by now go out, each once.
-        report.published = crate::funnel::publish_due(&self.store, &self.settings, now).await?;
+        let (completed, published) = self.run_pending(now).await?;
+        report.completed = completed;
+        report.published = published;
         Ok(report)
     }
 
     /// Runs the job of every pending fire; a failed job stays pending and
-    /// is tried again next tick.
-    async fn run_pending(&self, now: DateTime<Utc>) -> Result<usize, SchedulerError> {
+    /// is tried again next tick. Returns the fires completed and the posts
+    /// published.
+    async fn run_pending(&self, now: DateTime<Utc>) -> Result<(usize, usize), SchedulerError> {
         let context = JobContext {
             store: self.store.clone(),
             settings: self.settings.clone(),
             now,
         };
         let mut completed = 0;
+        let mut published = 0;
         // The clock is the database's (or the test's), and a job longer
         // than this is retried by another process: the digest's and a
         // flow start's effects are keyed on the fire, housekeeping is
@@ -325,6 +365,7 @@ impl Scheduler {
             };
             match output {
                 Ok(output) => {
+                    published += output.published;
                     let done = self
                         .store
                         .complete_fire(
@@ -342,7 +383,7 @@ impl Scheduler {
                 }
             }
         }
-        Ok(completed)
+        Ok((completed, published))
     }
 
     /// A flow target: a run keyed on the fire, so a retry after a crash
@@ -359,8 +400,8 @@ impl Scheduler {
             .start(StartRun {
                 flow: fire.target.clone(),
                 chat,
-                request: fire.input.clone(),
-                requested_by: format!("schedule {}", fire.name),
+                request: run_request(fire),
+                requested_by: format!("{REQUESTED_BY_SCHEDULE}{}", fire.name),
                 idempotency_key: format!("schedule:{}:{}", fire.schedule_id, fire.scheduled_for),
             })
             .await
@@ -369,8 +410,8 @@ impl Scheduler {
             tracing::warn!(%run, error = ?error, "driving a scheduled run failed; the worker resumes it");
         }
         Ok(JobOutput {
-            messages: Vec::new(),
             run_id: Some(run.to_string()),
+            ..JobOutput::default()
         })
     }
 
@@ -399,6 +440,18 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// A scheduled run's request: the schedule's `input`, or without one the
+/// tick it fires for (RFC 3339), which the digest reports on.
+fn run_request(fire: &PendingFire) -> String {
+    if !fire.input.trim().is_empty() {
+        return fire.input.clone();
+    }
+    Utc.timestamp_millis_opt(fire.scheduled_for)
+        .single()
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 /// `soloist run`'s scheduler service on the database clock.

@@ -111,8 +111,9 @@ impl Store {
                 sqlx::query(
                     "UPDATE schedules SET timezone = $1, flow = $2, input = $3, catch_up = $4,
                          cron = CASE WHEN $5 = 1 THEN $6 ELSE cron END,
-                         next_fire_at = CASE WHEN $5 = 1 OR timezone <> $1 THEN NULL ELSE next_fire_at END,
-                         config_cron = $6, updated_at = $7
+                         next_fire_at = CASE WHEN $5 = 1 OR timezone <> $1 OR enabled = 0
+                             THEN NULL ELSE next_fire_at END,
+                         config_cron = $6, updated_at = $7, enabled = 1
                      WHERE id = $8",
                 )
                 .bind(&def.timezone)
@@ -131,8 +132,33 @@ impl Store {
         Ok(())
     }
 
+    /// Turns off every schedule not named in `keep` (nothing declares it
+    /// any more: its flow file dropped `schedule`, or the config entry went
+    /// or says `enabled = false`): it no longer fires, lists or pauses. Its
+    /// fire and miss rows stay as history; declaring it again turns it
+    /// back on, planned from then. Returns the names turned off.
+    pub async fn retire_schedules(&self, keep: &[String], now: i64) -> StoreResult<Vec<String>> {
+        let mut retired = Vec::new();
+        for schedule in self.schedules().await? {
+            if keep.contains(&schedule.name) {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE schedules SET enabled = 0, next_fire_at = NULL, updated_at = $1
+                 WHERE id = $2",
+            )
+            .bind(now)
+            .bind(&schedule.id)
+            .execute(&self.pool)
+            .await?;
+            retired.push(schedule.name);
+        }
+        Ok(retired)
+    }
+
+    /// The schedules in use (not retired), by name.
     pub async fn schedules(&self) -> StoreResult<Vec<ScheduleRow>> {
-        let sql = format!("SELECT {COLUMNS} ORDER BY name");
+        let sql = format!("SELECT {COLUMNS} WHERE enabled = 1 ORDER BY name");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_all(&self.pool)
             .await?;
@@ -140,7 +166,7 @@ impl Store {
     }
 
     pub async fn schedule_named(&self, name: &str) -> StoreResult<Option<ScheduleRow>> {
-        let sql = format!("SELECT {COLUMNS} WHERE name = $1");
+        let sql = format!("SELECT {COLUMNS} WHERE name = $1 AND enabled = 1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(name)
             .fetch_optional(&self.pool)
@@ -165,7 +191,8 @@ impl Store {
     /// A new cron expression (from chat); the next tick is planned afresh.
     pub async fn set_schedule_cron(&self, name: &str, cron: &str, now: i64) -> StoreResult<bool> {
         let result = sqlx::query(
-            "UPDATE schedules SET cron = $1, next_fire_at = NULL, updated_at = $2 WHERE name = $3",
+            "UPDATE schedules SET cron = $1, next_fire_at = NULL, updated_at = $2
+             WHERE name = $3 AND enabled = 1",
         )
         .bind(cron)
         .bind(now)
@@ -188,7 +215,8 @@ impl Store {
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "SELECT {COLUMNS} WHERE paused = 0 AND (next_fire_at IS NULL OR next_fire_at <= $1) ORDER BY name{lock}"
+            "SELECT {COLUMNS} WHERE enabled = 1 AND paused = 0
+                 AND (next_fire_at IS NULL OR next_fire_at <= $1) ORDER BY name{lock}"
         );
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -211,7 +239,7 @@ impl Store {
         let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
             "SELECT f.schedule_id, s.name, s.flow, s.input, f.scheduled_for, f.late
              FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id
-             WHERE f.status = 'pending' ORDER BY f.scheduled_for",
+             WHERE f.status = 'pending' AND s.enabled = 1 ORDER BY f.scheduled_for",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -404,7 +432,8 @@ async fn set_schedule_paused_in(
     now: i64,
 ) -> StoreResult<bool> {
     let result = sqlx::query(
-        "UPDATE schedules SET paused = $1, next_fire_at = NULL, updated_at = $2 WHERE name = $3",
+        "UPDATE schedules SET paused = $1, next_fire_at = NULL, updated_at = $2
+         WHERE name = $3 AND enabled = 1",
     )
     .bind(i64::from(paused))
     .bind(now)

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use soloist::digest::chart::{HEIGHT, WIDTH};
+use soloist::domain::{JournalEvent, RunStatus};
 use soloist::store::Store;
 
 use crate::helpers::{Db, TestApp, TestDb, test_settings};
@@ -300,4 +301,57 @@ async fn digest_command_sends_the_digest_with_its_chart_and_the_open_approvals(d
     assert!(sent[0].image.is_some());
     let labels: Vec<_> = sent[1].buttons.iter().map(|b| b.label.as_str()).collect();
     assert_eq!(labels, ["Approve", "Edit", "Reject"]);
+    // A run of the digest flow, each step journaled.
+    let run = app.app.store.recent_runs(1).await.unwrap().remove(0);
+    assert_eq!(
+        (run.flow.as_str(), run.status),
+        ("digest", RunStatus::Completed)
+    );
+    let steps: Vec<String> = app
+        .app
+        .store
+        .journal(run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            JournalEvent::StepCompleted { step, .. } => Some(step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, ["numbers", "render", "summary", "deliver"]);
+}
+
+/// `soloist digest --now` prints the digest (an operator's copy of the
+/// template wins, as in the flow) and writes the chart where asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soloist_digest_now_prints_the_digest_from_the_operators_template_and_writes_the_chart() {
+    let llm = crate::fake_llm::FakeLlm::start().await;
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("prompts")).unwrap();
+    std::fs::create_dir_all(home.path().join("data")).unwrap();
+    std::fs::write(
+        home.path().join("prompts/digest.md"),
+        "My digest for {{ date }}: {{ completed }} run(s) done.",
+    )
+    .unwrap();
+    let chart = home.path().join("out.png");
+
+    let output = crate::cluster::command(home.path(), None, &llm)
+        .args(["digest", "--now", "--chart"])
+        .arg(&chart)
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("My digest for "), "{stdout}");
+    assert!(stdout.contains(": 0 run(s) done."), "{stdout}");
+    assert!(
+        stdout.contains(&format!("chart: {}", chart.display())),
+        "{stdout}"
+    );
+    let png = image::open(&chart).unwrap();
+    assert_eq!((png.width(), png.height()), (WIDTH, HEIGHT));
 }

@@ -32,6 +32,8 @@ on_both_backends!(
     a_refused_discord_delete_is_reported_and_the_post_stays_published,
     a_typed_time_is_read_in_the_operators_zone_and_a_bad_one_is_asked_again,
     results_are_stored_and_the_digest_compares_them_with_earlier_posts,
+    publish_now_posts_at_once_and_no_tick_or_restart_posts_it_again,
+    a_paused_publish_posts_schedule_holds_a_due_post_until_resumed,
 );
 
 const CHANNEL: i64 = -1_001_234_567;
@@ -49,13 +51,27 @@ fn discord_target(settings: &mut Settings, discord: &FakeDiscord) {
     settings.publish.targets = vec![format!("discord:{DISCORD_CHANNEL}")];
 }
 
-fn scheduler(app: &soloist::app::App, clock: &ManualClock) -> Scheduler {
-    Scheduler::new(
+/// A scheduler on `clock` with the config's schedules written, as at
+/// start: scheduled posts go out by the `publish_posts` schedule.
+async fn scheduler(app: &soloist::app::App, clock: &ManualClock) -> Scheduler {
+    let scheduler = Scheduler::new(
         app.store.clone(),
         app.settings.clone(),
         Some(app.engine.clone()),
         Arc::new(clock.clone()),
-    )
+    );
+    scheduler.sync_config().await.unwrap();
+    scheduler
+}
+
+/// What `publish_posts` publishes at `at`: one tick to plan it, then one
+/// when its next minute is due.
+async fn published_by_the_schedule_at(app: &soloist::app::App, at: chrono::DateTime<Utc>) -> usize {
+    let clock = ManualClock::at(at);
+    let scheduler = scheduler(app, &clock).await;
+    let planned = scheduler.tick().await.unwrap().published;
+    clock.set(at + Duration::seconds(61));
+    planned + scheduler.tick().await.unwrap().published
 }
 
 async fn latest_run(app: &TestApp) -> RunId {
@@ -78,13 +94,19 @@ async fn approve_and_choose(app: &TestApp, when: &str) -> (RunId, Vec<Outbound>)
     (latest_run(app).await, chosen)
 }
 
-/// Publishes now: the button, then one publisher tick.
+/// Publishes now: the button alone, no scheduler tick. The press is
+/// answered with the post already out ("Published run …", Retract).
 async fn publish_now(app: &TestApp) -> RunId {
-    let (run, _) = approve_and_choose(app, "Publish now").await;
-    let clock = ManualClock::at(Utc::now() + Duration::seconds(1));
-    let report = scheduler(&app.app, &clock).tick().await.unwrap();
-    assert_eq!(report.published, 1);
-    run
+    publish_now_told(app).await.0
+}
+
+/// [`publish_now`], and what the press answered.
+async fn publish_now_told(app: &TestApp) -> (RunId, Vec<Outbound>) {
+    let (run, told) = approve_and_choose(app, "Publish now").await;
+    let publications = app.app.store.publications_for_run(run).await.unwrap();
+    assert_eq!(publications[0].status, "published");
+    assert!(texts(&told).contains("Published run"), "{}", texts(&told));
+    (run, told)
 }
 
 async fn compensations(app: &TestApp, run: RunId) -> Vec<(bool, String)> {
@@ -225,19 +247,20 @@ async fn a_post_for_tomorrow_is_published_once_across_two_ticks_and_a_restart(db
     let due = publications[0].due_at;
 
     let clock = ManualClock::at(Utc::now());
-    let first = scheduler(&app.app, &clock);
+    let first = scheduler(&app.app, &clock).await;
     clock.set(chrono::DateTime::from_timestamp_millis(due - 60_000).unwrap());
     assert_eq!(first.tick().await.unwrap().published, 0);
     assert!(telegram.inspect(|s| s.sent_to(CHANNEL)).is_empty());
 
     clock.set(chrono::DateTime::from_timestamp_millis(due + 1_000).unwrap());
-    let second = scheduler(&app.app, &clock);
+    let second = scheduler(&app.app, &clock).await;
     let (a, b) = tokio::join!(first.tick(), second.tick());
     assert_eq!(a.unwrap().published + b.unwrap().published, 1);
     assert_eq!(first.tick().await.unwrap().published, 0);
     let restarted = app.restart(|s| telegram_target(s, &telegram)).await;
     assert_eq!(
         scheduler(&restarted, &clock)
+            .await
             .tick()
             .await
             .unwrap()
@@ -267,8 +290,7 @@ async fn a_post_for_tomorrow_is_published_once_across_two_ticks_and_a_restart(db
 async fn retract_deletes_the_published_post_on_telegram(db: Db) {
     let telegram = FakeTelegram::start().await;
     let app = TestApp::spawn_with(db, |s| telegram_target(s, &telegram)).await;
-    let run = publish_now(&app).await;
-    let told = app.drain().await;
+    let (run, told) = publish_now_told(&app).await;
     assert_eq!(telegram.inspect(|s| s.sent_to(CHANNEL).len()), 1);
 
     let reply = app.press(&button(&told, "Retract")).await;
@@ -304,9 +326,8 @@ async fn retracting_a_post_not_yet_out_cancels_it(db: Db) {
     let reply = app.say(&format!("/retract {}", run.short())).await;
 
     assert!(texts(&reply).contains("cancelled"), "{}", texts(&reply));
-    let clock = ManualClock::at(Utc::now() + Duration::days(8));
     assert_eq!(
-        scheduler(&app.app, &clock).tick().await.unwrap().published,
+        published_by_the_schedule_at(&app.app, Utc::now() + Duration::days(8)).await,
         0
     );
     assert!(telegram.inspect(|s| s.sent_to(CHANNEL)).is_empty());
@@ -388,9 +409,10 @@ async fn results_are_stored_and_the_digest_compares_them_with_earlier_posts(db: 
         .await;
     assert!(texts(&stored).contains("1200 views"), "{}", texts(&stored));
 
-    let digest = soloist::digest::build_now(&app.app.store, &app.app.settings)
-        .await
-        .unwrap();
+    let digest =
+        soloist::digest::build_now(&app.app.store, &app.app.settings, app.app.engine.prompts())
+            .await
+            .unwrap();
     assert!(
         digest.text.contains(&format!("run {}", second.short())),
         "{}",
@@ -461,4 +483,55 @@ async fn a_typed_time_is_read_in_the_operators_zone_and_a_bad_one_is_asked_again
     assert_eq!(publications.len(), 1);
     let expected = chrono::DateTime::parse_from_rfc3339("2099-01-15T10:00:00Z").unwrap();
     assert_eq!(publications[0].due_at, expected.timestamp_millis());
+}
+
+/// "Publish now" does not wait for the next tick: the post is out when the
+/// press is answered, and neither the schedule nor a restart posts it again.
+async fn publish_now_posts_at_once_and_no_tick_or_restart_posts_it_again(db: Db) {
+    let telegram = FakeTelegram::start().await;
+    let app = TestApp::spawn_with(db, |s| telegram_target(s, &telegram)).await;
+
+    let (run, _) = approve_and_choose(&app, "Publish now").await;
+
+    assert_eq!(telegram.inspect(|s| s.sent_to(CHANNEL)).len(), 1);
+    let publications = app.app.store.publications_for_run(run).await.unwrap();
+    assert_eq!(publications[0].status, "published");
+    assert_eq!(published_by_the_schedule_at(&app.app, Utc::now()).await, 0);
+    let restarted = app.restart(|s| telegram_target(s, &telegram)).await;
+    let later = Utc::now() + Duration::minutes(5);
+    assert_eq!(published_by_the_schedule_at(&restarted, later).await, 0);
+    assert_eq!(telegram.inspect(|s| s.sent_to(CHANNEL)).len(), 1);
+}
+
+/// Scheduled post delivery is a named schedule: listed by /schedules, and
+/// paused, a due post waits until it is resumed.
+async fn a_paused_publish_posts_schedule_holds_a_due_post_until_resumed(db: Db) {
+    let telegram = FakeTelegram::start().await;
+    let app = TestApp::spawn_with(db, |s| telegram_target(s, &telegram)).await;
+    let (run, _) = approve_and_choose(&app, "Tomorrow 09:00").await;
+    let due = app.app.store.publications_for_run(run).await.unwrap()[0].due_at;
+    let due = chrono::DateTime::from_timestamp_millis(due).unwrap();
+    let clock = ManualClock::at(due - Duration::minutes(5));
+    let scheduler = scheduler(&app.app, &clock).await;
+    scheduler.tick().await.unwrap();
+
+    let listed = app.say("/schedules").await;
+    assert!(
+        texts(&listed).contains("publish_posts"),
+        "{}",
+        texts(&listed)
+    );
+    app.press(&button(&listed, "Pause publish_posts")).await;
+    clock.set(due + Duration::seconds(1));
+    assert_eq!(scheduler.tick().await.unwrap().published, 0);
+    clock.set(due + Duration::minutes(10));
+    assert_eq!(scheduler.tick().await.unwrap().published, 0);
+    assert!(telegram.inspect(|s| s.sent_to(CHANNEL)).is_empty());
+
+    let listed = app.say("/schedules").await;
+    app.press(&button(&listed, "Resume publish_posts")).await;
+    scheduler.tick().await.unwrap();
+    clock.set(due + Duration::minutes(11));
+    assert_eq!(scheduler.tick().await.unwrap().published, 1);
+    assert_eq!(telegram.inspect(|s| s.sent_to(CHANNEL)).len(), 1);
 }

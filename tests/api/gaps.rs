@@ -381,6 +381,8 @@ async fn scheduled_digest(app: &TestApp) -> String {
 fn utc_business(settings: &mut Settings) {
     settings.business.timezone = "UTC".into();
     settings.digest.summary = true;
+    // The digest flow's deliver step sends where the app's settings say.
+    settings.digest.chats = vec!["console:console".into()];
 }
 
 async fn the_digest_summary_is_written_by_the_fast_tier_and_costed(db: Db) {

@@ -28,6 +28,11 @@ on_both_backends!(
     the_pause_button_pauses_once_and_the_resume_button_resumes,
     a_due_housekeeping_tick_runs_its_job_once_and_its_misses_stay_out_of_the_digest,
     fire_rows_past_the_retention_are_pruned_by_the_history_job,
+    the_scheduled_digest_is_one_run_of_the_digest_flow_queued_once_with_its_chart,
+    an_operator_copy_of_the_digest_flow_changes_the_digest,
+    downtime_across_two_digest_ticks_sends_one_digest_that_reports_the_miss,
+    a_flow_that_drops_its_schedule_loses_its_schedule_row_at_start,
+    a_schedule_the_config_turns_off_is_retired_at_start,
 );
 
 fn utc(text: &str) -> DateTime<Utc> {
@@ -454,35 +459,246 @@ async fn two_schedulers_on_one_postgres_fire_a_due_tick_once() {
     assert_eq!(job.runs.load(Ordering::SeqCst), 1);
 }
 
-/// The scheduled digest lands once in the configured chat, with its chart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_scheduled_digest_is_queued_once_with_its_chart() {
+/// The digest goes to the console, the business is on UTC.
+fn digest_to_console(settings: &mut Settings) {
+    settings.business.timezone = "UTC".into();
+    settings.digest.chats = vec!["console:console".into()];
+}
+
+/// A scheduler for `app`'s engine with only the digest schedule (08:00),
+/// on `clock`.
+fn digest_scheduler(app: &soloist::app::App, clock: &ManualClock) -> Scheduler {
+    let mut settings: Settings = (*app.settings).clone();
+    settings.schedules.retain(|name, _| name == "digest");
+    Scheduler::new(
+        app.store.clone(),
+        Arc::new(settings),
+        Some(app.engine.clone()),
+        Arc::new(clock.clone()),
+    )
+}
+
+async fn digest_runs(store: &Store) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT status, input FROM runs WHERE flow = 'digest'")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
+
+/// The scheduled digest is a run of the digest flow keyed on its fire: it
+/// lands once in the configured chat, with its chart, whatever ticks
+/// again (from a second scheduler too), and reports the day before its
+/// tick, not the day the clock of the machine says.
+async fn the_scheduled_digest_is_one_run_of_the_digest_flow_queued_once_with_its_chart(db: Db) {
+    let t = TestApp::spawn_with(db, digest_to_console).await;
+    let clock = ManualClock::at(utc("2027-01-10T07:00:00Z"));
+    let scheduler = digest_scheduler(&t.app, &clock);
+    scheduler.sync_config().await.unwrap();
+    scheduler.tick().await.unwrap();
+
+    clock.set(utc("2027-01-10T08:00:02Z"));
+    let report = scheduler.tick().await.unwrap();
+    scheduler.tick().await.unwrap();
+    digest_scheduler(&t.app, &clock).tick().await.unwrap();
+
+    assert_eq!(report.fired.len(), 1, "{report:?}");
+    let sent = drain(&t.app.store).await;
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert!(
+        sent[0].text.starts_with("Daily digest for "),
+        "{}",
+        sent[0].text
+    );
+    assert!(sent[0].text.contains("2027-01-09"), "{}", sent[0].text);
+    let image = sent[0].image.as_ref().expect("the chart");
+    assert_eq!(image.file_name, "digest-2027-01-09.png");
+    let runs = digest_runs(&t.app.store).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].0, "completed");
+    assert!(runs[0].1.contains("2027-01-10T08:00:00Z"), "{runs:?}");
+}
+
+/// Down across two digest ticks (catch-up once): the tick on time fires one
+/// digest run, and that digest reports the two missed ticks.
+async fn downtime_across_two_digest_ticks_sends_one_digest_that_reports_the_miss(db: Db) {
+    let t = TestApp::spawn_with(db, digest_to_console).await;
+    let clock = ManualClock::at(utc("2027-01-10T07:00:00Z"));
+    let scheduler = digest_scheduler(&t.app, &clock);
+    scheduler.sync_config().await.unwrap();
+    scheduler.tick().await.unwrap();
+
+    clock.set(utc("2027-01-12T08:00:02Z"));
+    let report = scheduler.tick().await.unwrap();
+
+    assert_eq!(report.missed.len(), 1, "{report:?}");
+    let sent = drain(&t.app.store).await;
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    let text = &sent[0].text;
+    assert!(text.contains("2027-01-11"), "{text}");
+    assert!(
+        text.contains("digest: 2 tick(s) from 2027-01-10 08:00 to 2027-01-11 08:00"),
+        "{text}"
+    );
+    assert_eq!(digest_runs(&t.app.store).await.len(), 1);
+}
+
+/// `enabled = false` in the config retires the schedule at the next start:
+/// it is not listed and does not fire.
+async fn a_schedule_the_config_turns_off_is_retired_at_start(db: Db) {
     let h = Harness::new(
-        Db::Sqlite,
+        db,
         "0 0 8 * * *",
         "UTC",
         CatchUp::Once,
         "2027-01-10T07:00:00Z",
     )
     .await;
+    assert!(h.store.schedule_named("job").await.unwrap().is_some());
     let mut settings = (*h.settings).clone();
-    settings.schedules.get_mut("job").unwrap().target = "digest".into();
+    settings.schedules.get_mut("job").unwrap().enabled = false;
+    let job = Arc::new(CountingJob::default());
     let scheduler = Scheduler::new(
         h.store.clone(),
         Arc::new(settings),
         None,
         Arc::new(h.clock.clone()),
+    )
+    .with_job("counting", job.clone());
+
+    scheduler.sync_config().await.unwrap();
+    h.clock.set(utc("2027-01-10T08:00:05Z"));
+    scheduler.tick().await.unwrap();
+
+    assert!(h.store.schedule_named("job").await.unwrap().is_none());
+    assert!(h.store.schedules().await.unwrap().is_empty());
+    assert!(h.fired().await.is_empty());
+    assert_eq!(job.runs.load(Ordering::SeqCst), 0);
+}
+
+/// An operator's copy of digest.toml (and of its template) changes what the
+/// scheduled digest says; the numbers still come from SQL.
+async fn an_operator_copy_of_the_digest_flow_changes_the_digest(db: Db) {
+    let t = TestApp::spawn(db).await;
+    let prompts = t.home.path().join("prompts");
+    std::fs::create_dir_all(&prompts).unwrap();
+    std::fs::write(
+        prompts.join("short_digest.md"),
+        "Short digest for {{ date }}: {{ completed }} run(s) done, {{ approvals_open }} approval(s) open.",
+    )
+    .unwrap();
+    let flow = include_str!("../../config/flows/digest.toml")
+        .replace("template = \"digest\"", "template = \"short_digest\"");
+    let t = t.with_flow("digest", &flow).await;
+    let app = t.restart(digest_to_console).await;
+    let clock = ManualClock::at(utc("2027-01-10T07:00:00Z"));
+    let scheduler = digest_scheduler(&app, &clock);
+    scheduler.sync_config().await.unwrap();
+    scheduler.tick().await.unwrap();
+
+    clock.set(utc("2027-01-10T08:00:02Z"));
+    scheduler.tick().await.unwrap();
+
+    let sent = drain(&t.app.store).await;
+    let texts: Vec<&str> = sent.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["Short digest for 2027-01-09: 0 run(s) done, 0 approval(s) open."]
     );
+    assert!(sent[0].image.is_some(), "the chart still goes with it");
+}
+
+fn weekly_flow(schedule: &str) -> String {
+    format!(
+        "name = \"weekly\"\ndescription = \"A note for the week ahead.\"\ncost_label = \"low-cost\"\n{schedule}\n\n[[steps]]\nname = \"brief\"\nkind = \"context\"\n"
+    )
+}
+
+/// A scheduler for `t`'s flows alone (no configured schedules).
+fn flows_scheduler(
+    t: &TestApp,
+    engine: &soloist::engine::Engine,
+    clock: &ManualClock,
+) -> Scheduler {
+    let mut settings: Settings = (*t.app.settings).clone();
+    settings.schedules.clear();
+    Scheduler::new(
+        t.app.store.clone(),
+        Arc::new(settings),
+        Some(engine.clone()),
+        Arc::new(clock.clone()),
+    )
+}
+
+/// A flow file that drops `schedule`, or goes, takes its schedule with it
+/// at the next start: no row in /schedules, no fire; declaring it again
+/// brings it back.
+async fn a_flow_that_drops_its_schedule_loses_its_schedule_row_at_start(db: Db) {
+    let scheduled = weekly_flow(r#"schedule = "0 0 9 * * Mon""#);
+    let t = TestApp::spawn(db)
+        .await
+        .with_flow("weekly", &scheduled)
+        .await;
+    let clock = ManualClock::at(utc("2027-01-10T12:00:00Z"));
+    flows_scheduler(&t, &t.app.engine, &clock)
+        .sync_config()
+        .await
+        .unwrap();
+    assert!(texts(&t.say("/schedules").await).contains("weekly"));
+
+    let t = t.with_flow("weekly", &weekly_flow("")).await;
+    let scheduler = flows_scheduler(&t, &t.app.engine, &clock);
     scheduler.sync_config().await.unwrap();
 
-    h.clock.set(utc("2027-01-10T08:00:02Z"));
+    assert!(
+        t.app
+            .store
+            .schedule_named("weekly")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let listed = texts(&t.say("/schedules").await);
+    assert!(!listed.contains("weekly"), "{listed}");
     scheduler.tick().await.unwrap();
-    scheduler.tick().await.unwrap();
+    clock.set(utc("2027-01-11T09:00:02Z"));
+    assert!(scheduler.tick().await.unwrap().fired.is_empty());
+    let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE flow = 'weekly'")
+        .fetch_one(t.app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(runs, 0);
 
-    let sent = drain(&h.store).await;
-    assert_eq!(sent.len(), 1, "{sent:#?}");
-    assert!(sent[0].text.starts_with("Daily digest"), "{}", sent[0].text);
-    assert!(sent[0].image.is_some());
+    // Declared again: back, planned from now (no miss for the gap).
+    let t = t.with_flow("weekly", &scheduled).await;
+    flows_scheduler(&t, &t.app.engine, &clock)
+        .sync_config()
+        .await
+        .unwrap();
+    assert!(texts(&t.say("/schedules").await).contains("weekly"));
+
+    // The file gone: retired again.
+    std::fs::remove_file(t.home.path().join("config/flows/weekly.toml")).unwrap();
+    let restarted = t.restart(|_| {}).await;
+    flows_scheduler(&t, &restarted.engine, &clock)
+        .sync_config()
+        .await
+        .unwrap();
+    assert!(
+        t.app
+            .store
+            .schedule_named("weekly")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        t.app
+            .store
+            .schedule_misses(0, i64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn a_due_housekeeping_tick_runs_its_job_once_and_its_misses_stay_out_of_the_digest(db: Db) {
