@@ -216,10 +216,9 @@ pub const COMMAND_TABLE: &[CommandSpec] = &[
     CommandSpec {
         name: "autonomy",
         aliases: &[],
-        // No declared argument: alone it lists; Discord's slash option
-        // names cannot hold the space of "FLOW LEVEL".
-        args: "",
-        description: "each flow's autonomy level; /autonomy FLOW LEVEL sets one: always, borderline or never",
+        // Optional (the brackets): alone it lists.
+        args: "[FLOW LEVEL]",
+        description: "each flow's autonomy level, or set one: always, borderline or never",
         intent: None,
         report: false,
         handler: handler!(autonomy),

@@ -26,9 +26,10 @@ pub fn definitions(in_servers: bool) -> Value {
                 .map(|takes| {
                     json!({
                         "type": 3,
-                        "name": takes.to_lowercase(),
+                        "name": option_name(takes),
                         "description": option_description(takes),
-                        "required": true,
+                        // `[FLOW LEVEL]`: the command also works without it.
+                        "required": !takes.starts_with('['),
                     })
                 })
                 .into_iter()
@@ -45,12 +46,43 @@ pub fn definitions(in_servers: bool) -> Value {
     Value::Array(commands)
 }
 
-fn option_description(takes: &str) -> &'static str {
-    match takes {
-        "ID" => "The run's id (its first 4 characters are enough)",
-        "WHEN" => "The schedule and its new time, e.g. digest 07:30",
-        _ => "What you need, e.g. a LinkedIn post about the new price",
+/// The option's name: its first word, as Discord allows names (lowercase
+/// letters, digits, `-` and `_`, at most 32). Discord refuses the whole
+/// bulk overwrite when one name breaks the rule, which would leave the bot
+/// with no slash command at all: `ID views=N clicks=N` is named `id`.
+fn option_name(takes: &str) -> String {
+    let first = takes
+        .trim_matches(['[', ']'])
+        .split_whitespace()
+        .next()
+        .unwrap_or_default();
+    let name: String = first
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(32)
+        .collect();
+    if name.is_empty() {
+        "text".to_string()
+    } else {
+        name
     }
+}
+
+/// What the option holds; a form of several words is shown whole, since
+/// the whole form is typed into the one option.
+fn option_description(takes: &str) -> String {
+    let form = takes.trim_matches(['[', ']']);
+    let text = match form {
+        "ID" => "The run's id (its first 4 characters are enough)".to_string(),
+        "WHEN" => "The schedule and its new time, e.g. digest 07:30".to_string(),
+        "FLOW LEVEL" => {
+            "A flow and its level: always, borderline or never (empty: list them)".to_string()
+        }
+        _ if form.contains(' ') => format!("Type it as: {form}"),
+        _ => "What you need, e.g. a LinkedIn post about the new price".to_string(),
+    };
+    text.chars().take(100).collect()
 }
 
 fn sentence_case(text: &str) -> String {
@@ -99,7 +131,15 @@ mod tests {
             assert!(command["description"].as_str().unwrap().len() <= 100);
             for option in command["options"].as_array().unwrap() {
                 let option_name = option["name"].as_str().unwrap();
-                assert!(option_name == option_name.to_lowercase());
+                // Discord's rule for option names (ASCII form).
+                assert!(
+                    (1..=32).contains(&option_name.len())
+                        && option_name.chars().all(|c| c.is_ascii_lowercase()
+                            || c.is_ascii_digit()
+                            || c == '-'
+                            || c == '_'),
+                    "/{name}: option name {option_name:?} breaks Discord's rule"
+                );
                 assert!(option["description"].as_str().unwrap().len() <= 100);
             }
         }
@@ -116,6 +156,24 @@ mod tests {
             .unwrap();
         assert_eq!(draft["options"][0]["name"], "text");
         assert_eq!(draft["options"][0]["required"], true);
+        let find = |name: &str| {
+            definitions
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap()
+                .clone()
+        };
+        let result = find("result");
+        assert_eq!(result["options"][0]["name"], "id");
+        assert_eq!(
+            result["options"][0]["description"],
+            "Type it as: ID views=N clicks=N"
+        );
+        let autonomy = find("autonomy");
+        assert_eq!(autonomy["options"][0]["name"], "flow");
+        assert_eq!(autonomy["options"][0]["required"], false);
         assert!(
             draft["description"]
                 .as_str()
