@@ -138,6 +138,9 @@ pub struct TestApp {
 /// Settings for tests: the built-in defaults, no environment, the OpenAI
 /// provider pointed at `llm_url` when given.
 pub fn test_settings(llm_url: Option<&str>) -> Settings {
+    // What `main` does first; a test that makes no TestDb (the doctor's)
+    // must not depend on another test having installed it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut settings = Settings::load(&LoadOptions::default()).unwrap();
     if let Some(url) = llm_url {
         let openai = settings.models.providers.get_mut("openai").unwrap();
