@@ -104,6 +104,7 @@ impl Engine {
                     draft_from,
                     artifact_kind,
                     routes_rejection,
+                    reject_word: labels.reject.as_deref(),
                 };
                 let mut transition = approve(run, step, state, approval, &options);
                 if *revise {
@@ -658,6 +659,8 @@ struct ApproveStep<'a> {
     draft_from: &'a str,
     artifact_kind: &'a str,
     routes_rejection: bool,
+    /// The Reject button's own word (LEADS: "Decline"), for the question.
+    reject_word: Option<&'a str>,
 }
 
 /// The approval conversation: offer the draft; on Approve save it; on Edit
@@ -674,6 +677,7 @@ fn approve(
         draft_from,
         artifact_kind,
         routes_rejection,
+        reject_word,
     } = approval;
     let conversation = state.conversation(&step.name);
     let draft = conversation.draft.clone().unwrap_or_default();
@@ -702,7 +706,10 @@ fn approve(
             Decision::Reject => ask_for_input(
                 step,
                 InputPurpose::RejectReason,
-                "Why reject it? Your next message is saved as the reason.",
+                &format!(
+                    "Why {} it? Your next message is saved as the reason.",
+                    reject_word.unwrap_or("reject").to_lowercase()
+                ),
             ),
             Decision::Revise => ask_for_input(
                 step,

@@ -296,7 +296,11 @@ impl Engine {
 /// saying how it was decided; chat adapters edit the offer with it and drop
 /// its buttons.
 async fn close_offers(tx: &mut Tx, decided: &Decided, by: &str) -> Result<(), StoreError> {
-    let text = format!("{} by {by}.", decided.decision.past_tense());
+    // A renamed button reads as its own word: "Decline: chosen by Maya."
+    let text = match decided.label.as_deref() {
+        Some(word) if word != decided.decision.label() => format!("{word}: chosen by {by}."),
+        _ => format!("{} by {by}.", decided.decision.past_tense()),
+    };
     for chat in tx.offer_chats(decided.approval_id).await? {
         let message =
             Outbound::text(text.clone()).linked_to(decided.approval_id, ApprovalRole::Closed);

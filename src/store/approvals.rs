@@ -62,6 +62,8 @@ pub struct Decided {
     pub run_id: RunId,
     pub approval_id: ApprovalId,
     pub decision: Decision,
+    /// The pressed button's own word when the flow renamed it ("Pursue").
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,10 +104,17 @@ impl Tx {
         let Some((approval_id, run_id, step, decision)) = claimed else {
             return Ok(None);
         };
+        let label: Option<String> =
+            sqlx::query_scalar("SELECT label FROM approval_buttons WHERE token = $1")
+                .bind(token.as_str())
+                .fetch_optional(&mut *self.inner)
+                .await?
+                .flatten();
         let decided = Decided {
             run_id: parse_id(&run_id)?,
             approval_id: parse_id(&approval_id)?,
             decision: decision.parse().map_err(corrupt)?,
+            label,
         };
         sqlx::query(
             "INSERT INTO decisions (run_id, approval_id, decision, decided_by, created_at)

@@ -315,6 +315,19 @@ async fn a_borderline_lead_offers_pursue_and_decline_and_each_sets_the_lead_s_st
     running
         .wait_for_status("marta@gilfilhos.example", "pursuing")
         .await;
+    let closed = running
+        .tg
+        .wait_for(20, "the summary closed", |s| {
+            s.sent_to(TG_OWNER)
+                .into_iter()
+                .find(|m| m.message_id == first.message_id && m.edits > 0)
+        })
+        .await;
+    assert!(
+        closed.visible().contains("Pursue: chosen by"),
+        "the closed summary reads as its button: {}",
+        closed.visible()
+    );
 
     llm.then(Behavior::reply(&scripted_extraction(&charity).to_string()));
     assert_eq!(running.post(&charity.to_string(), &bearer()).await, 202);
@@ -325,7 +338,7 @@ async fn a_borderline_lead_offers_pursue_and_decline_and_each_sets_the_lead_s_st
         .wait_for(20, "the question why", |s| {
             s.sent_to(TG_OWNER)
                 .into_iter()
-                .find(|m| m.visible().contains("Why reject it?"))
+                .find(|m| m.visible().contains("Why decline it?"))
         })
         .await;
     running
