@@ -230,7 +230,7 @@ async fn at_borderline_hot_and_cold_leads_go_out_and_a_borderline_lead_waits(db:
         "{cold}"
     );
     let shown = texts(&borderline);
-    assert!(has_button(&borderline, "Approve"), "{shown}");
+    assert!(has_button(&borderline, "Pursue"), "{shown}");
     assert!(
         shown.contains(
             "Waiting for you: lead-qualification runs at 'borderline' and step 'score' marked this case uncertain."
