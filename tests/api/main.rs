@@ -26,6 +26,8 @@ mod funnel;
 mod gaps;
 mod http;
 mod leads;
+#[cfg(feature = "local-embed")]
+mod local_embed;
 mod memory;
 mod models;
 mod offers;
