@@ -153,9 +153,9 @@ impl Embedder {
     pub fn from_settings(settings: &Settings, store: Store) -> Result<Option<Embedder>, String> {
         let kind = match choice(settings)? {
             EmbedderChoice::None => return Ok(None),
-            EmbedderChoice::Remote(model) => Kind::Remote(Box::new(Remote::new(
-                settings, store, model,
-            )?)),
+            EmbedderChoice::Remote(model) => {
+                Kind::Remote(Box::new(Remote::new(settings, store, model)?))
+            }
             #[cfg(feature = "local-embed")]
             EmbedderChoice::Local(dir) => {
                 Kind::Local(super::local::shared(&dir).map_err(|e| e.to_string())?)
@@ -372,6 +372,9 @@ mod tests {
             "{problem}"
         );
         let problem = check(&settings_with("local", "")).unwrap_err();
-        assert!(problem.contains("needs memory.local_model_dir"), "{problem}");
+        assert!(
+            problem.contains("needs memory.local_model_dir"),
+            "{problem}"
+        );
     }
 }
