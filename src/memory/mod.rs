@@ -20,6 +20,8 @@ pub mod embed;
 pub mod eval;
 pub mod fetch;
 mod ingest;
+#[cfg(feature = "local-embed")]
+pub mod local;
 mod retrieve;
 pub mod vectors;
 
@@ -42,7 +44,11 @@ pub struct MemorySettings {
     /// `"none"`: full-text retrieval only. `"provider/model"`: an
     /// OpenAI-compatible `/embeddings` endpoint of a configured provider
     /// (costed and budgeted like every model call), fused with full text.
+    /// `"local"`: all-MiniLM-L6-v2 in process (the `local-embed` build).
     pub embedder: String,
+    /// The folder with the local model's `model.safetensors`,
+    /// `tokenizer.json` and `config.json` (for `embedder = "local"`).
+    pub local_model_dir: String,
     /// How many knowledge chunks a draft sees.
     pub top_k: usize,
     /// Chunk size bound and the overlap between neighbours, in characters.
@@ -68,6 +74,7 @@ impl Default for MemorySettings {
     fn default() -> Self {
         MemorySettings {
             embedder: "none".into(),
+            local_model_dir: String::new(),
             top_k: 4,
             chunk_chars: 1200,
             overlap_chars: 200,
@@ -226,12 +233,16 @@ pub async fn purge_periodically(
 /// `soloist doctor`'s line about retrieval.
 pub fn doctor_finding(settings: &crate::config::Settings) -> crate::doctor::Finding {
     use crate::doctor::Finding;
-    match embed::choice(settings) {
+    match embed::check(settings) {
         Ok(embed::EmbedderChoice::None) => Finding::Note(
-            "retrieval is full text only (memory.embedder = \"none\"): drafts match your knowledge by its words. For retrieval by meaning, set memory.embedder = \"openai/text-embedding-3-small\" (or any configured OpenAI-compatible provider's embedding model, with a price) and ingest again".into(),
+            "retrieval is full text only (memory.embedder = \"none\"): drafts match your knowledge by its words. For retrieval by meaning, set memory.embedder = \"openai/text-embedding-3-small\" (or any configured OpenAI-compatible provider's embedding model, with a price), or \"local\" in a build with the local-embed feature, and ingest again".into(),
         ),
         Ok(embed::EmbedderChoice::Remote(model)) => Finding::Ok(format!(
             "retrieval fuses full text with {model} embeddings (reciprocal rank fusion)"
+        )),
+        Ok(embed::EmbedderChoice::Local(dir)) => Finding::Ok(format!(
+            "retrieval fuses full text with all-MiniLM-L6-v2 embeddings made in process (model files in {})",
+            dir.display()
         )),
         Err(problem) => Finding::Problem(
             problem,

@@ -29,6 +29,8 @@ mod http;
 mod leads;
 mod leads_flow;
 mod leads_jobs;
+#[cfg(feature = "local-embed")]
+mod local_embed;
 mod memory;
 mod models;
 mod offers;

@@ -19,7 +19,7 @@ async fn memory_on(db: Db) -> (Memory, TestDb) {
     (Memory::new(store, MemorySettings::default()), test_db)
 }
 
-fn markdown(name: &str, text: &str) -> Document {
+pub(crate) fn markdown(name: &str, text: &str) -> Document {
     Document {
         name: name.into(),
         kind: SourceKind::File,
@@ -31,7 +31,7 @@ fn markdown(name: &str, text: &str) -> Document {
 }
 
 /// The project's knowledge fixtures (and the shared ones, under `shared/`).
-async fn ingest_fixtures(memory: &Memory) {
+pub(crate) async fn ingest_fixtures(memory: &Memory) {
     let mut seen = std::collections::BTreeSet::new();
     for (name, text) in documents("knowledge") {
         let name = if seen.insert(name.clone()) {
@@ -46,7 +46,7 @@ async fn ingest_fixtures(memory: &Memory) {
 /// Deterministic distractors: documents of other small businesses, in the
 /// same register and sharing much of the vocabulary (price, clients, brand,
 /// website, audit, booking, retainer…), so that top 3 means something.
-fn distractors(n: usize) -> Vec<Document> {
+pub(crate) fn distractors(n: usize) -> Vec<Document> {
     const TOPICS: &[&str] = &[
         "Garden care",
         "Bike repair",
@@ -96,7 +96,7 @@ fn distractors(n: usize) -> Vec<Document> {
         .collect()
 }
 
-fn questions() -> Vec<(String, String)> {
+pub(crate) fn questions() -> Vec<(String, String)> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/eval/retrieval.tsv"
@@ -731,8 +731,8 @@ fn soloist_ingest_skips_unchanged_files_and_eval_retrieval_prints_recall_and_mrr
 const EMBEDDER: &str = "openai/text-embedding-3-small";
 
 /// A refund policy, and a question about it sharing none of its words.
-const REFUND_DOC: &str = "# Policies\n\n## Refund policy\n\nIf a client is unhappy with the result, we refund the full fee within a fortnight.\n";
-const PARAPHRASE: &str = "Can a dissatisfied buyer get reimbursed?";
+pub(crate) const REFUND_DOC: &str = "# Policies\n\n## Refund policy\n\nIf a client is unhappy with the result, we refund the full fee within a fortnight.\n";
+pub(crate) const PARAPHRASE: &str = "Can a dissatisfied buyer get reimbursed?";
 
 /// Settings with the fake model server as the embedder's provider.
 fn embedding_settings(llm: &crate::fake_llm::FakeLlm) -> soloist::config::Settings {
