@@ -106,12 +106,15 @@ fetch_local_model() {
 fetch_local_model
 
 command -v cargo >/dev/null || { echo "error: cargo not found (install Rust via rustup)" >&2; exit 1; }
+# The tests build every optional feature, so its code is tested too; the
+# default build (what `cargo run -- chat` makes) is linted on its own.
+FEATURES=local-embed,exact-tokens
 if [ "${SOLOIST_SKIP_LINT:-0}" != 1 ]; then
   echo "==> cargo fmt --check"
   cargo fmt --check
-  echo "==> cargo clippy (with and without the local-embed feature)"
-  cargo clippy --all-targets --locked --features local-embed -- -D warnings
+  echo "==> cargo clippy (with the features $FEATURES, then the default build's library)"
+  cargo clippy --all-targets --locked --features "$FEATURES" -- -D warnings
   cargo clippy --lib --locked -- -D warnings
 fi
-echo "==> cargo test --features local-embed"
-cargo test --all-targets --locked --features local-embed "$@"
+echo "==> cargo test --features $FEATURES"
+cargo test --all-targets --locked --features "$FEATURES" "$@"
