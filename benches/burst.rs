@@ -17,7 +17,6 @@
 //! Each case runs in a child process of its own, so each peak is its own.
 //! PostgreSQL cases need `SOLOIST_TEST_PG_URL`; without it they are skipped.
 
-mod common;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_llm.rs"]
 mod fake_llm;
@@ -26,6 +25,8 @@ mod fake_telegram;
 #[allow(dead_code)]
 #[path = "../tests/api/helpers.rs"]
 mod helpers;
+#[path = "common/in_process_telegram.rs"]
+mod in_process_telegram;
 
 use std::time::Duration;
 

@@ -19,7 +19,6 @@
 //!
 //! Needs `SOLOIST_TEST_PG_URL` (see `SOLOIST_TEST_SETUP_ONLY=1 scripts/test.sh`).
 
-mod common;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_llm.rs"]
 mod fake_llm;
@@ -28,6 +27,8 @@ mod fake_telegram;
 #[allow(dead_code)]
 #[path = "../tests/api/helpers.rs"]
 mod helpers;
+#[path = "common/in_process_telegram.rs"]
+mod in_process_telegram;
 
 use std::time::Duration;
 
