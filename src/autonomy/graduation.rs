@@ -161,10 +161,15 @@ pub async fn drop_back_in(
     decided: &Decided,
     by: &str,
 ) -> StoreResult<()> {
-    if !matches!(
-        decided.decision,
-        Decision::Edit | Decision::Revise | Decision::Reject
-    ) {
+    // A renamed button is a choice, not a correction of a draft: declining
+    // a borderline lead says nothing about the flow's drafts.
+    let chose_between_options = decided.label.is_some();
+    if chose_between_options
+        || !matches!(
+            decided.decision,
+            Decision::Edit | Decision::Revise | Decision::Reject
+        )
+    {
         return Ok(());
     }
     let run = decided.run_id.to_string();

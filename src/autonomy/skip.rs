@@ -11,8 +11,9 @@ use crate::engine::{RunState, Transition};
 use crate::store::Store;
 
 /// Guardrail audit kinds on an offer that bring its approval back: a flag
-/// on the draft, or a fast-tier review that could not run.
-const BRING_BACK: [&str; 2] = ["flagged", "review_skipped"];
+/// on the draft, or a check that was configured and could not run (the
+/// fast-tier review, the injection classifier).
+const BRING_BACK: [&str; 3] = ["flagged", "review_skipped", "classifier_skipped"];
 
 /// What autonomy decided about one offer.
 #[derive(Debug, Clone, PartialEq, Eq)]

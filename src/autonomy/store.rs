@@ -125,8 +125,12 @@ pub async fn recent_decisions(
     since: Option<i64>,
 ) -> StoreResult<Record> {
     let decisions: Vec<String> = sqlx::query_scalar(
+        // A choice (a step whose buttons the flow renamed: Pursue /
+        // Decline) is not a verdict on a draft: Decline is no correction.
         "SELECT d.decision FROM decisions d JOIN runs r ON r.id = d.run_id
          WHERE r.flow = $1 AND d.created_at > $2
+           AND NOT EXISTS (SELECT 1 FROM approval_buttons b
+                           WHERE b.approval_id = d.approval_id AND b.label IS NOT NULL)
          ORDER BY d.id DESC LIMIT $3",
     )
     .bind(flow)

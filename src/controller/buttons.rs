@@ -70,7 +70,7 @@ impl Controller {
         // before the transaction (on SQLite the store has one connection,
         // which the open transaction holds).
         let report = match &action {
-            Action::Route { intent, request } if self.flows.get(intent).is_none() => {
+            Action::Route { intent, request } if !self.routable_flow(intent) => {
                 Some(self.perform_command(inbound, intent, request).await?)
             }
             _ => None,

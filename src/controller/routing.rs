@@ -191,10 +191,21 @@ fn parse_guess(reply: &str, options: &[(String, String)]) -> Guess {
 
 impl Controller {
     /// Flows first, then the built-in commands.
+    /// A flow free text may start. Not one that shares a command's name
+    /// (the digest: its command decides where a report may be shown, and
+    /// a group chat is not such a place), nor one an event starts (a lead
+    /// qualification needs the lead that arrived).
+    pub(super) fn routable_flow(&self, intent: &str) -> bool {
+        self.flows
+            .get(intent)
+            .is_some_and(|flow| flow.on.is_none() && super::commands::find(intent).is_none())
+    }
+
     fn intent_options(&self) -> Vec<(String, String)> {
         let flows = &self.flows;
         flows
             .names()
+            .filter(|name| self.routable_flow(name))
             .filter_map(|name| flows.get(name))
             .map(|flow| (flow.name.clone(), flow.description.clone()))
             .chain(command_intents().map(|(n, d)| (n.to_string(), d.to_string())))
@@ -279,7 +290,7 @@ impl Controller {
         intent: &str,
         request: String,
     ) -> Result<Handled, ControllerError> {
-        if self.flows.get(intent).is_some() {
+        if self.routable_flow(intent) {
             // POLICY HOOK: the flow's own limit (the person's was taken when routing).
             if let Some(limited) = policy_hooks::limited_flow(&self.engine, intent).await? {
                 return Ok(limited);

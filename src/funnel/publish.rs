@@ -251,7 +251,19 @@ fn local(zone: Tz, date: NaiveDate, time: NaiveTime) -> Result<DateTime<Utc>, St
 /// tick. The same claim as the schedule's, so still once across processes;
 /// a failure here is logged and leaves the post to the schedule.
 pub async fn publish_at_once(engine: &Engine, transition: &Transition) {
-    let now = Utc::now();
+    if transition.publications.is_empty() {
+        return;
+    }
+    // The database's clock, as the schedule's: a send lease taken by this
+    // process's clock could look expired to a process whose clock is behind.
+    let clock = crate::scheduler::DatabaseClock(engine.store().clone());
+    let now = match crate::scheduler::Clock::now(&clock).await {
+        Ok(now) => now,
+        Err(error) => {
+            tracing::warn!(error = ?error, "publishing now failed; the publish_posts schedule tries again");
+            return;
+        }
+    };
     let due_now = transition
         .publications
         .iter()

@@ -161,9 +161,14 @@ impl Leads<'_> {
             .bind(quiet_since)
             .fetch_all(&mut *tx.conn())
             .await?;
-        let leads = rows.iter().map(lead_from_row).collect();
+        // Read before the commit: a row that cannot be read must not be
+        // marked reminded without its reminder.
+        let leads = rows
+            .iter()
+            .map(lead_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
         tx.commit().await?;
-        leads
+        Ok(leads)
     }
 }
 

@@ -143,14 +143,27 @@ impl Store {
             if keep.contains(&schedule.name) {
                 continue;
             }
+            let mut tx = self.pool.begin().await?;
             sqlx::query(
                 "UPDATE schedules SET enabled = 0, next_fire_at = NULL, updated_at = $1
                  WHERE id = $2",
             )
             .bind(now)
             .bind(&schedule.id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+            // A fire still pending would run the day the schedule is
+            // declared again, for a tick long past: it is closed with the
+            // schedule (done, with no run).
+            sqlx::query(
+                "UPDATE schedule_fires SET status = 'done', done_at = $1
+                 WHERE schedule_id = $2 AND status = 'pending'",
+            )
+            .bind(now)
+            .bind(&schedule.id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
             retired.push(schedule.name);
         }
         Ok(retired)
