@@ -191,14 +191,15 @@ fn parse_guess(reply: &str, options: &[(String, String)]) -> Guess {
 
 impl Controller {
     /// Flows first, then the built-in commands.
-    /// A flow free text may start. Not one that shares a command's name
+    /// A flow free text may start. Not one named like a report command
     /// (the digest: its command decides where a report may be shown, and
     /// a group chat is not such a place), nor one an event starts (a lead
     /// qualification needs the lead that arrived).
     pub(super) fn routable_flow(&self, intent: &str) -> bool {
+        let is_report = super::commands::find(intent).is_some_and(|spec| spec.report);
         self.flows
             .get(intent)
-            .is_some_and(|flow| flow.on.is_none() && super::commands::find(intent).is_none())
+            .is_some_and(|flow| flow.on.is_none() && !is_report)
     }
 
     fn intent_options(&self) -> Vec<(String, String)> {

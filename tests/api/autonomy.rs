@@ -28,6 +28,7 @@ on_both_backends!(
     at_never_a_hot_leads_reply_is_emailed_without_waiting_and_the_operator_is_told,
     at_borderline_hot_and_cold_leads_go_out_and_a_borderline_lead_waits,
     at_never_a_lead_with_an_injection_attempt_waits_and_nothing_is_emailed,
+    at_never_a_reply_holding_a_secret_waits_and_nothing_is_emailed,
     at_never_an_offer_stating_another_price_waits_on_telegram_with_the_reason,
     autonomy_sets_and_lists_levels_with_an_audit_row_per_change,
     an_unknown_flow_or_level_a_non_owner_and_a_forged_button_are_refused,
@@ -266,6 +267,34 @@ async fn at_never_a_lead_with_an_injection_attempt_waits_and_nothing_is_emailed(
             "Autonomy did not apply (lead-qualification runs at 'never'): the guardrails flagged this draft, so it waits for you."
         ),
         "{shown}"
+    );
+    assert!(!shown.contains("Approved by autonomy"), "{shown}");
+    assert_eq!(received, 0, "nothing went out");
+}
+
+async fn at_never_a_reply_holding_a_secret_waits_and_nothing_is_emailed(db: Db) {
+    // Issue 11: an automatic message containing a secret from the settings
+    // (here the model provider's key) is blocked and the operator told.
+    let (app, smtp, delivering) = spawn(db, at_level("lead-qualification", "never")).await;
+    let leaking = format!("{REPLY}\nPS: our key is sk-test-not-a-real-key");
+
+    let told = receive(&app, &hot_lead("H3", HOT_MESSAGE), Some(&leaking)).await;
+    settle().await;
+    let received = smtp.received().await.len();
+    delivering.cancel();
+
+    let shown = texts(&told);
+    assert!(
+        has_button(&told, "Approve"),
+        "the approval is back: {shown}"
+    );
+    assert!(
+        shown.contains("the guardrails flagged this draft, so it waits for you"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("a key or token from the settings"),
+        "the flag names what: {shown}"
     );
     assert!(!shown.contains("Approved by autonomy"), "{shown}");
     assert_eq!(received, 0, "nothing went out");
