@@ -44,7 +44,11 @@ impl Controller {
         let events = self.store.journal(run.id).await?;
         let state = RunState::fold(&events).map_err(EngineError::from)?;
         let ledger = self.store.ledger_for_run(run.id).await?;
-        let cost: f64 = ledger.iter().filter_map(|e| e.cost_usd).sum();
+        // A fold from +0.0: a float `sum` of nothing is -0.0 ("$-0.0000").
+        let cost: f64 = ledger
+            .iter()
+            .filter_map(|e| e.cost_usd)
+            .fold(0.0, |total, c| total + c);
         let tokens: i64 = ledger
             .iter()
             .map(|e| e.input_tokens + e.output_tokens)

@@ -446,8 +446,10 @@ fn lines(lines: Vec<CostLine>) -> Vec<Line> {
         .collect()
 }
 
+/// The lines' total. Not `Iterator::sum`: for floats it starts from -0.0
+/// (IEEE's neutral element), which an empty day prints as "$-0.0000".
 fn sum_cost(lines: &[CostLine]) -> f64 {
-    lines.iter().map(|l| l.cost_usd).sum()
+    lines.iter().fold(0.0, |total, l| total + l.cost_usd)
 }
 
 fn percent(part: i64, whole: i64) -> f64 {
@@ -493,4 +495,14 @@ pub fn requested_time(request: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(request.trim())
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_day_with_no_spend_prints_as_zero_not_minus_zero() {
+        assert_eq!(format!("{:.4}", sum_cost(&[])), "0.0000");
+    }
 }

@@ -122,10 +122,10 @@ impl Store {
         .bind(window.to)
         .fetch_all(&self.pool)
         .await?;
-        let cache_saved = rows
-            .iter()
-            .map(|(hits, mean)| *hits as f64 * mean.unwrap_or(0.0))
-            .sum();
+        // A fold from +0.0: a float `sum` of nothing is -0.0 ("$-0.0000").
+        let cache_saved = rows.iter().fold(0.0, |saved, (hits, mean)| {
+            saved + *hits as f64 * mean.unwrap_or(0.0)
+        });
         let batch_saved: Option<f64> = sqlx::query_scalar(
             "SELECT SUM(saved_usd) FROM cost_ledger WHERE created_at >= $1 AND created_at < $2",
         )
