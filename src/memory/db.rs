@@ -71,6 +71,16 @@ impl Scope {
             Scope::Decisions => "s.kind = 'decision'",
         }
     }
+
+    /// How a chunk id relates to the decision log's ids: filtering by id
+    /// before ranking keeps the scope from ranking the other's matches
+    /// (the decision log is small; the knowledge may hold 100k chunks).
+    fn membership(self) -> &'static str {
+        match self {
+            Scope::Knowledge => "NOT IN",
+            Scope::Decisions => "IN",
+        }
+    }
 }
 
 const SOURCE_COLUMNS: &str = "s.id, s.name, s.kind, s.title, s.url, s.origin, s.content_hash, s.weight, s.meta, s.ingested_at, s.refreshed_at";
@@ -274,22 +284,19 @@ pub async fn search(
     }
     let columns = HIT_COLUMNS;
     let (sql, query) = match store.backend() {
-        // Each term quoted: raw text in MATCH is a query language
-        // ("web-site" or "foo:" would be read as operators or columns).
         Backend::Sqlite => (
             format!(
-                "SELECT {columns}, -bm25(memory_fts, 3.0, 1.0) AS rank
-                 FROM memory_fts JOIN memory_chunks c ON c.id = memory_fts.rowid
+                "SELECT {columns}, -f.score AS rank FROM (
+                     SELECT rowid AS id, bm25(memory_fts, 3.0, 1.0) AS score FROM memory_fts
+                     WHERE memory_fts MATCH $1 AND rowid {} ({DECISION_CHUNKS})
+                     ORDER BY score LIMIT $2) f
+                 JOIN memory_chunks c ON c.id = f.id
                  JOIN memory_sources s ON s.id = c.source_id
-                 WHERE memory_fts MATCH $1 AND {}
-                 ORDER BY bm25(memory_fts, 3.0, 1.0) LIMIT $2",
+                 WHERE {} ORDER BY f.score LIMIT $2",
+                scope.membership(),
                 scope.condition()
             ),
-            terms
-                .iter()
-                .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
-                .collect::<Vec<_>>()
-                .join(" OR "),
+            fts5_any(terms),
         ),
         // websearch_to_tsquery never fails on odd input; "or" between the
         // words asks for any of them (its default is all).
@@ -298,8 +305,10 @@ pub async fn search(
                 "SELECT {columns}, CAST(ts_rank(c.tsv, q, 1) AS DOUBLE PRECISION) AS rank
                  FROM memory_chunks c JOIN memory_sources s ON s.id = c.source_id,
                       websearch_to_tsquery('english', $1) q
-                 WHERE c.tsv @@ q AND {}
+                 WHERE c.tsv @@ q AND c.source_id {} (
+                     SELECT id FROM memory_sources WHERE kind = 'decision') AND {}
                  ORDER BY rank DESC LIMIT $2",
+                scope.membership(),
                 scope.condition()
             ),
             terms.join(" or "),
@@ -311,6 +320,238 @@ pub async fn search(
         .fetch_all(store.pool())
         .await?;
     Ok(rows.into_iter().map(raw_hit).collect())
+}
+
+/// The knowledge chunks that best match `terms`, ranked over at most
+/// about `cap` matching chunks, so that a query of common words costs the
+/// same at 100k chunks as at 1k.
+///
+/// The terms are taken rarest first while their match counts (counted up
+/// to `cap`) add up to at most `cap`, the rarest always. Common words carry
+/// little weight in bm25 and `ts_rank` alike, yet ranking every chunk they
+/// match is what made a query slow. When the terms taken still match more
+/// than `cap` chunks, the newest `cap` of them are ranked. Below `cap`
+/// matches in all, this is the exact ranking over every term.
+pub async fn search_knowledge(
+    store: &Store,
+    terms: &[String],
+    limit: usize,
+    cap: usize,
+) -> StoreResult<Vec<RawHit>> {
+    if terms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cap = cap.max(1);
+    let taken = terms_within(store, terms, cap).await?;
+    let scope = Scope::Knowledge.condition();
+    let (sql, query) = match store.backend() {
+        // The window and the rank run on the full-text table alone; only
+        // the best rows are joined. A decision's chunks are kept out by id
+        // before ranking, so they cannot crowd the window.
+        Backend::Sqlite => (
+            format!(
+                "SELECT {HIT_COLUMNS}, -f.score AS rank FROM (
+                     SELECT rowid AS id, bm25(memory_fts, 3.0, 1.0) AS score FROM memory_fts
+                     WHERE memory_fts MATCH $1 AND rowid NOT IN ({DECISION_CHUNKS})
+                       AND rowid > COALESCE((
+                           SELECT rowid FROM memory_fts WHERE memory_fts MATCH $1
+                             AND rowid NOT IN ({DECISION_CHUNKS})
+                           ORDER BY rowid DESC LIMIT 1 OFFSET $3), 0)
+                     ORDER BY score LIMIT $2) f
+                 JOIN memory_chunks c ON c.id = f.id
+                 JOIN memory_sources s ON s.id = c.source_id
+                 WHERE {scope} ORDER BY f.score LIMIT $2"
+            ),
+            fts5_any(&taken),
+        ),
+        Backend::Postgres => (
+            format!(
+                "SELECT {HIT_COLUMNS}, CAST(ts_rank(c.tsv, q, 1) AS DOUBLE PRECISION) AS rank
+                 FROM (SELECT c.id FROM memory_chunks c, websearch_to_tsquery('english', $1) q
+                       WHERE c.tsv @@ q AND c.source_id NOT IN (
+                           SELECT id FROM memory_sources WHERE kind = 'decision')
+                       ORDER BY c.id DESC LIMIT $3) w
+                 JOIN memory_chunks c ON c.id = w.id
+                 JOIN memory_sources s ON s.id = c.source_id,
+                 websearch_to_tsquery('english', $4) q
+                 WHERE {scope} ORDER BY rank DESC LIMIT $2"
+            ),
+            taken.join(" or "),
+        ),
+    };
+    // PostgreSQL ranks the window by every term ($4): `ts_rank` reads the
+    // row's own vector. FTS5's bm25 would count every term's matches in
+    // the whole index, the cost this avoids, so SQLite ranks by the terms
+    // taken.
+    let rows: Vec<HitRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(query)
+        .bind(limit as i64)
+        .bind(cap as i64)
+        .bind(terms.join(" or "))
+        .fetch_all(store.pool())
+        .await?;
+    Ok(rows.into_iter().map(raw_hit).collect())
+}
+
+/// The ids of the decision log's chunks (few: one per decided draft).
+const DECISION_CHUNKS: &str = "SELECT c.id FROM memory_chunks c
+     JOIN memory_sources s ON s.id = c.source_id WHERE s.kind = 'decision'";
+
+/// `terms` as an FTS5 query matching any of them, each quoted: raw text in
+/// MATCH is a query language ("web-site" or "foo:" would be read as
+/// operators or columns).
+fn fts5_any(terms: &[String]) -> String {
+    terms
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// The terms to rank by: the longest run of them, rarest first, whose
+/// matches together stay within `cap` (the rarest always), in the query's
+/// order.
+///
+/// SQLite counts in the full-text index, each count stopping at `cap + 1`:
+/// each term alone, then each rarest-first run of them. PostgreSQL reads
+/// the estimate `ANALYZE` keeps for the `tsv` column (its most common
+/// lexemes and their frequencies; counting would read a row per match) and
+/// takes the terms as independent. A lexeme missing from that list is
+/// rarer than every listed one and counts 0; so does every term before the
+/// first `ANALYZE` (autovacuum runs it as the table grows), which leaves
+/// the newest-matches window alone to bound the ranking.
+async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResult<Vec<String>> {
+    let limit = cap as u64;
+    let taken = match store.backend() {
+        Backend::Sqlite => {
+            let alone: Vec<String> = terms
+                .iter()
+                .map(|t| fts5_any(std::slice::from_ref(t)))
+                .collect();
+            let counts = sqlite_counts(store, &alone, cap).await?;
+            let order = rarest_first(&counts);
+            let taken = if counts.iter().sum::<u64>() <= limit {
+                order.len()
+            } else {
+                let runs: Vec<String> = (1..=order.len())
+                    .map(|n| {
+                        let run: Vec<String> =
+                            order[..n].iter().map(|&i| terms[i].clone()).collect();
+                        fts5_any(&run)
+                    })
+                    .collect();
+                longest_within(&sqlite_counts(store, &runs, cap).await?, limit)
+            };
+            pick(terms, &order[..taken])
+        }
+        Backend::Postgres => {
+            let (frequencies, rows) = postgres_frequencies(store, terms).await?;
+            let order = rarest_first(
+                &frequencies
+                    .iter()
+                    .map(|f| (f * 1e9) as u64)
+                    .collect::<Vec<_>>(),
+            );
+            let mut missed = 1.0;
+            let unions: Vec<u64> = order
+                .iter()
+                .map(|&i| {
+                    missed *= 1.0 - frequencies[i].clamp(0.0, 1.0);
+                    (rows * (1.0 - missed)).round() as u64
+                })
+                .collect();
+            pick(terms, &order[..longest_within(&unions, limit)])
+        }
+    };
+    Ok(taken)
+}
+
+/// How many chunks each FTS5 expression matches, each count stopping at
+/// `cap + 1`; one statement.
+async fn sqlite_counts(store: &Store, expressions: &[String], cap: usize) -> StoreResult<Vec<u64>> {
+    let sql = (0..expressions.len())
+        .map(|i| {
+            format!(
+                "SELECT {i}, (SELECT count(*) FROM (SELECT 1 FROM memory_fts
+                 WHERE memory_fts MATCH ${} LIMIT ${}))",
+                i + 1,
+                expressions.len() + 1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+    for expression in expressions {
+        query = query.bind(expression.clone());
+    }
+    let rows: Vec<(i64, i64)> = query.bind(cap as i64 + 1).fetch_all(store.pool()).await?;
+    let mut counts = vec![0u64; expressions.len()];
+    for (i, count) in rows {
+        if let Some(slot) = usize::try_from(i).ok().and_then(|i| counts.get_mut(i)) {
+            *slot = count.max(0) as u64;
+        }
+    }
+    Ok(counts)
+}
+
+/// Each term's share of chunks by PostgreSQL's statistics, and the row
+/// estimate.
+async fn postgres_frequencies(store: &Store, terms: &[String]) -> StoreResult<(Vec<f64>, f64)> {
+    // Terms are letters and digits only (retrieve::terms), so a space
+    // separates them safely.
+    let rows: Vec<(i64, f64, f64)> = sqlx::query_as(
+        "WITH st AS (
+             SELECT CAST(CAST(most_common_elems AS TEXT) AS TEXT[]) AS e,
+                    most_common_elem_freqs AS f
+             FROM pg_stats WHERE schemaname = current_schema()
+               AND tablename = 'memory_chunks' AND attname = 'tsv'),
+         n AS (SELECT CAST(GREATEST(reltuples, 0) AS DOUBLE PRECISION) AS rows FROM pg_class
+               WHERE oid = CAST('memory_chunks' AS regclass))
+         SELECT CAST(t.i AS BIGINT) - 1,
+                CAST(COALESCE(MAX(st.f[array_position(st.e, l.lexeme)]), 0) AS DOUBLE PRECISION),
+                COALESCE((SELECT rows FROM n), 0)
+         FROM unnest(string_to_array($1, ' ')) WITH ORDINALITY AS t(term, i)
+         LEFT JOIN LATERAL unnest(tsvector_to_array(to_tsvector('english', t.term)))
+              AS l(lexeme) ON TRUE
+         LEFT JOIN st ON TRUE
+         GROUP BY t.i",
+    )
+    .bind(terms.join(" "))
+    .fetch_all(store.pool())
+    .await?;
+    let mut frequencies = vec![0f64; terms.len()];
+    let mut total = 0f64;
+    for (i, frequency, rows) in rows {
+        if let Some(slot) = usize::try_from(i).ok().and_then(|i| frequencies.get_mut(i)) {
+            *slot = frequency;
+        }
+        total = rows;
+    }
+    Ok((frequencies, total))
+}
+
+/// Positions of `counts`, smallest first (ties in the query's order).
+pub(super) fn rarest_first(counts: &[u64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    order.sort_by_key(|&i| counts[i]);
+    order
+}
+
+/// How many of the runs (sizes of the first 1, 2, … terms together) to
+/// take: the most whose size stays within `cap`, at least one.
+pub(super) fn longest_within(runs: &[u64], cap: u64) -> usize {
+    runs.iter()
+        .take_while(|&&size| size <= cap)
+        .count()
+        .max(1)
+        .min(runs.len())
+}
+
+/// The terms at `positions`, in the query's order.
+fn pick(terms: &[String], positions: &[usize]) -> Vec<String> {
+    let mut positions = positions.to_vec();
+    positions.sort_unstable();
+    positions.into_iter().map(|i| terms[i].clone()).collect()
 }
 
 type HitRow = (
@@ -676,4 +917,35 @@ async fn rewrite(
             .await?;
     }
     Ok(rows.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn terms_are_ordered_rarest_first_and_runs_taken_while_within_the_cap() {
+        assert_eq!(rarest_first(&[900, 40, 700, 3]), [3, 1, 2, 0]);
+        assert_eq!(
+            rarest_first(&[5, 5, 1]),
+            [2, 0, 1],
+            "ties keep the query's order"
+        );
+        // Runs of 3, 43, 743, 1001 matches under a cap of 500: two.
+        assert_eq!(longest_within(&[3, 43, 743, 1001], 500), 2);
+        assert_eq!(longest_within(&[3, 43, 70], 500), 3);
+        assert_eq!(longest_within(&[900, 1001], 500), 1, "the rarest always");
+        let terms: Vec<String> = ["price", "sprint", "brand", "trilho"]
+            .map(String::from)
+            .into();
+        assert_eq!(
+            pick(&terms, &[3, 1]),
+            ["sprint", "trilho"],
+            "the query's order"
+        );
+    }
 }

@@ -51,6 +51,10 @@ pub struct MemorySettings {
     pub local_model_dir: String,
     /// How many knowledge chunks a draft sees.
     pub top_k: usize,
+    /// Full-text retrieval ranks at most about this many matching chunks
+    /// (`db::search_knowledge`): rarest query words first, then the newest
+    /// matches. Below it in all, the ranking is exact.
+    pub text_rank_cap: usize,
     /// Chunk size bound and the overlap between neighbours, in characters.
     pub chunk_chars: usize,
     pub overlap_chars: usize,
@@ -76,6 +80,7 @@ impl Default for MemorySettings {
             embedder: "none".into(),
             local_model_dir: String::new(),
             top_k: 4,
+            text_rank_cap: 1000,
             chunk_chars: 1200,
             overlap_chars: 200,
             recency_half_life_days: 180.0,

@@ -144,7 +144,8 @@ impl Memory {
     ) -> Result<Vec<Hit>, MemoryError> {
         let terms = terms(query);
         let pool = (k * 8).max(32);
-        let text = db::search(&self.store, &terms, Scope::Knowledge, pool).await?;
+        let cap = self.settings.text_rank_cap;
+        let text = db::search_knowledge(&self.store, &terms, pool, cap).await?;
         let Some((model, vector)) = vector else {
             return Ok(self.rank(text, &terms, k));
         };
