@@ -1021,7 +1021,11 @@ async fn a_mention_sent_while_the_session_could_not_resume_is_read_back_from_his
     assert_eq!(reads[0].0, CHANNEL);
     assert!(reads[0].1.contains(&missed), "{reads:?}");
     let history_calls = bot.discord.calls("GET", "/messages");
-    assert_eq!(history_calls.len(), 2, "one read per channel: {history_calls:?}");
+    assert_eq!(
+        history_calls.len(),
+        2,
+        "one read per channel: {history_calls:?}"
+    );
     assert!(bot.running.as_ref().is_some_and(|r| !r.is_finished()));
 }
 

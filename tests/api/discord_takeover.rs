@@ -98,7 +98,9 @@ async fn when_the_gateway_holder_is_killed_the_other_identifies_and_answers_the_
     a.kill();
     let killed = Instant::now();
     discord
-        .wait_for("A's connection to close", |w| (!w.connected()).then_some(()))
+        .wait_for("A's connection to close", |w| {
+            (!w.connected()).then_some(())
+        })
         .await;
     let missed = mention(&discord, "missed2");
 
@@ -109,14 +111,23 @@ async fn when_the_gateway_holder_is_killed_the_other_identifies_and_answers_the_
         .await;
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(15), "the takeover took {took:?}");
-    assert_eq!(discord.see(|w| w.resumes()), 0, "B cannot resume A's session");
+    assert_eq!(
+        discord.see(|w| w.resumes()),
+        0,
+        "B cannot resume A's session"
+    );
     answered(&discord, "missed2", &[&b]).await;
     mention(&discord, "after3");
     answered(&discord, "after3", &[&b]).await;
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     for name in ["before1", "missed2", "after3"] {
-        assert_eq!(answers_to(&discord, name), 1, "/{name}; B's log:\n{}", b.log_text());
+        assert_eq!(
+            answers_to(&discord, name),
+            1,
+            "/{name}; B's log:\n{}",
+            b.log_text()
+        );
     }
     let reads = discord.see(|w| w.history_reads.clone());
     assert!(

@@ -930,20 +930,13 @@ async fn channel_history(
         let status = StatusCode::from_u16(*status).unwrap();
         return discord_error(status, 50001, "Missing Access");
     }
-    let after: u64 = query
-        .get("after")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(0);
+    let after: u64 = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
     let limit: usize = query
         .get("limit")
         .and_then(|l| l.parse().ok())
         .unwrap_or(50);
     if !(1..=100).contains(&limit) {
-        return discord_error(
-            StatusCode::BAD_REQUEST,
-            50035,
-            "Invalid Form Body: limit",
-        );
+        return discord_error(StatusCode::BAD_REQUEST, 50035, "Invalid Form Body: limit");
     }
     let mut found: BTreeMap<u64, Value> = world
         .posted
