@@ -116,12 +116,8 @@ impl Recovery {
                 return;
             }
         };
-        let channels = marks
-            .into_iter()
-            .filter(|(channel, _)| self.channels.contains(channel))
-            .take(CHANNELS_AT_MOST);
         let mut recovered = 0;
-        for (channel, last_seen) in channels {
+        for (channel, last_seen) in channels_to_read(marks, &self.channels) {
             if self.stop.is_cancelled() {
                 break;
             }
@@ -196,5 +192,35 @@ impl Recovery {
 
     fn gap(&self) -> std::sync::MutexGuard<'_, Option<i64>> {
         self.gap_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Of the channels with their last update seen, those read back: allowed
+/// ones only, the most recently active first, at most
+/// [`CHANNELS_AT_MOST`].
+fn channels_to_read(mut marks: Vec<(String, i64)>, allowed: &[String]) -> Vec<(String, i64)> {
+    marks.retain(|(channel, _)| allowed.contains(channel));
+    marks.sort_by_key(|(_, last_seen)| std::cmp::Reverse(*last_seen));
+    marks.truncate(CHANNELS_AT_MOST);
+    marks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allowed_channels_are_read_back_at_most_twenty_the_most_recently_active_first() {
+        let allowed: Vec<String> = (0..25).map(|n| format!("c{n}")).collect();
+        let mut marks: Vec<(String, i64)> = (0..25).map(|n| (format!("c{n}"), 100 + n)).collect();
+        marks.push(("not-allowed".into(), 1_000));
+        marks.push(("dm".into(), 999));
+
+        let read = channels_to_read(marks, &allowed);
+
+        assert_eq!(read.len(), CHANNELS_AT_MOST);
+        assert_eq!(read[0], ("c24".to_string(), 124));
+        assert_eq!(read[19], ("c5".to_string(), 105));
+        assert!(read.iter().all(|(c, _)| allowed.contains(c)));
     }
 }
