@@ -12,7 +12,8 @@
 //!   platform's API client and its limits. `console` is the terminal;
 //!   `telegram` polls (or takes a webhook) and delivers the outbox within
 //!   Telegram's limits; `discord` takes slash commands, presses and mentions
-//!   through the gateway (serenity) and delivers the outbox over REST.
+//!   through the gateway (serenity), reads back from channel history the
+//!   mentions sent between two sessions, and delivers the outbox over REST.
 //! - [`frontdoor`]: the same way in for every platform: record the update,
 //!   queue it in its chat's lane (in order per chat, chats in parallel,
 //!   bounded, the poller held back when full), hand it to the controller

@@ -271,6 +271,28 @@ impl Store {
         .await?)
     }
 
+    /// Per chat of `platform`, the highest update id recorded at
+    /// `since_ms` or later and before `before_ms` (Unix milliseconds), the
+    /// chats with the newest update first: where a platform's history can
+    /// be read from after the last update seen there.
+    pub async fn last_update_per_chat(
+        &self,
+        platform: Platform,
+        since_ms: i64,
+        before_ms: i64,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT chat_id, MAX(update_id) AS last_id FROM platform_updates
+             WHERE platform = $1 AND received_at >= $2 AND received_at < $3
+             GROUP BY chat_id ORDER BY last_id DESC",
+        )
+        .bind(platform.as_str())
+        .bind(since_ms)
+        .bind(before_ms)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Forgets handled updates received before `before_ms`.
     pub async fn prune_updates(&self, platform: Platform, before_ms: i64) -> StoreResult<u64> {
         Ok(sqlx::query(

@@ -46,6 +46,8 @@ on_both_backends!(
     a_public_reply_never_fills_another_users_thinking_response,
     in_a_server_channel_not_listed_nothing_is_done_and_reports_stay_private,
     a_strangers_words_are_not_stored_and_not_answered_in_public,
+    a_mention_sent_while_the_session_could_not_resume_is_read_back_from_history_and_answered_once,
+    a_mention_seen_live_and_again_in_history_is_answered_once,
 );
 
 /// The owner (`owner.discord_user_id`), recorded as `business.owner`.
@@ -952,4 +954,119 @@ async fn a_strangers_words_are_not_stored_and_not_answered_in_public(db: Db) {
         .unwrap();
         assert_eq!(found, 0, "the stranger's words are in {table}");
     }
+}
+
+/// How many of the bot's messages in `channel` answer `/NAME` (the bot
+/// answers an unknown command `/NAME` with "… the command /NAME. …").
+fn answers_to(bot: &Bot, channel: &str, name: &str) -> usize {
+    let asked = format!("/{name}.");
+    bot.discord.see(|w| {
+        w.in_channel(channel)
+            .iter()
+            .filter(|m| m.content.contains(&asked))
+            .count()
+    })
+}
+
+/// The owner mentions the bot with `/NAME` in `channel`, live, and waits
+/// for the answer.
+async fn mention_answered(bot: &Bot, channel: &str, name: &str) -> u64 {
+    let id = bot
+        .discord
+        .post(OWNER, Place::Guild, channel, &format!("/{name}"), true);
+    bot.posted(channel, &format!("/{name}.")).await;
+    id
+}
+
+async fn a_mention_sent_while_the_session_could_not_resume_is_read_back_from_history_and_answered_once(
+    db: Db,
+) {
+    let bot = Bot::start(db).await;
+    // The bot was active in both allowed channels: where history is read
+    // back from.
+    mention_answered(&bot, CHANNEL, "seen1").await;
+    mention_answered(&bot, OTHER_CHANNEL, "other1").await;
+    // The other channel's history is refused (the bot lost access to it).
+    bot.discord.refuse_history(OTHER_CHANNEL, 403);
+
+    // Two mentions reach the channels but no session; the session is lost
+    // and cannot be resumed, so the bot identifies anew.
+    let missed = bot
+        .discord
+        .post_unseen(OWNER, Place::Guild, CHANNEL, "/missed2", true);
+    bot.discord
+        .post_unseen(OWNER, Place::Guild, OTHER_CHANNEL, "/other2", true);
+    bot.discord.drop_connection_and_session();
+    bot.discord
+        .wait_for("a new session", |w| (w.identifies() == 2).then_some(()))
+        .await;
+
+    bot.posted(CHANNEL, "/missed2.").await;
+    // The gateway keeps working after the refused channel.
+    mention_answered(&bot, CHANNEL, "live3").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for name in ["seen1", "missed2", "live3"] {
+        assert_eq!(answers_to(&bot, CHANNEL, name), 1, "/{name}");
+    }
+    assert_eq!(answers_to(&bot, OTHER_CHANNEL, "other1"), 1);
+    assert_eq!(
+        answers_to(&bot, OTHER_CHANNEL, "other2"),
+        0,
+        "a refused channel is skipped"
+    );
+    assert_eq!(bot.discord.see(|w| w.resumes()), 0);
+    // One page, read from the last update seen in the channel.
+    let reads = bot.discord.see(|w| w.history_reads.clone());
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0].0, CHANNEL);
+    assert!(reads[0].1.contains(&missed), "{reads:?}");
+    let history_calls = bot.discord.calls("GET", "/messages");
+    assert_eq!(
+        history_calls.len(),
+        2,
+        "one read per channel: {history_calls:?}"
+    );
+    assert!(bot.running.as_ref().is_some_and(|r| !r.is_finished()));
+}
+
+async fn a_mention_seen_live_and_again_in_history_is_answered_once(db: Db) {
+    let bot = Bot::start(db).await;
+    mention_answered(&bot, CHANNEL, "seen1").await;
+    // History is answered late, so a mention sent live after the new
+    // session began is in it too.
+    bot.discord.slow_history(Duration::from_millis(1500));
+    bot.discord
+        .post_unseen(OWNER, Place::Guild, CHANNEL, "/missed2", true);
+    bot.discord.drop_connection_and_session();
+    bot.discord
+        .wait_for("a new session", |w| {
+            (w.identifies() == 2 && w.connected()).then_some(())
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let both_ways = mention_answered(&bot, CHANNEL, "live3").await;
+
+    bot.posted(CHANNEL, "/missed2.").await;
+    let reads = bot
+        .discord
+        .wait_for("the history read", |w| {
+            (!w.history_reads.is_empty()).then(|| w.history_reads.clone())
+        })
+        .await;
+    assert!(
+        reads[0].1.contains(&both_ways),
+        "the live mention is in the page read: {reads:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for name in ["seen1", "missed2", "live3"] {
+        assert_eq!(answers_to(&bot, CHANNEL, name), 1, "/{name}");
+    }
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM platform_updates WHERE platform = 'discord' AND update_id = $1",
+    )
+    .bind(both_ways as i64)
+    .fetch_one(bot.test.app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1);
 }

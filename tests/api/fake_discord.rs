@@ -4,8 +4,11 @@
 //! REST under `/api/v10`: `/oauth2/applications/@me`, `/gateway` and
 //! `/gateway/bot`, slash-command bulk overwrite (global and guild), create
 //! and edit message (JSON or multipart with files), interaction callbacks,
-//! `@original` edit and delete, follow-ups. Bot routes demand the bot token
-//! (401 otherwise); a test can script 429s (per route or global).
+//! `@original` edit and delete, follow-ups, channel history (`GET
+//! /channels/{id}/messages` with `after` and `limit`: the users' posts and
+//! the bot's messages, as REST shows them, without `guild_id`). Bot routes
+//! demand the bot token (401 otherwise); a test can script 429s (per route
+//! or global), refuse or slow down a channel's history.
 //!
 //! The gateway at `/gateway` is a WebSocket speaking the real protocol:
 //! HELLO, IDENTIFY → READY, heartbeats → ACK, RESUME → replay of the events
@@ -160,6 +163,15 @@ pub struct World {
     pub deleted: Vec<u64>,
     /// Scripted answers for the next deletes: (status, code, message).
     delete_refusals: VecDeque<(u16, u64, &'static str)>,
+    /// What users posted (their MESSAGE_CREATE payloads), by id: the
+    /// channels' history besides the bot's own messages.
+    posted: BTreeMap<u64, Value>,
+    /// Channels whose history is refused, with the HTTP status.
+    history_refusals: HashMap<String, u16>,
+    /// How long a history read waits before it is answered.
+    history_delay: Duration,
+    /// The ids each history read answered with, in order of the reads.
+    pub history_reads: Vec<(String, Vec<u64>)>,
 }
 
 impl World {
@@ -232,7 +244,10 @@ impl FakeDiscord {
                 "/applications/{app}/guilds/{guild}/commands",
                 put(guild_commands),
             )
-            .route("/channels/{channel}/messages", post(create_message))
+            .route(
+                "/channels/{channel}/messages",
+                post(create_message).get(channel_history),
+            )
             .route(
                 "/channels/{channel}/messages/{id}",
                 patch(edit_message).delete(delete_message),
@@ -340,8 +355,55 @@ impl FakeDiscord {
         let mut world = self.world.lock().unwrap();
         let id = world.id();
         let payload = message_create(id, user, place, channel, text, mention);
+        world.posted.insert(id, payload.clone());
         dispatch(&mut world, "MESSAGE_CREATE", payload);
         id
+    }
+
+    /// A user posts a message that reaches the channel's history but no
+    /// gateway session (as while nobody holds the gateway). Returns its id.
+    pub fn post_unseen(
+        &self,
+        user: User,
+        place: Place,
+        channel: &str,
+        text: &str,
+        mention: bool,
+    ) -> u64 {
+        let mut world = self.world.lock().unwrap();
+        let id = world.id();
+        let payload = message_create(id, user, place, channel, text, mention);
+        world.posted.insert(id, payload);
+        id
+    }
+
+    /// Reads of `channel`'s history are refused with `status` from now on.
+    pub fn refuse_history(&self, channel: &str, status: u16) {
+        self.world
+            .lock()
+            .unwrap()
+            .history_refusals
+            .insert(channel.to_string(), status);
+    }
+
+    /// History reads wait `delay` before they are answered (what they
+    /// answer is read after the wait).
+    pub fn slow_history(&self, delay: Duration) {
+        self.world.lock().unwrap().history_delay = delay;
+    }
+
+    /// Drops the gateway connection and ends its session: the client's
+    /// RESUME is answered with an invalid session, so it identifies anew
+    /// and the events in between are never replayed.
+    pub fn drop_connection_and_session(&self) {
+        let live = {
+            let mut world = self.world.lock().unwrap();
+            world.gateway.session_id = None;
+            world.gateway.live.take()
+        };
+        if let Some((_, connection)) = live {
+            let _ = connection.send(Control::Close(4000));
+        }
     }
 
     /// Drops the gateway connection (close code 4000, resumable) and, before
@@ -842,6 +904,66 @@ async fn create_message(
     }
     let message = new_message(&mut world, &channel, &body, files);
     message_response(&message)
+}
+
+/// `GET /channels/{id}/messages?after=ID&limit=N`: the oldest `limit`
+/// (default 50, at most 100) messages after `after`, newest first, as REST
+/// shows them (no `guild_id`, no `member`); or a scripted refusal.
+async fn channel_history(
+    State((world, _)): State<ApiState>,
+    Path(channel): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let delay = world.lock().unwrap().history_delay;
+    tokio::time::sleep(delay).await;
+    let mut world = world.lock().unwrap();
+    if let Some(refused) = gate(
+        &mut world,
+        &headers,
+        "GET",
+        &format!("/channels/{channel}/messages"),
+    ) {
+        return refused;
+    }
+    if let Some(status) = world.history_refusals.get(&channel) {
+        let status = StatusCode::from_u16(*status).unwrap();
+        return discord_error(status, 50001, "Missing Access");
+    }
+    let after: u64 = query.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let limit: usize = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return discord_error(StatusCode::BAD_REQUEST, 50035, "Invalid Form Body: limit");
+    }
+    let mut found: BTreeMap<u64, Value> = world
+        .posted
+        .iter()
+        .filter(|(_, m)| m["channel_id"] == channel.as_str())
+        .map(|(id, m)| {
+            let mut m = m.clone();
+            let fields = m.as_object_mut().unwrap();
+            fields.remove("guild_id");
+            fields.remove("member");
+            (*id, m)
+        })
+        .collect();
+    for message in world.messages.values() {
+        if message.channel == channel && !message.is_ephemeral() {
+            found.insert(message.id, message_json(message));
+        }
+    }
+    let page: Vec<(u64, Value)> = found
+        .into_iter()
+        .filter(|(id, _)| *id > after)
+        .take(limit)
+        .collect();
+    let ids = page.iter().map(|(id, _)| *id).collect();
+    world.history_reads.push((channel, ids));
+    let newest_first: Vec<Value> = page.into_iter().rev().map(|(_, m)| m).collect();
+    Json(newest_first).into_response()
 }
 
 async fn edit_message(

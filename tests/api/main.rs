@@ -18,6 +18,7 @@ mod cluster;
 mod console;
 mod digest;
 mod discord;
+mod discord_takeover;
 mod doctor;
 mod email;
 mod events;

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::commands;
 use super::deliver::DiscordDelivery;
 use super::interactions::{Open, OpenInteractions, OpenKind};
+use super::recover::Recovery;
 use super::rest::{self, InteractionToken, Rest, RestError};
 use crate::controller::{Controller, ControllerError, NOT_OPEN, Outcome};
 use crate::domain::{ButtonToken, ChatKind, ChatRef, Inbound, InboundContent, Outbound, Platform};
@@ -62,6 +63,8 @@ pub struct Gateway {
     pub bot_user_id: u64,
     /// Where the gateway's connection state is reported (`/healthz`).
     pub health: crate::http::Health,
+    /// Mentions missed between sessions, read back from channel history.
+    pub recovery: Arc<Recovery>,
 }
 
 #[serenity::async_trait]
@@ -69,37 +72,34 @@ impl EventHandler for Gateway {
     async fn ready(&self, _ctx: Context, ready: Ready) {
         tracing::info!(bot = %ready.user.name, guilds = ready.guilds.len(), "connected to the Discord gateway");
         self.health.set(super::HEALTH, true);
+        // A READY is a new session (this process took the gateway, or a
+        // dropped one could not be resumed): what Discord sent in between
+        // is not replayed, so read the channels' history for it.
+        self.recovery.after_new_session().await;
     }
 
     async fn resume(&self, _ctx: Context, _event: ResumedEvent) {
         tracing::info!("Discord gateway session resumed");
         self.health.set(super::HEALTH, true);
+        self.recovery.resumed();
     }
 
     /// Leaving the connected stage (a dropped connection, a resume under
     /// way) is reported until `ready` or `resume` says it is back.
     async fn shard_stage_update(&self, _ctx: Context, event: ShardStageUpdateEvent) {
         if event.new != ConnectionStage::Connected {
+            self.recovery.connection_lost();
             self.health
                 .down(super::HEALTH, format!("the gateway is {}", event.new));
         }
     }
 
     async fn message(&self, _ctx: Context, message: Message) {
-        let Some(text) = addressed_text(&message, self.bot_user_id) else {
+        let kind = chat_kind(message.guild_id);
+        let Some(update) = message_arrival(&message, self.bot_user_id, kind) else {
             return;
         };
-        let inbound = Inbound {
-            message_id: Some(message.id.to_string()),
-            ..inbound(
-                message.channel_id,
-                message.guild_id,
-                format!("message:{}", message.id),
-                &message.author,
-                InboundContent::Text(text),
-            )
-        };
-        if let Some(fresh) = self.record(message.id.get(), inbound).await {
+        if let Some(fresh) = self.record(update).await {
             self.door.queue(vec![fresh]).await;
         }
     }
@@ -117,7 +117,7 @@ impl Gateway {
     async fn on_command(&self, command: CommandInteraction) {
         let inbound = inbound(
             command.channel_id,
-            command.guild_id,
+            chat_kind(command.guild_id),
             format!("interaction:{}", command.id),
             &command.user,
             InboundContent::Text(commands::as_text(&command.data)),
@@ -126,7 +126,7 @@ impl Gateway {
         // its deferral is already private.
         let ephemeral = !self.controller.is_allowed(&inbound);
         let token = InteractionToken(command.token);
-        let Some(fresh) = self.record(command.id.get(), inbound).await else {
+        let Some(fresh) = self.record(arrival(command.id.get(), inbound)).await else {
             return self.say_unrecorded(&command.id.to_string(), &token).await;
         };
         self.acknowledge(
@@ -151,13 +151,13 @@ impl Gateway {
             message_id: Some(press.message.id.to_string()),
             ..inbound(
                 press.channel_id,
-                press.guild_id,
+                chat_kind(press.guild_id),
                 format!("interaction:{}", press.id),
                 &press.user,
                 InboundContent::Button(button),
             )
         };
-        let Some(fresh) = self.record(press.id.get(), inbound).await else {
+        let Some(fresh) = self.record(arrival(press.id.get(), inbound)).await else {
             return self.say_unrecorded(&press.id.to_string(), &token).await;
         };
         self.acknowledge(
@@ -173,13 +173,7 @@ impl Gateway {
     /// Records the update before Discord is answered. None when it was
     /// recorded before (a replayed event: handled already or queued after
     /// a restart) or could not be recorded (logged).
-    async fn record(&self, id: u64, inbound: Inbound) -> Option<Arrival<()>> {
-        let arrival = Arrival {
-            // Snowflakes fit in an i64 until the year 2084.
-            update_id: id as i64,
-            inbound,
-            extra: (),
-        };
+    async fn record(&self, arrival: Arrival<()>) -> Option<Arrival<()>> {
         match self.door.record(Platform::Discord, vec![arrival]).await {
             Ok(mut fresh) => fresh.pop(),
             Err(error) => {
@@ -249,14 +243,56 @@ impl Gateway {
     }
 }
 
+/// A message as the front door takes it, keyed on its id (so a message
+/// seen live and read again from history is one update), when it is meant
+/// for the bot (see [`addressed_text`]). `kind`: a DM or a server channel
+/// (the gateway says by the guild id; history by the channel asked for).
+pub(super) fn message_arrival(
+    message: &Message,
+    bot_user_id: u64,
+    kind: ChatKind,
+) -> Option<Arrival<()>> {
+    let text = addressed_text(message, bot_user_id, kind)?;
+    let inbound = Inbound {
+        message_id: Some(message.id.to_string()),
+        ..inbound(
+            message.channel_id,
+            kind,
+            format!("message:{}", message.id),
+            &message.author,
+            InboundContent::Text(text),
+        )
+    };
+    Some(arrival(message.id.get(), inbound))
+}
+
+/// An update under its Discord id.
+fn arrival(id: u64, inbound: Inbound) -> Arrival<()> {
+    Arrival {
+        // Snowflakes fit in an i64 until the year 2084.
+        update_id: id as i64,
+        inbound,
+        extra: (),
+    }
+}
+
+/// A server channel when the event names a guild, else a DM.
+fn chat_kind(guild: Option<GuildId>) -> ChatKind {
+    if guild.is_some() {
+        ChatKind::Group
+    } else {
+        ChatKind::Private
+    }
+}
+
 /// The text of a message meant for the bot: every message in a DM; in a
 /// server, one that mentions the bot, without the mention. None for
 /// messages from bots (this one included) and for everything else.
-pub fn addressed_text(message: &Message, bot_user_id: u64) -> Option<String> {
+fn addressed_text(message: &Message, bot_user_id: u64, kind: ChatKind) -> Option<String> {
     if message.author.bot || message.author.id.get() == bot_user_id {
         return None;
     }
-    if message.guild_id.is_none() {
+    if kind == ChatKind::Private {
         return Some(message.content.trim().to_string());
     }
     let mentioned = message
@@ -273,22 +309,18 @@ pub fn addressed_text(message: &Message, bot_user_id: u64) -> Option<String> {
     Some(text.trim().to_string())
 }
 
-/// An update from `user` in `channel` (of `guild`, none for a DM), under
+/// An update from `user` in `channel` (a DM or a server channel), under
 /// `update_key`.
 fn inbound(
     channel: ChannelId,
-    guild: Option<GuildId>,
+    chat_kind: ChatKind,
     update_key: String,
     user: &User,
     content: InboundContent,
 ) -> Inbound {
     Inbound {
         message_id: None,
-        chat_kind: if guild.is_some() {
-            ChatKind::Group
-        } else {
-            ChatKind::Private
-        },
+        chat_kind,
         ..Inbound::new(
             ChatRef::new(Platform::Discord, channel.to_string()),
             update_key,

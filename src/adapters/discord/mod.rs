@@ -10,6 +10,8 @@
 //! - [`render`]: escaping, the 2000-character limit, buttons.
 //! - [`commands`]: the slash commands registered at start.
 //! - [`rest`]: the REST calls, 429s included.
+//! - [`recover`]: after a new session (a takeover, a reconnect that could
+//!   not resume), mentions sent in the gap read back from channel history.
 //!
 //! serenity keeps the gateway; its HTTP client is used only for the
 //! gateway URL it asks for itself. soloist's own REST calls use reqwest
@@ -21,6 +23,7 @@ mod commands;
 mod deliver;
 mod gateway;
 mod interactions;
+mod recover;
 mod render;
 mod rest;
 
@@ -40,6 +43,7 @@ use crate::store::StoreError;
 use deliver::DiscordDelivery;
 use gateway::{DiscordSide, Gateway};
 use interactions::OpenInteractions;
+use recover::Recovery;
 use rest::{Rest, RestError};
 
 /// Channels handled at once; more wait their turn (already recorded and
@@ -158,6 +162,14 @@ async fn serve_bot(handles: Handles, shutdown: CancellationToken) -> Result<(), 
     let lease = format!("discord:gateway:{}:shard:0", introduced.bot_user_id);
     let store = handles.store.clone();
     let served = crate::coordination::while_leader(&store, &lease, &shutdown, |held| {
+        let recovery = Arc::new(Recovery::new(
+            door.clone(),
+            store.clone(),
+            rest.clone(),
+            introduced.bot_user_id,
+            settings.allowed_channel_ids.clone(),
+            held.clone(),
+        ));
         let handler = Gateway {
             door: door.clone(),
             controller: handles.controller.clone(),
@@ -165,6 +177,7 @@ async fn serve_bot(handles: Handles, shutdown: CancellationToken) -> Result<(), 
             open: open.clone(),
             bot_user_id: introduced.bot_user_id,
             health: handles.health.clone(),
+            recovery,
         };
         let gateway_url = introduced.gateway_url.clone();
         let proxy = proxy.clone();

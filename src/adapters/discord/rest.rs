@@ -216,6 +216,28 @@ impl Rest {
         message_id(&sent)
     }
 
+    /// Up to `limit` (at most 100) messages of `channel` posted after the
+    /// message (or any snowflake) `after`, as Discord's JSON objects:
+    /// `GET /channels/{id}/messages?after=…&limit=…`. Discord gives the
+    /// oldest ones after `after`, newest first.
+    pub async fn messages_after(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: u8,
+    ) -> Result<Vec<Value>, RestError> {
+        let path = format!("/channels/{channel}/messages?after={after}&limit={limit}");
+        let page = self
+            .call(Method::GET, &path, None, Caller::Bot, "channel history")
+            .await?;
+        match page {
+            Value::Array(messages) => Ok(messages),
+            _ => Err(RestError::Transient(
+                "channel history: the answer was not a list".into(),
+            )),
+        }
+    }
+
     pub async fn edit_message(
         &self,
         channel: &str,
