@@ -149,6 +149,14 @@ async fn measure(backend: &str, url: &str, chunks: usize) {
         docs * SECTIONS,
         started.elapsed()
     );
+    if backend == "PostgreSQL" {
+        // What autovacuum does as the table grows: full text reads its
+        // word statistics (src/memory/db.rs, terms_within).
+        sqlx::query("ANALYZE memory_chunks")
+            .execute(memory.store().pool())
+            .await
+            .unwrap();
+    }
     println!("{backend}: RSS before retrieval {} MiB", rss_mib());
     let queries: Vec<String> = (0..QUERIES)
         .map(|_| {
@@ -196,7 +204,41 @@ async fn measure(backend: &str, url: &str, chunks: usize) {
             rss_mib()
         );
     }
+    vector_recall(backend, &memory, &queries).await;
     memory.store().close().await;
+}
+
+/// How many of the exact scan's top 32 the two-pass vector search returns
+/// (the candidates retrieval fuses).
+async fn vector_recall(backend: &str, memory: &Memory, queries: &[String]) {
+    let index = soloist::memory::vectors::index(memory.store(), MODEL)
+        .await
+        .unwrap();
+    let (mut found, mut asked) = (0, 0);
+    let (mut fast, mut exact) = (Vec::new(), Vec::new());
+    for query in queries {
+        let vector = embed(query);
+        let started = Instant::now();
+        let hits = index.search(&vector, 32);
+        fast.push(started.elapsed());
+        let started = Instant::now();
+        let truth = index.search_exact(&vector, 32);
+        exact.push(started.elapsed());
+        found += hits
+            .iter()
+            .filter(|h| truth.iter().any(|t| t.0 == h.0))
+            .count();
+        asked += truth.len();
+    }
+    fast.sort();
+    exact.sort();
+    println!(
+        "{backend}: vector search over {} vectors, top 32: two-pass p50={:?} (exact scan p50={:?}), recall against the exact scan {:.3}",
+        index.len(),
+        fast[fast.len() / 2],
+        exact[exact.len() / 2],
+        found as f64 / asked.max(1) as f64
+    );
 }
 
 const MODEL: &str = "bench/hashed-384";

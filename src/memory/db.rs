@@ -495,8 +495,70 @@ async fn sqlite_counts(store: &Store, expressions: &[String], cap: usize) -> Sto
 }
 
 /// Each term's share of chunks by PostgreSQL's statistics, and the row
-/// estimate.
+/// estimate, kept in process for `FREQUENCIES_KEPT`: reading `pg_stats`
+/// costs most of a millisecond, and the statistics change only when
+/// `ANALYZE` runs.
 async fn postgres_frequencies(store: &Store, terms: &[String]) -> StoreResult<(Vec<f64>, f64)> {
+    let now = std::time::Instant::now();
+    let database = store.identity();
+    {
+        let kept = FREQUENCIES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = kept.iter().find(|k| k.database == database) {
+            let fresh = now.duration_since(known.read_at) < FREQUENCIES_KEPT;
+            let all: Option<Vec<f64>> = terms
+                .iter()
+                .map(|t| known.by_term.get(t).copied())
+                .collect();
+            if let (true, Some(all)) = (fresh, all) {
+                return Ok((all, known.rows));
+            }
+        }
+    }
+    let (frequencies, rows) = read_postgres_frequencies(store, terms).await?;
+    let mut kept = FREQUENCIES.lock().unwrap_or_else(|e| e.into_inner());
+    let index = match kept.iter().position(|k| k.database == database) {
+        Some(i) if now.duration_since(kept[i].read_at) < FREQUENCIES_KEPT => i,
+        found => {
+            if let Some(i) = found {
+                kept.remove(i);
+            }
+            if kept.len() >= 4 {
+                kept.remove(0);
+            }
+            kept.push(KnownFrequencies {
+                database,
+                read_at: now,
+                rows,
+                by_term: std::collections::HashMap::new(),
+            });
+            kept.len() - 1
+        }
+    };
+    let known = &mut kept[index];
+    if known.by_term.len() > 10_000 {
+        known.by_term.clear();
+    }
+    known
+        .by_term
+        .extend(terms.iter().cloned().zip(frequencies.iter().copied()));
+    Ok((frequencies, rows))
+}
+
+/// What `pg_stats` said of the terms asked so far, for one database.
+struct KnownFrequencies {
+    database: String,
+    read_at: std::time::Instant,
+    rows: f64,
+    by_term: std::collections::HashMap<String, f64>,
+}
+
+static FREQUENCIES: std::sync::Mutex<Vec<KnownFrequencies>> = std::sync::Mutex::new(Vec::new());
+const FREQUENCIES_KEPT: std::time::Duration = std::time::Duration::from_secs(300);
+
+async fn read_postgres_frequencies(
+    store: &Store,
+    terms: &[String],
+) -> StoreResult<(Vec<f64>, f64)> {
     // Terms are letters and digits only (retrieve::terms), so a space
     // separates them safely.
     let rows: Vec<(i64, f64, f64)> = sqlx::query_as(

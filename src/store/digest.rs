@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use super::ledger::CostRow;
 use super::{CostLine, Store, StoreResult};
 
 /// A half-open time range in Unix milliseconds.
@@ -90,21 +91,12 @@ impl Store {
              FROM cost_ledger WHERE created_at >= $1 AND created_at < $2
              GROUP BY {key} ORDER BY 5 DESC, 1"
         );
-        let rows: Vec<(String, i64, i64, i64, f64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<CostRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(window.from)
             .bind(window.to)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(name, calls, cache_hits, blocked, cost_usd)| CostLine {
-                name,
-                calls,
-                cache_hits,
-                blocked,
-                cost_usd,
-            })
-            .collect())
+        Ok(rows.into_iter().map(CostLine::from).collect())
     }
 
     /// Per model in the window: cache hits, and the mean cost of its calls

@@ -155,6 +155,21 @@ pub struct CostLine {
     pub cost_usd: f64,
 }
 
+/// A breakdown row as the ledger's GROUP BY queries select it.
+pub(super) type CostRow = (String, i64, i64, i64, f64);
+
+impl From<CostRow> for CostLine {
+    fn from((name, calls, cache_hits, blocked, cost_usd): CostRow) -> Self {
+        CostLine {
+            name,
+            calls,
+            cache_hits,
+            blocked,
+            cost_usd,
+        }
+    }
+}
+
 impl Store {
     /// Spend since `since_ms`, grouped by flow or by model, largest first.
     pub async fn cost_by(&self, group: CostGroup, since_ms: i64) -> StoreResult<Vec<CostLine>> {
@@ -170,20 +185,11 @@ impl Store {
                  FROM cost_ledger WHERE created_at >= $1 GROUP BY provider || '/' || model ORDER BY 5 DESC, 1"
             }
         };
-        let rows: Vec<(String, i64, i64, i64, f64)> = sqlx::query_as(sql)
+        let rows: Vec<CostRow> = sqlx::query_as(sql)
             .bind(since_ms)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(name, calls, cache_hits, blocked, cost_usd)| CostLine {
-                name,
-                calls,
-                cache_hits,
-                blocked,
-                cost_usd,
-            })
-            .collect())
+        Ok(rows.into_iter().map(CostLine::from).collect())
     }
 }
 

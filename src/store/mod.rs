@@ -169,6 +169,9 @@ pub struct Store {
     /// PostgreSQL: where a listener connects (LISTEN needs a connection of
     /// its own). Never printed: it may carry a password.
     listen_url: Option<Arc<crate::config::Secret>>,
+    /// A digest of the URL: which database this is, for in-process caches
+    /// (never the URL itself, which may carry a password).
+    identity: Arc<str>,
 }
 
 impl Store {
@@ -211,10 +214,19 @@ impl Store {
             .await?;
         let listen_url =
             (backend == Backend::Postgres).then(|| Arc::new(crate::config::Secret::new(url)));
+        let identity = {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(url.as_bytes());
+            digest[..12]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
         Ok(Store {
             pool,
             backend,
             listen_url,
+            identity: identity.into(),
         })
     }
 
@@ -224,6 +236,11 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Which database this is (a digest of its URL), for in-process caches.
+    pub fn identity(&self) -> String {
+        self.identity.to_string()
     }
 
     /// PostgreSQL: a listener on `channel`, on a connection of its own.
