@@ -1,8 +1,11 @@
 //! `cargo bench --bench memory`: retrieval p50/p95 at 10k chunks on SQLite
-//! and PostgreSQL, full text alone and hybrid (full text fused with an
-//! exact scan of 384-dimension vectors, 8-bit quantised), the process's
-//! RSS with the index loaded, and ingestion throughput (chunking, hashing,
-//! the insert transaction; no embedding call). Pass a number after `--` to
+//! and PostgreSQL, full text alone and hybrid (full text fused with the
+//! two-pass search over 384-dimension vectors), the vector search's recall
+//! against an exact scan, the process's RSS with the index loaded, and
+//! ingestion throughput (chunking, hashing, the insert transaction; no
+//! embedding call), over two corpora: a small vocabulary (every query word
+//! in most chunks: the worst case for full text) and a natural one (Zipf's
+//! law over 20,000 words). Pass a number after `--` to
 //! change the chunk count (`cargo bench --bench memory -- --bench 100000`).
 //!
 //! The vectors are made here (a hashed bag of words spread over 384
@@ -113,27 +116,100 @@ fn main() {
         if local_only {
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let sqlite = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("bench.db").display()
-        );
-        measure("SQLite", &sqlite, chunks).await;
-        match std::env::var("SOLOIST_TEST_PG_URL") {
-            Ok(admin) => measure("PostgreSQL", &fresh_pg_database(&admin).await, chunks).await,
-            Err(_) => println!("PostgreSQL: skipped (SOLOIST_TEST_PG_URL unset)"),
+        for corpus in [Corpus::Small, Corpus::Natural] {
+            let dir = tempfile::tempdir().unwrap();
+            let sqlite = format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("bench.db").display()
+            );
+            measure("SQLite", &sqlite, chunks, corpus).await;
+            match std::env::var("SOLOIST_TEST_PG_URL") {
+                Ok(admin) => {
+                    let url = fresh_pg_database(&admin).await;
+                    measure("PostgreSQL", &url, chunks, corpus).await
+                }
+                Err(_) => println!("PostgreSQL: skipped (SOLOIST_TEST_PG_URL unset)"),
+            }
         }
     });
 }
 
-async fn measure(backend: &str, url: &str, chunks: usize) {
+/// The words the chunks and queries are made of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Corpus {
+    /// The 62 words of WORDS, each equally likely: every query word is in
+    /// about 73% of the chunks, the worst case for full text.
+    Small,
+    /// WORDS followed by 20,000 made-up words, drawn by Zipf's law (the
+    /// n-th word about 1/n as likely as the first), as words are in text.
+    Natural,
+}
+
+/// Draws words for `corpus`.
+struct Words {
+    corpus: Corpus,
+    vocabulary: Vec<String>,
+    /// Cumulative Zipf weights (Natural).
+    cumulative: Vec<f64>,
+}
+
+impl Words {
+    fn new(corpus: Corpus) -> Self {
+        let mut vocabulary: Vec<String> = WORDS.iter().map(|w| w.to_string()).collect();
+        let mut cumulative = Vec::new();
+        if corpus == Corpus::Natural {
+            const SYLLABLES: &[&str] = &[
+                "ka", "to", "ri", "mu", "se", "na", "lo", "pe", "vi", "da", "go", "be", "fu", "ni",
+                "so", "ra", "te", "mi", "zu", "ha",
+            ];
+            let mut next = rng(0x5eed);
+            let mut seen: std::collections::HashSet<String> = vocabulary.iter().cloned().collect();
+            while vocabulary.len() < WORDS.len() + 20_000 {
+                let n = 2 + next(3);
+                let word: String = (0..n).map(|_| SYLLABLES[next(SYLLABLES.len())]).collect();
+                if seen.insert(word.clone()) {
+                    vocabulary.push(word);
+                }
+            }
+            let mut total = 0.0;
+            for rank in 0..vocabulary.len() {
+                total += 1.0 / (rank as f64 + 1.0);
+                cumulative.push(total);
+            }
+        }
+        Words {
+            corpus,
+            vocabulary,
+            cumulative,
+        }
+    }
+
+    fn draw(&self, next: &mut impl FnMut(usize) -> usize) -> &str {
+        match self.corpus {
+            Corpus::Small => &self.vocabulary[next(WORDS.len())],
+            Corpus::Natural => {
+                let total = self.cumulative.last().copied().unwrap_or(1.0);
+                let at = next(1 << 30) as f64 / (1u64 << 30) as f64 * total;
+                let i = self.cumulative.partition_point(|c| *c < at);
+                &self.vocabulary[i.min(self.vocabulary.len() - 1)]
+            }
+        }
+    }
+}
+
+async fn measure(backend: &str, url: &str, chunks: usize, corpus: Corpus) {
+    let backend = &format!("{backend} ({corpus:?} vocabulary)");
+    let words = Words::new(corpus);
     let store = Store::open(url, 4).await.unwrap();
     let memory = Memory::new(store, MemorySettings::default());
     let mut next = rng(0xbe_4c_11);
     let docs = chunks.div_ceil(SECTIONS);
     let started = Instant::now();
     for i in 0..docs {
-        memory.ingest(&document(i, &mut next)).await.unwrap();
+        memory
+            .ingest(&document(i, &words, &mut next))
+            .await
+            .unwrap();
     }
     let elapsed = started.elapsed();
     println!(
@@ -149,7 +225,7 @@ async fn measure(backend: &str, url: &str, chunks: usize) {
         docs * SECTIONS,
         started.elapsed()
     );
-    if backend == "PostgreSQL" {
+    if backend.starts_with("PostgreSQL") {
         // What autovacuum does as the table grows: full text reads its
         // word statistics (src/memory/db.rs, terms_within).
         sqlx::query("ANALYZE memory_chunks")
@@ -161,7 +237,7 @@ async fn measure(backend: &str, url: &str, chunks: usize) {
     let queries: Vec<String> = (0..QUERIES)
         .map(|_| {
             (0..6)
-                .map(|_| WORDS[next(WORDS.len())])
+                .map(|_| words.draw(&mut next))
                 .collect::<Vec<_>>()
                 .join(" ")
         })
@@ -308,15 +384,12 @@ fn rng(mut seed: u64) -> impl FnMut(usize) -> usize {
 }
 
 /// A Markdown document of SECTIONS sections of about 80 words each.
-fn document(i: usize, next: &mut impl FnMut(usize) -> usize) -> Document {
+fn document(i: usize, words: &Words, next: &mut impl FnMut(usize) -> usize) -> Document {
     let mut text = format!("# Document {i}\n\n");
     for s in 0..SECTIONS {
-        let words: Vec<&str> = (0..80).map(|_| WORDS[next(WORDS.len())]).collect();
-        text.push_str(&format!(
-            "## {} {s}\n\n{}.\n\n",
-            WORDS[next(WORDS.len())],
-            words.join(" ")
-        ));
+        let body: Vec<&str> = (0..80).map(|_| words.draw(next)).collect();
+        let heading = words.draw(next);
+        text.push_str(&format!("## {heading} {s}\n\n{}.\n\n", body.join(" ")));
     }
     Document {
         name: format!("bench/doc{i:05}.md"),

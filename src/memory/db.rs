@@ -430,8 +430,11 @@ async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResul
                 .collect();
             let counts = sqlite_counts(store, &alone, cap).await?;
             let order = rarest_first(&counts);
+            let rarest = order.first().map_or(0, |&i| counts[i]);
             let taken = if counts.iter().sum::<u64>() <= limit {
                 order.len()
+            } else if rarest > limit {
+                1
             } else {
                 let runs: Vec<String> = (1..=order.len())
                     .map(|n| {
@@ -984,10 +987,6 @@ async fn rewrite(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn words(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
-    }
 
     #[test]
     fn terms_are_ordered_rarest_first_and_runs_taken_while_within_the_cap() {

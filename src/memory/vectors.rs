@@ -154,6 +154,8 @@ fn hamming_all(query: &[u64], bits: &[u64], out: &mut Vec<u16>) {
     hamming_all_plain(query, bits, out);
 }
 
+// Inlined so that the POPCNT copy below really is compiled with POPCNT.
+#[inline(always)]
 fn hamming_all_plain(query: &[u64], bits: &[u64], out: &mut Vec<u16>) {
     out.extend(bits.chunks_exact(query.len()).map(|words| {
         words
