@@ -342,7 +342,15 @@ pub async fn search_knowledge(
         return Ok(Vec::new());
     }
     let cap = cap.max(1);
-    let taken = terms_within(store, terms, cap).await?;
+    let Taken { terms: taken, span } = terms_within(store, terms, cap).await?;
+    let window = match span {
+        Some(u64::MAX) => "ORDER BY c.id DESC LIMIT $3".to_string(),
+        Some(span) => format!(
+            "AND c.id > (SELECT COALESCE(MAX(id), 0) FROM memory_chunks) - {span}
+             ORDER BY c.id DESC LIMIT $3"
+        ),
+        None => "AND $3 > 0".to_string(),
+    };
     let scope = Scope::Knowledge.condition();
     let (sql, query) = match store.backend() {
         // The window and the rank run on the full-text table alone; only
@@ -365,12 +373,16 @@ pub async fn search_knowledge(
             fts5_any(&taken),
         ),
         Backend::Postgres => (
+            // An ORDER BY id DESC LIMIT over sparse matches would walk the
+            // whole primary key backwards looking for them (the planner's
+            // guess): sparse matches are not windowed, and a dense window
+            // reads a bounded id range.
             format!(
                 "SELECT {HIT_COLUMNS}, CAST(ts_rank(c.tsv, q, 1) AS DOUBLE PRECISION) AS rank
                  FROM (SELECT c.id FROM memory_chunks c, websearch_to_tsquery('english', $1) q
                        WHERE c.tsv @@ q AND c.source_id NOT IN (
                            SELECT id FROM memory_sources WHERE kind = 'decision')
-                       ORDER BY c.id DESC LIMIT $3) w
+                       {window}) w
                  JOIN memory_chunks c ON c.id = w.id
                  JOIN memory_sources s ON s.id = c.source_id,
                  websearch_to_tsquery('english', $4) q
@@ -420,7 +432,7 @@ fn fts5_any(terms: &[String]) -> String {
 /// rarer than every listed one and counts 0; so does every term before the
 /// first `ANALYZE` (autovacuum runs it as the table grows), which leaves
 /// the newest-matches window alone to bound the ranking.
-async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResult<Vec<String>> {
+async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResult<Taken> {
     let limit = cap as u64;
     let taken = match store.backend() {
         Backend::Sqlite => {
@@ -463,10 +475,40 @@ async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResul
                     (rows * (1.0 - missed)).round() as u64
                 })
                 .collect();
-            pick(terms, &order[..longest_within(&unions, limit)])
+            let n = longest_within(&unions, limit);
+            let matches = unions.get(n - 1).copied().unwrap_or(0);
+            // Dense matches: the newest ones sit among the newest ids, so
+            // the window reads a range of ids about cap / density long
+            // (half again, for the estimate's error). Sparse ones: the GIN
+            // index finds them all, and they are few.
+            let span = if rows < 1.0 {
+                // No statistics yet: nothing is known, so the newest
+                // `cap` matches, however far back they are.
+                Some(u64::MAX)
+            } else if matches > limit {
+                let density = matches as f64 / rows;
+                Some((limit as f64 / density * 1.5).ceil() as u64)
+            } else {
+                None
+            };
+            return Ok(Taken {
+                terms: pick(terms, &order[..n]),
+                span,
+            });
         }
     };
-    Ok(taken)
+    Ok(Taken {
+        terms: taken,
+        span: None,
+    })
+}
+
+/// The terms full text ranks by, and on PostgreSQL, when their matches
+/// are dense, how many of the newest chunk ids the window reads (`u64::MAX`:
+/// no statistics yet, the newest `cap` matches wherever they are).
+struct Taken {
+    terms: Vec<String>,
+    span: Option<u64>,
 }
 
 /// How many chunks each FTS5 expression matches, each count stopping at
