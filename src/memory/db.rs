@@ -428,10 +428,12 @@ fn fts5_any(terms: &[String]) -> String {
 /// each term alone, then each rarest-first run of them. PostgreSQL reads
 /// the estimate `ANALYZE` keeps for the `tsv` column (its most common
 /// lexemes and their frequencies; counting would read a row per match) and
-/// takes the terms as independent. A lexeme missing from that list is
-/// rarer than every listed one and counts 0; so does every term before the
+/// takes the terms as independent. A lexeme missing from a short list
+/// does not occur and counts 0; so does every term before the
 /// first `ANALYZE` (autovacuum runs it as the table grows), which leaves
-/// the newest-matches window alone to bound the ranking.
+/// the newest-matches window alone to bound the ranking. When the list is
+/// full (1,000 words or more: it was cut), an unlisted word may be as
+/// common as the least listed one, and counts that much.
 async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResult<Taken> {
     let limit = cap as u64;
     let taken = match store.backend() {
@@ -615,7 +617,11 @@ async fn read_postgres_frequencies(
          n AS (SELECT CAST(GREATEST(reltuples, 0) AS DOUBLE PRECISION) AS rows FROM pg_class
                WHERE oid = CAST('memory_chunks' AS regclass))
          SELECT CAST(t.i AS BIGINT) - 1,
-                CAST(COALESCE(MAX(st.f[array_position(st.e, l.lexeme)]), 0) AS DOUBLE PRECISION),
+                CAST(CASE WHEN MAX(l.lexeme) IS NULL THEN 0
+                     ELSE COALESCE(MAX(st.f[array_position(st.e, l.lexeme)]),
+                                   CASE WHEN MAX(array_length(st.e, 1)) >= 1000
+                                        THEN MAX(st.f[array_length(st.e, 1) + 1]) END, 0)
+                     END AS DOUBLE PRECISION),
                 COALESCE((SELECT rows FROM n), 0)
          FROM unnest(string_to_array($1, ' ')) WITH ORDINALITY AS t(term, i)
          LEFT JOIN LATERAL unnest(tsvector_to_array(to_tsvector('english', t.term)))

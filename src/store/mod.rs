@@ -342,6 +342,7 @@ const MIGRATIONS: Migrations = migrations![
     14 "coordination: leader leases, shared send pacing" "0014_coordination.sql",
     15 "embeddings" "0015_embeddings.sql",
     18 "approval button labels" "0018_button_labels.sql",
+    19 "full-text word statistics" "0019_fulltext_statistics.sql",
 ];
 
 /// The migrations compiled into the binary, for one backend.
