@@ -542,105 +542,147 @@ async fn sqlite_counts(store: &Store, expressions: &[String], cap: usize) -> Sto
 }
 
 /// Each term's share of chunks by PostgreSQL's statistics, and the row
-/// estimate, kept in process for `FREQUENCIES_KEPT`: reading `pg_stats`
-/// costs most of a millisecond, and the statistics change only when
-/// `ANALYZE` runs.
+/// estimate. The statistics (up to 10,000 words) are read once per
+/// database and kept for `FREQUENCIES_KEPT` (they change only when
+/// `ANALYZE` runs; reading them costs tens of milliseconds); a term's
+/// lexeme (PostgreSQL's stemming) is asked once and kept.
 async fn postgres_frequencies(store: &Store, terms: &[String]) -> StoreResult<(Vec<f64>, f64)> {
-    let now = std::time::Instant::now();
     let database = store.identity();
-    {
+    let now = std::time::Instant::now();
+    let (fresh, unknown) = {
         let kept = FREQUENCIES.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(known) = kept.iter().find(|k| k.database == database) {
-            let fresh = now.duration_since(known.read_at) < FREQUENCIES_KEPT;
-            let all: Option<Vec<f64>> = terms
-                .iter()
-                .map(|t| known.by_term.get(t).copied())
-                .collect();
-            if let (true, Some(all)) = (fresh, all) {
-                return Ok((all, known.rows));
-            }
-        }
-    }
-    let (frequencies, rows) = read_postgres_frequencies(store, terms).await?;
-    let mut kept = FREQUENCIES.lock().unwrap_or_else(|e| e.into_inner());
-    let index = match kept.iter().position(|k| k.database == database) {
-        Some(i) if now.duration_since(kept[i].read_at) < FREQUENCIES_KEPT => i,
-        found => {
-            if let Some(i) = found {
-                kept.remove(i);
-            }
-            if kept.len() >= 4 {
-                kept.remove(0);
-            }
-            kept.push(KnownFrequencies {
-                database,
-                read_at: now,
-                rows,
-                by_term: std::collections::HashMap::new(),
-            });
-            kept.len() - 1
+        match kept.iter().find(|k| k.database == database) {
+            Some(known) => (
+                now.duration_since(known.read_at) < FREQUENCIES_KEPT,
+                terms
+                    .iter()
+                    .filter(|t| !known.lexemes.contains_key(*t))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ),
+            None => (false, terms.to_vec()),
         }
     };
-    let known = &mut kept[index];
-    if known.by_term.len() > 10_000 {
-        known.by_term.clear();
+    let statistics = if fresh {
+        None
+    } else {
+        Some(read_statistics(store).await?)
+    };
+    let lexemes = if unknown.is_empty() {
+        Vec::new()
+    } else {
+        lexemes_of(store, &unknown).await?
+    };
+    let mut kept = FREQUENCIES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((by_lexeme, unlisted, rows)) = statistics {
+        let lexemes = kept
+            .iter()
+            .position(|k| k.database == database)
+            .map(|i| kept.remove(i).lexemes)
+            .unwrap_or_default();
+        if kept.len() >= 4 {
+            kept.remove(0);
+        }
+        kept.push(KnownFrequencies {
+            database: database.clone(),
+            read_at: now,
+            rows,
+            unlisted,
+            by_lexeme,
+            lexemes,
+        });
     }
-    known
-        .by_term
-        .extend(terms.iter().cloned().zip(frequencies.iter().copied()));
-    Ok((frequencies, rows))
+    let Some(known) = kept.iter_mut().find(|k| k.database == database) else {
+        return Ok((vec![0.0; terms.len()], 0.0));
+    };
+    if known.lexemes.len() > 50_000 {
+        known.lexemes.clear();
+    }
+    known.lexemes.extend(unknown.into_iter().zip(lexemes));
+    let frequencies = terms
+        .iter()
+        .map(|t| match known.lexemes.get(t) {
+            Some(Some(lexeme)) => known
+                .by_lexeme
+                .get(lexeme)
+                .copied()
+                .unwrap_or(known.unlisted),
+            // A stop word: PostgreSQL leaves it out of the query.
+            _ => 0.0,
+        })
+        .collect();
+    Ok((frequencies, known.rows))
 }
 
-/// What `pg_stats` said of the terms asked so far, for one database.
+/// What `pg_stats` says of the `tsv` column, for one database, and the
+/// lexemes of the terms asked so far.
 struct KnownFrequencies {
     database: String,
     read_at: std::time::Instant,
     rows: f64,
-    by_term: std::collections::HashMap<String, f64>,
+    /// The share of chunks an unlisted word is taken to be in: 0 when the
+    /// list is short (every word was listed), else the least listed share.
+    unlisted: f64,
+    by_lexeme: std::collections::HashMap<String, f64>,
+    lexemes: std::collections::HashMap<String, Option<String>>,
 }
 
 static FREQUENCIES: std::sync::Mutex<Vec<KnownFrequencies>> = std::sync::Mutex::new(Vec::new());
 const FREQUENCIES_KEPT: std::time::Duration = std::time::Duration::from_secs(300);
 
-async fn read_postgres_frequencies(
+/// The listed lexemes with their shares, the share of an unlisted one,
+/// and the row estimate (0 before the first `ANALYZE`).
+async fn read_statistics(
     store: &Store,
-    terms: &[String],
-) -> StoreResult<(Vec<f64>, f64)> {
+) -> StoreResult<(std::collections::HashMap<String, f64>, f64, f64)> {
+    let listed: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT x.lexeme, CAST(x.share AS DOUBLE PRECISION)
+         FROM pg_stats,
+              unnest(CAST(CAST(most_common_elems AS TEXT) AS TEXT[]), most_common_elem_freqs)
+                  AS x(lexeme, share)
+         WHERE schemaname = current_schema() AND tablename = 'memory_chunks'
+           AND attname = 'tsv' AND x.lexeme IS NOT NULL",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    let rows: f64 = sqlx::query_scalar(
+        "SELECT CAST(GREATEST(reltuples, 0) AS DOUBLE PRECISION) FROM pg_class
+         WHERE oid = CAST('memory_chunks' AS regclass)",
+    )
+    .fetch_one(store.pool())
+    .await?;
+    // A full list was cut: ANALYZE keeps ten times the statistics target
+    // (migration 0019), and a list of 1,000 or more was cut at some share.
+    let unlisted = if listed.len() >= 1000 {
+        listed.iter().map(|(_, f)| *f).fold(f64::MAX, f64::min)
+    } else {
+        0.0
+    };
+    Ok((listed.into_iter().collect(), unlisted, rows))
+}
+
+/// Each term's lexeme under the 'english' configuration (None: a stop
+/// word), in order.
+async fn lexemes_of(store: &Store, terms: &[String]) -> StoreResult<Vec<Option<String>>> {
     // Terms are letters and digits only (retrieve::terms), so a space
     // separates them safely.
-    let rows: Vec<(i64, f64, f64)> = sqlx::query_as(
-        "WITH st AS (
-             SELECT CAST(CAST(most_common_elems AS TEXT) AS TEXT[]) AS e,
-                    most_common_elem_freqs AS f
-             FROM pg_stats WHERE schemaname = current_schema()
-               AND tablename = 'memory_chunks' AND attname = 'tsv'),
-         n AS (SELECT CAST(GREATEST(reltuples, 0) AS DOUBLE PRECISION) AS rows FROM pg_class
-               WHERE oid = CAST('memory_chunks' AS regclass))
-         SELECT CAST(t.i AS BIGINT) - 1,
-                CAST(CASE WHEN MAX(l.lexeme) IS NULL THEN 0
-                     ELSE COALESCE(MAX(st.f[array_position(st.e, l.lexeme)]),
-                                   CASE WHEN MAX(array_length(st.e, 1)) >= 1000
-                                        THEN MAX(st.f[array_length(st.e, 1) + 1]) END, 0)
-                     END AS DOUBLE PRECISION),
-                COALESCE((SELECT rows FROM n), 0)
+    let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT CAST(t.i AS BIGINT) - 1, MIN(l.lexeme)
          FROM unnest(string_to_array($1, ' ')) WITH ORDINALITY AS t(term, i)
          LEFT JOIN LATERAL unnest(tsvector_to_array(to_tsvector('english', t.term)))
               AS l(lexeme) ON TRUE
-         LEFT JOIN st ON TRUE
          GROUP BY t.i",
     )
     .bind(terms.join(" "))
     .fetch_all(store.pool())
     .await?;
-    let mut frequencies = vec![0f64; terms.len()];
-    let mut total = 0f64;
-    for (i, frequency, rows) in rows {
-        if let Some(slot) = usize::try_from(i).ok().and_then(|i| frequencies.get_mut(i)) {
-            *slot = frequency;
+    let mut lexemes = vec![None; terms.len()];
+    for (i, lexeme) in rows {
+        if let Some(slot) = usize::try_from(i).ok().and_then(|i| lexemes.get_mut(i)) {
+            *slot = lexeme;
         }
-        total = rows;
     }
-    Ok((frequencies, total))
+    Ok(lexemes)
 }
 
 /// Positions of `counts`, smallest first (ties in the query's order).
