@@ -254,6 +254,15 @@ impl Cluster {
     /// Kills the processes and drops the database.
     async fn stop(mut self) {
         self.kill();
+        if std::env::var("CLUSTER_KEEP").is_ok() {
+            println!(
+                "  kept: database {} and home {}",
+                self.database,
+                self.home.path().display()
+            );
+            std::mem::forget(std::mem::replace(&mut self.home, tempfile::tempdir().unwrap()));
+            return;
+        }
         let store = soloist::store::Store::connect(&self.admin, 1)
             .await
             .unwrap();
@@ -381,6 +390,21 @@ async fn post_updates(ports: &[u16], chats: Vec<i64>, text: &str) -> HashMap<i64
     by_chat
 }
 
+/// The model calls made, by model: the draft's generation goes to the
+/// quality tier, its review to the fast one (most reviews of the one
+/// fake draft text are answered from the response cache, so they make no
+/// call).
+fn calls_by_model(llm: &FakeLlm) -> Vec<(String, usize)> {
+    let mut by_model: HashMap<String, usize> = HashMap::new();
+    for request in llm.requests() {
+        let model = request["model"].as_str().unwrap_or("?").to_string();
+        *by_model.entry(model).or_default() += 1;
+    }
+    let mut by_model: Vec<(String, usize)> = by_model.into_iter().collect();
+    by_model.sort();
+    by_model
+}
+
 /// The p-quantile of sorted `samples`.
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
@@ -434,6 +458,22 @@ async fn help_capacity(admin: &str, processes: usize, updates: usize, intake: In
             for (reply, asked) in s.sent_to(*chat).iter().zip(at) {
                 latencies.push(reply.sent_at.saturating_duration_since(*asked));
             }
+        }
+        let beyond: Vec<String> = injected
+            .iter()
+            .filter_map(|(chat, at)| {
+                let replies = s.sent_to(*chat);
+                (replies.len() > at.len()).then(|| {
+                    let texts: Vec<String> = replies
+                        .iter()
+                        .map(|m| m.visible().chars().take(40).collect())
+                        .collect();
+                    format!("chat {chat}: {} replies to {} updates {texts:?}", replies.len(), at.len())
+                })
+            })
+            .collect();
+        for line in &beyond {
+            println!("  beyond one reply per update: {line}");
         }
         (last - started, latencies, s.sent.len() - updates)
     });
@@ -501,6 +541,9 @@ async fn draft_burst(admin: &str, processes: usize, n: usize) -> String {
         *per_chat.entry(*chat).or_default() += 1;
     }
     let one_offer_each = chats.clone().all(|c| per_chat.get(&c) == Some(&1));
+    for (chat, count) in per_chat.iter().filter(|(_, count)| **count > 1) {
+        println!("  chat {chat} got {count} offers");
+    }
     let first_offer: HashMap<i64, Instant> = offers.iter().rev().copied().collect();
     let wall = offers.iter().map(|(_, at)| *at).max().unwrap() - started;
     let first = offers.iter().map(|(_, at)| *at).min().unwrap() - started;
@@ -509,8 +552,13 @@ async fn draft_burst(admin: &str, processes: usize, n: usize) -> String {
         .map(|(chat, at)| first_offer[chat].saturating_duration_since(*at))
         .collect();
     latencies.sort();
+    let by_model: Vec<String> = calls_by_model(&cluster.llm)
+        .iter()
+        .map(|(model, count)| format!("{count} {model}"))
+        .collect();
     let checks = format!(
-        "model calls {calls} for {n}; {}",
+        "model calls {calls} for {n} drafts ({}); {}",
+        by_model.join(" + "),
         if one_offer_each {
             "one offer per chat".to_string()
         } else {
