@@ -101,7 +101,9 @@ fn main() {
                 pair.push(help_capacity(&admin, processes, help_updates, Intake::Webhook).await);
             }
             rows.push((
-                format!("`/help` capacity, webhook, {help_updates} updates from {HELP_CHATS} chats"),
+                format!(
+                    "`/help` capacity, webhook, {help_updates} updates from {HELP_CHATS} chats"
+                ),
                 [pair[0].clone(), pair[1].clone()],
             ));
         }
@@ -205,7 +207,12 @@ impl Cluster {
             .await;
     }
 
-    fn write_config(&self, i: usize, chats: Range<i64>, telegram_extra: &str) -> std::path::PathBuf {
+    fn write_config(
+        &self,
+        i: usize,
+        chats: Range<i64>,
+        telegram_extra: &str,
+    ) -> std::path::PathBuf {
         let users: Vec<String> = chats.map(|c| format!("\"{c}\"")).collect();
         let path = self.home.path().join(format!("cluster-{i}.toml"));
         let mut file = std::fs::File::create(&path).unwrap();
@@ -260,7 +267,10 @@ impl Cluster {
                 self.database,
                 self.home.path().display()
             );
-            std::mem::forget(std::mem::replace(&mut self.home, tempfile::tempdir().unwrap()));
+            std::mem::forget(std::mem::replace(
+                &mut self.home,
+                tempfile::tempdir().unwrap(),
+            ));
             return;
         }
         let store = soloist::store::Store::connect(&self.admin, 1)
@@ -468,7 +478,11 @@ async fn help_capacity(admin: &str, processes: usize, updates: usize, intake: In
                         .iter()
                         .map(|m| m.visible().chars().take(40).collect())
                         .collect();
-                    format!("chat {chat}: {} replies to {} updates {texts:?}", replies.len(), at.len())
+                    format!(
+                        "chat {chat}: {} replies to {} updates {texts:?}",
+                        replies.len(),
+                        at.len()
+                    )
                 })
             })
             .collect();
