@@ -21,7 +21,9 @@
 //! With long polling exactly one process polls the bot (a leased row): the
 //! other takes no updates, it only claims runs and outbox rows. Each case
 //! prints the CPU seconds each process used, which shows how the work was
-//! shared. Needs `SOLOIST_TEST_PG_URL`.
+//! shared. Replies beyond one per update and chats with more than one
+//! offer are listed. Needs `SOLOIST_TEST_PG_URL`; `CLUSTER_KEEP=1` keeps
+//! each case's database and home (their names are printed) to look into.
 
 #[allow(dead_code)]
 mod common;
