@@ -139,6 +139,12 @@ impl Store {
         // PostgreSQL: rows another process is claiming this instant are
         // skipped, not waited for. SQLite has one writer: the UPDATE alone
         // is the guard.
+        // The heads are read in the statement's snapshot, but a locked row
+        // is checked again only against the conditions on `o` itself, in
+        // its newest version: so `o.status = 'pending'` must be among them.
+        // Without it a head another process claimed, sent and marked
+        // delivered between this snapshot and this lock was claimed and
+        // sent again (the cluster bench saw it with two processes).
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -151,6 +157,7 @@ impl Store {
                       SELECT MIN(h.id) FROM outbox h
                       WHERE h.platform = $4 AND h.status = 'pending'
                       GROUP BY h.chat_id)
+                  AND o.status = 'pending'
                   AND o.next_attempt_at <= $5
                   AND (o.claimed_until IS NULL OR o.claimed_until < $5)
                 ORDER BY o.next_attempt_at, o.id LIMIT $6 {lock})
@@ -202,6 +209,7 @@ impl Store {
                       SELECT MIN(h.id) FROM outbox h
                       WHERE h.platform = $4 AND h.status = 'pending' AND h.chat_id IN ({list})
                       GROUP BY h.chat_id)
+                  AND o.status = 'pending'
                   AND o.next_attempt_at <= $5
                   AND (o.claimed_until IS NULL OR o.claimed_until < $5)
                 {lock})

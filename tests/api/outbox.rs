@@ -544,3 +544,129 @@ async fn two_dispatchers_on_one_database_send_each_row_once_in_order() {
         assert_eq!(of_chat, sorted, "chat {chat} in order");
     }
 }
+
+/// Eight claimers racing on one PostgreSQL, each claiming chat heads and
+/// marking them delivered at once: no row is ever claimed twice. A claim
+/// reads the chats' heads in its statement's snapshot and locks them
+/// after; a head another claimer took, sent and marked delivered in
+/// between must be passed over when its lock is taken (the row is no
+/// longer pending), not claimed and sent again. Ballast (chats whose head
+/// is held under a long lease, with many rows behind it) makes each scan
+/// slow, so that window is wide, as under a burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimers_racing_on_one_postgres_never_claim_a_row_another_already_delivered() {
+    use soloist::store::{Claim, Settlement};
+    use std::collections::HashMap;
+
+    const CHATS: usize = 40;
+    const PER_CHAT: usize = 50;
+    let test_db = TestDb::create(Db::Postgres).await;
+    let store = Store::open(&test_db.url, 10).await.unwrap();
+    queue(&store, "template", &["a message"]).await;
+    let copy = |chats: &str, rows: usize| {
+        format!(
+            "INSERT INTO outbox (platform, chat_id, payload, status, created_at, next_attempt_at)
+             SELECT o.platform, {chats}, o.payload, 'pending', o.created_at, 0
+             FROM outbox o, generate_series(0, {}) g WHERE o.chat_id = 'template'",
+            rows - 1
+        )
+    };
+    for sql in [
+        copy(&format!("'chat' || (g % {CHATS})"), CHATS * PER_CHAT),
+        copy("'ballast' || (g % 200)", 30_000),
+        "UPDATE outbox SET claimed_by = 'asleep', claim_token = 'asleep', claimed_until = 9000000000000
+         WHERE id IN (SELECT MIN(id) FROM outbox WHERE chat_id LIKE 'ballast%' GROUP BY chat_id)"
+            .to_string(),
+        "UPDATE outbox SET status = 'delivered' WHERE chat_id = 'template'".to_string(),
+        "ANALYZE outbox".to_string(),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    let racing_left = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND chat_id LIKE 'chat%'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    };
+
+    let claimed: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
+    let claimers: Vec<_> = (0..8)
+        .map(|claimer| {
+            let (store, claimed) = (store.clone(), claimed.clone());
+            tokio::spawn(async move {
+                let chats: Vec<String> = (0..CHATS).map(|c| format!("chat{c}")).collect();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                for round in 0.. {
+                    assert!(Instant::now() < deadline, "not drained in 60 s");
+                    let claim = Claim {
+                        owner: format!("claimer-{claimer}"),
+                        token: format!("claimer-{claimer}-{round}"),
+                    };
+                    let lease = Duration::from_secs(30);
+                    // Both claim paths: the scan and the one a wake names.
+                    let named: Vec<String> = (0..4)
+                        .map(|k| chats[(claimer * 5 + round + k * 10) % CHATS].clone())
+                        .collect();
+                    let rows = if round % 2 == 0 {
+                        store
+                            .claim_outbox(Platform::Telegram, &claim, lease, 8)
+                            .await
+                            .unwrap()
+                    } else {
+                        store
+                            .claim_outbox_chats(Platform::Telegram, &claim, lease, &named)
+                            .await
+                            .unwrap()
+                    };
+                    let settlements: Vec<(String, Settlement)> = rows
+                        .iter()
+                        .filter(|row| row.chat.chat_id.starts_with("chat"))
+                        .map(|row| {
+                            *claimed.lock().unwrap().entry(row.id).or_default() += 1;
+                            (
+                                claim.token.clone(),
+                                Settlement::Delivered {
+                                    id: row.id,
+                                    chat: row.chat.clone(),
+                                    platform_message_id: None,
+                                    chat_pace_until: None,
+                                },
+                            )
+                        })
+                        .collect();
+                    if settlements.is_empty() {
+                        let left: i64 = sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND chat_id LIKE 'chat%'",
+                        )
+                        .fetch_one(store.pool())
+                        .await
+                        .unwrap();
+                        if left == 0 {
+                            return;
+                        }
+                    }
+                    store.settle_outbox(&settlements).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for claimer in claimers {
+        claimer.await.unwrap();
+    }
+
+    assert_eq!(racing_left().await, 0);
+    let claimed = claimed.lock().unwrap();
+    let twice: Vec<(&i64, &usize)> = claimed.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} rows claimed more than once, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+    assert_eq!(claimed.len(), CHATS * PER_CHAT, "every row claimed");
+}
