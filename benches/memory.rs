@@ -116,7 +116,12 @@ fn main() {
         if local_only {
             return;
         }
+        // `SOLOIST_BENCH_CORPUS=small|natural` measures one of them.
+        let only = std::env::var("SOLOIST_BENCH_CORPUS").unwrap_or_default();
         for corpus in [Corpus::Small, Corpus::Natural] {
+            if !only.is_empty() && !format!("{corpus:?}").eq_ignore_ascii_case(&only) {
+                continue;
+            }
             let dir = tempfile::tempdir().unwrap();
             let sqlite = format!(
                 "sqlite://{}?mode=rwc",

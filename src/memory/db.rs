@@ -342,13 +342,30 @@ pub async fn search_knowledge(
         return Ok(Vec::new());
     }
     let cap = cap.max(1);
-    let Taken { terms: taken, span } = terms_within(store, terms, cap).await?;
+    let Taken {
+        terms: taken,
+        span,
+        walk,
+    } = terms_within(store, terms, cap).await?;
     let window = match span {
         Some(u64::MAX) => "ORDER BY c.id DESC LIMIT $3".to_string(),
-        Some(span) => format!(
-            "AND c.id > (SELECT COALESCE(MAX(id), 0) FROM memory_chunks) - {span}
-             ORDER BY c.id DESC LIMIT $3"
-        ),
+        Some(span) => {
+            // A literal range, and no ORDER BY … LIMIT: the planner then
+            // ANDs the GIN bitmap with the key's range and visits only the
+            // matches in it, where a LIMIT would walk the key backwards
+            // testing every row.
+            let newest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM memory_chunks")
+                .fetch_one(store.pool())
+                .await?;
+            let from = newest.saturating_sub(i64::try_from(span).unwrap_or(i64::MAX));
+            // Very common words: walking the key backwards finds `cap`
+            // of them within a few `cap` rows, and ranks no more than that.
+            if walk {
+                format!("AND c.id > {from} ORDER BY c.id DESC LIMIT $3")
+            } else {
+                format!("AND c.id > {from} AND $3 > 0")
+            }
+        }
         None => "AND $3 > 0".to_string(),
     };
     let scope = Scope::Knowledge.condition();
@@ -496,14 +513,20 @@ async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResul
             return Ok(Taken {
                 terms: pick(terms, &order[..n]),
                 span,
+                walk: matches as f64 >= rows * WALK_DENSITY,
             });
         }
     };
     Ok(Taken {
         terms: taken,
         span: None,
+        walk: false,
     })
 }
+
+/// Matches at least this dense are windowed by walking the newest ids
+/// (measured: at 73% it beats ranking the range; at 1–5% it loses).
+const WALK_DENSITY: f64 = 0.2;
 
 /// The terms full text ranks by, and on PostgreSQL, when their matches
 /// are dense, how many of the newest chunk ids the window reads (`u64::MAX`:
@@ -511,6 +534,8 @@ async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResul
 struct Taken {
     terms: Vec<String>,
     span: Option<u64>,
+    /// Dense enough to walk the newest ids with ORDER BY … LIMIT.
+    walk: bool,
 }
 
 /// How many chunks each FTS5 expression matches, each count stopping at
