@@ -19,6 +19,7 @@ mod db;
 pub mod embed;
 pub mod eval;
 pub mod fetch;
+mod fulltext;
 mod ingest;
 #[cfg(feature = "local-embed")]
 pub mod local;
@@ -52,7 +53,7 @@ pub struct MemorySettings {
     /// How many knowledge chunks a draft sees.
     pub top_k: usize,
     /// Full-text retrieval ranks at most about this many matching chunks
-    /// (`db::search_knowledge`): rarest query words first, then the newest
+    /// (`fulltext::search_knowledge`): rarest query words first, then the newest
     /// matches. Below it in all, the ranking is exact.
     pub text_rank_cap: usize,
     /// Chunk size bound and the overlap between neighbours, in characters.

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::chunk::Chunk;
 use super::db::{self, NewSource, RawHit, Scope};
+use super::fulltext;
 use super::{Memory, MemoryError, label};
 use crate::domain::{ChatRef, RunInput, clip};
 use crate::store::now_ms;
@@ -110,6 +111,16 @@ pub fn terms(query: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `n` nearest vectors to `query`, searched on tokio's blocking pool
+/// (2 ms at 100k vectors: too long to hold an async worker).
+fn similar_on_a_blocking_thread(
+    index: std::sync::Arc<super::vectors::VectorIndex>,
+    query: Vec<f32>,
+    n: usize,
+) -> tokio::task::JoinHandle<Vec<(i64, f32)>> {
+    tokio::task::spawn_blocking(move || index.search(&query, n))
+}
+
 impl Memory {
     /// The top `k` knowledge chunks for `query`: full text alone, or fused
     /// with vector similarity when an embedder is configured. If the query
@@ -145,12 +156,25 @@ impl Memory {
         let terms = terms(query);
         let pool = (k * 8).max(32);
         let cap = self.settings.text_rank_cap;
-        let text = db::search_knowledge(&self.store, &terms, pool, cap).await?;
         let Some((model, vector)) = vector else {
+            let text = fulltext::search_knowledge(&self.store, &terms, pool, cap).await?;
             return Ok(self.rank(text, &terms, k));
         };
+        // The vector scan is CPU work and the full-text query waits on the
+        // database: run them at once, so a fused query costs the slower of
+        // the two rather than their sum. The index is fetched first because
+        // checking it is fresh is a query too, and on SQLite's single
+        // connection it would otherwise queue behind the full text.
         let index = super::vectors::index(&self.store, model).await?;
-        let similar = index.search(vector, pool);
+        let similar = similar_on_a_blocking_thread(index, vector.to_vec(), pool);
+        let text = fulltext::search_knowledge(&self.store, &terms, pool, cap).await?;
+        let similar = match similar.await {
+            Ok(similar) => similar,
+            Err(error) => {
+                tracing::warn!(error = %error, "retrieval by meaning failed; full text only");
+                return Ok(self.rank(text, &terms, k));
+            }
+        };
         self.fuse(text, similar, &terms, k).await
     }
 
@@ -265,7 +289,8 @@ impl Memory {
     ) -> Result<Vec<DecisionHit>, MemoryError> {
         self.index_decisions().await?;
         let terms = terms(query);
-        let candidates = db::search(&self.store, &terms, Scope::Decisions, k.max(1) * 4).await?;
+        let candidates =
+            fulltext::search(&self.store, &terms, Scope::Decisions, k.max(1) * 4).await?;
         let mut hits: Vec<DecisionHit> = candidates
             .into_iter()
             .filter_map(|c| {

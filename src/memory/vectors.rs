@@ -13,7 +13,9 @@
 //! again when a chunk or an embedding was added since (their ids only
 //! grow); chunks deleted since are dropped when hits are read back.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock};
+
+use moka::future::Cache;
 
 use super::db::Scope;
 use crate::store::{Backend, Store, StoreResult, now_ms};
@@ -77,7 +79,6 @@ pub async fn insert(store: &Store, model: &str, vectors: &[(String, Vec<f32>)]) 
 /// around the mean, for one database and model.
 #[derive(Debug)]
 pub struct VectorIndex {
-    key: String,
     signature: (i64, i64),
     dims: usize,
     ids: Vec<i64>,
@@ -177,15 +178,14 @@ unsafe fn hamming_all_popcnt(query: &[u64], bits: &[u64], out: &mut Vec<u16>) {
 impl VectorIndex {
     /// An index over `(id, vector)`; vectors of another width than the
     /// first are left out (a model whose width changed keeps old rows).
-    pub fn build(key: String, signature: (i64, i64), vectors: &[(i64, Vec<f32>)]) -> Self {
-        Self::build_from(key, signature, vectors, |v| v.clone())
+    pub fn build(signature: (i64, i64), vectors: &[(i64, Vec<f32>)]) -> Self {
+        Self::build_from(signature, vectors, |v| v.clone())
     }
 
     /// The same over rows each decoded twice by `vector` (once for the
     /// mean, once for the codes), so a large index never holds every row
     /// as f32 at once.
     fn build_from<R>(
-        key: String,
         signature: (i64, i64),
         rows: &[(i64, R)],
         vector: impl Fn(&R) -> Vec<f32>,
@@ -206,7 +206,6 @@ impl VectorIndex {
         mean.iter_mut().for_each(|m| *m /= count.max(1) as f32);
         let words = dims.div_ceil(64);
         let mut index = VectorIndex {
-            key,
             signature,
             dims,
             ids: Vec::with_capacity(count),
@@ -320,10 +319,11 @@ impl VectorIndex {
     }
 }
 
-/// Loaded indexes, most recent last; a few, so a process serving one
+/// Loaded indexes by database and model; a few, so a process serving one
 /// database keeps its index and tests with many databases stay bounded.
-static INDEXES: Mutex<Vec<Arc<VectorIndex>>> = Mutex::new(Vec::new());
-const KEEP_INDEXES: usize = 4;
+static INDEXES: LazyLock<Cache<String, Arc<VectorIndex>>> =
+    LazyLock::new(|| Cache::new(KEEP_INDEXES));
+const KEEP_INDEXES: u64 = 4;
 
 /// Which database this is, and the largest chunk and embedding ids.
 async fn signature(store: &Store) -> StoreResult<(String, i64, i64)> {
@@ -348,31 +348,15 @@ pub async fn index(store: &Store, model: &str) -> StoreResult<Arc<VectorIndex>> 
     let (database, chunks, embeddings) = signature(store).await?;
     let key = format!("{database}\u{0}{model}");
     let current = (chunks, embeddings);
-    {
-        let indexes = INDEXES.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(index) = indexes
-            .iter()
-            .find(|i| i.key == key && i.signature == current)
-        {
-            return Ok(index.clone());
-        }
+    if let Some(index) = INDEXES.get(&key).await.filter(|i| i.signature == current) {
+        return Ok(index);
     }
-    let index = Arc::new(load(store, model, key, current).await?);
-    let mut indexes = INDEXES.lock().unwrap_or_else(|e| e.into_inner());
-    indexes.retain(|i| i.key != index.key);
-    indexes.push(index.clone());
-    if indexes.len() > KEEP_INDEXES {
-        indexes.remove(0);
-    }
+    let index = Arc::new(load(store, model, current).await?);
+    INDEXES.insert(key, index.clone()).await;
     Ok(index)
 }
 
-async fn load(
-    store: &Store,
-    model: &str,
-    key: String,
-    signature: (i64, i64),
-) -> StoreResult<VectorIndex> {
+async fn load(store: &Store, model: &str, signature: (i64, i64)) -> StoreResult<VectorIndex> {
     let sql = format!(
         "SELECT c.id, e.vector FROM memory_chunks c
          JOIN memory_sources s ON s.id = c.source_id
@@ -384,7 +368,7 @@ async fn load(
         .bind(model)
         .fetch_all(store.pool())
         .await?;
-    let index = VectorIndex::build_from(key, signature, &rows, |bytes| decode(bytes));
+    let index = VectorIndex::build_from(signature, &rows, |bytes| decode(bytes));
     tracing::debug!(
         model,
         vectors = index.ids.len(),
@@ -420,7 +404,7 @@ mod tests {
             .enumerate()
             .map(|(i, v)| (i as i64 + 10, v))
             .collect();
-        let index = VectorIndex::build(String::new(), (0, 0), &vectors);
+        let index = VectorIndex::build((0, 0), &vectors);
         let hits = index.search(&[0.9, 0.1, 0.0, 0.0], 3);
         assert_eq!(
             hits.iter().map(|h| h.0).collect::<Vec<_>>(),
@@ -457,7 +441,7 @@ mod tests {
     #[test]
     fn the_two_pass_search_finds_what_the_exact_scan_finds() {
         let vectors = clustered(5_000, 384, 7);
-        let index = VectorIndex::build("k".into(), (0, 0), &vectors);
+        let index = VectorIndex::build((0, 0), &vectors);
         let mut found = 0;
         let mut asked = 0;
         for (_, query) in vectors.iter().step_by(97).take(40) {
@@ -475,7 +459,7 @@ mod tests {
     #[test]
     fn a_vector_finds_itself_first_among_many() {
         let vectors = clustered(3_000, 64, 11);
-        let index = VectorIndex::build("k".into(), (0, 0), &vectors);
+        let index = VectorIndex::build((0, 0), &vectors);
         for (id, v) in vectors.iter().step_by(301) {
             let hits = index.search(v, 1);
             assert_eq!(hits[0].0, *id);
