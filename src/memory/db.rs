@@ -292,19 +292,22 @@ pub async fn chunks_by_ids(store: &Store, ids: &[i64], scope: Scope) -> StoreRes
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    // The ids are integers from the index, never text from outside.
-    let list = ids
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
+    // One statement whatever the ids: a list written into the SQL would
+    // be prepared anew for every query (half a millisecond on SQLite).
+    let ids_in = match store.backend() {
+        Backend::Sqlite => "SELECT value FROM json_each($1)",
+        Backend::Postgres => {
+            "SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST($1 AS JSON))"
+        }
+    };
     let sql = format!(
         "SELECT {HIT_COLUMNS}, CAST(0 AS DOUBLE PRECISION) FROM memory_chunks c
          JOIN memory_sources s ON s.id = c.source_id
-         WHERE c.id IN ({list}) AND {}",
+         WHERE c.id IN ({ids_in}) AND {}",
         scope.condition()
     );
     let rows: Vec<HitRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(serde_json::to_string(ids).unwrap_or_default())
         .fetch_all(store.pool())
         .await?;
     Ok(rows.into_iter().map(raw_hit).collect())

@@ -138,16 +138,23 @@ pub async fn search_knowledge(
             // whole primary key backwards looking for them (the planner's
             // guess): sparse matches are not windowed, and a dense window
             // reads a bounded id range.
+            // The window's rows are ranked from the vector they were
+            // read with, and only the best `limit` are read again for their
+            // text and source: reading every ranked row twice cost more
+            // than the ranking.
             format!(
-                "SELECT {HIT_COLUMNS}, CAST(ts_rank(c.tsv, q, 1) AS DOUBLE PRECISION) AS rank
-                 FROM (SELECT c.id FROM memory_chunks c, websearch_to_tsquery('english', $1) q
-                       WHERE c.tsv @@ q AND c.source_id NOT IN (
-                           SELECT id FROM memory_sources WHERE kind = 'decision')
-                       {window}) w
-                 JOIN memory_chunks c ON c.id = w.id
-                 JOIN memory_sources s ON s.id = c.source_id,
-                 websearch_to_tsquery('english', $4) q
-                 WHERE {scope} ORDER BY rank DESC LIMIT $2"
+                "SELECT {HIT_COLUMNS}, r.rank FROM (
+                     SELECT w.id, CAST(ts_rank(w.tsv, q, 1) AS DOUBLE PRECISION) AS rank
+                     FROM (SELECT c.id, c.tsv FROM memory_chunks c,
+                                  websearch_to_tsquery('english', $1) q
+                           WHERE c.tsv @@ q AND c.source_id NOT IN (
+                               SELECT id FROM memory_sources WHERE kind = 'decision')
+                           {window}) w,
+                          websearch_to_tsquery('english', $4) q
+                     ORDER BY rank DESC, w.id DESC LIMIT $2) r
+                 JOIN memory_chunks c ON c.id = r.id
+                 JOIN memory_sources s ON s.id = c.source_id
+                 WHERE {scope} ORDER BY r.rank DESC, r.id DESC"
             ),
             taken.join(" or "),
         ),
@@ -199,11 +206,7 @@ async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResul
     let limit = cap as u64;
     let taken = match store.backend() {
         Backend::Sqlite => {
-            let alone: Vec<String> = terms
-                .iter()
-                .map(|t| fts5_any(std::slice::from_ref(t)))
-                .collect();
-            let counts = sqlite_counts(store, &alone, cap).await?;
+            let counts = sqlite_term_counts(store, terms, cap).await?;
             let order = rarest_first(&counts);
             let rarest = order.first().map_or(0, |&i| counts[i]);
             let taken = if counts.iter().sum::<u64>() <= limit {
@@ -211,14 +214,21 @@ async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResul
             } else if rarest > limit {
                 1
             } else {
-                let runs: Vec<String> = (1..=order.len())
+                let sorted: Vec<u64> = order.iter().map(|&i| counts[i]).collect();
+                let (surely, possibly) = runs_in_doubt(&sorted, limit);
+                let runs: Vec<String> = (surely + 1..=possibly)
                     .map(|n| {
                         let run: Vec<String> =
                             order[..n].iter().map(|&i| terms[i].clone()).collect();
                         fts5_any(&run)
                     })
                     .collect();
-                longest_within(&sqlite_counts(store, &runs, cap).await?, limit)
+                if runs.is_empty() {
+                    surely
+                } else {
+                    let counted = sqlite_counts(store, &runs, cap).await?;
+                    surely + counted.iter().take_while(|&&c| c <= limit).count()
+                }
             };
             pick(terms, &order[..taken])
         }
@@ -241,8 +251,10 @@ async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResul
             let n = longest_within(&unions, limit);
             let matches = unions.get(n - 1).copied().unwrap_or(0);
             // Dense matches: the newest ones sit among the newest ids, so
-            // the window reads a range of ids about cap / density long
-            // (half again, for the estimate's error). Sparse ones: the GIN
+            // the window reads a range of ids cap / density long: about
+            // `cap` matches, as many more or fewer as the estimate is off
+            // (reading half again as many, to be sure of `cap`, cost a
+            // third more time for no better ranking). Sparse ones: the GIN
             // index finds them all, and they are few.
             let span = if rows < 1.0 {
                 // No statistics yet: nothing is known, so the newest
@@ -250,7 +262,11 @@ async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResul
                 Some(u64::MAX)
             } else if matches > limit {
                 let density = matches as f64 / rows;
-                Some((limit as f64 / density * 1.5).ceil() as u64)
+                let span = limit as f64 / density;
+                // Reading the key's range costs about a fiftieth of a
+                // match's ranking per id: over half the table, ranking
+                // every match (at most twice `cap`) is cheaper.
+                (span < rows * WHOLE_TABLE_SHARE).then(|| span.ceil() as u64)
             } else {
                 None
             };
@@ -268,6 +284,9 @@ async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResul
     })
 }
 
+/// A window over at least this share of the chunks is no window.
+const WHOLE_TABLE_SHARE: f64 = 0.5;
+
 /// Matches at least this dense are windowed by walking the newest ids
 /// (measured: at 73% it beats ranking the range; at 1–5% it loses).
 const WALK_DENSITY: f64 = 0.2;
@@ -281,6 +300,49 @@ struct Taken {
     /// Dense enough to walk the newest ids with ORDER BY … LIMIT.
     walk: bool,
 }
+
+/// How many chunks each term matches (up to `cap + 1`), counted once and
+/// kept for `STATISTICS_KEPT`, as PostgreSQL's statistics are: counting a
+/// common word reads its whole posting list, most of a query's time. A
+/// count kept while chunks came or went only steers which terms are
+/// ranked by; the search itself reads the index as it is.
+async fn sqlite_term_counts(store: &Store, terms: &[String], cap: usize) -> StoreResult<Vec<u64>> {
+    let database = store.identity();
+    let key = |term: &String| (database.clone(), cap, term.clone());
+    let mut counts = Vec::with_capacity(terms.len());
+    let mut unknown = Vec::new();
+    for term in terms {
+        let kept = TERM_COUNTS.get(&key(term)).await;
+        if kept.is_none() {
+            unknown.push(term.clone());
+        }
+        counts.push(kept);
+    }
+    if unknown.is_empty() {
+        return Ok(counts.into_iter().map(|c| c.unwrap_or(0)).collect());
+    }
+    let alone: Vec<String> = unknown
+        .iter()
+        .map(|t| fts5_any(std::slice::from_ref(t)))
+        .collect();
+    let counted = sqlite_counts(store, &alone, cap).await?;
+    for (term, count) in unknown.iter().zip(&counted) {
+        TERM_COUNTS.insert(key(term), *count).await;
+    }
+    let mut counted = counted.into_iter();
+    Ok(counts
+        .into_iter()
+        .map(|kept| kept.unwrap_or_else(|| counted.next().unwrap_or(0)))
+        .collect())
+}
+
+/// By database, cap and term.
+static TERM_COUNTS: LazyLock<Cache<(String, usize, String), u64>> = LazyLock::new(|| {
+    Cache::builder()
+        .max_capacity(50_000)
+        .time_to_live(STATISTICS_KEPT)
+        .build()
+});
 
 /// How many chunks each FTS5 expression matches, each count stopping at
 /// `cap + 1`; one statement.
@@ -443,6 +505,30 @@ async fn lexemes_of(store: &Store, terms: &[String]) -> StoreResult<Vec<Option<S
         .collect())
 }
 
+/// Which rarest-first runs (the first n terms together) need counting:
+/// a run matches at most the sum of its terms' counts and at least the
+/// largest of them, so the first `surely` runs are within `limit` by their
+/// sums, and runs past `possibly` hold a term over it. Only the runs in
+/// between are counted; the common words, whose posting lists are long,
+/// never are.
+pub(super) fn runs_in_doubt(sorted: &[u64], limit: u64) -> (usize, usize) {
+    let mut sum = 0u64;
+    let surely = sorted
+        .iter()
+        .take_while(|&&c| {
+            sum = sum.saturating_add(c);
+            sum <= limit
+        })
+        .count()
+        .max(1);
+    let possibly = sorted
+        .iter()
+        .take_while(|&&c| c <= limit)
+        .count()
+        .max(surely);
+    (surely, possibly)
+}
+
 /// Positions of `counts`, smallest first (ties in the query's order).
 pub(super) fn rarest_first(counts: &[u64]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..counts.len()).collect();
@@ -488,6 +574,25 @@ mod tests {
     fn rows_by_position_fill_their_slots_and_ignore_the_rest() {
         let rows = vec![(2, "c"), (0, "a"), (7, "out of range"), (-1, "negative")];
         assert_eq!(by_position(rows, 3), [Some("a"), None, Some("c")]);
+    }
+
+    #[test]
+    fn only_runs_between_their_sum_and_their_largest_term_are_counted() {
+        // 3 + 40 + 300 is within 1,000 and adding 700 is not: three runs
+        // are within by their sums. 5,000 is over alone, so the sixth run
+        // cannot be within: only runs 4 and 5 are counted.
+        assert_eq!(runs_in_doubt(&[3, 40, 300, 700, 900, 5000], 1000), (3, 5));
+        assert_eq!(runs_in_doubt(&[3, 40, 300], 1000), (3, 3), "all within");
+        assert_eq!(
+            runs_in_doubt(&[600, 700, 2000], 1000),
+            (1, 2),
+            "the rarest always"
+        );
+        assert_eq!(
+            runs_in_doubt(&[3, 2000, 3000], 1000),
+            (1, 1),
+            "none to count"
+        );
     }
 
     #[test]
