@@ -17,6 +17,7 @@
 //! Each case runs in a child process of its own, so each peak is its own.
 //! PostgreSQL cases need `SOLOIST_TEST_PG_URL`; without it they are skipped.
 
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_llm.rs"]
 mod fake_llm;
@@ -81,11 +82,7 @@ fn parse_case(case: &str) -> (Db, i64) {
 }
 
 fn run_case(db: Db, n: i64) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::two_worker_runtime();
     runtime.block_on(burst(db, n));
 }
 

@@ -20,7 +20,6 @@
 //! A debug build is enough (`cargo build --benches`, then run
 //! `target/debug/deps/chaos-* --bench`): the figures count, they do not time.
 
-#[allow(dead_code)]
 mod common;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_llm.rs"]
@@ -64,18 +63,14 @@ fn main() {
         return;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::two_worker_runtime();
     runtime.block_on(async {
-        let kills = env_number("SOLOIST_CHAOS_KILLS", 100);
+        let kills = common::env_number("SOLOIST_CHAOS_KILLS", 100);
         let mut rows = vec![("SQLite, 1 process".to_string(), scenario(None, 1, kills).await)];
         match std::env::var("SOLOIST_TEST_PG_URL") {
             Ok(admin) => {
                 let url = common::fresh_pg_database(&admin).await;
-                let kills = env_number("SOLOIST_CHAOS_PG_KILLS", 20);
+                let kills = common::env_number("SOLOIST_CHAOS_PG_KILLS", 20);
                 rows.push((
                     "PostgreSQL, 3 processes".to_string(),
                     scenario(Some(url), 3, kills).await,
@@ -102,13 +97,6 @@ fn main() {
             );
         }
     });
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// A small xorshift: the moments of the kills need not be reproducible.

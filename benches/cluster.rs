@@ -25,7 +25,6 @@
 //! offer are listed. Needs `SOLOIST_TEST_PG_URL`; `CLUSTER_KEEP=1` keeps
 //! each case's database and home (their names are printed) to look into.
 
-#[allow(dead_code)]
 mod common;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_llm.rs"]
@@ -66,17 +65,13 @@ fn main() {
         return;
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let help_updates = env_number("CLUSTER_HELP_UPDATES", 4_000);
+    let help_updates = common::env_number("CLUSTER_HELP_UPDATES", 4_000);
     let sizes: Vec<usize> = std::env::var("CLUSTER_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
         .unwrap_or_else(|| vec![200, 1_000]);
-    let webhook = env_number("CLUSTER_WEBHOOK", 1) != 0;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let webhook = common::env_number("CLUSTER_WEBHOOK", 1) != 0;
+    let runtime = common::two_worker_runtime();
     runtime.block_on(async {
         let mut rows: Vec<(String, [String; 2])> = Vec::new();
         let mut pair = Vec::new();
@@ -116,13 +111,6 @@ fn main() {
             println!("| {case} | {one} | {two} |");
         }
     });
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -447,17 +435,15 @@ async fn help_capacity(admin: &str, processes: usize, updates: usize, intake: In
         }
         Intake::Webhook => post_updates(&cluster.webhook_ports, chats, "/help").await,
     };
-    loop {
-        let sent = tg.inspect(|s| s.sent.len());
-        if sent >= updates {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "only {sent} of {updates} replies after 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let replies = || tg.inspect(|s| s.sent.len());
+    wait_for(
+        started,
+        updates,
+        "replies",
+        Duration::from_millis(2),
+        replies,
+    )
+    .await;
     let cpu_after = cluster.cpu_secs();
     // Anything sent after the last expected reply would be a duplicate.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -536,17 +522,10 @@ async fn draft_burst(admin: &str, processes: usize, n: usize) -> String {
                 .collect::<Vec<_>>()
         })
     };
-    loop {
-        let got = offers().len();
-        if got >= n {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "only {got} of {n} offers after 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for(started, n, "offers", Duration::from_millis(5), || {
+        offers().len()
+    })
+    .await;
     let cpu_after = cluster.cpu_secs();
     // A step run twice would call the model or offer again after this.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -602,4 +581,26 @@ async fn draft_burst(admin: &str, processes: usize, n: usize) -> String {
     );
     cluster.stop().await;
     figure
+}
+
+/// Waits until `count()` reaches `n`, looking every `poll`; fails after 10
+/// minutes from `started`, saying how many `what` there were.
+async fn wait_for(
+    started: Instant,
+    n: usize,
+    what: &str,
+    poll: Duration,
+    count: impl Fn() -> usize,
+) {
+    loop {
+        let got = count();
+        if got >= n {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {got} of {n} {what} after 10 minutes"
+        );
+        tokio::time::sleep(poll).await;
+    }
 }

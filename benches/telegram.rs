@@ -19,6 +19,7 @@
 //!
 //! Needs `SOLOIST_TEST_PG_URL` (see `SOLOIST_TEST_SETUP_ONLY=1 scripts/test.sh`).
 
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/api/fake_llm.rs"]
 mod fake_llm;
@@ -53,11 +54,7 @@ fn main() {
         println!("telegram bench: skipped (SOLOIST_TEST_PG_URL unset)");
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::two_worker_runtime();
     runtime.block_on(async {
         for durable in [true, false] {
             capacity(4000, durable).await;

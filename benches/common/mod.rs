@@ -1,5 +1,9 @@
-//! What the bench binaries share: a fresh PostgreSQL database, and the
+//! What the bench binaries share: a fresh PostgreSQL database, the
+//! runtime they measure on, settings read from the environment, and the
 //! figures printed one line each.
+
+// Each bench binary uses its own part of this module.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -32,4 +36,22 @@ pub fn report(what: &str, samples: &[Duration]) {
         at(0.99),
         mean
     );
+}
+
+/// The runtime the pipeline benches measure on: two workers, as on the
+/// two-core machines their figures are for.
+pub fn two_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The number in the environment variable `name`, or `default`.
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
