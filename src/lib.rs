@@ -54,7 +54,8 @@
 //!   deterministic scoring rules of `[leads.criteria]`; `/leads`; the
 //!   follow-up reminder job and `soloist eval leads`.
 //! - [`memory`]: knowledge with provenance (ingest, readable pages, chunks,
-//!   full-text retrieval on both databases fused with an optional
+//!   full-text retrieval on both databases (`memory::fulltext`, ranking a
+//!   bounded set of matches) fused with an optional
 //!   `/embeddings` embedder's vectors, or all-MiniLM-L6-v2 run in process
 //!   in the `local-embed` build), the decision log, the chat window and
 //!   working memory; the `retrieve` step and `/remember`, `/memory`,

@@ -3,8 +3,8 @@
 //! as brand-voice examples, rejections with their reasons), the recent
 //! conversation, and a run's working values with an expiry.
 //!
-//! Retrieval is full text on both databases (SQLite FTS5, PostgreSQL
-//! `tsvector` + GIN) and, with an embedder configured (`embed`), vector
+//! Retrieval is full text on both databases (`fulltext`: SQLite FTS5,
+//! PostgreSQL `tsvector` + GIN) and, with an embedder configured (`embed`), vector
 //! similarity over vectors stored in the database and scanned in process
 //! (`vectors`); the two candidate lists are fused by reciprocal rank, then
 //! a per-source weight and a recency decay, top-k with the source, section,
