@@ -270,9 +270,9 @@ impl VectorIndex {
     }
 
     /// The same, compiled for AVX2 and POPCNT, which x86-64's baseline
-    /// lacks: without them `count_ones` is a dozen instructions a word and
-    /// the 8-bit dot product is widened 4 bytes at a time (measured at 100k
-    /// vectors: the search took 1.7 ms; README, Memory benchmark).
+    /// lacks (without POPCNT, `count_ones` is a dozen instructions a word).
+    /// Measured in a separate test program on 100k random vectors, cache
+    /// warm: 0.87 ms for the baseline copy, 0.58 ms for this one.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,popcnt")]
     unsafe fn two_passes_avx2(&self, query: &[f32], n: usize) -> Vec<(i64, f32)> {
