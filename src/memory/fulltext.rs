@@ -309,30 +309,49 @@ struct Taken {
 async fn sqlite_term_counts(store: &Store, terms: &[String], cap: usize) -> StoreResult<Vec<u64>> {
     let database = store.identity();
     let key = |term: &String| (database.clone(), cap, term.clone());
-    let mut counts = Vec::with_capacity(terms.len());
+    kept_or_asked(&TERM_COUNTS, terms, key, |unknown| async move {
+        let alone: Vec<String> = unknown
+            .iter()
+            .map(|t| fts5_any(std::slice::from_ref(t)))
+            .collect();
+        sqlite_counts(store, &alone, cap).await
+    })
+    .await
+}
+
+/// Each term's value kept in `cache`; the terms not kept are asked of
+/// `ask` at once (in their order) and its answers kept.
+async fn kept_or_asked<K, V, Fut>(
+    cache: &Cache<K, V>,
+    terms: &[String],
+    key: impl Fn(&String) -> K,
+    ask: impl FnOnce(Vec<String>) -> Fut,
+) -> StoreResult<Vec<V>>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Default + Send + Sync + 'static,
+    Fut: std::future::Future<Output = StoreResult<Vec<V>>>,
+{
+    let mut values = Vec::with_capacity(terms.len());
     let mut unknown = Vec::new();
     for term in terms {
-        let kept = TERM_COUNTS.get(&key(term)).await;
+        let kept = cache.get(&key(term)).await;
         if kept.is_none() {
             unknown.push(term.clone());
         }
-        counts.push(kept);
+        values.push(kept);
     }
     if unknown.is_empty() {
-        return Ok(counts.into_iter().map(|c| c.unwrap_or(0)).collect());
+        return Ok(values.into_iter().map(Option::unwrap_or_default).collect());
     }
-    let alone: Vec<String> = unknown
-        .iter()
-        .map(|t| fts5_any(std::slice::from_ref(t)))
-        .collect();
-    let counted = sqlite_counts(store, &alone, cap).await?;
-    for (term, count) in unknown.iter().zip(&counted) {
-        TERM_COUNTS.insert(key(term), *count).await;
+    let asked = ask(unknown.clone()).await?;
+    for (term, value) in unknown.iter().zip(&asked) {
+        cache.insert(key(term), value.clone()).await;
     }
-    let mut counted = counted.into_iter();
-    Ok(counts
+    let mut asked = asked.into_iter();
+    Ok(values
         .into_iter()
-        .map(|kept| kept.unwrap_or_else(|| counted.next().unwrap_or(0)))
+        .map(|kept| kept.or_else(|| asked.next()).unwrap_or_default())
         .collect())
 }
 
@@ -406,27 +425,10 @@ async fn postgres_frequencies(store: &Store, terms: &[String]) -> StoreResult<(V
 /// before. Kept by term alone: the built-in 'english' configuration stems
 /// alike in every database.
 async fn lexemes_kept(store: &Store, terms: &[String]) -> StoreResult<Vec<Option<String>>> {
-    let mut lexemes = Vec::with_capacity(terms.len());
-    let mut unknown = Vec::new();
-    for term in terms {
-        let kept = LEXEMES.get(term).await;
-        if kept.is_none() {
-            unknown.push(term.clone());
-        }
-        lexemes.push(kept);
-    }
-    if unknown.is_empty() {
-        return Ok(lexemes.into_iter().map(Option::flatten).collect());
-    }
-    let asked = lexemes_of(store, &unknown).await?;
-    for (term, lexeme) in unknown.iter().zip(&asked) {
-        LEXEMES.insert(term.clone(), lexeme.clone()).await;
-    }
-    let mut asked = asked.into_iter();
-    Ok(lexemes
-        .into_iter()
-        .map(|kept| kept.unwrap_or_else(|| asked.next().flatten()))
-        .collect())
+    kept_or_asked(&LEXEMES, terms, String::clone, |unknown| async move {
+        lexemes_of(store, &unknown).await
+    })
+    .await
 }
 
 /// What `pg_stats` says of the `tsv` column, for one database.
