@@ -294,12 +294,7 @@ pub async fn chunks_by_ids(store: &Store, ids: &[i64], scope: Scope) -> StoreRes
     }
     // One statement whatever the ids: a list written into the SQL would
     // be prepared anew for every query (half a millisecond on SQLite).
-    let ids_in = match store.backend() {
-        Backend::Sqlite => "SELECT value FROM json_each($1)",
-        Backend::Postgres => {
-            "SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST($1 AS JSON))"
-        }
-    };
+    let ids_in = store.backend().json_integers("$1");
     let sql = format!(
         "SELECT {HIT_COLUMNS}, CAST(0 AS DOUBLE PRECISION) FROM memory_chunks c
          JOIN memory_sources s ON s.id = c.source_id

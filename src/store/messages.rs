@@ -21,10 +21,15 @@ pub enum InboundRecord {
 
 impl Store {
     /// Records an update the first time it arrives, with its text in the
-    /// conversation log.
+    /// conversation log. Most updates were recorded on arrival (the front
+    /// door records each batch before handing it on), so their row is
+    /// looked up first: one statement, where inserting first took two.
     pub async fn record_inbound(&self, inbound: &Inbound) -> StoreResult<InboundRecord> {
         let mut tx = self.pool.begin().await?;
-        let record = record_inbound_in(&mut tx, inbound).await?;
+        let record = match recorded_state_in(&mut tx, inbound).await? {
+            Some(known) => known,
+            None => record_inbound_in(&mut tx, inbound).await?,
+        };
         tx.commit().await?;
         Ok(record)
     }
@@ -32,18 +37,24 @@ impl Store {
     /// Records an update that only reads and its replies in one
     /// transaction (the inbound, the log, the queued replies, handled).
     /// False, writing nothing, when it was handled before.
+    ///
+    /// The update is most likely recorded already (on arrival) and not yet
+    /// handled, so it is marked handled first: one statement. Only when
+    /// that finds nothing to mark is it recorded, then marked.
     pub async fn answer_in_one(
         &self,
         inbound: &Inbound,
         replies: &[Outbound],
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
-        if record_inbound_in(&mut tx, inbound).await? == InboundRecord::Duplicate
-            || !finish_inbound_in(&mut tx, inbound, replies).await?
-        {
+        let marked = mark_processed_in(&mut tx, inbound).await?
+            || (record_inbound_in(&mut tx, inbound).await? != InboundRecord::Duplicate
+                && mark_processed_in(&mut tx, inbound).await?);
+        if !marked {
             tx.rollback().await?;
             return Ok(false);
         }
+        queue_replies_in(&mut tx, inbound, replies).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -107,17 +118,10 @@ pub(super) async fn record_inbound_in(
     .rows_affected()
         == 1;
     if !inserted {
-        let processed: Option<i64> = sqlx::query_scalar(
-            "SELECT processed_at FROM inbound_updates WHERE platform = $1 AND update_key = $2",
-        )
-        .bind(inbound.chat.platform.as_str())
-        .bind(&inbound.update_key)
-        .fetch_one(&mut **tx)
-        .await?;
-        return Ok(match processed {
-            Some(_) => InboundRecord::Duplicate,
-            None => InboundRecord::Unfinished,
-        });
+        // Recorded by someone else first: it is there now.
+        return Ok(recorded_state_in(tx, inbound)
+            .await?
+            .unwrap_or(InboundRecord::Unfinished));
     }
     let text = match &inbound.content {
         InboundContent::Text(text) => text.clone(),
@@ -128,6 +132,25 @@ pub(super) async fn record_inbound_in(
     Ok(InboundRecord::Fresh)
 }
 
+/// What is known of an update already recorded: handled (a duplicate) or
+/// not yet; None when it was never recorded.
+async fn recorded_state_in(
+    tx: &mut Transaction<'_, Any>,
+    inbound: &Inbound,
+) -> StoreResult<Option<InboundRecord>> {
+    let processed: Option<Option<i64>> = sqlx::query_scalar(
+        "SELECT processed_at FROM inbound_updates WHERE platform = $1 AND update_key = $2",
+    )
+    .bind(inbound.chat.platform.as_str())
+    .bind(&inbound.update_key)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(processed.map(|processed| match processed {
+        Some(_) => InboundRecord::Duplicate,
+        None => InboundRecord::Unfinished,
+    }))
+}
+
 /// Marks the update handled and queues its replies; false (queuing
 /// nothing) when it was handled before.
 pub(super) async fn finish_inbound_in(
@@ -135,7 +158,17 @@ pub(super) async fn finish_inbound_in(
     inbound: &Inbound,
     replies: &[Outbound],
 ) -> StoreResult<bool> {
-    let finished = sqlx::query(
+    let finished = mark_processed_in(tx, inbound).await?;
+    if finished {
+        queue_replies_in(tx, inbound, replies).await?;
+    }
+    Ok(finished)
+}
+
+/// Marks a recorded update handled; false when it was handled before or
+/// was never recorded.
+async fn mark_processed_in(tx: &mut Transaction<'_, Any>, inbound: &Inbound) -> StoreResult<bool> {
+    let marked = sqlx::query(
         "UPDATE inbound_updates SET processed_at = $1
          WHERE platform = $2 AND update_key = $3 AND processed_at IS NULL",
     )
@@ -146,18 +179,24 @@ pub(super) async fn finish_inbound_in(
     .await?
     .rows_affected()
         == 1;
-    if finished {
-        for reply in replies {
-            // A reply answers the update it is queued with, so a platform
-            // fills only that update's pending response with it.
-            let mut reply = reply.clone();
-            reply
-                .answers
-                .get_or_insert_with(|| inbound.update_key.clone());
-            enqueue_in(tx, &inbound.chat, None, &reply).await?;
-        }
+    Ok(marked)
+}
+
+async fn queue_replies_in(
+    tx: &mut Transaction<'_, Any>,
+    inbound: &Inbound,
+    replies: &[Outbound],
+) -> StoreResult<()> {
+    for reply in replies {
+        // A reply answers the update it is queued with, so a platform
+        // fills only that update's pending response with it.
+        let mut reply = reply.clone();
+        reply
+            .answers
+            .get_or_insert_with(|| inbound.update_key.clone());
+        enqueue_in(tx, &inbound.chat, None, &reply).await?;
     }
-    Ok(finished)
+    Ok(())
 }
 
 pub(super) async fn enqueue_in(
@@ -209,15 +248,12 @@ async fn log_message(
     text: &str,
 ) -> StoreResult<()> {
     let now = now_ms();
-    sqlx::query(
-        "INSERT INTO conversations (platform, chat_id, first_seen_at, last_seen_at) VALUES ($1, $2, $3, $3)
-         ON CONFLICT (platform, chat_id) DO UPDATE SET last_seen_at = excluded.last_seen_at",
-    )
-    .bind(chat.platform.as_str())
-    .bind(&chat.chat_id)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    // A chat's row says when it last wrote to the bot. The bot's own
+    // messages leave it alone: a statement fewer on every reply, and a
+    // chat only the bot has written to (a digest channel) has no row.
+    if direction == "in" {
+        upsert_conversation_in(tx, chat, now).await?;
+    }
     sqlx::query(
         "INSERT INTO messages (platform, chat_id, direction, user_id, text, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -227,6 +263,23 @@ async fn log_message(
     .bind(direction)
     .bind(user_id)
     .bind(text)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_conversation_in(
+    tx: &mut Transaction<'_, Any>,
+    chat: &ChatRef,
+    now: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO conversations (platform, chat_id, first_seen_at, last_seen_at) VALUES ($1, $2, $3, $3)
+         ON CONFLICT (platform, chat_id) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+    )
+    .bind(chat.platform.as_str())
+    .bind(&chat.chat_id)
     .bind(now)
     .execute(&mut **tx)
     .await?;

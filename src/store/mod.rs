@@ -152,6 +152,31 @@ impl Backend {
             Backend::Sqlite => "SQLite",
         }
     }
+
+    /// A subquery over the integers of a JSON array bound as `param`
+    /// (`$3`). A list of `$n` written into the SQL is a new statement for
+    /// each length: prepared anew every time, and crowding the connection's
+    /// statement cache, so hot statements were prepared again too.
+    pub fn json_integers(self, param: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("SELECT value FROM json_each({param})"),
+            Backend::Postgres => {
+                format!(
+                    "SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST({param} AS JSON))"
+                )
+            }
+        }
+    }
+
+    /// The same over the strings of a JSON array.
+    pub fn json_texts(self, param: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("SELECT value FROM json_each({param})"),
+            Backend::Postgres => {
+                format!("SELECT value FROM json_array_elements_text(CAST({param} AS JSON))")
+            }
+        }
+    }
 }
 
 /// Kept here too: the store's callers redact the URLs they open.

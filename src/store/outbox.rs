@@ -10,11 +10,12 @@
 //! is guarded by the claim token, so a dispatcher whose lease lapsed cannot
 //! mark a row another one now holds.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::{Any, Transaction};
 
-use super::{Backend, Store, StoreResult, corrupt, now_ms};
+use super::{Backend, Store, StoreResult, corrupt, now_ms, to_json};
 use crate::domain::{ApprovalId, ChatRef, Platform, RunId};
 
 /// A message waiting in (or delivered from) the outbox.
@@ -197,10 +198,7 @@ impl Store {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
-        let list = (0..chats.len())
-            .map(|n| format!("${}", n + 6))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = self.backend.json_texts("$6");
         let sql = format!(
             "UPDATE outbox SET claimed_by = $1, claim_token = $2, claimed_until = $3
              WHERE id IN (
@@ -215,16 +213,15 @@ impl Store {
                 {lock})
              RETURNING {COLUMNS}"
         );
-        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let mut rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(&claim.owner)
             .bind(&claim.token)
             .bind(now + millis(lease))
             .bind(platform.as_str())
-            .bind(now);
-        for chat in chats {
-            query = query.bind(chat);
-        }
-        let mut rows: Vec<Row> = query.fetch_all(&self.pool).await?;
+            .bind(now)
+            .bind(to_json(&chats)?)
+            .fetch_all(&self.pool)
+            .await?;
         rows.sort_by_key(|row| row.0);
         rows.into_iter()
             .map(|row| from_row(platform, row))
@@ -297,8 +294,28 @@ impl Store {
     ) -> StoreResult<Vec<i64>> {
         let mut tx = self.pool.begin().await?;
         let mut lost = Vec::new();
-        for (token, settlement) in settlements {
-            if !settle_one(&mut tx, token, settlement).await? {
+        let (delivered, others): (Vec<_>, Vec<_>) = settlements
+            .iter()
+            .partition(|(_, settlement)| matches!(settlement, Settlement::Delivered { .. }));
+        let settled = settle_delivered_in(&mut tx, self.backend, &delivered).await?;
+        for (_, settlement) in &delivered {
+            let Settlement::Delivered {
+                id,
+                chat,
+                chat_pace_until,
+                ..
+            } = settlement
+            else {
+                continue;
+            };
+            if !settled.contains(id) {
+                lost.push(*id);
+            } else if let Some(until) = chat_pace_until {
+                pace_next(&mut tx, chat, *until).await?;
+            }
+        }
+        for (token, settlement) in others {
+            if !settle_undelivered(&mut tx, token, settlement).await? {
                 lost.push(settlement_id(settlement));
             }
         }
@@ -367,26 +384,76 @@ impl Store {
     }
 }
 
-async fn settle_one(
+/// Marks every delivered row whose claim is still its token's, in one
+/// statement (a statement a row was most of the outbox's share of the
+/// database's work under a burst); returns the ids marked.
+async fn settle_delivered_in(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    delivered: &[&(String, Settlement)],
+) -> StoreResult<HashSet<i64>> {
+    #[derive(serde::Serialize)]
+    struct Mark<'a> {
+        id: i64,
+        token: &'a str,
+        mid: Option<&'a str>,
+    }
+    let marks: Vec<Mark> = delivered
+        .iter()
+        .filter_map(|(token, settlement)| match settlement {
+            Settlement::Delivered {
+                id,
+                platform_message_id,
+                ..
+            } => Some(Mark {
+                id: *id,
+                token,
+                mid: platform_message_id.as_deref(),
+            }),
+            _ => None,
+        })
+        .collect();
+    if marks.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let marks_table = match backend {
+        Backend::Sqlite => {
+            "SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.token') AS token,
+                    json_extract(value, '$.mid') AS mid
+             FROM json_each($2)"
+        }
+        Backend::Postgres => {
+            "SELECT CAST(e->>'id' AS BIGINT) AS id, e->>'token' AS token, e->>'mid' AS mid
+             FROM json_array_elements(CAST($2 AS JSON)) e"
+        }
+    };
+    let sql = format!(
+        "UPDATE outbox SET status = 'delivered', delivered_at = $1,
+                platform_message_id = COALESCE(m.mid, outbox.platform_message_id),
+                failing_since = NULL, claimed_by = NULL, claim_token = NULL, claimed_until = NULL
+         FROM ({marks_table}) m
+         WHERE outbox.id = m.id AND outbox.claim_token = m.token AND outbox.status = 'pending'
+         RETURNING outbox.id"
+    );
+    let settled: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(now_ms())
+        .bind(to_json(&marks)?)
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(settled.into_iter().collect())
+}
+
+/// Records a retry or a failure, if the claim is still `token`'s.
+async fn settle_undelivered(
     tx: &mut Transaction<'_, Any>,
     token: &str,
     settlement: &Settlement,
 ) -> StoreResult<bool> {
     let now = now_ms();
     let query = match settlement {
-        Settlement::Delivered {
-            id,
-            platform_message_id,
-            ..
-        } => sqlx::query(
-            "UPDATE outbox SET status = 'delivered', delivered_at = $1,
-                    platform_message_id = COALESCE($2, platform_message_id),
-                    failing_since = NULL, claimed_by = NULL, claim_token = NULL, claimed_until = NULL
-             WHERE id = $3 AND claim_token = $4 AND status = 'pending'",
-        )
-        .bind(now)
-        .bind(platform_message_id.as_deref())
-        .bind(*id),
+        Settlement::Delivered { .. } => {
+            unreachable!("delivered rows are settled together (settle_delivered_in)")
+        }
         Settlement::Retry {
             id,
             at,
@@ -424,19 +491,7 @@ async fn settle_one(
         .bind(format!("error: {}", crate::domain::clip(reason, 200)))
         .bind(*id),
     };
-    let held = query.bind(token).execute(&mut **tx).await?.rows_affected() == 1;
-    if let (
-        true,
-        Settlement::Delivered {
-            chat,
-            chat_pace_until: Some(until),
-            ..
-        },
-    ) = (held, settlement)
-    {
-        pace_next(tx, chat, *until).await?;
-    }
-    Ok(held)
+    Ok(query.bind(token).execute(&mut **tx).await?.rows_affected() == 1)
 }
 
 /// Holds a chat's next pending row back until `until` (the chat's pace),

@@ -78,23 +78,20 @@ impl Store {
     /// its marks: a mark lost in a crash only makes a restart hand the
     /// update to the controller again, which finds it done).
     pub async fn mark_updates_handled(&self, platform: Platform, ids: &[i64]) -> StoreResult<()> {
-        for chunk in ids.chunks(500) {
-            let list = (0..chunk.len())
-                .map(|n| format!("${}", n + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "UPDATE platform_updates SET handled_at = $1
-                 WHERE platform = $2 AND update_id IN ({list}) AND handled_at IS NULL"
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(now_ms())
-                .bind(platform.as_str());
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            query.execute(&self.pool).await?;
+        if ids.is_empty() {
+            return Ok(());
         }
+        let sql = format!(
+            "UPDATE platform_updates SET handled_at = $1
+             WHERE platform = $2 AND update_id IN ({}) AND handled_at IS NULL",
+            self.backend.json_integers("$3")
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms())
+            .bind(platform.as_str())
+            .bind(super::to_json(&ids)?)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -28,6 +28,7 @@ on_both_backends!(
     a_delivery_that_panics_once_frees_its_chat_and_the_next_message_goes,
     a_database_error_does_not_stop_the_dispatcher,
     a_crash_after_part_one_of_three_sends_only_parts_two_and_three,
+    deliveries_settled_together_mark_only_rows_still_held_and_pace_each_chat,
 );
 
 /// What the recording platform does with a message the next time it
@@ -669,4 +670,111 @@ async fn claimers_racing_on_one_postgres_never_claim_a_row_another_already_deliv
         &twice[..twice.len().min(5)]
     );
     assert_eq!(claimed.len(), CHATS * PER_CHAT, "every row claimed");
+}
+
+/// Delivered rows are settled by one statement: each row is marked only
+/// while its claim is still the settling token's (a row whose lease lapsed
+/// and was claimed again is reported lost and left to its new holder),
+/// keeps the platform's message id when one came, and holds its chat's
+/// next row back when the chat is paced.
+async fn deliveries_settled_together_mark_only_rows_still_held_and_pace_each_chat(db: Db) {
+    use soloist::store::{Claim, Settlement};
+
+    let test_db = TestDb::create(db).await;
+    let store = Store::open(&test_db.url, 4).await.unwrap();
+    for chat in ["a", "b", "c"] {
+        queue(&store, chat, &["first", "second"]).await;
+    }
+    let claim = |token: &str| Claim {
+        owner: format!("owner-{token}"),
+        token: token.to_string(),
+    };
+    let old = claim("old");
+    let heads = store
+        .claim_outbox(Platform::Telegram, &old, Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert_eq!(heads.len(), 3, "one head a chat");
+    let head = |chat: &str| heads.iter().find(|m| m.chat.chat_id == chat).unwrap();
+    // The old claim's lease (zero) has lapsed: chat c's head is taken again.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let new = claim("new");
+    let retaken = store
+        .claim_outbox_chats(
+            Platform::Telegram,
+            &new,
+            Duration::from_secs(60),
+            &["c".to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        retaken.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [head("c").id]
+    );
+
+    let paced_until = soloist::store::now_ms() + 3_600_000;
+    let delivered = |chat: &str, mid: Option<&str>, pace: Option<i64>| {
+        (
+            old.token.clone(),
+            Settlement::Delivered {
+                id: head(chat).id,
+                chat: head(chat).chat.clone(),
+                platform_message_id: mid.map(String::from),
+                chat_pace_until: pace,
+            },
+        )
+    };
+    let lost = store
+        .settle_outbox(&[
+            delivered("a", Some("m-a"), Some(paced_until)),
+            delivered("b", None, None),
+            delivered("c", Some("m-c"), None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(lost, [head("c").id], "only the row claimed again is lost");
+
+    let row = |id: i64| {
+        let store = store.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<String>, Option<String>, Option<i64>)>(
+                "SELECT status, platform_message_id, claim_token, delivered_at FROM outbox WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+        }
+    };
+    let (status, mid, token, delivered_at) = row(head("a").id).await;
+    assert_eq!(
+        (status.as_str(), mid.as_deref(), token),
+        ("delivered", Some("m-a"), None)
+    );
+    assert!(delivered_at.is_some());
+    let (status, mid, _, _) = row(head("b").id).await;
+    assert_eq!((status.as_str(), mid), ("delivered", None));
+    let (status, mid, token, _) = row(head("c").id).await;
+    assert_eq!(
+        (status.as_str(), mid, token.as_deref()),
+        ("pending", None, Some("new")),
+        "the new holder's row is untouched"
+    );
+
+    // Chat a's next row waits for its pace; chat b's may go now.
+    let next_at = |chat: &'static str| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT next_attempt_at FROM outbox WHERE chat_id = $1 AND status = 'pending'",
+            )
+            .bind(chat)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(next_at("a").await, paced_until);
+    assert!(next_at("b").await < paced_until);
 }
