@@ -3,8 +3,10 @@
 
 use sqlx::{Any, Transaction};
 
+use std::collections::HashSet;
+
 use super::to_json;
-use super::{Store, StoreResult, now_ms};
+use super::{Backend, Store, StoreResult, now_ms};
 use crate::domain::{ApprovalRole, ChatRef, Inbound, InboundContent, Outbound, Platform, RunId};
 
 /// What the store knew of an inbound update before this delivery.
@@ -123,13 +125,112 @@ pub(super) async fn record_inbound_in(
             .await?
             .unwrap_or(InboundRecord::Unfinished));
     }
-    let text = match &inbound.content {
+    log_message(
+        tx,
+        &inbound.chat,
+        "in",
+        &inbound.user_id,
+        &logged_text(inbound),
+    )
+    .await?;
+    Ok(InboundRecord::Fresh)
+}
+
+/// What the conversation log keeps of an inbound update.
+fn logged_text(inbound: &Inbound) -> String {
+    match &inbound.content {
         InboundContent::Text(text) => text.clone(),
         InboundContent::Button(_) => "[button]".to_string(),
         InboundContent::Unsupported(what) => format!("[{what}]"),
+    }
+}
+
+/// [`record_inbound_in`] for a batch of fresh arrivals, in three
+/// statements whatever their number: the dedup rows, then, for the rows
+/// new to it, each chat's row and the lines of the conversation log, in
+/// the batch's order.
+pub(super) async fn record_inbounds_in(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    inbounds: &[&Inbound],
+) -> StoreResult<()> {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        platform: &'a str,
+        update_key: &'a str,
+        chat_id: &'a str,
+        user_id: &'a str,
+        text: String,
+    }
+    if inbounds.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let rows: Vec<Row> = inbounds
+        .iter()
+        .map(|inbound| Row {
+            platform: inbound.chat.platform.as_str(),
+            update_key: &inbound.update_key,
+            chat_id: &inbound.chat.chat_id,
+            user_id: &inbound.user_id,
+            text: logged_text(inbound),
+        })
+        .collect();
+    let table = |fields: &[&str]| {
+        let fields: Vec<(&str, bool)> = fields.iter().map(|f| (*f, false)).collect();
+        backend.json_rows("$1", &fields)
     };
-    log_message(tx, &inbound.chat, "in", &inbound.user_id, &text).await?;
-    Ok(InboundRecord::Fresh)
+    let sql = format!(
+        "INSERT INTO inbound_updates (platform, update_key, chat_id, user_id, received_at)
+         SELECT platform, update_key, chat_id, user_id, $2 FROM ({}) r WHERE true ORDER BY n
+         ON CONFLICT (platform, update_key) DO NOTHING
+         RETURNING platform, update_key",
+        table(&["platform", "update_key", "chat_id", "user_id"])
+    );
+    let inserted: HashSet<(String, String)> =
+        sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql))
+            .bind(to_json(&rows)?)
+            .bind(now)
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .collect();
+    // Recorded before (a redelivery under another raw id): logged then.
+    let fresh: Vec<Row> = rows
+        .into_iter()
+        .filter(|row| inserted.contains(&(row.platform.to_string(), row.update_key.to_string())))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let mut chats = HashSet::new();
+    let chat_rows: Vec<&Row> = fresh
+        .iter()
+        .filter(|row| chats.insert((row.platform, row.chat_id)))
+        .collect();
+    // One row a chat: an upsert may not touch a row twice in a statement.
+    let sql = format!(
+        "INSERT INTO conversations (platform, chat_id, first_seen_at, last_seen_at)
+         SELECT platform, chat_id, $2, $2 FROM ({}) r WHERE true
+         ON CONFLICT (platform, chat_id) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+        table(&["platform", "chat_id"])
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(to_json(&chat_rows)?)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    let sql = format!(
+        "INSERT INTO messages (platform, chat_id, direction, user_id, text, created_at)
+         SELECT platform, chat_id, 'in', user_id, text, $2 FROM ({}) r ORDER BY n",
+        table(&["platform", "chat_id", "user_id", "text"])
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(to_json(&fresh)?)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// What is known of an update already recorded: handled (a duplicate) or

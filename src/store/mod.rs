@@ -168,6 +168,28 @@ impl Backend {
         }
     }
 
+    /// A subquery over a JSON array of objects bound as `param`: a row an
+    /// object, with a column for each of `fields` (name, and whether it
+    /// holds an integer) and `n`, the object's place in the array. Many
+    /// rows are written by one statement this way, whatever their number.
+    pub fn json_rows(self, param: &str, fields: &[(&str, bool)]) -> String {
+        let columns = fields
+            .iter()
+            .map(|(name, integer)| match (self, integer) {
+                (Backend::Sqlite, _) => format!("json_extract(value, '$.{name}') AS {name}"),
+                (Backend::Postgres, true) => format!("CAST(e.v->>'{name}' AS BIGINT) AS {name}"),
+                (Backend::Postgres, false) => format!("e.v->>'{name}' AS {name}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self {
+            Backend::Sqlite => format!("SELECT {columns}, key AS n FROM json_each({param})"),
+            Backend::Postgres => format!(
+                "SELECT {columns}, e.n FROM json_array_elements(CAST({param} AS JSON)) WITH ORDINALITY AS e(v, n)"
+            ),
+        }
+    }
+
     /// The same over the strings of a JSON array.
     pub fn json_texts(self, param: &str) -> String {
         match self {

@@ -6,7 +6,9 @@
 //! that kept failing is marked failed instead of handled. Also the
 //! interactions waiting for their answer (Discord's deferred responses).
 
-use super::{Store, StoreResult, now_ms};
+use std::collections::HashSet;
+
+use super::{Backend, Store, StoreResult, now_ms, to_json};
 use crate::domain::{Inbound, Platform, RunId};
 
 /// One update as an adapter received it.
@@ -39,39 +41,40 @@ impl Store {
         updates: &[RecordedUpdate],
     ) -> StoreResult<Vec<RecordedUpdate>> {
         let mut tx = self.pool.begin().await?;
-        let now = now_ms();
-        let mut fresh = Vec::with_capacity(updates.len());
-        for update in updates {
-            let inserted = insert_update_in(&mut tx, platform, update, now).await?;
-            if inserted {
-                fresh.push(update.clone());
-            }
-        }
+        let fresh = insert_updates_in(&mut tx, self.backend, platform, updates.iter()).await?;
         tx.commit().await?;
-        Ok(fresh)
+        Ok(fresh.into_iter().cloned().collect())
     }
 
     /// [`Store::record_updates`], and each fresh update's [`Inbound`] (its
     /// dedup row and its line in the conversation log) in the same
     /// transaction: the raw update and the inbound are one commit, shared
-    /// by the whole batch the platform sent.
+    /// by the whole batch the platform sent, and four statements whatever
+    /// its size (four a row before: most of the database's work on a busy
+    /// bot).
     pub async fn record_arrivals(
         &self,
         platform: Platform,
         updates: &[(RecordedUpdate, Inbound)],
     ) -> StoreResult<Vec<RecordedUpdate>> {
         let mut tx = self.pool.begin().await?;
-        let now = now_ms();
-        let mut fresh = Vec::with_capacity(updates.len());
-        for (update, inbound) in updates {
-            let inserted = insert_update_in(&mut tx, platform, update, now).await?;
-            if inserted {
-                super::messages::record_inbound_in(&mut tx, inbound).await?;
-                fresh.push(update.clone());
-            }
-        }
+        let fresh = insert_updates_in(
+            &mut tx,
+            self.backend,
+            platform,
+            updates.iter().map(|(u, _)| u),
+        )
+        .await?;
+        let fresh_ids: HashSet<i64> = fresh.iter().map(|u| u.update_id).collect();
+        let mut taken = HashSet::new();
+        let inbounds: Vec<&Inbound> = updates
+            .iter()
+            .filter(|(u, _)| fresh_ids.contains(&u.update_id) && taken.insert(u.update_id))
+            .map(|(_, inbound)| inbound)
+            .collect();
+        super::messages::record_inbounds_in(&mut tx, self.backend, &inbounds).await?;
         tx.commit().await?;
-        Ok(fresh)
+        Ok(fresh.into_iter().cloned().collect())
     }
 
     /// Marks many updates handled in one statement (the front door groups
@@ -306,23 +309,55 @@ impl Store {
 
 /// Stores one raw update unless the platform sent it before; true when it
 /// is new (a redelivered update is recorded once).
-async fn insert_update_in(
+/// Inserts the updates not recorded before, in one statement; returns
+/// those (in their order, each once).
+async fn insert_updates_in<'a>(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
     platform: Platform,
-    update: &RecordedUpdate,
-    now: i64,
-) -> StoreResult<bool> {
-    let inserted = sqlx::query(
+    updates: impl Iterator<Item = &'a RecordedUpdate>,
+) -> StoreResult<Vec<&'a RecordedUpdate>> {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        update_id: i64,
+        chat_id: &'a str,
+        payload: &'a str,
+    }
+    let updates: Vec<&RecordedUpdate> = updates.collect();
+    if updates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Row> = updates
+        .iter()
+        .map(|u| Row {
+            update_id: u.update_id,
+            chat_id: &u.chat_id,
+            payload: &u.payload,
+        })
+        .collect();
+    // `WHERE true`: SQLite would read the ON of ON CONFLICT as a join's
+    // otherwise.
+    let sql = format!(
         "INSERT INTO platform_updates (platform, update_id, chat_id, payload, received_at)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (platform, update_id) DO NOTHING",
-    )
-    .bind(platform.as_str())
-    .bind(update.update_id)
-    .bind(&update.chat_id)
-    .bind(&update.payload)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+         SELECT $1, update_id, chat_id, payload, $2 FROM ({}) r WHERE true ORDER BY n
+         ON CONFLICT (platform, update_id) DO NOTHING
+         RETURNING update_id",
+        backend.json_rows(
+            "$3",
+            &[("update_id", true), ("chat_id", false), ("payload", false)]
+        )
+    );
+    let inserted: HashSet<i64> = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+        .bind(platform.as_str())
+        .bind(now_ms())
+        .bind(to_json(&rows)?)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+    let mut taken = HashSet::new();
+    Ok(updates
+        .into_iter()
+        .filter(|u| inserted.contains(&u.update_id) && taken.insert(u.update_id))
+        .collect())
 }

@@ -12,6 +12,7 @@ on_both_backends!(
     creating_a_run_twice_with_one_key_returns_the_same_run,
     migrating_twice_is_harmless,
     an_update_is_fresh_then_unfinished_then_duplicate,
+    a_batch_of_arrivals_records_each_update_once_and_logs_them_in_order,
     the_outbox_delivers_in_order_and_once,
     concurrent_workers_never_claim_the_same_run,
     ledger_rows_with_and_without_a_price_alternate_on_one_connection,
@@ -199,4 +200,124 @@ async fn ledger_rows_with_and_without_a_price_alternate_on_one_connection(db: Db
     let summary = store.cost_since(0).await.unwrap();
     assert_eq!(summary.calls, 4);
     assert!((summary.cost_usd - 0.75).abs() < 1e-9);
+}
+
+/// The front door records a platform's batch in a few statements: each
+/// raw update once (a redelivered one, in this batch or the last, is not
+/// fresh), each inbound once (an update key recorded before under another
+/// raw id is not logged again), the texts in the conversation log in the
+/// batch's order, one row a chat; then an update that only reads is
+/// answered with one mark.
+async fn a_batch_of_arrivals_records_each_update_once_and_logs_them_in_order(db: Db) {
+    use soloist::store::RecordedUpdate;
+
+    let (_db, store) = open(db).await;
+    let arrival = |id: i64, chat: &str, key: &str, text: &str| {
+        (
+            RecordedUpdate {
+                update_id: id,
+                chat_id: chat.into(),
+                payload: format!("{{\"update_id\":{id},\"text\":\"{text}\"}}"),
+            },
+            Inbound {
+                chat: ChatRef::new(Platform::Telegram, chat),
+                update_key: key.into(),
+                user_id: "7".into(),
+                user_name: "Maya".into(),
+                message_id: None,
+                content: InboundContent::Text(text.into()),
+                chat_kind: ChatKind::Private,
+                origin: Origin::Typed,
+            },
+        )
+    };
+    let first = store
+        .record_arrivals(
+            Platform::Telegram,
+            &[arrival(1, "a", "k1", "one"), arrival(2, "b", "k2", "two")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|u| u.update_id).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let second = store
+        .record_arrivals(
+            Platform::Telegram,
+            &[
+                arrival(2, "b", "k2", "two"),
+                arrival(3, "a", "k3", "three"),
+                arrival(3, "a", "k3", "three"),
+                arrival(4, "a", "k1", "one again"),
+                arrival(5, "a", "k5", "five"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        second.iter().map(|u| u.update_id).collect::<Vec<_>>(),
+        [3, 4, 5],
+        "raw updates seen before are not fresh"
+    );
+    assert_eq!(
+        second[0].payload, "{\"update_id\":3,\"text\":\"three\"}",
+        "the payload is stored as given"
+    );
+    let logged: Vec<(String, String)> =
+        sqlx::query_as("SELECT chat_id, text FROM messages WHERE direction = 'in' ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let logged: Vec<(&str, &str)> = logged
+        .iter()
+        .map(|(c, t)| (c.as_str(), t.as_str()))
+        .collect();
+    assert_eq!(
+        logged,
+        [("a", "one"), ("b", "two"), ("a", "three"), ("a", "five")],
+        "each inbound logged once, in order"
+    );
+    let chats: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conversations")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(chats, 2);
+    let payload: String =
+        sqlx::query_scalar("SELECT payload FROM platform_updates WHERE update_id = 5")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(payload, "{\"update_id\":5,\"text\":\"five\"}");
+
+    // Recorded on arrival, answered by one mark; a second answer is refused.
+    let (_, five) = arrival(5, "a", "k5", "five");
+    assert!(
+        store
+            .answer_in_one(&five, &[Outbound::text("hi")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .answer_in_one(&five, &[Outbound::text("hi")])
+            .await
+            .unwrap()
+    );
+    // Never recorded before: recorded, logged and answered at once.
+    let (_, six) = arrival(6, "c", "k6", "six");
+    assert!(
+        store
+            .answer_in_one(&six, &[Outbound::text("hello")])
+            .await
+            .unwrap()
+    );
+    let (pending, logged): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM outbox WHERE status = 'pending'),
+                (SELECT COUNT(*) FROM messages WHERE direction = 'in')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((pending, logged), (2, 5));
 }
