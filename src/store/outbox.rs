@@ -164,6 +164,7 @@ impl Store {
                 ORDER BY o.next_attempt_at, o.id LIMIT $6 {lock})
              RETURNING {COLUMNS}"
         );
+        let mut tx = self.claim_transaction().await?;
         let mut rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(&claim.owner)
             .bind(&claim.token)
@@ -171,8 +172,9 @@ impl Store {
             .bind(platform.as_str())
             .bind(now)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
+        tx.commit().await?;
         rows.sort_by_key(|row| row.0);
         rows.into_iter()
             .map(|row| from_row(platform, row))
@@ -199,6 +201,7 @@ impl Store {
             Backend::Sqlite => "",
         };
         let list = self.backend.json_texts("$6");
+        let mut tx = self.claim_transaction().await?;
         let sql = format!(
             "UPDATE outbox SET claimed_by = $1, claim_token = $2, claimed_until = $3
              WHERE id IN (
@@ -220,12 +223,31 @@ impl Store {
             .bind(platform.as_str())
             .bind(now)
             .bind(to_json(&chats)?)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
+        tx.commit().await?;
         rows.sort_by_key(|row| row.0);
         rows.into_iter()
             .map(|row| from_row(platform, row))
             .collect()
+    }
+
+    /// A transaction for a claim. On PostgreSQL its commit does not wait
+    /// for the disk (`synchronous_commit = off` for it alone): a claim
+    /// lost in a crash of PostgreSQL itself (not of soloist's process)
+    /// only frees its rows again, and the later delivered mark, which does
+    /// wait, writes every earlier change to disk with it. So the window in
+    /// which a message can be sent twice stays the documented one (sent,
+    /// not yet marked), and a claim no longer waits for a disk flush on
+    /// the way of every reply.
+    async fn claim_transaction(&self) -> StoreResult<Transaction<'static, Any>> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
     }
 
     /// Extends the lease of every row `owner` holds on `platform`.
