@@ -196,9 +196,14 @@ pub(super) async fn record_inbounds_in(
             .into_iter()
             .collect();
     // Recorded before (a redelivery under another raw id): logged then.
+    // A key twice in this batch was inserted once: logged once.
+    let mut taken = HashSet::new();
     let fresh: Vec<Row> = rows
         .into_iter()
-        .filter(|row| inserted.contains(&(row.platform.to_string(), row.update_key.to_string())))
+        .filter(|row| {
+            let key = (row.platform.to_string(), row.update_key.to_string());
+            inserted.contains(&key) && taken.insert(key)
+        })
         .collect();
     if fresh.is_empty() {
         return Ok(());

@@ -251,13 +251,15 @@ async fn a_batch_of_arrivals_records_each_update_once_and_logs_them_in_order(db:
                 arrival(3, "a", "k3", "three"),
                 arrival(4, "a", "k1", "one again"),
                 arrival(5, "a", "k5", "five"),
+                arrival(7, "b", "k7", "seven"),
+                arrival(8, "b", "k7", "seven again"),
             ],
         )
         .await
         .unwrap();
     assert_eq!(
         second.iter().map(|u| u.update_id).collect::<Vec<_>>(),
-        [3, 4, 5],
+        [3, 4, 5, 7, 8],
         "raw updates seen before are not fresh"
     );
     assert_eq!(
@@ -275,7 +277,13 @@ async fn a_batch_of_arrivals_records_each_update_once_and_logs_them_in_order(db:
         .collect();
     assert_eq!(
         logged,
-        [("a", "one"), ("b", "two"), ("a", "three"), ("a", "five")],
+        [
+            ("a", "one"),
+            ("b", "two"),
+            ("a", "three"),
+            ("a", "five"),
+            ("b", "seven")
+        ],
         "each inbound logged once, in order"
     );
     let chats: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conversations")
@@ -319,5 +327,5 @@ async fn a_batch_of_arrivals_records_each_update_once_and_logs_them_in_order(db:
     .fetch_one(store.pool())
     .await
     .unwrap();
-    assert_eq!((pending, logged), (2, 5));
+    assert_eq!((pending, logged), (2, 6));
 }
