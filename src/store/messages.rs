@@ -125,6 +125,7 @@ pub(super) async fn record_inbound_in(
             .await?
             .unwrap_or(InboundRecord::Unfinished));
     }
+    upsert_conversation_in(tx, &inbound.chat, now_ms()).await?;
     log_message(
         tx,
         &inbound.chat,
@@ -354,12 +355,6 @@ async fn log_message(
     text: &str,
 ) -> StoreResult<()> {
     let now = now_ms();
-    // A chat's row says when it last wrote to the bot. The bot's own
-    // messages leave it alone: a statement fewer on every reply, and a
-    // chat only the bot has written to (a digest channel) has no row.
-    if direction == "in" {
-        upsert_conversation_in(tx, chat, now).await?;
-    }
     sqlx::query(
         "INSERT INTO messages (platform, chat_id, direction, user_id, text, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -375,6 +370,10 @@ async fn log_message(
     Ok(())
 }
 
+/// A chat's row says when it last wrote to the bot: only inbound updates
+/// touch it. The bot's own messages leave it alone (a statement fewer on
+/// every reply), so a chat only the bot has written to (a digest channel)
+/// has no row.
 async fn upsert_conversation_in(
     tx: &mut Transaction<'_, Any>,
     chat: &ChatRef,

@@ -316,28 +316,13 @@ impl Store {
     ) -> StoreResult<Vec<i64>> {
         let mut tx = self.pool.begin().await?;
         let mut lost = Vec::new();
-        let (delivered, others): (Vec<_>, Vec<_>) = settlements
+        let delivered: Vec<&(String, Settlement)> = settlements
             .iter()
-            .partition(|(_, settlement)| matches!(settlement, Settlement::Delivered { .. }));
+            .filter(|(_, settlement)| matches!(settlement, Settlement::Delivered { .. }))
+            .collect();
         let settled = settle_delivered_in(&mut tx, self.backend, &delivered).await?;
-        for (_, settlement) in &delivered {
-            let Settlement::Delivered {
-                id,
-                chat,
-                chat_pace_until,
-                ..
-            } = settlement
-            else {
-                continue;
-            };
-            if !settled.contains(id) {
-                lost.push(*id);
-            } else if let Some(until) = chat_pace_until {
-                pace_next(&mut tx, chat, *until).await?;
-            }
-        }
-        for (token, settlement) in others {
-            if !settle_undelivered(&mut tx, token, settlement).await? {
+        for (token, settlement) in settlements {
+            if !settle_in(&mut tx, token, settlement, &settled).await? {
                 lost.push(settlement_id(settlement));
             }
         }
@@ -465,16 +450,28 @@ async fn settle_delivered_in(
     Ok(settled.into_iter().collect())
 }
 
-/// Records a retry or a failure, if the claim is still `token`'s.
-async fn settle_undelivered(
+/// Records what became of one claimed row, if the claim is still
+/// `token`'s; a delivered row was marked already, with the others, when
+/// its id is in `settled`, and only its chat's pace is left to record.
+async fn settle_in(
     tx: &mut Transaction<'_, Any>,
     token: &str,
     settlement: &Settlement,
+    settled: &HashSet<i64>,
 ) -> StoreResult<bool> {
     let now = now_ms();
     let query = match settlement {
-        Settlement::Delivered { .. } => {
-            unreachable!("delivered rows are settled together (settle_delivered_in)")
+        Settlement::Delivered {
+            id,
+            chat,
+            chat_pace_until,
+            ..
+        } => {
+            let held = settled.contains(id);
+            if let (true, Some(until)) = (held, chat_pace_until) {
+                pace_next(tx, chat, *until).await?;
+            }
+            return Ok(held);
         }
         Settlement::Retry {
             id,

@@ -43,7 +43,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let fresh = insert_updates_in(&mut tx, self.backend, platform, updates.iter()).await?;
         tx.commit().await?;
-        Ok(fresh.into_iter().cloned().collect())
+        Ok(fresh.into_iter().map(|at| updates[at].clone()).collect())
     }
 
     /// [`Store::record_updates`], and each fresh update's [`Inbound`] (its
@@ -65,16 +65,10 @@ impl Store {
             updates.iter().map(|(u, _)| u),
         )
         .await?;
-        let fresh_ids: HashSet<i64> = fresh.iter().map(|u| u.update_id).collect();
-        let mut taken = HashSet::new();
-        let inbounds: Vec<&Inbound> = updates
-            .iter()
-            .filter(|(u, _)| fresh_ids.contains(&u.update_id) && taken.insert(u.update_id))
-            .map(|(_, inbound)| inbound)
-            .collect();
+        let inbounds: Vec<&Inbound> = fresh.iter().map(|&at| &updates[at].1).collect();
         super::messages::record_inbounds_in(&mut tx, self.backend, &inbounds).await?;
         tx.commit().await?;
-        Ok(fresh.into_iter().cloned().collect())
+        Ok(fresh.into_iter().map(|at| updates[at].0.clone()).collect())
     }
 
     /// Marks many updates handled in one statement (the front door groups
@@ -310,31 +304,29 @@ impl Store {
 /// Stores one raw update unless the platform sent it before; true when it
 /// is new (a redelivered update is recorded once).
 /// Inserts the updates not recorded before, in one statement; returns
-/// those (in their order, each once).
+/// their positions among `updates`, in order, each update once.
 async fn insert_updates_in<'a>(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     backend: Backend,
     platform: Platform,
     updates: impl Iterator<Item = &'a RecordedUpdate>,
-) -> StoreResult<Vec<&'a RecordedUpdate>> {
+) -> StoreResult<Vec<usize>> {
     #[derive(serde::Serialize)]
     struct Row<'a> {
         update_id: i64,
         chat_id: &'a str,
         payload: &'a str,
     }
-    let updates: Vec<&RecordedUpdate> = updates.collect();
-    if updates.is_empty() {
-        return Ok(Vec::new());
-    }
     let rows: Vec<Row> = updates
-        .iter()
         .map(|u| Row {
             update_id: u.update_id,
             chat_id: &u.chat_id,
             payload: &u.payload,
         })
         .collect();
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
     // `WHERE true`: SQLite would read the ON of ON CONFLICT as a join's
     // otherwise.
     let sql = format!(
@@ -347,7 +339,7 @@ async fn insert_updates_in<'a>(
             &[("update_id", true), ("chat_id", false), ("payload", false)]
         )
     );
-    let inserted: HashSet<i64> = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+    let mut inserted: HashSet<i64> = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
         .bind(platform.as_str())
         .bind(now_ms())
         .bind(to_json(&rows)?)
@@ -355,9 +347,8 @@ async fn insert_updates_in<'a>(
         .await?
         .into_iter()
         .collect();
-    let mut taken = HashSet::new();
-    Ok(updates
-        .into_iter()
-        .filter(|u| inserted.contains(&u.update_id) && taken.insert(u.update_id))
+    // An id twice in the batch was inserted once: it is fresh once.
+    Ok((0..rows.len())
+        .filter(|&at| inserted.remove(&rows[at].update_id))
         .collect())
 }
