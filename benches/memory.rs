@@ -238,6 +238,13 @@ async fn measure(backend: &str, url: &str, chunks: usize, corpus: Corpus) {
             .await
             .unwrap();
     }
+    // What `soloist ingest` does at the end of a folder.
+    let started = Instant::now();
+    memory.compact_fulltext().await.unwrap();
+    println!(
+        "{backend}: full-text index compacted in {:.1?}",
+        started.elapsed()
+    );
     println!("{backend}: RSS before retrieval {} MiB", rss_mib());
     let queries: Vec<String> = (0..QUERIES)
         .map(|_| {

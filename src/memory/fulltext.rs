@@ -173,6 +173,23 @@ pub async fn search_knowledge(
     Ok(rows.into_iter().map(raw_hit).collect())
 }
 
+/// Merges SQLite's full-text index into one segment. FTS5 writes a segment
+/// per transaction and merges them only in part as it goes, so after an
+/// ingest of many sources a query reads a word's matches from a dozen or
+/// more segments. Measured at 100k chunks: the merge takes about half a
+/// second, and full-text retrieval's median went from 2.2 to 1.6 ms. It
+/// rewrites the whole index, so it is for the end of a batch, not for
+/// every note. PostgreSQL's GIN index has nothing to merge (migration 0020
+/// turned off its pending list).
+pub async fn compact(store: &Store) -> StoreResult<()> {
+    if store.backend() == Backend::Sqlite {
+        sqlx::query("INSERT INTO memory_fts(memory_fts) VALUES('optimize')")
+            .execute(store.pool())
+            .await?;
+    }
+    Ok(())
+}
+
 /// The ids of the decision log's chunks (few: one per decided draft).
 const DECISION_CHUNKS: &str = "SELECT c.id FROM memory_chunks c
      JOIN memory_sources s ON s.id = c.source_id WHERE s.kind = 'decision'";

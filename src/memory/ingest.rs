@@ -158,11 +158,23 @@ impl Memory {
             };
             outcomes.push((shown, self.ingest(&doc).await?));
         }
+        if outcomes
+            .iter()
+            .any(|(_, outcome)| *outcome != IngestOutcome::Unchanged)
+        {
+            self.compact_fulltext().await?;
+        }
         Ok(outcomes)
     }
 }
 
 impl Memory {
+    /// Merges the full-text index after a batch of sources (see
+    /// [`fulltext::compact`]); `ingest_path` calls it when anything changed.
+    pub async fn compact_fulltext(&self) -> Result<(), MemoryError> {
+        Ok(super::fulltext::compact(&self.store).await?)
+    }
+
     /// Fetches a public page (see [`super::fetch`]) and ingests its text
     /// under its URL. Returns where the fetch ended up and what happened.
     pub async fn ingest_url(

@@ -162,20 +162,30 @@ impl Memory {
         };
         // The vector scan is CPU work and the full-text query waits on the
         // database: run them at once, so a fused query costs the slower of
-        // the two rather than their sum. The index is fetched first because
-        // checking it is fresh is a query too, and on SQLite's single
-        // connection it would otherwise queue behind the full text.
+        // the two rather than their sum. The vector side then reads its
+        // hits back while the full text may still be running (on
+        // PostgreSQL's other connections), rather than after it. The index
+        // is fetched first because checking it is fresh is a query too,
+        // and on SQLite's single connection it would otherwise queue
+        // behind the full text.
         let index = super::vectors::index(&self.store, model).await?;
         let similar = similar_on_a_blocking_thread(index, vector.to_vec(), pool);
-        let text = fulltext::search_knowledge(&self.store, &terms, pool, cap).await?;
-        let similar = match similar.await {
-            Ok(similar) => similar,
+        let vector_side = async {
+            let similar = similar.await?;
+            let ids: Vec<i64> = similar.iter().map(|(id, _)| *id).collect();
+            let rows = db::chunks_by_ids(&self.store, &ids, Scope::Knowledge).await;
+            Ok::<_, tokio::task::JoinError>((similar, rows))
+        };
+        let text_side = fulltext::search_knowledge(&self.store, &terms, pool, cap);
+        let (text, vector_side) = tokio::join!(text_side, vector_side);
+        let text = text?;
+        match vector_side {
+            Ok((similar, rows)) => Ok(self.fuse(text, similar, rows?, &terms, k)),
             Err(error) => {
                 tracing::warn!(error = %error, "retrieval by meaning failed; full text only");
-                return Ok(self.rank(text, &terms, k));
+                Ok(self.rank(text, &terms, k))
             }
-        };
-        self.fuse(text, similar, &terms, k).await
+        }
     }
 
     /// Weighs full-text candidates by source weight and recency; best `k`.
@@ -201,14 +211,16 @@ impl Memory {
     }
 
     /// Reciprocal rank fusion of the full-text list and the vector list
-    /// (chunk id, cosine), best first each; then weight and recency.
-    async fn fuse(
+    /// (chunk id, cosine), best first each, `read_back` holding the vector
+    /// list's chunks as the database has them now; then weight and recency.
+    fn fuse(
         &self,
         text: Vec<RawHit>,
         similar: Vec<(i64, f32)>,
+        read_back: Vec<RawHit>,
         terms: &[String],
         k: usize,
-    ) -> Result<Vec<Hit>, MemoryError> {
+    ) -> Vec<Hit> {
         let text_rank: BTreeMap<i64, usize> = text
             .iter()
             .enumerate()
@@ -219,15 +231,14 @@ impl Memory {
             .enumerate()
             .map(|(rank, (id, cosine))| (*id, (rank, *cosine)))
             .collect();
-        let only_similar: Vec<i64> = similar
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| !text_rank.contains_key(id))
-            .collect();
         let mut candidates = text;
         // Read back from the database: a chunk deleted since the index
         // was loaded is simply not found.
-        candidates.extend(db::chunks_by_ids(&self.store, &only_similar, Scope::Knowledge).await?);
+        candidates.extend(
+            read_back
+                .into_iter()
+                .filter(|c| !text_rank.contains_key(&c.chunk_id)),
+        );
         let rrf = |rank: usize| 1.0 / (RRF_K + rank as f64 + 1.0);
         let now = now_ms();
         let mut hits: Vec<Hit> = candidates
@@ -258,7 +269,7 @@ impl Memory {
             .collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score));
         hits.truncate(k);
-        Ok(hits)
+        hits
     }
 
     fn weight_of(&self, hit: &RawHit) -> f64 {

@@ -390,6 +390,7 @@ const MIGRATIONS: Migrations = migrations![
     15 "embeddings" "0015_embeddings.sql",
     18 "approval button labels" "0018_button_labels.sql",
     19 "full-text word statistics" "0019_fulltext_statistics.sql",
+    20 "full-text index without a pending list" "0020_fulltext_no_pending_list.sql",
 ];
 
 /// The migrations compiled into the binary, for one backend.
