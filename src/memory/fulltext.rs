@@ -91,6 +91,16 @@ pub async fn search_knowledge(
         span,
         walk,
     } = terms_within(store, terms, cap).await?;
+    // Walking the newest ids must stay a walk: the planner cannot guess
+    // how many rows a bound tsquery matches (it assumes few), and with a
+    // cheap GIN index it reads every match of a word in 73% of the chunks
+    // (4.8 ms at 100k) to AND it with the id range. `IS TRUE` keeps the
+    // match a filter on the walk.
+    let matches = if walk && span != Some(u64::MAX) {
+        "(c.tsv @@ q) IS TRUE"
+    } else {
+        "c.tsv @@ q"
+    };
     let window = match span {
         Some(u64::MAX) => "ORDER BY c.id DESC LIMIT $3".to_string(),
         Some(span) => {
@@ -147,7 +157,7 @@ pub async fn search_knowledge(
                      SELECT w.id, CAST(ts_rank(w.tsv, q, 1) AS DOUBLE PRECISION) AS rank
                      FROM (SELECT c.id, c.tsv FROM memory_chunks c,
                                   websearch_to_tsquery('english', $1) q
-                           WHERE c.tsv @@ q AND c.source_id NOT IN (
+                           WHERE {matches} AND c.source_id NOT IN (
                                SELECT id FROM memory_sources WHERE kind = 'decision')
                            {window}) w,
                           websearch_to_tsquery('english', $4) q

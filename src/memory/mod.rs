@@ -54,7 +54,8 @@ pub struct MemorySettings {
     pub top_k: usize,
     /// Full-text retrieval ranks at most about this many matching chunks
     /// (`fulltext::search_knowledge`): rarest query words first, then the newest
-    /// matches. Below it in all, the ranking is exact.
+    /// matches. Below it in all, the ranking is exact. Fused with vectors,
+    /// half of it.
     pub text_rank_cap: usize,
     /// Chunk size bound and the overlap between neighbours, in characters.
     pub chunk_chars: usize,
