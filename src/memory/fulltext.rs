@@ -88,6 +88,7 @@ pub async fn search_knowledge(
     let cap = cap.max(1);
     let Taken {
         terms: taken,
+        counts,
         span,
         walk,
     } = terms_within(store, terms, cap).await?;
@@ -130,7 +131,8 @@ pub async fn search_knowledge(
         Backend::Sqlite => (
             format!(
                 "SELECT {HIT_COLUMNS}, -f.score AS rank FROM (
-                     SELECT rowid AS id, bm25(memory_fts, 3.0, 1.0) AS score FROM memory_fts
+                     SELECT rowid AS id, soloist_bm25(memory_fts, 3.0, 1.0, $4) AS score
+                     FROM memory_fts
                      WHERE memory_fts MATCH $1 AND rowid NOT IN ({DECISION_CHUNKS})
                        AND rowid > COALESCE((
                            SELECT rowid FROM memory_fts WHERE memory_fts MATCH $1
@@ -172,12 +174,20 @@ pub async fn search_knowledge(
     // PostgreSQL ranks the window by every term ($4): `ts_rank` reads the
     // row's own vector. FTS5's bm25 would count every term's matches in
     // the whole index, the cost this avoids, so SQLite ranks by the terms
-    // taken.
+    // taken, with the match counts already known ($4, `soloist_bm25`).
+    let fourth = match store.backend() {
+        Backend::Sqlite => counts
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
+        Backend::Postgres => terms.join(" or "),
+    };
     let rows: Vec<HitRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(query)
         .bind(limit as i64)
         .bind(cap as i64)
-        .bind(terms.join(" or "))
+        .bind(fourth)
         .fetch_all(store.pool())
         .await?;
     Ok(rows.into_iter().map(raw_hit).collect())
@@ -257,7 +267,10 @@ async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResul
                     surely + counted.iter().take_while(|&&c| c <= limit).count()
                 }
             };
-            pick(terms, &order[..taken])
+            let mut positions = order[..taken].to_vec();
+            positions.sort_unstable();
+            let taken_counts = positions.iter().map(|&i| counts[i]).collect();
+            (pick(terms, &positions), taken_counts)
         }
         Backend::Postgres => {
             let (frequencies, rows) = postgres_frequencies(store, terms).await?;
@@ -299,13 +312,16 @@ async fn terms_within(store: &Store, terms: &[String], cap: usize) -> StoreResul
             };
             return Ok(Taken {
                 terms: pick(terms, &order[..n]),
+                counts: Vec::new(),
                 span,
                 walk: matches as f64 >= rows * WALK_DENSITY,
             });
         }
     };
+    let (terms, counts) = taken;
     Ok(Taken {
-        terms: taken,
+        terms,
+        counts,
         span: None,
         walk: false,
     })
@@ -323,6 +339,9 @@ const WALK_DENSITY: f64 = 0.2;
 /// no statistics yet, the newest `cap` matches wherever they are).
 struct Taken {
     terms: Vec<String>,
+    /// SQLite: each taken term's match count (up to `cap + 1`), in the
+    /// terms' order, for `soloist_bm25`.
+    counts: Vec<u64>,
     span: Option<u64>,
     /// Dense enough to walk the newest ids with ORDER BY … LIMIT.
     walk: bool,

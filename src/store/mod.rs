@@ -20,6 +20,7 @@ mod budget;
 mod digest;
 mod digest_usage;
 pub mod events;
+mod fts5_rank;
 mod guardrails;
 mod journal;
 mod leases;
@@ -236,6 +237,7 @@ impl Store {
         let backend = Backend::from_url(url)?;
         if backend == Backend::Sqlite {
             create_sqlite_folder(url);
+            fts5_rank::register();
         }
         let options = AnyConnectOptions::from_str(url)?;
         let pool = AnyPoolOptions::new()
