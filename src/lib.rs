@@ -99,7 +99,8 @@
 //!   `/metrics` (Prometheus) for `soloist run`; the Telegram webhook mounts
 //!   on it ([`http::Hooks`]).
 //! - [`store`]: PostgreSQL or SQLite, one set of queries for both; tables
-//!   and transactions ([`store::Tx`]), not the run state machine.
+//!   and transactions ([`store::Tx`]), not the run state machine; on
+//!   SQLite, the full-text rank function it registers (`soloist_bm25`).
 //! - [`domain`]: `Inbound`, `Outbound`, buttons, ids, run events; no I/O.
 //! - [`config`]: layered typed settings with secrets that never print, and
 //!   redaction of URLs that may carry credentials.
