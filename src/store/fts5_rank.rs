@@ -55,11 +55,19 @@ unsafe extern "C" fn add_to_connection(
     _error: *mut *mut c_char,
     _api: *const ffi::sqlite3_api_routines,
 ) -> c_int {
+    // Finding the FTS5 API prepares a statement, which reads the schema and
+    // so needs a shared lock. Without a busy timeout (sqlx sets its own
+    // only after the open) a connection opened while another was
+    // checkpointing failed at once with "database is locked": SQLite fails
+    // the open when an extension's setup leaves an error behind.
     // SAFETY: `db` is the open connection SQLite passes in.
-    let api = unsafe { fts5_api(db) };
-    if api.is_null() {
-        return ffi::SQLITE_OK;
-    }
+    unsafe { ffi::sqlite3_busy_timeout(db, 5_000) };
+    // SAFETY: as above.
+    let api = match unsafe { fts5_api(db) } {
+        Ok(api) if !api.is_null() => api,
+        Ok(_) => return ffi::SQLITE_OK,
+        Err(rc) => return rc,
+    };
     // SAFETY: `api` is the FTS5 API of this connection, valid while it is
     // open; the name is a static C string; no user data, nothing to free.
     unsafe {
@@ -77,18 +85,19 @@ unsafe extern "C" fn add_to_connection(
 }
 
 /// The connection's `fts5_api`, got the documented way: `SELECT fts5(?1)`
-/// with a pointer bound under the type "fts5_api_ptr". Null without FTS5.
-unsafe fn fts5_api(db: *mut ffi::sqlite3) -> *mut ffi::fts5_api {
+/// with a pointer bound under the type "fts5_api_ptr". Null when the
+/// statement runs but hands nothing back; the error code when it fails
+/// (a lock held too long, a build without FTS5), so the open fails with it.
+unsafe fn fts5_api(db: *mut ffi::sqlite3) -> Result<*mut ffi::fts5_api, c_int> {
     let mut api: *mut ffi::fts5_api = ptr::null_mut();
     let mut statement: *mut ffi::sqlite3_stmt = ptr::null_mut();
     // SAFETY: a valid connection, a static SQL text, and a statement
     // finalised before `api`'s slot goes out of scope.
     unsafe {
         let sql = c"SELECT fts5(?1)";
-        if ffi::sqlite3_prepare_v2(db, sql.as_ptr(), -1, &mut statement, ptr::null_mut())
-            != ffi::SQLITE_OK
-        {
-            return ptr::null_mut();
+        let rc = ffi::sqlite3_prepare_v2(db, sql.as_ptr(), -1, &mut statement, ptr::null_mut());
+        if rc != ffi::SQLITE_OK {
+            return Err(rc);
         }
         ffi::sqlite3_bind_pointer(
             statement,
@@ -98,9 +107,12 @@ unsafe fn fts5_api(db: *mut ffi::sqlite3) -> *mut ffi::fts5_api {
             None,
         );
         ffi::sqlite3_step(statement);
-        ffi::sqlite3_finalize(statement);
+        let rc = ffi::sqlite3_finalize(statement);
+        if rc != ffi::SQLITE_OK {
+            return Err(rc);
+        }
     }
-    api
+    Ok(api)
 }
 
 /// The auxiliary function FTS5 calls for each row it ranks.
