@@ -20,6 +20,7 @@ mod transitions;
 pub use replay::render_replay;
 pub use state::{FoldError, MAX_VISITS, RunState, StepConversation};
 pub(crate) use steps::{completed, failed};
+use transitions::Committed;
 pub use transitions::{Actor, DecideError, Transition};
 
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use crate::agents::Agents;
 use crate::config::Settings;
-use crate::domain::{ChatRef, RunId, RunInput, RunStatus};
+use crate::domain::{ChatRef, JournalEvent, RunId, RunInput, RunStatus};
 use crate::flows::{FlowCatalog, Prompts};
 use crate::store::{ClaimedRun, NewRun, Store, StoreError, Tx};
 
@@ -223,7 +224,7 @@ impl Engine {
             return Ok(StepOutcome::NotClaimed);
         };
         let _beat = self.heartbeat(&claimed);
-        self.execute_one(&claimed).await
+        Ok(self.execute_one(&claimed, None).await?.0)
     }
 
     /// Drives every runnable run nobody holds a live lease on: runs a crash
@@ -305,8 +306,13 @@ impl Engine {
     }
 
     async fn drive_claimed(&self, claimed: &ClaimedRun) -> Result<RunStatus, EngineError> {
+        // The journal as the last step left it, when its commit showed that
+        // nothing else was appended: the next step need not read it again.
+        let mut known = None;
         loop {
-            match self.execute_one(claimed).await? {
+            let (outcome, journal) = self.execute_one(claimed, known.take()).await?;
+            known = journal;
+            match outcome {
                 StepOutcome::Executed(RunStatus::Runnable) => continue,
                 StepOutcome::Executed(status) => return Ok(status),
                 StepOutcome::NotClaimed | StepOutcome::LeaseLost => {
@@ -316,16 +322,26 @@ impl Engine {
         }
     }
 
+    /// Executes the step at the run's cursor and commits it. `known` is the
+    /// run's journal when the caller has it whole (read it otherwise); the
+    /// journal after the commit comes back when it is known whole too.
     #[tracing::instrument(skip_all, fields(run = %claimed.run.id))]
-    async fn execute_one(&self, claimed: &ClaimedRun) -> Result<StepOutcome, EngineError> {
+    async fn execute_one(
+        &self,
+        claimed: &ClaimedRun,
+        known: Option<Vec<JournalEvent>>,
+    ) -> Result<(StepOutcome, Option<Vec<JournalEvent>>), EngineError> {
         let run = &claimed.run;
-        let journal = self.inner.store.journal(run.id).await?;
+        let mut journal = match known {
+            Some(journal) => journal,
+            None => self.inner.store.journal(run.id).await?,
+        };
         if journal.is_empty() {
             return Err(EngineError::UnknownRun(run.id));
         }
         let state = RunState::fold(&journal)?;
         if state.status != RunStatus::Runnable {
-            return Ok(StepOutcome::Executed(state.status));
+            return Ok((StepOutcome::Executed(state.status), None));
         }
         let flow = self
             .inner
@@ -352,13 +368,20 @@ impl Engine {
         let committed = self
             .commit_with_retries(claimed, &transition, journal.len())
             .await?;
-        if !committed {
-            tracing::warn!("lease lost; another worker owns the run now");
-            return Ok(StepOutcome::LeaseLost);
-        }
+        let journal_was_seen = match committed {
+            Committed::Refused => {
+                tracing::warn!("lease lost; another worker owns the run now");
+                return Ok((StepOutcome::LeaseLost, None));
+            }
+            Committed::Landed { journal_was_seen } => journal_was_seen,
+        };
         // FUNNEL: a post for "now" goes out at once, not at the next tick.
         crate::funnel::publish_at_once(self, &transition).await;
-        Ok(StepOutcome::Executed(transition.status))
+        let after = journal_was_seen.then(|| {
+            journal.extend(transition.events.iter().cloned());
+            journal
+        });
+        Ok((StepOutcome::Executed(transition.status), after))
     }
 }
 
@@ -383,10 +406,10 @@ impl Engine {
         claimed: &ClaimedRun,
         transition: &Transition,
         seen: usize,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Committed, EngineError> {
         let mut waits = COMMIT_RETRY.iter();
         loop {
-            let error = match self.commit_step(claimed, transition).await {
+            let error = match self.commit_step(claimed, transition, seen).await {
                 Ok(committed) => return Ok(committed),
                 Err(error) => error,
             };
@@ -396,7 +419,13 @@ impl Engine {
             tracing::warn!(error = ?error, ?wait, "committing a step failed; trying again");
             tokio::time::sleep(*wait).await;
             match self.inner.store.journal(claimed.run.id).await {
-                Ok(journal) if journal.len() > seen => return Ok(true),
+                // Landed, though its answer was lost: the journal is read
+                // again by the next step.
+                Ok(journal) if journal.len() > seen => {
+                    return Ok(Committed::Landed {
+                        journal_was_seen: false,
+                    });
+                }
                 _ => {}
             }
         }
@@ -419,9 +448,7 @@ impl Engine {
             .events
             .iter()
             .find_map(|e| match e {
-                crate::domain::JournalEvent::Failed { step, error } => {
-                    Some((step.clone(), error.clone()))
-                }
+                JournalEvent::Failed { step, error } => Some((step.clone(), error.clone())),
                 _ => None,
             })
             .unwrap_or_default();

@@ -65,6 +65,18 @@ impl Transition {
     }
 }
 
+/// What became of a step's commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Committed {
+    /// The claim was superseded: nothing was written.
+    Refused,
+    /// Written. `journal_was_seen` is true when the step's events came right
+    /// after the journal it started from (nothing else was appended in
+    /// between), so that journal and those events are the run's whole
+    /// history and need not be read again.
+    Landed { journal_was_seen: bool },
+}
+
 /// Why a press was not taken as a decision.
 #[derive(Debug, thiserror::Error)]
 pub enum DecideError {
@@ -84,15 +96,19 @@ pub struct Actor<'a> {
 }
 
 impl Engine {
-    /// Commits a step's outcome, all or nothing. False, changing nothing,
+    /// Commits a step's outcome, all or nothing. Refused, changing nothing,
     /// when the claim was superseded (its lease lapsed and another claim
     /// took the run): the fence refuses the write and every side effect
     /// (messages, approval, artifact) is rolled back with it.
+    ///
+    /// `seen` is the journal's length the step started from; the answer
+    /// says whether the step's events came right after it.
     pub(super) async fn commit_step(
         &self,
         claimed: &ClaimedRun,
         transition: &Transition,
-    ) -> Result<bool, StoreError> {
+        seen: usize,
+    ) -> Result<Committed, StoreError> {
         let run = &claimed.run;
         let mut tx = self.inner.store.begin().await?;
         let fenced = Fenced {
@@ -103,9 +119,9 @@ impl Engine {
         };
         if !tx.fence(claimed, fenced).await? {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(Committed::Refused);
         }
-        tx.append_events(run.id, &transition.events).await?;
+        let followed = tx.append_events(run.id, &transition.events).await?;
         for message in &transition.messages {
             tx.enqueue(&run.chat, Some(run.id), message).await?;
         }
@@ -135,7 +151,9 @@ impl Engine {
             tx.enqueue(chat, Some(run.id), message).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Committed::Landed {
+            journal_was_seen: usize::try_from(followed).is_ok_and(|f| f == seen),
+        })
     }
 
     /// A press of an approval button: the decision is recorded once, the

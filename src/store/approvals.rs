@@ -6,7 +6,7 @@ use sqlx::{Any, Transaction};
 
 use super::messages::enqueue_in;
 use super::runs::RunRow;
-use super::{Store, StoreResult, corrupt, now_ms};
+use super::{Backend, Store, StoreResult, corrupt, now_ms, to_json};
 use super::{Tx, parse_id};
 use crate::domain::{
     ApprovalId, ApprovalRole, Button, ButtonToken, ChatRef, Decision, Outbound, Platform, RunId,
@@ -283,24 +283,39 @@ async fn insert_approval(
     .bind(now_ms())
     .execute(&mut **tx)
     .await?;
-    for (decision, token) in &approval.buttons {
-        // A label the step renamed (Pursue for Approve), kept for /approvals.
-        let label = approval
-            .message
-            .buttons
-            .iter()
-            .find(|b| b.token == *token && b.label != decision.label())
-            .map(|b| b.label.as_str());
-        sqlx::query(
+    // One statement for all the buttons, their list bound as JSON.
+    let buttons: Vec<serde_json::Value> = approval
+        .buttons
+        .iter()
+        .map(|(decision, token)| {
+            // A label the step renamed (Pursue for Approve), kept for /approvals.
+            let label = approval
+                .message
+                .buttons
+                .iter()
+                .find(|b| b.token == *token && b.label != decision.label())
+                .map(|b| b.label.as_str());
+            serde_json::json!({
+                "token": token.as_str(),
+                "decision": decision.as_str(),
+                "label": label,
+            })
+        })
+        .collect();
+    if !buttons.is_empty() {
+        let table = Backend::of(tx).json_rows(
+            "$2",
+            &[("token", false), ("decision", false), ("label", false)],
+        );
+        let sql = format!(
             "INSERT INTO approval_buttons (token, approval_id, decision, label)
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(token.as_str())
-        .bind(approval.id.to_string())
-        .bind(decision.as_str())
-        .bind(label)
-        .execute(&mut **tx)
-        .await?;
+             SELECT b.token, $1, b.decision, b.label FROM ({table}) b"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(approval.id.to_string())
+            .bind(to_json(&buttons)?)
+            .execute(&mut **tx)
+            .await?;
     }
     enqueue_in(tx, &run.chat, Some(run.id), &approval.message).await
 }

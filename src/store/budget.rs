@@ -188,14 +188,34 @@ async fn ensure_period(tx: &mut Transaction<'_, Any>, period: &str) -> StoreResu
 }
 
 /// The guarded reservation: succeeds only if spent + reserved + amount stays
-/// within the cap (plus any raise).
+/// within the cap (plus any raise). The period's row is made only when the
+/// guarded UPDATE finds none (the first call of a day or a month), so a
+/// reservation is one statement a period, not two.
 async fn reserve_in(
     tx: &mut Transaction<'_, Any>,
     period: &str,
     amount: f64,
     cap: f64,
 ) -> StoreResult<bool> {
-    ensure_period(tx, period).await?;
+    if guarded_reserve(tx, period, amount, cap).await? {
+        return Ok(true);
+    }
+    // Refused, or no row yet: make the row if it is missing and try once
+    // more. Tried again even when another transaction made the row first
+    // (its insert wins and ours does nothing): that row is as new.
+    sqlx::query("INSERT INTO budget_periods (period) VALUES ($1) ON CONFLICT (period) DO NOTHING")
+        .bind(period)
+        .execute(&mut **tx)
+        .await?;
+    guarded_reserve(tx, period, amount, cap).await
+}
+
+async fn guarded_reserve(
+    tx: &mut Transaction<'_, Any>,
+    period: &str,
+    amount: f64,
+    cap: f64,
+) -> StoreResult<bool> {
     Ok(sqlx::query(
         "UPDATE budget_periods SET reserved_usd = reserved_usd + $1
          WHERE period = $2 AND spent_usd + reserved_usd + $1 <= $3 + extra_cap_usd",

@@ -2,7 +2,7 @@
 
 use sqlx::{Any, Transaction};
 
-use super::{Store, StoreResult, corrupt, now_ms};
+use super::{Backend, Store, StoreResult, corrupt, now_ms};
 use super::{Tx, to_json};
 use crate::domain::{JournalEvent, RunId};
 
@@ -19,11 +19,13 @@ impl Store {
 }
 
 impl Tx {
+    /// Appends the events; returns the `seq` of the event they follow (the
+    /// journal's length before them: seqs run 1, 2, 3…).
     pub async fn append_events(
         &mut self,
         run_id: RunId,
         events: &[JournalEvent],
-    ) -> StoreResult<()> {
+    ) -> StoreResult<i64> {
         append_events(&mut self.inner, run_id, events).await
     }
 
@@ -41,35 +43,56 @@ impl Tx {
     }
 }
 
-/// Appends after the run's last event. The (run_id, seq) key turns a racing
-/// append into an error instead of a silent interleave.
+/// Appends after the run's last event, in one statement whatever their
+/// number: the next `seq` is read in the same statement (it was one
+/// statement for it and one an event, about thirteen a draft). The
+/// (run_id, seq) key turns a racing append into an error instead of a
+/// silent interleave.
 pub(super) async fn append_events(
     tx: &mut Transaction<'_, Any>,
     run_id: RunId,
     events: &[JournalEvent],
-) -> StoreResult<()> {
+) -> StoreResult<i64> {
     if events.is_empty() {
-        return Ok(());
+        let last: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = $1")
+                .bind(run_id.to_string())
+                .fetch_one(&mut **tx)
+                .await?;
+        return Ok(last);
     }
-    let last: i64 =
-        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = $1")
-            .bind(run_id.to_string())
-            .fetch_one(&mut **tx)
-            .await?;
-    let now = now_ms();
-    for (offset, event) in events.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO journal (run_id, seq, event, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
+    let rows = events
+        .iter()
+        .enumerate()
+        .map(|(offset, event)| {
+            Ok(serde_json::json!({
+                "i": offset as i64 + 1,
+                "event": event.name(),
+                "payload": to_json(event)?,
+            }))
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let events_table =
+        Backend::of(tx).json_rows("$3", &[("i", true), ("event", false), ("payload", false)]);
+    // Both databases read the table whole before inserting into it (SQLite
+    // through a temporary table, since the SELECT reads the table it fills),
+    // so every event is numbered from the same last `seq`.
+    let sql = format!(
+        "INSERT INTO journal (run_id, seq, event, payload, created_at)
+         SELECT $1, last.seq + e.i, e.event, e.payload, $2
+         FROM (SELECT COALESCE(MAX(seq), 0) AS seq FROM journal WHERE run_id = $1) last,
+              ({events_table}) e
+         ORDER BY e.i
+         RETURNING seq"
+    );
+    let seqs: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(run_id.to_string())
-        .bind(last + 1 + offset as i64)
-        .bind(event.name())
-        .bind(to_json(event)?)
-        .bind(now)
-        .execute(&mut **tx)
+        .bind(now_ms())
+        .bind(to_json(&rows)?)
+        .fetch_all(&mut **tx)
         .await?;
-    }
-    Ok(())
+    let first = seqs.into_iter().min().unwrap_or(1);
+    Ok(first - 1)
 }
 
 fn parse_event(payload: &str) -> StoreResult<JournalEvent> {

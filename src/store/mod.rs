@@ -154,6 +154,15 @@ impl Backend {
         }
     }
 
+    /// The database a connection (or a transaction on it) talks to.
+    pub(super) fn of(conn: &sqlx::AnyConnection) -> Backend {
+        if conn.backend_name() == "PostgreSQL" {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+
     /// A subquery over the integers of a JSON array bound as `param`
     /// (`$3`). A list of `$n` written into the SQL is a new statement for
     /// each length: prepared anew every time, and crowding the connection's
@@ -209,6 +218,11 @@ pub use crate::config::redact_url;
 /// (payload `platform:chat_id`), so every process's outbox is woken.
 pub const OUTBOX_CHANNEL: &str = "soloist_outbox";
 
+/// A pooled connection idle this long is pinged before use: it may have
+/// outlived a database restart. One used more recently is not (see
+/// [`Store::connect`]).
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -249,6 +263,21 @@ impl Store {
                 Backend::Postgres => max_connections.max(1),
             })
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings a connection on every acquire by default: one more
+            // round trip per statement outside a transaction (SQLite: a hop
+            // to its worker thread and back; about 40 a draft, all
+            // serialised on the one connection). A connection idle long
+            // enough to have missed a database restart is still pinged.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for < PING_IF_IDLE_FOR {
+                        return Ok(true);
+                    }
+                    use sqlx::Connection;
+                    conn.ping().await.map(|()| true)
+                })
+            })
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
