@@ -411,10 +411,14 @@ impl FakeDiscord {
     /// they reach the client only if it resumes.
     pub fn drop_connection_then(&self, events: impl FnOnce(&FakeDiscord)) {
         let live = self.world.lock().unwrap().gateway.live.take();
+        // The events are logged before the client is told to go: closed
+        // first, a client quick to resume (or a test thread descheduled
+        // under load) could be live again before they were dispatched, and
+        // get them live instead of by replay.
+        events(self);
         if let Some((_, connection)) = live {
             let _ = connection.send(Control::Close(4000));
         }
-        events(self);
     }
 
     /// Drops the gateway connection and refuses new ones until
