@@ -203,10 +203,7 @@ async fn reserve_in(
     // Refused, or no row yet: make the row if it is missing and try once
     // more. Tried again even when another transaction made the row first
     // (its insert wins and ours does nothing): that row is as new.
-    sqlx::query("INSERT INTO budget_periods (period) VALUES ($1) ON CONFLICT (period) DO NOTHING")
-        .bind(period)
-        .execute(&mut **tx)
-        .await?;
+    ensure_period(tx, period).await?;
     guarded_reserve(tx, period, amount, cap).await
 }
 
