@@ -432,12 +432,18 @@ impl Controller {
             return Ok(reply);
         }
         // POLICY HOOK: the request's origin (forwarded text is data).
+        // The run, its origin and the update's handling commit together:
+        // one commit where there were three, and a redelivered update finds
+        // itself handled rather than its run.
         let origin = crate::policy::origin_of(inbound);
+        let mut tx = self.store.begin().await?;
         let run = self
             .engine
-            .start_with_origin(self.start_request(inbound, flow, request), origin)
+            .start_with_origin_in(&mut tx, self.start_request(inbound, flow, request), origin)
             .await?;
-        Ok(Handled::drive(run))
+        tx.finish_inbound(inbound, &[]).await?;
+        tx.commit().await?;
+        Ok(Handled::drive(run).finished())
     }
 
     pub(super) fn refuse_without_model(&self, flow: &str) -> Option<Handled> {

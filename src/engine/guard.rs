@@ -11,7 +11,7 @@ use crate::engine::{EngineError, StartRun};
 use crate::flows::{Flow, StepDef, Tier};
 use crate::policy::review::{self, FastReview, ReviewOf};
 use crate::policy::{Origin, Source, classifier, effects};
-use crate::store::RunRow;
+use crate::store::{RunRow, Tx};
 
 impl Engine {
     /// Starts a run whose request came from `origin`; text that is not
@@ -22,12 +22,27 @@ impl Engine {
         start: StartRun,
         origin: Origin,
     ) -> Result<RunId, EngineError> {
-        let id = self.start(start).await?;
-        if !origin.is_trusted() {
-            self.inner
-                .store
-                .record_guardrail(Some(id), "origin", origin.as_str())
-                .await?;
+        let mut tx = self.inner.store.begin().await?;
+        let id = self.start_with_origin_in(&mut tx, start, origin).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// [`Engine::start_with_origin`] inside a caller's transaction: the run
+    /// and its origin commit together (a crash between the two would leave
+    /// forwarded text looking like the operator's), and with whatever else
+    /// the caller writes (the update marked handled).
+    pub async fn start_with_origin_in(
+        &self,
+        tx: &mut Tx,
+        start: StartRun,
+        origin: Origin,
+    ) -> Result<RunId, EngineError> {
+        let new = self.new_run(start)?;
+        let (id, created) = tx.create_run(&new).await?;
+        tracing::info!(run = %id, flow = %new.flow, created, "run started");
+        if created && !origin.is_trusted() {
+            tx.record_guardrail(id, "origin", origin.as_str()).await?;
         }
         Ok(id)
     }
@@ -35,12 +50,19 @@ impl Engine {
     /// Where the run's request came from. When the store cannot say, the
     /// text is treated as untrusted: quoting it costs nothing.
     pub(super) async fn run_origin(&self, run_id: RunId) -> Origin {
+        if let Some(origin) = self.inner.origins.get(&run_id).await {
+            return origin;
+        }
         match self.inner.store.guardrails_for_run(run_id).await {
-            Ok(events) => events
-                .iter()
-                .find(|e| e.kind == "origin")
-                .and_then(|e| e.detail.parse().ok())
-                .unwrap_or(Origin::Operator),
+            Ok(events) => {
+                let origin = events
+                    .iter()
+                    .find(|e| e.kind == "origin")
+                    .and_then(|e| e.detail.parse().ok())
+                    .unwrap_or(Origin::Operator);
+                self.inner.origins.insert(run_id, origin).await;
+                origin
+            }
             Err(error) => {
                 tracing::warn!(error = ?error, "run origin unknown; quoting the request as data");
                 Origin::Forwarded

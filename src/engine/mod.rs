@@ -29,7 +29,7 @@ use std::time::Duration;
 use crate::agents::Agents;
 use crate::config::Settings;
 use crate::domain::{ChatRef, JournalEvent, RunId, RunInput, RunStatus};
-use crate::flows::{FlowCatalog, Prompts};
+use crate::flows::{FlowCatalog, Prompts, StepDef, StepKind};
 use crate::store::{ClaimedRun, NewRun, Store, StoreError, Tx};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,9 @@ struct Inner {
     worker: String,
     lease_ms: i64,
     heartbeat: Duration,
+    /// Each run's origin, which never changes once the run is created
+    /// (it commits with the run): read once, not by every step.
+    origins: moka::future::Cache<RunId, crate::policy::Origin>,
 }
 
 /// What an engine is built from.
@@ -115,6 +118,7 @@ impl Engine {
                 worker: format!("worker-{}", uuid::Uuid::new_v4().simple()),
                 lease_ms,
                 heartbeat,
+                origins: moka::future::Cache::new(10_000),
             }),
         }
     }
@@ -213,8 +217,11 @@ impl Engine {
         let beat = self.heartbeat(&claimed);
         let result = self.drive_claimed(&claimed).await;
         drop(beat);
-        self.inner.store.release_run(&claimed).await?;
-        result.map(Some)
+        let (status, released) = result?;
+        if !released {
+            self.inner.store.release_run(&claimed).await?;
+        }
+        Ok(Some(status))
     }
 
     /// Executes exactly one step of the run and keeps its lease, as a worker
@@ -224,7 +231,7 @@ impl Engine {
             return Ok(StepOutcome::NotClaimed);
         };
         let _beat = self.heartbeat(&claimed);
-        Ok(self.execute_one(&claimed, None).await?.0)
+        Ok(self.execute_one(&claimed, None, None, false).await?.outcome)
     }
 
     /// Drives every runnable run nobody holds a live lease on: runs a crash
@@ -243,7 +250,8 @@ impl Engine {
             let driven = self.drive_claimed(&claimed).await;
             drop(beat);
             match driven {
-                Ok(_) => self.inner.store.release_run(&claimed).await?,
+                Ok((_, true)) => {}
+                Ok((_, false)) => self.inner.store.release_run(&claimed).await?,
                 // One broken run must not hold up the others: it keeps its
                 // lease (so this loop does not claim it again at once) and
                 // is tried again when the lease lapses.
@@ -305,18 +313,26 @@ impl Engine {
         }))
     }
 
-    async fn drive_claimed(&self, claimed: &ClaimedRun) -> Result<RunStatus, EngineError> {
+    /// Executes the run's steps under one claim until it stops. Returns the
+    /// status it stopped in, and whether the last commit released the
+    /// claim's lease with it (else the caller releases it).
+    async fn drive_claimed(&self, claimed: &ClaimedRun) -> Result<(RunStatus, bool), EngineError> {
         // The journal as the last step left it, when its commit showed that
         // nothing else was appended: the next step need not read it again.
         let mut known = None;
+        // Steps executed but not yet committed (see `Executed::deferred`).
+        let mut deferred = None;
         loop {
-            let (outcome, journal) = self.execute_one(claimed, known.take()).await?;
-            known = journal;
-            match outcome {
+            let executed = self
+                .execute_one(claimed, known.take(), deferred.take(), true)
+                .await?;
+            known = executed.journal;
+            deferred = executed.deferred;
+            match executed.outcome {
                 StepOutcome::Executed(RunStatus::Runnable) => continue,
-                StepOutcome::Executed(status) => return Ok(status),
+                StepOutcome::Executed(status) => return Ok((status, executed.released)),
                 StepOutcome::NotClaimed | StepOutcome::LeaseLost => {
-                    return Ok(claimed.run.status);
+                    return Ok((claimed.run.status, false));
                 }
             }
         }
@@ -325,12 +341,18 @@ impl Engine {
     /// Executes the step at the run's cursor and commits it. `known` is the
     /// run's journal when the caller has it whole (read it otherwise); the
     /// journal after the commit comes back when it is known whole too.
+    /// `deferred` holds earlier steps of this claim not committed yet: they
+    /// commit with this one. With `may_defer`, a step that only gathers
+    /// (context, retrieval) is not committed on its own but handed back to
+    /// go with the next step's commit.
     #[tracing::instrument(skip_all, fields(run = %claimed.run.id))]
     async fn execute_one(
         &self,
         claimed: &ClaimedRun,
         known: Option<Vec<JournalEvent>>,
-    ) -> Result<(StepOutcome, Option<Vec<JournalEvent>>), EngineError> {
+        deferred: Option<Transition>,
+        may_defer: bool,
+    ) -> Result<Executed, EngineError> {
         let run = &claimed.run;
         let mut journal = match known {
             Some(journal) => journal,
@@ -339,9 +361,14 @@ impl Engine {
         if journal.is_empty() {
             return Err(EngineError::UnknownRun(run.id));
         }
-        let state = RunState::fold(&journal)?;
+        let mut state = RunState::fold(&journal)?;
+        if let Some(deferred) = &deferred {
+            state = state.followed_by(&deferred.events)?;
+        }
         if state.status != RunStatus::Runnable {
-            return Ok((StepOutcome::Executed(state.status), None));
+            return Ok(Executed::without_commit(StepOutcome::Executed(
+                state.status,
+            )));
         }
         let flow = self
             .inner
@@ -349,7 +376,8 @@ impl Engine {
             .get(&state.flow)
             .ok_or_else(|| EngineError::UnknownFlow(state.flow.clone()))?;
         let cursor = state.cursor(flow);
-        let mut transition = match flow.steps.get(cursor) {
+        let step = flow.steps.get(cursor);
+        let mut transition = match step {
             Some(step) => {
                 tracing::debug!(step = %step.name, "executing step");
                 self.execute_step(run, flow, step, &state).await
@@ -365,13 +393,25 @@ impl Engine {
         }
         let after = state.followed_by(&transition.events)?;
         steps::finish_if_done(&mut transition, &after, flow, run.id);
+        let transition = match deferred {
+            Some(deferred) => deferred.followed_by(transition),
+            None => transition,
+        };
+        if may_defer && step.is_some_and(only_gathers) && transition.only_journals() {
+            return Ok(Executed {
+                outcome: StepOutcome::Executed(RunStatus::Runnable),
+                journal: Some(journal),
+                deferred: Some(transition),
+                released: false,
+            });
+        }
         let committed = self
             .commit_with_retries(claimed, &transition, journal.len())
             .await?;
         let journal_was_seen = match committed {
             Committed::Refused => {
                 tracing::warn!("lease lost; another worker owns the run now");
-                return Ok((StepOutcome::LeaseLost, None));
+                return Ok(Executed::without_commit(StepOutcome::LeaseLost));
             }
             Committed::Landed { journal_was_seen } => journal_was_seen,
         };
@@ -381,8 +421,46 @@ impl Engine {
             journal.extend(transition.events.iter().cloned());
             journal
         });
-        Ok((StepOutcome::Executed(transition.status), after))
+        Ok(Executed {
+            outcome: StepOutcome::Executed(transition.status),
+            journal: after,
+            deferred: None,
+            // The commit that leaves the run anything but runnable also
+            // clears its lease (`Tx::fence`).
+            released: transition.status != RunStatus::Runnable,
+        })
     }
+}
+
+/// What [`Engine::execute_one`] did.
+struct Executed {
+    outcome: StepOutcome,
+    /// The run's journal after the step, when known whole.
+    journal: Option<Vec<JournalEvent>>,
+    /// Steps executed and not yet committed, to commit with the next.
+    deferred: Option<Transition>,
+    /// The commit cleared the claim's lease.
+    released: bool,
+}
+
+impl Executed {
+    fn without_commit(outcome: StepOutcome) -> Self {
+        Executed {
+            outcome,
+            journal: None,
+            deferred: None,
+            released: false,
+        }
+    }
+}
+
+/// A step that only gathers what later steps use (the context, the
+/// retrieval): it pays nothing and tells no one, so doing it again after a
+/// crash costs a few reads. Its commit can wait for the next step's: under
+/// a burst that is one transaction (on SQLite one writer's turn and one
+/// sync to disk) less per step.
+fn only_gathers(step: &StepDef) -> bool {
+    matches!(step.kind, StepKind::Context | StepKind::Retrieve { .. })
 }
 
 /// The waits before each new try of a step's commit that failed. The step

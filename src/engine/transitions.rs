@@ -63,6 +63,35 @@ impl Transition {
             notices: Vec::new(),
         }
     }
+
+    /// Leaves the run runnable and writes nothing but journal events: no
+    /// message, approval, artifact, audit row or event. Such a step's commit
+    /// may wait for the next step's.
+    pub(super) fn only_journals(&self) -> bool {
+        self.status == RunStatus::Runnable
+            && self.waiting_for.is_none()
+            && self.summary.is_none()
+            && self.messages.is_empty()
+            && self.approval.is_none()
+            && self.artifact.is_none()
+            && self.reject_reason.is_none()
+            && self.actions.is_empty()
+            && self.batch_item.is_none()
+            && self.guardrails.is_empty()
+            && self.publications.is_empty()
+            && self.emits.is_empty()
+            && self.notices.is_empty()
+    }
+
+    /// This transition (one that [`only_journals`](Self::only_journals))
+    /// and `next` as one: this one's events first, then everything of
+    /// `next`.
+    pub(super) fn followed_by(self, mut next: Transition) -> Transition {
+        let mut events = self.events;
+        events.append(&mut next.events);
+        next.events = events;
+        next
+    }
 }
 
 /// What became of a step's commit.

@@ -123,7 +123,7 @@ pub async fn source(store: &Store, name: &str) -> StoreResult<Option<SourceRow>>
     );
     let row: Option<SourceTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(name)
-        .fetch_optional(store.pool())
+        .fetch_optional(store.reads())
         .await?;
     Ok(row.map(source_row))
 }
@@ -135,7 +135,7 @@ pub async fn sources(store: &Store) -> StoreResult<Vec<SourceRow>> {
          FROM memory_sources s WHERE s.kind <> 'decision' ORDER BY s.name"
     );
     let rows: Vec<SourceTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .fetch_all(store.pool())
+        .fetch_all(store.reads())
         .await?;
     Ok(rows.into_iter().map(source_row).collect())
 }
@@ -303,7 +303,7 @@ pub async fn chunks_by_ids(store: &Store, ids: &[i64], scope: Scope) -> StoreRes
     );
     let rows: Vec<HitRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(serde_json::to_string(ids).unwrap_or_default())
-        .fetch_all(store.pool())
+        .fetch_all(store.reads())
         .await?;
     Ok(rows.into_iter().map(raw_hit).collect())
 }
@@ -399,7 +399,7 @@ pub async fn get_working(store: &Store, run_id: &str, key: &str) -> StoreResult<
     .bind(run_id)
     .bind(key)
     .bind(now_ms())
-    .fetch_optional(store.pool())
+    .fetch_optional(store.reads())
     .await?)
 }
 
@@ -428,7 +428,7 @@ pub async fn recent_messages(
     .bind(platform)
     .bind(chat_id)
     .bind(limit)
-    .fetch_all(store.pool())
+    .fetch_all(store.reads())
     .await?)
 }
 

@@ -61,7 +61,7 @@ pub async fn search(
     let rows: Vec<HitRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(query)
         .bind(limit as i64)
-        .fetch_all(store.pool())
+        .fetch_all(store.reads())
         .await?;
     Ok(rows.into_iter().map(raw_hit).collect())
 }
@@ -188,7 +188,7 @@ pub async fn search_knowledge(
         .bind(limit as i64)
         .bind(cap as i64)
         .bind(fourth)
-        .fetch_all(store.pool())
+        .fetch_all(store.reads())
         .await?;
     Ok(rows.into_iter().map(raw_hit).collect())
 }
@@ -427,7 +427,7 @@ async fn sqlite_counts(store: &Store, expressions: &[String], cap: usize) -> Sto
     for expression in expressions {
         query = query.bind(expression.clone());
     }
-    let rows: Vec<(i64, i64)> = query.bind(cap as i64 + 1).fetch_all(store.pool()).await?;
+    let rows: Vec<(i64, i64)> = query.bind(cap as i64 + 1).fetch_all(store.reads()).await?;
     let counts = by_position(rows, expressions.len());
     Ok(counts
         .into_iter()

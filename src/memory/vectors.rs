@@ -413,7 +413,7 @@ async fn signature(store: &Store) -> StoreResult<(String, i64, i64)> {
                     (SELECT COALESCE(MAX(id), 0) FROM memory_embeddings)"
         }
     };
-    Ok(sqlx::query_as(sql).fetch_one(store.pool()).await?)
+    Ok(sqlx::query_as(sql).fetch_one(store.reads()).await?)
 }
 
 /// The knowledge index for `model`, loaded again when stale.
@@ -439,7 +439,7 @@ async fn load(store: &Store, model: &str, signature: (i64, i64)) -> StoreResult<
     );
     let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(model)
-        .fetch_all(store.pool())
+        .fetch_all(store.reads())
         .await?;
     let index = VectorIndex::build_from(signature, &rows, |bytes| decode(bytes));
     tracing::debug!(

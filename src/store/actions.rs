@@ -25,7 +25,7 @@ impl Store {
         let row: Option<(String, Option<i64>)> =
             sqlx::query_as("SELECT action, used_at FROM action_buttons WHERE token = $1")
                 .bind(token.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.reads)
                 .await?;
         Ok(match row {
             None => ActionLookup::Unknown,

@@ -169,7 +169,7 @@ impl Store {
             "SELECT id, run_id, platform, chat_id, draft, created_at FROM approvals
              WHERE status = 'pending' ORDER BY created_at, id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         let mut approvals = Vec::with_capacity(rows.len());
         for (id, run_id, platform, chat_id, draft, created_at) in rows {
@@ -177,7 +177,7 @@ impl Store {
                 "SELECT token, decision, label FROM approval_buttons WHERE approval_id = $1",
             )
             .bind(&id)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?;
             let mut buttons = buttons
                 .into_iter()
@@ -239,7 +239,7 @@ impl Store {
         .bind(approval_id.to_string())
         .bind(chat.platform.as_str())
         .bind(&chat.chat_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         rows.into_iter()
             .map(|(id, payload)| {
@@ -259,7 +259,7 @@ impl Store {
             "SELECT decision, decided_by, reason FROM decisions WHERE approval_id = $1 ORDER BY id",
         )
         .bind(approval_id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?)
     }
 }

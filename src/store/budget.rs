@@ -121,7 +121,7 @@ impl Store {
                 "SELECT spent_usd, reserved_usd, extra_cap_usd FROM budget_periods WHERE period = $1",
             )
             .bind(period)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reads)
             .await?;
             let (spent, reserved, extra) = row.unwrap_or((0.0, 0.0, 0.0));
             StoreResult::Ok(PeriodStatus {

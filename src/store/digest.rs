@@ -51,7 +51,7 @@ impl Store {
         )
         .bind(window.from)
         .bind(window.to)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?)
     }
 
@@ -69,7 +69,7 @@ impl Store {
         .bind(window.from)
         .bind(window.to)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?)
     }
 
@@ -78,7 +78,7 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT status, COUNT(*) FROM runs WHERE status LIKE 'waiting%' GROUP BY status ORDER BY status",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?)
     }
 
@@ -94,7 +94,7 @@ impl Store {
         let rows: Vec<CostRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(window.from)
             .bind(window.to)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?;
         Ok(rows.into_iter().map(CostLine::from).collect())
     }
@@ -112,7 +112,7 @@ impl Store {
         )
         .bind(window.from)
         .bind(window.to)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         // A fold from +0.0: a float `sum` of nothing is -0.0 ("$-0.0000").
         let cache_saved = rows.iter().fold(0.0, |saved, (hits, mean)| {
@@ -123,7 +123,7 @@ impl Store {
         )
         .bind(window.from)
         .bind(window.to)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reads)
         .await?;
         Ok((cache_saved, batch_saved.unwrap_or(0.0)))
     }
@@ -136,7 +136,7 @@ impl Store {
         )
         .bind(window.from)
         .bind(window.to)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?)
     }
 
@@ -162,7 +162,7 @@ impl Store {
         for boundary in &boundaries[1..] {
             query = query.bind(*boundary);
         }
-        let rows: Vec<(i64, String, f64)> = query.fetch_all(&self.pool).await?;
+        let rows: Vec<(i64, String, f64)> = query.fetch_all(&self.reads).await?;
         Ok(rows
             .into_iter()
             .map(|(day, flow, cost_usd)| DailyCost {
@@ -212,23 +212,23 @@ impl Store {
                     CAST(SUM(output_tokens) AS BIGINT), SUM(cost_usd)
              FROM cost_ledger GROUP BY provider || '/' || model, tier, outcome ORDER BY 1, 2, 3",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         let finished_runs = sqlx::query_as(
             "SELECT flow, status, COUNT(*), SUM(updated_at - created_at) / 1000.0 FROM runs
              WHERE status IN ('completed', 'failed') GROUP BY flow, status ORDER BY 1, 2",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         let decisions =
             sqlx::query_as("SELECT decision, COUNT(*) FROM decisions GROUP BY decision ORDER BY 1")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.reads)
                 .await?;
         let updates = sqlx::query_as(
             "SELECT platform, COUNT(*) FROM inbound_updates WHERE processed_at IS NOT NULL
              GROUP BY platform ORDER BY 1",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         let calls = calls
             .into_iter()
@@ -261,7 +261,7 @@ impl Store {
     pub async fn outbox_backlog(&self) -> StoreResult<i64> {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
-                .fetch_one(&self.pool)
+                .fetch_one(&self.reads)
                 .await?,
         )
     }

@@ -28,7 +28,7 @@ impl Store {
         )
         .bind(window.from)
         .bind(window.to)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reads)
         .await?)
     }
 
@@ -48,7 +48,7 @@ impl Store {
         )
         .bind(window.from)
         .bind(window.to)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?)
     }
 
@@ -70,7 +70,7 @@ impl Store {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(window.from)
             .bind(window.to)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?)
     }
 }

@@ -125,7 +125,7 @@ impl Store {
         );
         let row: Option<(String, String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(run_id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reads)
             .await?;
         row.map(event_from).transpose()
     }
@@ -135,7 +135,7 @@ impl Store {
         let sql = format!("SELECT {COLUMNS} FROM events WHERE kind = $1 ORDER BY created_at, id");
         let rows: Vec<(String, String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(kind)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?;
         rows.into_iter().map(event_from).collect()
     }
@@ -144,7 +144,7 @@ impl Store {
     pub async fn event_runs(&self) -> StoreResult<Vec<(String, String, String)>> {
         Ok(
             sqlx::query_as("SELECT event_id, flow, run_id FROM event_runs ORDER BY event_id, flow")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.reads)
                 .await?,
         )
     }

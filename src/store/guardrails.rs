@@ -37,7 +37,7 @@ impl Store {
             "SELECT kind, detail FROM guardrail_events WHERE run_id = $1 ORDER BY id",
         )
         .bind(run_id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         Ok(rows
             .into_iter()

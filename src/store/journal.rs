@@ -12,7 +12,7 @@ impl Store {
         let payloads: Vec<String> =
             sqlx::query_scalar("SELECT payload FROM journal WHERE run_id = $1 ORDER BY seq")
                 .bind(id.to_string())
-                .fetch_all(&self.pool)
+                .fetch_all(&self.reads)
                 .await?;
         payloads.iter().map(|p| parse_event(p)).collect()
     }

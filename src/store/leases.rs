@@ -2,8 +2,9 @@
 //! claim is exclusive, whoever asks (two engines of one process included),
 //! and a write fenced by a token that is no longer the run's is refused.
 
+use super::Tx;
+use super::runs::{RUN_COLUMNS, run_from_row};
 use super::{Backend, RunRow, Store, StoreResult, now_ms};
-use super::{Tx, parse_id};
 use crate::domain::{InputPurpose, RunId, RunStatus};
 
 /// A run held under one claim's lease token.
@@ -24,26 +25,22 @@ impl Store {
         lease_ms: i64,
     ) -> StoreResult<Option<ClaimedRun>> {
         let now = now_ms();
-        let claimed = sqlx::query(
+        // The run comes back with its claim: one statement, not a claim
+        // and a read.
+        let sql = format!(
             "UPDATE runs SET lease_owner = $1, lease_until = $2
              WHERE id = $3 AND status = 'runnable'
-               AND (lease_owner IS NULL OR lease_until < $4)",
-        )
-        .bind(token)
-        .bind(now + lease_ms)
-        .bind(id.to_string())
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1;
-        if !claimed {
-            return Ok(None);
-        }
-        Ok(self.run(id).await?.map(|run| ClaimedRun {
-            run,
-            token: token.to_string(),
-        }))
+               AND (lease_owner IS NULL OR lease_until < $4)
+             RETURNING {RUN_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(token)
+            .bind(now + lease_ms)
+            .bind(id.to_string())
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        claimed_from(row.as_ref(), token)
     }
 
     /// Claims the oldest runnable run nobody holds a live lease on: runs
@@ -57,34 +54,28 @@ impl Store {
     ) -> StoreResult<Option<ClaimedRun>> {
         let now = now_ms();
         let sql = match self.backend {
-            Backend::Postgres => {
+            Backend::Postgres => format!(
                 "UPDATE runs SET lease_owner = $1, lease_until = $2
                  WHERE id = (SELECT id FROM runs
                              WHERE status = 'runnable' AND (lease_owner IS NULL OR lease_until < $3)
                              ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-                 RETURNING id"
-            }
-            Backend::Sqlite => {
+                 RETURNING {RUN_COLUMNS}"
+            ),
+            Backend::Sqlite => format!(
                 "UPDATE runs SET lease_owner = $1, lease_until = $2
                  WHERE id = (SELECT id FROM runs
                              WHERE status = 'runnable' AND (lease_owner IS NULL OR lease_until < $3)
                              ORDER BY updated_at LIMIT 1)
-                 RETURNING id"
-            }
+                 RETURNING {RUN_COLUMNS}"
+            ),
         };
-        let id: Option<String> = sqlx::query_scalar(sql)
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(token)
             .bind(now + lease_ms)
             .bind(now)
             .fetch_optional(&self.pool)
             .await?;
-        match id {
-            None => Ok(None),
-            Some(id) => Ok(self.run(parse_id(&id)?).await?.map(|run| ClaimedRun {
-                run,
-                token: token.to_string(),
-            })),
-        }
+        claimed_from(row.as_ref(), token)
     }
 
     /// Extends a live lease (the heartbeat of a running step). False when
@@ -114,6 +105,17 @@ impl Store {
     }
 }
 
+/// The claim a claiming UPDATE's returned row makes, if it claimed one.
+fn claimed_from(row: Option<&sqlx::any::AnyRow>, token: &str) -> StoreResult<Option<ClaimedRun>> {
+    row.map(|row| {
+        Ok(ClaimedRun {
+            run: run_from_row(row)?,
+            token: token.to_string(),
+        })
+    })
+    .transpose()
+}
+
 /// The run's new status, written under a claim.
 #[derive(Debug, Clone, Copy)]
 pub struct Fenced<'a> {
@@ -125,13 +127,20 @@ pub struct Fenced<'a> {
 
 impl Tx {
     /// Sets the run's status if `claimed` still holds its lease (and
-    /// renews it). False, changing nothing, when another claim superseded
-    /// it: the caller must then roll back everything else it wrote.
+    /// renews it, or clears it when the run stops being runnable). False,
+    /// changing nothing, when another claim superseded it: the caller must
+    /// then roll back everything else it wrote.
     pub async fn fence(&mut self, claimed: &ClaimedRun, new: Fenced<'_>) -> StoreResult<bool> {
         let now = now_ms();
+        // A run left anything but runnable is released in the same write:
+        // nothing more runs under this claim, and a decision that wakes
+        // the run can be claimed at once rather than after a separate
+        // release.
         Ok(sqlx::query(
             "UPDATE runs SET status = $1, waiting_for = $2, summary = COALESCE($3, summary),
-                    updated_at = $4, lease_until = $5
+                    updated_at = $4,
+                    lease_owner = CASE WHEN $1 = 'runnable' THEN lease_owner END,
+                    lease_until = CASE WHEN $1 = 'runnable' THEN $5 END
              WHERE id = $6 AND lease_owner = $7 AND status = 'runnable'",
         )
         .bind(new.status.as_str())

@@ -71,7 +71,7 @@ impl Store {
              FROM cost_ledger WHERE run_id = $1 ORDER BY id",
         )
         .bind(run_id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         Ok(rows
             .into_iter()
@@ -124,7 +124,7 @@ impl Store {
              FROM cost_ledger WHERE created_at >= $1",
         )
         .bind(since_ms)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reads)
         .await?;
         Ok(CostSummary {
             calls,
@@ -187,7 +187,7 @@ impl Store {
         };
         let rows: Vec<CostRow> = sqlx::query_as(sql)
             .bind(since_ms)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?;
         Ok(rows.into_iter().map(CostLine::from).collect())
     }

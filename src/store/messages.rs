@@ -26,12 +26,18 @@ impl Store {
     /// conversation log. Most updates were recorded on arrival (the front
     /// door records each batch before handing it on), so their row is
     /// looked up first: one statement, where inserting first took two.
+    ///
+    /// The look is a plain read, not a transaction of its own: one that only
+    /// read still cost a BEGIN and a COMMIT on SQLite's one writer
+    /// connection, and it ended before the caller acted anyway. A row found
+    /// unhandled may be handled by then either way; the caller's own commit
+    /// (marking it handled only if it is not) decides.
     pub async fn record_inbound(&self, inbound: &Inbound) -> StoreResult<InboundRecord> {
+        if let Some(known) = recorded_state(&self.reads, inbound).await? {
+            return Ok(known);
+        }
         let mut tx = self.pool.begin().await?;
-        let record = match recorded_state_in(&mut tx, inbound).await? {
-            Some(known) => known,
-            None => record_inbound_in(&mut tx, inbound).await?,
-        };
+        let record = record_inbound_in(&mut tx, inbound).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -245,12 +251,20 @@ async fn recorded_state_in(
     tx: &mut Transaction<'_, Any>,
     inbound: &Inbound,
 ) -> StoreResult<Option<InboundRecord>> {
+    recorded_state(&mut **tx, inbound).await
+}
+
+/// [`recorded_state_in`] on any connection or pool.
+async fn recorded_state<'c, E>(executor: E, inbound: &Inbound) -> StoreResult<Option<InboundRecord>>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
     let processed: Option<Option<i64>> = sqlx::query_scalar(
         "SELECT processed_at FROM inbound_updates WHERE platform = $1 AND update_key = $2",
     )
     .bind(inbound.chat.platform.as_str())
     .bind(&inbound.update_key)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(executor)
     .await?;
     Ok(processed.map(|processed| match processed {
         Some(_) => InboundRecord::Duplicate,

@@ -223,10 +223,22 @@ pub const OUTBOX_CHANNEL: &str = "soloist_outbox";
 /// [`Store::connect`]).
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
+/// SQLite connections kept for reads beside the one writer (see
+/// [`Store::reads`]): one a core of these machines is enough for the
+/// retrieval and status reads that would otherwise queue behind a write.
+const SQLITE_READERS: u32 = 2;
+
+/// A reader unused this long is closed: each holds a page cache of its
+/// own, which an idle bot should not keep.
+const SQLITE_READER_IDLE: Duration = Duration::from_secs(30);
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Where reads outside a transaction go: on a SQLite file, a pool of
+    /// read-only connections beside the writer; otherwise `pool` itself.
+    reads: AnyPool,
     backend: Backend,
     /// PostgreSQL: where a listener connects (LISTEN needs a connection of
     /// its own). Never printed: it may carry a password.
@@ -288,8 +300,12 @@ impl Store {
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
+        let reads = match backend {
+            Backend::Sqlite if is_sqlite_file(url) => sqlite_readers(options),
+            _ => pool.clone(),
+        };
         let listen_url =
             (backend == Backend::Postgres).then(|| Arc::new(crate::config::Secret::new(url)));
         let identity = {
@@ -302,6 +318,7 @@ impl Store {
         };
         Ok(Store {
             pool,
+            reads,
             backend,
             listen_url,
             identity: identity.into(),
@@ -314,6 +331,17 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool for a read that needs no transaction. On a SQLite file these
+    /// are read-only connections of their own: SQLite's write-ahead log lets
+    /// them read beside the one writer, so a retrieval or a status read does
+    /// not queue behind other lanes' writes on the single write connection.
+    /// A read here sees every transaction committed before it starts (a
+    /// caller's own commits included); it cannot see one still open, so a
+    /// read that must be part of a change goes through [`Tx`] instead.
+    pub fn reads(&self) -> &AnyPool {
+        &self.reads
     }
 
     /// Which database this is (a digest of its URL), for in-process caches.
@@ -378,6 +406,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.reads.close().await;
         self.pool.close().await;
     }
 }
@@ -455,6 +484,33 @@ pub fn sqlite_path(url: &str) -> Option<PathBuf> {
         .next()
         .unwrap_or_default();
     (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+/// A SQLite URL naming a file other connections can open too (not an
+/// in-memory database, which is private to its connection).
+fn is_sqlite_file(url: &str) -> bool {
+    sqlite_path(url).is_some() && !url.contains("mode=memory")
+}
+
+/// Read-only connections to a SQLite file, opened only when a read needs
+/// one. `query_only` makes a write sent here by mistake fail at once
+/// instead of contending with the writer.
+fn sqlite_readers(options: AnyConnectOptions) -> AnyPool {
+    AnyPoolOptions::new()
+        .max_connections(SQLITE_READERS)
+        .min_connections(0)
+        .idle_timeout(SQLITE_READER_IDLE)
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                use sqlx::Executor;
+                conn.execute("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options)
 }
 
 fn create_sqlite_folder(url: &str) {

@@ -96,7 +96,7 @@ impl Store {
     pub async fn blob(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
         Ok(sqlx::query_scalar("SELECT bytes FROM blobs WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reads)
             .await?)
     }
 
@@ -153,7 +153,7 @@ impl Store {
             "SELECT email FROM leads WHERE email <> '' AND (LOWER(company) = LOWER($1) OR LOWER(name) = LOWER($1)) ORDER BY created_at DESC, id DESC LIMIT 1",
         )
         .bind(client.trim())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reads)
         .await?)
     }
 
@@ -165,7 +165,7 @@ impl Store {
             " FROM offer_drafts WHERE run_id = $1"
         ))
         .bind(run_id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reads)
         .await?;
         row.map(from_row).transpose()
     }

@@ -110,7 +110,7 @@ impl Store {
         let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(platform.as_str())
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?;
         rows.into_iter()
             .map(|row| from_row(platform, row))
@@ -342,14 +342,14 @@ impl Store {
             "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND failing_since < $1",
         )
         .bind(failing_before)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reads)
         .await?;
         let failed_approvals: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM outbox
              WHERE status = 'failed' AND approval_role IS NOT NULL AND created_at >= $1",
         )
         .bind(refused_since)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reads)
         .await?;
         Ok(OutboxTrouble {
             failing,

@@ -130,7 +130,7 @@ impl Store {
             format!("SELECT {COLUMNS} FROM publications WHERE run_id = $1 ORDER BY created_at, id");
         let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(run_id.to_string())
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?;
         rows.into_iter().map(publication).collect()
     }
@@ -143,7 +143,7 @@ impl Store {
              WHERE published_at IS NOT NULL GROUP BY run_id ORDER BY at DESC LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         let mut rows = Vec::with_capacity(runs.len());
         for (run_id, published_at) in runs {
@@ -151,7 +151,7 @@ impl Store {
                 "SELECT metric, value FROM results WHERE run_id = $1 ORDER BY metric",
             )
             .bind(&run_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?;
             rows.push(ResultRow {
                 run_id: parse_id(&run_id)?,

@@ -210,7 +210,7 @@ impl Store {
              WHERE status = 'held' AND holder = 'call' AND created_at < $1 ORDER BY created_at",
         )
         .bind(now_ms() - max_age_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         let mut swept = Vec::new();
         for (id, day, month, amount_usd) in rows {
@@ -238,7 +238,7 @@ impl Store {
              WHERE status IN ('abandoned', 'swept') AND released_at >= $1 GROUP BY status",
         )
         .bind(since_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         let mut summary = ReleasedSummary::default();
         for (status, count, amount) in rows {

@@ -45,7 +45,7 @@ pub struct NewArtifact {
     pub note: Option<String>,
 }
 
-const RUN_COLUMNS: &str =
+pub(super) const RUN_COLUMNS: &str =
     "id, flow, status, waiting_for, platform, chat_id, input, summary, created_at, updated_at";
 
 impl Store {
@@ -62,7 +62,7 @@ impl Store {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reads)
             .await?;
         row.map(|r| run_from_row(&r)).transpose()
     }
@@ -82,7 +82,7 @@ impl Store {
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(format!("{cleaned}%"))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?;
         rows.iter().map(run_from_row).collect()
     }
@@ -91,7 +91,7 @@ impl Store {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, id LIMIT $1");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?;
         rows.iter().map(run_from_row).collect()
     }
@@ -103,7 +103,7 @@ impl Store {
         Ok(
             sqlx::query_as("SELECT status, content, note FROM artifacts WHERE id = $1")
                 .bind(id.to_string())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.reads)
                 .await?,
         )
     }
@@ -125,7 +125,7 @@ impl Store {
         ] {
             let sql = format!("SELECT COUNT(*) FROM {table}");
             let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&self.pool)
+                .fetch_one(&self.reads)
                 .await?;
             counts.push((table.to_string(), n));
         }
@@ -281,7 +281,7 @@ async fn insert_artifact(
     Ok(())
 }
 
-fn run_from_row(row: &AnyRow) -> StoreResult<RunRow> {
+pub(super) fn run_from_row(row: &AnyRow) -> StoreResult<RunRow> {
     let platform: String = row.try_get("platform")?;
     let input: String = row.try_get("input")?;
     let waiting_for: Option<String> = row.try_get("waiting_for")?;

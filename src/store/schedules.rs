@@ -173,7 +173,7 @@ impl Store {
     pub async fn schedules(&self) -> StoreResult<Vec<ScheduleRow>> {
         let sql = format!("SELECT {COLUMNS} WHERE enabled = 1 ORDER BY name");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reads)
             .await?;
         rows.iter().map(schedule_from_row).collect()
     }
@@ -182,7 +182,7 @@ impl Store {
         let sql = format!("SELECT {COLUMNS} WHERE name = $1 AND enabled = 1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reads)
             .await?;
         row.as_ref().map(schedule_from_row).transpose()
     }
@@ -254,7 +254,7 @@ impl Store {
              FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id
              WHERE f.status = 'pending' AND s.enabled = 1 ORDER BY f.scheduled_for",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         Ok(rows
             .into_iter()
@@ -343,7 +343,7 @@ impl Store {
             "SELECT COUNT(*) FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id WHERE s.name = $1",
         )
         .bind(name)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reads)
         .await?;
         Ok(count)
     }
@@ -375,7 +375,7 @@ impl Store {
              WHERE s.name = $1 ORDER BY f.scheduled_for",
         )
         .bind(name)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         Ok(ticks)
     }
@@ -389,7 +389,7 @@ impl Store {
         )
         .bind(from)
         .bind(to)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         Ok(rows
             .into_iter()
@@ -417,7 +417,7 @@ impl Store {
                 "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
             }
         };
-        Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar(sql).fetch_one(&self.reads).await?)
     }
 }
 

@@ -100,7 +100,7 @@ impl Store {
              ORDER BY update_id",
         )
         .bind(platform.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         Ok(rows
             .into_iter()
@@ -151,7 +151,7 @@ impl Store {
             "SELECT COUNT(*) FROM platform_updates WHERE platform = $1 AND failed_at IS NOT NULL",
         )
         .bind(platform.as_str())
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reads)
         .await?)
     }
 
@@ -243,7 +243,7 @@ impl Store {
         let key: Option<String> =
             sqlx::query_scalar("SELECT idempotency_key FROM runs WHERE id = $1")
                 .bind(run.to_string())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.reads)
                 .await?;
         let prefix = format!("inbound:{platform}:");
         Ok(key.and_then(|k| k.strip_prefix(&prefix).map(str::to_string)))
@@ -261,7 +261,7 @@ impl Store {
         )
         .bind(platform.as_str())
         .bind(since_ms)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reads)
         .await?)
     }
 
@@ -283,7 +283,7 @@ impl Store {
         .bind(platform.as_str())
         .bind(since_ms)
         .bind(before_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?)
     }
 

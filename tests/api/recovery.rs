@@ -19,6 +19,8 @@ on_both_backends!(
     a_step_slower_than_its_lease_keeps_its_run_and_is_paid_for_once,
     a_commit_under_a_claim_that_lapsed_and_was_taken_over_is_refused,
     a_drive_and_a_resume_of_one_run_make_one_model_call,
+    gathering_steps_commit_with_the_model_step_and_a_crash_before_it_loses_only_them,
+    a_commit_that_leaves_a_run_waiting_clears_its_lease_so_a_crash_after_it_holds_nothing,
 );
 
 fn start(request: &str, key: &str) -> StartRun {
@@ -271,4 +273,106 @@ async fn a_drive_and_a_resume_of_one_run_make_one_model_call(db: Db) {
     assert_eq!(app.llm.calls(), 1, "one step, one model call");
     assert_eq!(resumed.unwrap(), vec![run]);
     assert_eq!(driven.unwrap(), None, "the second claim must be refused");
+}
+
+/// The context and retrieval steps pay nothing and tell no one, so under one
+/// claim they commit with the next step (one transaction, not three). The
+/// journal ends the same, in step order; a crash before that commit loses
+/// only work that is done again for free.
+async fn gathering_steps_commit_with_the_model_step_and_a_crash_before_it_loses_only_them(db: Db) {
+    let app = TestApp::spawn(db).await;
+    app.llm.then(slow(800, DEFAULT_DRAFT));
+    let run = app
+        .app
+        .engine
+        .start(start("a post", "gather-1"))
+        .await
+        .unwrap();
+    let engine = app.app.engine.clone();
+    let driving = tokio::spawn(async move { engine.drive(run).await });
+
+    // During the model call: brief and recall are done but not committed.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let during = app.app.store.journal(run).await.unwrap();
+    assert_eq!(app.llm.calls(), 1);
+    assert!(
+        !during
+            .iter()
+            .any(|e| matches!(e, JournalEvent::StepCompleted { .. })),
+        "a gathering step committed on its own: {during:?}"
+    );
+
+    assert_eq!(
+        driving.await.unwrap().unwrap(),
+        Some(RunStatus::WaitingApproval)
+    );
+    let steps: Vec<String> = app
+        .app
+        .store
+        .journal(run)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            JournalEvent::StepCompleted { step, .. } => Some(step.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, ["brief", "recall", "write"]);
+    assert_eq!(app.llm.calls(), 1);
+}
+
+/// The commit that leaves a run waiting also clears its lease (no separate
+/// release, one write less a run): a worker that dies right after it holds
+/// nothing, and the approval is acted on by another worker at once.
+async fn a_commit_that_leaves_a_run_waiting_clears_its_lease_so_a_crash_after_it_holds_nothing(
+    db: Db,
+) {
+    let app = TestApp::spawn_with(db, |s| s.engine.lease_secs = 0.2).await;
+    let run = app
+        .app
+        .engine
+        .start(start("a post", "dead-lease-1"))
+        .await
+        .unwrap();
+    // brief, recall, write, each under a claim of its own that is kept,
+    // as a worker that crashed after each commit would keep it.
+    for step in 0..3 {
+        if step > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        app.app.engine.try_execute_step(run).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The offer is committed by a worker with a long lease, which dies.
+    let long_lease = |s: &mut soloist::config::Settings| s.engine.lease_secs = 30.0;
+    let dying = app.restart(long_lease).await;
+    assert_eq!(
+        dying.engine.try_execute_step(run).await.unwrap(),
+        StepOutcome::Executed(RunStatus::WaitingApproval)
+    );
+    let holder: Option<String> = sqlx::query_scalar("SELECT lease_owner FROM runs WHERE id = $1")
+        .bind(run.to_string())
+        .fetch_one(dying.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(holder, None, "the waiting run still names a lease holder");
+    let offer = drain(&dying.store).await;
+    let maya = Actor {
+        name: "Maya",
+        user_id: "owner",
+    };
+    dying
+        .engine
+        .decide(&button(&offer, "Approve").token, maya)
+        .await
+        .unwrap();
+
+    let survivor = app.restart(long_lease).await;
+
+    assert_eq!(survivor.engine.resume_runnable().await.unwrap(), vec![run]);
+    assert_eq!(
+        survivor.store.run(run).await.unwrap().unwrap().status,
+        RunStatus::Completed
+    );
 }

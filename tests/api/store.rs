@@ -16,6 +16,7 @@ on_both_backends!(
     the_outbox_delivers_in_order_and_once,
     concurrent_workers_never_claim_the_same_run,
     ledger_rows_with_and_without_a_price_alternate_on_one_connection,
+    a_read_is_answered_while_a_write_transaction_is_open_and_sees_it_once_committed,
 );
 
 async fn open(db: Db) -> (TestDb, Store) {
@@ -328,4 +329,30 @@ async fn a_batch_of_arrivals_records_each_update_once_and_logs_them_in_order(db:
     .await
     .unwrap();
     assert_eq!((pending, logged), (2, 6));
+}
+
+/// SQLite has one writer connection; reads have connections of their own
+/// (the write-ahead log lets them read beside it), so a status or
+/// retrieval read does not wait for another task's transaction.
+async fn a_read_is_answered_while_a_write_transaction_is_open_and_sees_it_once_committed(db: Db) {
+    let (_db, store) = open(db).await;
+    let (first, _) = store.create_run(&new_run("read-1")).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let (second, _) = tx.create_run(&new_run("read-2")).await.unwrap();
+
+    let read = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        (
+            store.run(first).await.unwrap(),
+            store.run(second).await.unwrap(),
+            store.journal(first).await.unwrap(),
+        )
+    })
+    .await
+    .expect("a read waited for an open write transaction");
+    assert!(read.0.is_some());
+    assert!(read.1.is_none(), "a read saw an uncommitted run");
+    assert_eq!(read.2.len(), 1);
+
+    tx.commit().await.unwrap();
+    assert!(store.run(second).await.unwrap().is_some());
 }
