@@ -41,8 +41,13 @@ impl Engine {
         let new = self.new_run(start)?;
         let (id, created) = tx.create_run(&new).await?;
         tracing::info!(run = %id, flow = %new.flow, created, "run started");
-        if created && !origin.is_trusted() {
-            tx.record_guardrail(id, "origin", origin.as_str()).await?;
+        if created {
+            if !origin.is_trusted() {
+                tx.record_guardrail(id, "origin", origin.as_str()).await?;
+            }
+            // Known now: the run's steps need not read it back. (Should the
+            // transaction roll back, the id, new and random, is never used.)
+            self.inner.origins.insert(id, origin).await;
         }
         Ok(id)
     }

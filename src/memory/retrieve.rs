@@ -172,8 +172,8 @@ impl Memory {
         // hits back while the full text may still be running (on
         // PostgreSQL's other connections), rather than after it. The index
         // is fetched first because checking it is fresh is a query too,
-        // and on SQLite's single connection it would otherwise queue
-        // behind the full text.
+        // and it would otherwise take one of SQLite's two read
+        // connections while the full text and the read-back need both.
         let index = super::vectors::index(&self.store, model).await?;
         let similar = similar_on_a_blocking_thread(index, vector.to_vec(), pool);
         let vector_side = async {

@@ -533,8 +533,9 @@ fn corrupt(what: impl Into<String>) -> StoreError {
 /// commit together or not at all. Dropped without [`Tx::commit`], it rolls
 /// back.
 ///
-/// On SQLite the pool has one connection: while a `Tx` is open, the same
-/// task must not use the [`Store`] directly, or it waits for itself.
+/// On SQLite one connection writes: while a `Tx` is open, the same task
+/// must not write through the [`Store`] directly, or it waits for itself
+/// (reads go to [`Store::reads`] and do not wait).
 pub struct Tx {
     pub(super) inner: Transaction<'static, Any>,
 }
