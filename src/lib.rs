@@ -27,7 +27,9 @@
 //!   `routing` free text.
 //! - [`engine`]: durable runs and every run transition: claim (a fenced
 //!   lease per claim, renewed by a heartbeat while a step runs), execute a
-//!   step, commit it, decide, take input, retry, cancel
+//!   step, commit it (a step that only gathers, context or retrieval,
+//!   commits with the next one under the same claim), decide, take input,
+//!   retry, cancel
 //!   (`engine::transitions`), resume after a crash, replay.
 //! - [`flows`]: flows as data (`config/flows/*.toml`) and prompt templates
 //!   (`prompts/*.md`); a step's `next` (one step, or one per outcome)
@@ -100,7 +102,9 @@
 //!   on it ([`http::Hooks`]).
 //! - [`store`]: PostgreSQL or SQLite, one set of queries for both; tables
 //!   and transactions ([`store::Tx`]), not the run state machine; on
-//!   SQLite, the full-text rank function it registers (`soloist_bm25`).
+//!   SQLite, one writer connection with read-only ones beside it
+//!   ([`store::Store::reads`]) and the full-text rank function it
+//!   registers (`soloist_bm25`).
 //! - [`domain`]: `Inbound`, `Outbound`, buttons, ids, run events; no I/O.
 //! - [`config`]: layered typed settings with secrets that never print, and
 //!   redaction of URLs that may carry credentials.
