@@ -38,9 +38,7 @@ impl Engine {
         start: StartRun,
         origin: Origin,
     ) -> Result<RunId, EngineError> {
-        let new = self.new_run(start)?;
-        let (id, created) = tx.create_run(&new).await?;
-        tracing::info!(run = %id, flow = %new.flow, created, "run started");
+        let (id, created) = self.create_in(tx, start).await?;
         if created {
             if !origin.is_trusted() {
                 tx.record_guardrail(id, "origin", origin.as_str()).await?;

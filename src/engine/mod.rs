@@ -162,10 +162,16 @@ impl Engine {
 
     /// [`Engine::start`] inside a caller's transaction.
     pub async fn start_in(&self, tx: &mut Tx, start: StartRun) -> Result<RunId, EngineError> {
+        Ok(self.create_in(tx, start).await?.0)
+    }
+
+    /// Creates the run in `tx` (or finds the one under the same key); true
+    /// when it is new.
+    async fn create_in(&self, tx: &mut Tx, start: StartRun) -> Result<(RunId, bool), EngineError> {
         let new = self.new_run(start)?;
         let (id, created) = tx.create_run(&new).await?;
         tracing::info!(run = %id, flow = %new.flow, created, "run started");
-        Ok(id)
+        Ok((id, created))
     }
 
     /// Starts a run for an event inside the event worker's transaction:

@@ -53,22 +53,19 @@ impl Store {
         lease_ms: i64,
     ) -> StoreResult<Option<ClaimedRun>> {
         let now = now_ms();
-        let sql = match self.backend {
-            Backend::Postgres => format!(
-                "UPDATE runs SET lease_owner = $1, lease_until = $2
-                 WHERE id = (SELECT id FROM runs
-                             WHERE status = 'runnable' AND (lease_owner IS NULL OR lease_until < $3)
-                             ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-                 RETURNING {RUN_COLUMNS}"
-            ),
-            Backend::Sqlite => format!(
-                "UPDATE runs SET lease_owner = $1, lease_until = $2
-                 WHERE id = (SELECT id FROM runs
-                             WHERE status = 'runnable' AND (lease_owner IS NULL OR lease_until < $3)
-                             ORDER BY updated_at LIMIT 1)
-                 RETURNING {RUN_COLUMNS}"
-            ),
+        // PostgreSQL: several workers may ask at once; `SKIP LOCKED` hands
+        // each a different run. SQLite has one writer.
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
         };
+        let sql = format!(
+            "UPDATE runs SET lease_owner = $1, lease_until = $2
+             WHERE id = (SELECT id FROM runs
+                         WHERE status = 'runnable' AND (lease_owner IS NULL OR lease_until < $3)
+                         ORDER BY updated_at LIMIT 1{lock})
+             RETURNING {RUN_COLUMNS}"
+        );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(token)
             .bind(now + lease_ms)
