@@ -123,6 +123,7 @@ impl Leads<'_> {
         .bind(id)
         .execute(self.0.pool())
         .await?;
+        self.0.durable().await?;
         Ok(())
     }
 
@@ -130,7 +131,7 @@ impl Leads<'_> {
     pub async fn set_status(&self, id: i64, status: super::LeadStatus) -> StoreResult<bool> {
         let now = now_ms();
         let contact = matches!(status, super::LeadStatus::Replied).then_some(now);
-        Ok(sqlx::query(
+        let found = sqlx::query(
             "UPDATE leads SET status = $1, updated_at = $2, last_contact = COALESCE($3, last_contact)
              WHERE id = $4",
         )
@@ -141,7 +142,8 @@ impl Leads<'_> {
         .execute(self.0.pool())
         .await?
         .rows_affected()
-            == 1)
+            == 1;
+        self.0.flushed(found).await
     }
 
     /// Replied leads with no contact since `quiet_since` (Unix ms) and no

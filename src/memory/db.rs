@@ -182,7 +182,7 @@ pub async fn replace_source(
     for (seq, chunk) in chunks.iter().enumerate() {
         insert_chunk(&mut tx, store.backend(), &id, seq as i64, chunk, now).await?;
     }
-    tx.commit().await?;
+    store.commit_durably(tx).await?;
     Ok(())
 }
 
@@ -255,7 +255,7 @@ pub async fn delete_source(store: &Store, name: &str) -> StoreResult<Option<u64>
         return Ok(None);
     };
     let chunks = delete_source_in(&mut tx, store.backend(), &id).await?;
-    tx.commit().await?;
+    store.commit_durably(tx).await?;
     Ok(Some(chunks))
 }
 
@@ -266,6 +266,7 @@ pub async fn touch_source(store: &Store, id: &str) -> StoreResult<()> {
         .bind(id)
         .execute(store.pool())
         .await?;
+    store.durable().await?;
     Ok(())
 }
 
@@ -387,7 +388,7 @@ pub async fn put_working(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
+    store.commit_durably(tx).await?;
     Ok(())
 }
 
@@ -592,7 +593,7 @@ pub async fn erase_mentions(store: &Store, who: &str) -> StoreResult<Erased> {
         &lower,
     )
     .await?;
-    tx.commit().await?;
+    store.commit_durably(tx).await?;
     Ok(Erased {
         knowledge_chunks: chunks.len() as u64,
         decisions,

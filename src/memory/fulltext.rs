@@ -206,6 +206,7 @@ pub async fn compact(store: &Store) -> StoreResult<()> {
         sqlx::query("INSERT INTO memory_fts(memory_fts) VALUES('optimize')")
             .execute(store.pool())
             .await?;
+        store.durable().await?;
     }
     Ok(())
 }

@@ -71,7 +71,7 @@ pub async fn insert(store: &Store, model: &str, vectors: &[(String, Vec<f32>)]) 
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
+    store.commit_durably(tx).await?;
     Ok(())
 }
 

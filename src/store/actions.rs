@@ -38,7 +38,7 @@ impl Store {
     pub async fn create_actions(&self, actions: &[(ButtonToken, Action)]) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         insert_actions(&mut tx, actions).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(())
     }
 }

@@ -109,7 +109,7 @@ impl Store {
                 claimed.push(id.clone());
             }
         }
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(claimed)
     }
 
@@ -127,7 +127,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(())
     }
 
@@ -177,7 +177,7 @@ impl Store {
             .bind(item.run_id.to_string())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(true)
     }
 }

@@ -80,7 +80,7 @@ impl Store {
                 amount_usd,
             };
             insert_reservation(&mut tx, &reservation).await?;
-            tx.commit().await?;
+            self.commit_durably(tx).await?;
             return Ok(Ok(HeldReservation::new(self.clone(), reservation)));
         }
         tx.rollback().await?;
@@ -106,7 +106,7 @@ impl Store {
         if let Some(entry) = entry {
             insert_call(&mut tx, entry).await?;
         }
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(())
     }
 
@@ -140,7 +140,7 @@ impl Store {
     pub async fn raise_daily_cap(&self, day: &str, amount_usd: f64) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let raised = raise_daily_cap_in(&mut tx, day, amount_usd).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(raised)
     }
 }

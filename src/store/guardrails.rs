@@ -28,6 +28,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.durable().await?;
         Ok(())
     }
 

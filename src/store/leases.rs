@@ -1,6 +1,11 @@
 //! Leases on runs. A claim writes a fresh token into `lease_owner`: every
 //! claim is exclusive, whoever asks (two engines of one process included),
 //! and a write fenced by a token that is no longer the run's is refused.
+//!
+//! On SQLite, claims, heartbeats and pacing do not wait for their own flush
+//! to disk (durability.rs): one lost in a power cut is simply taken again,
+//! and what a run then does outside the machine follows a reservation or a
+//! commit whose flush covers the claim as well.
 
 use super::Tx;
 use super::runs::{RUN_COLUMNS, run_from_row};
@@ -98,6 +103,7 @@ impl Store {
         .bind(&claimed.token)
         .execute(&self.pool)
         .await?;
+        self.durable().await?;
         Ok(())
     }
 }
@@ -196,6 +202,7 @@ impl Store {
             .bind(token)
             .execute(&self.pool)
             .await?;
+        self.durable().await?;
         Ok(())
     }
 
@@ -206,6 +213,7 @@ impl Store {
             .bind(name)
             .execute(&self.pool)
             .await?;
+        self.durable().await?;
         Ok(())
     }
 

@@ -46,7 +46,7 @@ impl Store {
     pub async fn record_call(&self, entry: &LedgerEntry) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         insert_call(&mut tx, entry).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(())
     }
 

@@ -38,7 +38,7 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         let record = record_inbound_in(&mut tx, inbound).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(record)
     }
 
@@ -63,7 +63,7 @@ impl Store {
             return Ok(false);
         }
         queue_replies_in(&mut tx, inbound, replies).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(true)
     }
 
@@ -72,7 +72,7 @@ impl Store {
     pub async fn finish_inbound(&self, inbound: &Inbound, replies: &[Outbound]) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         finish_inbound_in(&mut tx, inbound, replies).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(())
     }
 
@@ -80,7 +80,7 @@ impl Store {
     pub async fn enqueue(&self, chat: &ChatRef, message: &Outbound) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         enqueue_in(&mut tx, chat, None, message).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(())
     }
 
@@ -102,6 +102,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.durable().await?;
         Ok(())
     }
 }

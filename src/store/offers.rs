@@ -90,6 +90,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.durable().await?;
         Ok(id)
     }
 
@@ -142,6 +143,7 @@ impl Store {
         .bind(now)
         .execute(&self.pool)
         .await?;
+        self.durable().await?;
         Ok(())
     }
 

@@ -174,7 +174,7 @@ impl Store {
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         rows.sort_by_key(|row| row.0);
         rows.into_iter()
             .map(|row| from_row(platform, row))
@@ -225,7 +225,7 @@ impl Store {
             .bind(to_json(&chats)?)
             .fetch_all(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         rows.sort_by_key(|row| row.0);
         rows.into_iter()
             .map(|row| from_row(platform, row))
@@ -292,7 +292,7 @@ impl Store {
         parts_sent: usize,
         platform_message_id: &str,
     ) -> StoreResult<bool> {
-        Ok(sqlx::query(
+        let recorded = sqlx::query(
             "UPDATE outbox SET parts_sent = $1, platform_message_id = $2
              WHERE id = $3 AND claim_token = $4 AND status = 'pending'",
         )
@@ -303,7 +303,8 @@ impl Store {
         .execute(&self.pool)
         .await?
         .rows_affected()
-            == 1)
+            == 1;
+        self.flushed(recorded).await
     }
 
     /// Records what became of claimed rows, each with its claim token, in
@@ -326,7 +327,7 @@ impl Store {
                 lost.push(settlement_id(settlement));
             }
         }
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(lost)
     }
 
@@ -386,7 +387,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(())
     }
 }

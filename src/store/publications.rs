@@ -109,6 +109,8 @@ impl Store {
             .bind(now)
             .fetch_optional(&self.pool)
             .await?;
+        // A claim lost in a power cut would publish twice: on disk first.
+        let row = self.flushed(row).await?;
         row.map(publication).transpose()
     }
 
@@ -121,6 +123,7 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.durable().await?;
         Ok(())
     }
 

@@ -188,7 +188,7 @@ impl Store {
                 how = how.as_str(), reason, "budget reservation released unsettled"
             );
         }
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(released)
     }
 
@@ -197,7 +197,7 @@ impl Store {
     pub async fn charge_budget(&self, reservation: &Reservation, spent: f64) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         settle_in(&mut tx, reservation, spent).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(())
     }
 

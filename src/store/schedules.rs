@@ -128,7 +128,7 @@ impl Store {
                 .await?;
             }
         }
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(())
     }
 
@@ -163,7 +163,7 @@ impl Store {
             .bind(&schedule.id)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
+            self.commit_durably(tx).await?;
             retired.push(schedule.name);
         }
         Ok(retired)
@@ -197,7 +197,7 @@ impl Store {
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let found = set_schedule_paused_in(&mut tx, name, paused, now).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(found)
     }
 
@@ -212,6 +212,7 @@ impl Store {
         .bind(name)
         .execute(&self.pool)
         .await?;
+        self.durable().await?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -243,7 +244,7 @@ impl Store {
             let decided = apply_plan(&mut tx, &schedule, decided, now).await?;
             applied.push((schedule, decided));
         }
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(applied)
     }
 
@@ -304,6 +305,7 @@ impl Store {
         .bind(fire.scheduled_for)
         .execute(&self.pool)
         .await?;
+        self.durable().await?;
         Ok(())
     }
 
@@ -333,7 +335,7 @@ impl Store {
         for (chat, message) in messages {
             enqueue_in(&mut tx, chat, None, message).await?;
         }
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(true)
     }
 

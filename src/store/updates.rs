@@ -42,7 +42,7 @@ impl Store {
     ) -> StoreResult<Vec<RecordedUpdate>> {
         let mut tx = self.pool.begin().await?;
         let fresh = insert_updates_in(&mut tx, self.backend, platform, updates.iter()).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(fresh.into_iter().map(|at| updates[at].clone()).collect())
     }
 
@@ -67,7 +67,7 @@ impl Store {
         .await?;
         let inbounds: Vec<&Inbound> = fresh.iter().map(|&at| &updates[at].1).collect();
         super::messages::record_inbounds_in(&mut tx, self.backend, &inbounds).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(fresh.into_iter().map(|at| updates[at].0.clone()).collect())
     }
 
@@ -89,6 +89,7 @@ impl Store {
             .bind(super::to_json(&ids)?)
             .execute(&self.pool)
             .await?;
+        self.durable().await?;
         Ok(())
     }
 
@@ -121,6 +122,7 @@ impl Store {
         .bind(update_id)
         .execute(&self.pool)
         .await?;
+        self.durable().await?;
         Ok(())
     }
 
@@ -142,6 +144,7 @@ impl Store {
         .bind(update_id)
         .execute(&self.pool)
         .await?;
+        self.durable().await?;
         Ok(())
     }
 
@@ -185,6 +188,7 @@ impl Store {
         .bind(pending.opened_at_ms)
         .execute(&self.pool)
         .await?;
+        self.durable().await?;
         Ok(())
     }
 
@@ -199,6 +203,7 @@ impl Store {
             .bind(update_key)
             .execute(&self.pool)
             .await?;
+        self.durable().await?;
         Ok(())
     }
 
@@ -214,6 +219,7 @@ impl Store {
             .bind(since_ms)
             .execute(&self.pool)
             .await?;
+        self.durable().await?;
         let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
             "SELECT update_key, channel_id, token, kind, opened_at FROM pending_interactions
              WHERE platform = $1 ORDER BY opened_at",

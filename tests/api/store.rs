@@ -19,6 +19,66 @@ on_both_backends!(
     a_read_is_answered_while_a_write_transaction_is_open_and_sees_it_once_committed,
 );
 
+/// SQLite writes commits to its log and flushes the log after them, one
+/// flush for all the commits made while the previous flush ran (group
+/// commit; the sharing itself is proven in durability.rs): a commit
+/// returns only after a flush that began after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commits_return_only_after_a_flush_of_the_log_begun_after_them() {
+    let (_db, store) = open(Db::Sqlite).await;
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        synchronous, 1,
+        "the writer should leave flushing to the group (NORMAL)"
+    );
+
+    for n in 0..3 {
+        let before = store.log_flushes().unwrap();
+        store
+            .create_run(&new_run(&format!("alone-{n}")))
+            .await
+            .unwrap();
+        // At least one: the once-a-second safety net may flush as well.
+        assert!(
+            store.log_flushes().unwrap() > before,
+            "a commit returned without a flush after it"
+        );
+    }
+
+    let before = store.log_flushes().unwrap();
+    let lanes: Vec<_> = (0..64)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                tx.create_run(&new_run(&format!("lane-{n}"))).await.unwrap();
+                tx.commit().await.unwrap();
+            })
+        })
+        .collect();
+    for lane in lanes {
+        lane.await.unwrap();
+    }
+    let flushes = store.log_flushes().unwrap() - before;
+    assert!(flushes >= 1, "64 commits returned without a flush");
+    let runs: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE idempotency_key LIKE 'lane-%'")
+            .fetch_one(store.reads())
+            .await
+            .unwrap();
+    assert_eq!(runs, 64);
+
+    let pg_or_memory = Store::open("sqlite::memory:", 1).await.unwrap();
+    assert_eq!(
+        pg_or_memory.log_flushes(),
+        None,
+        "an in-memory database has no log to flush"
+    );
+}
+
 async fn open(db: Db) -> (TestDb, Store) {
     let test_db = TestDb::create(db).await;
     let store = Store::open(&test_db.url, 8).await.unwrap();
