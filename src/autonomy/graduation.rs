@@ -31,7 +31,7 @@ pub async fn graduation_proposals(
     settings: &Settings,
 ) -> StoreResult<Vec<Proposal>> {
     let flows = {
-        let mut conn = store.pool().acquire().await?;
+        let mut conn = store.reads().acquire().await?;
         store::flows_with_decisions(&mut conn).await?
     };
     let mut proposals = Vec::new();
@@ -40,7 +40,7 @@ pub async fn graduation_proposals(
         let Some(to) = from.raised() else {
             continue;
         };
-        let mut conn = store.pool().acquire().await?;
+        let mut conn = store.reads().acquire().await?;
         let since = store::last_change_at(&mut conn, &flow).await?;
         let record = store::recent_decisions(&mut conn, &flow, since).await?;
         if record.earns_graduation() {

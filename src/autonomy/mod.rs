@@ -167,7 +167,7 @@ fn effective(settings: &Settings, flow: &str, chat: Option<Level>) -> FlowLevel 
 
 /// `flow`'s level now: the one set in chat wins over the settings.
 pub async fn level_of(store: &Store, settings: &Settings, flow: &str) -> StoreResult<FlowLevel> {
-    let mut conn = store.pool().acquire().await?;
+    let mut conn = store.reads().acquire().await?;
     let chat = store::chat_level(&mut conn, flow).await?;
     Ok(effective(settings, flow, chat))
 }
@@ -196,7 +196,7 @@ pub struct Change<'a> {
 
 /// The last (up to) 20 human decisions on `flow`'s approvals.
 pub async fn record_of(store: &Store, flow: &str) -> StoreResult<Record> {
-    let mut conn = store.pool().acquire().await?;
+    let mut conn = store.reads().acquire().await?;
     store::recent_decisions(&mut conn, flow, None).await
 }
 
