@@ -103,7 +103,10 @@
 //! - [`store`]: PostgreSQL or SQLite, one set of queries for both; tables
 //!   and transactions ([`store::Tx`]), not the run state machine; on
 //!   SQLite, one writer connection with read-only ones beside it
-//!   ([`store::Store::reads`]) and the full-text rank function it
+//!   ([`store::Store::reads`]), group commit (commits written with
+//!   `synchronous = NORMAL`, then one shared flush of the log for all the
+//!   commits made while the previous flush ran; a commit still returns
+//!   only once it is on disk) and the full-text rank function it
 //!   registers (`soloist_bm25`).
 //! - [`domain`]: `Inbound`, `Outbound`, buttons, ids, run events; no I/O.
 //! - [`config`]: layered typed settings with secrets that never print, and
