@@ -1,6 +1,6 @@
 //! `cargo bench --bench telegram`: the Telegram pipeline against the fake
-//! Bot API (`tests/api/fake_telegram.rs`) on PostgreSQL, with the fake
-//! model (zero latency; `/help` needs no model call anyway).
+//! Bot API (`tests/api/fake_telegram.rs`) on SQLite and PostgreSQL, with
+//! the fake model (zero latency; `/help` needs no model call anyway).
 //!
 //! 1. Capacity with the outbox's rate limits lifted (`rate_limits =
 //!    false`): a burst of updates from 200 chats, from injection into the
@@ -9,15 +9,17 @@
 //!    reaching the fake (long-poll wake-up, record, controller, outbox,
 //!    sendMessage); p50 and p99.
 //!
-//! Both run twice: with durable commits (the deployment default: each of
-//! the four commits on the way waits for the disk), and with PostgreSQL's
+//! On SQLite both run with durable commits (flushed in groups). On
+//! PostgreSQL they run twice: with durable commits (the deployment default:
+//! each commit on the way waits for the disk), and with PostgreSQL's
 //! `synchronous_commit = off` for the bench database, which leaves
 //! soloist's own time (and PostgreSQL's CPU) without the disk's.
 //! 3. Telegram's pace (limits on, the default): one reply to each of 200
 //!    chats against a fake that answers 429 above 30 messages a second;
 //!    drain time, 429s seen, messages lost or doubled.
 //!
-//! Needs `SOLOIST_TEST_PG_URL` (see `SOLOIST_TEST_SETUP_ONLY=1 scripts/test.sh`).
+//! PostgreSQL's cases need `SOLOIST_TEST_PG_URL` (see
+//! `SOLOIST_TEST_SETUP_ONLY=1 scripts/test.sh`); without it they are skipped.
 
 mod common;
 #[allow(dead_code)]
@@ -50,24 +52,30 @@ fn main() {
         println!("telegram bench: run it with `cargo bench --bench telegram`");
         return;
     }
-    if std::env::var("SOLOIST_TEST_PG_URL").is_err() {
-        println!("telegram bench: skipped (SOLOIST_TEST_PG_URL unset)");
-        return;
-    }
     let runtime = common::two_worker_runtime();
     runtime.block_on(async {
+        capacity(Db::Sqlite, 4000, true).await;
+        latency(Db::Sqlite, 500, true).await;
+        if std::env::var("SOLOIST_TEST_PG_URL").is_err() {
+            println!("telegram bench: PostgreSQL skipped (SOLOIST_TEST_PG_URL unset)");
+            return;
+        }
         for durable in [true, false] {
-            capacity(4000, durable).await;
-            latency(500, durable).await;
+            capacity(Db::Postgres, 4000, durable).await;
+            latency(Db::Postgres, 500, durable).await;
         }
         telegram_pace().await;
     });
 }
 
 /// A soloist with its Telegram service running against a fresh fake.
-async fn start(rate_limits: bool, durable: bool) -> (TestApp, FakeTelegram, CancellationToken) {
+async fn start(
+    db: Db,
+    rate_limits: bool,
+    durable: bool,
+) -> (TestApp, FakeTelegram, CancellationToken) {
     in_process_telegram::soloist_on_fake_telegram(
-        Db::Postgres,
+        db,
         FIRST_CHAT..FIRST_CHAT + CHATS,
         rate_limits,
         move |s: &mut Settings| {
@@ -86,16 +94,16 @@ async fn sent(tg: &FakeTelegram) -> usize {
     tg.inspect(|s| s.sent.len())
 }
 
-fn commits(durable: bool) -> &'static str {
-    if durable {
-        "durable commits"
-    } else {
-        "synchronous_commit off"
+fn database(db: Db, durable: bool) -> &'static str {
+    match (db, durable) {
+        (Db::Sqlite, _) => "SQLite (durable commits, flushed in groups)",
+        (Db::Postgres, true) => "PostgreSQL (durable commits)",
+        (Db::Postgres, false) => "PostgreSQL (synchronous_commit off)",
     }
 }
 
-async fn capacity(updates: usize, durable: bool) {
-    let (_test, tg, shutdown) = start(false, durable).await;
+async fn capacity(db: Db, updates: usize, durable: bool) {
+    let (_test, tg, shutdown) = start(db, false, durable).await;
     let started = Instant::now();
     for n in 0..updates {
         tg.user_says(FIRST_CHAT + n as i64 % CHATS, "/help");
@@ -106,16 +114,16 @@ async fn capacity(updates: usize, durable: bool) {
     }
     let elapsed = started.elapsed();
     println!(
-        "capacity, PostgreSQL ({}), rate limits off: {updates} updates from {CHATS} chats in {:.2?} = {:.0} updates/s",
-        commits(durable),
+        "capacity, {}, rate limits off: {updates} updates from {CHATS} chats in {:.2?} = {:.0} updates/s",
+        database(db, durable),
         elapsed,
         updates as f64 / elapsed.as_secs_f64()
     );
     shutdown.cancel();
 }
 
-async fn latency(samples: usize, durable: bool) {
-    let (_test, tg, shutdown) = start(false, durable).await;
+async fn latency(db: Db, samples: usize, durable: bool) {
+    let (_test, tg, shutdown) = start(db, false, durable).await;
     let mut latencies = Vec::with_capacity(samples);
     for n in 0..samples {
         let before = sent(&tg).await;
@@ -132,8 +140,8 @@ async fn latency(samples: usize, durable: bool) {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     println!(
-        "added latency per update, PostgreSQL ({}), one at a time: n={samples} p50={:.2?} p99={:.2?} max={:.2?}",
-        commits(durable),
+        "added latency per update, {}, one at a time: n={samples} p50={:.2?} p99={:.2?} max={:.2?}",
+        database(db, durable),
         at(0.5),
         at(0.99),
         latencies[latencies.len() - 1]
@@ -142,7 +150,7 @@ async fn latency(samples: usize, durable: bool) {
 }
 
 async fn telegram_pace() {
-    let (test, tg, shutdown) = start(true, true).await;
+    let (test, tg, shutdown) = start(Db::Postgres, true, true).await;
     tg.enforce_limits(Duration::from_secs(1), 30);
     let started = Instant::now();
     for chat in FIRST_CHAT..FIRST_CHAT + CHATS {

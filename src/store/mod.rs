@@ -271,7 +271,6 @@ impl Store {
             fts5_rank::register();
         }
         let options = AnyConnectOptions::from_str(url)?;
-        let group_commit = backend == Backend::Sqlite && is_sqlite_file(url);
         let pool = AnyPoolOptions::new()
             // SQLite allows one writer; one connection serialises our short
             // transactions instead of failing them with SQLITE_BUSY. No
@@ -302,9 +301,9 @@ impl Store {
                         use sqlx::Executor;
                         conn.execute("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
                             .await?;
-                        // Commits are flushed in groups after they are
-                        // written (durability.rs), not one by one inside.
-                        if group_commit {
+                        // A file's commits are flushed in groups after they
+                        // are written (durability.rs), not one by one inside.
+                        if !main_file(conn).await?.is_empty() {
                             conn.execute("PRAGMA synchronous = NORMAL;").await?;
                         }
                     }
@@ -327,10 +326,16 @@ impl Store {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         };
-        let wal_sync = group_commit
-            .then(|| sqlite_path(url))
-            .flatten()
-            .map(|path| durability::WalSync::for_database(&path));
+        // The file SQLite itself opened, not one parsed from the URL: its
+        // log is what must be flushed.
+        let wal_sync = match backend {
+            Backend::Sqlite => {
+                let mut conn = pool.acquire().await?;
+                let file = main_file(&mut conn).await?;
+                (!file.is_empty()).then(|| durability::WalSync::for_database(Path::new(&file)))
+            }
+            Backend::Postgres => None,
+        };
         Ok(Store {
             pool,
             reads,
@@ -501,6 +506,14 @@ pub fn sqlite_path(url: &str) -> Option<PathBuf> {
         .next()
         .unwrap_or_default();
     (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+/// The file of a SQLite connection's main database; empty for an in-memory
+/// or temporary one.
+async fn main_file(conn: &mut sqlx::AnyConnection) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+        .fetch_one(conn)
+        .await
 }
 
 /// A SQLite URL naming a file other connections can open too (not an
