@@ -648,12 +648,26 @@ pub(super) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
 impl Store {
     /// SQLite's online copy into a new file (`soloist backup`).
     pub async fn vacuum_into(&self, target: &Path) -> StoreResult<()> {
-        let target = target.to_string_lossy().into_owned();
         sqlx::query("VACUUM INTO $1")
-            .bind(target)
+            .bind(target.to_string_lossy().into_owned())
             .execute(&self.pool)
             .await?;
-        self.durable().await?;
-        Ok(())
+        // SQLite does not flush a `VACUUM INTO` copy itself (its documented
+        // behaviour): a backup a power cut could leave half on disk is none.
+        let target = target.to_path_buf();
+        tokio::task::spawn_blocking(move || flush_file_and_its_entry(&target))
+            .await
+            .map_err(|e| StoreError::Durability(std::io::Error::other(e)))?
+            .map_err(StoreError::Durability)
+    }
+}
+
+/// Flushes a new file, then its folder, so both its bytes and its name
+/// survive a power cut.
+fn flush_file_and_its_entry(file: &Path) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_all()?;
+    match file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(folder) => std::fs::File::open(folder)?.sync_all(),
+        None => std::fs::File::open(".")?.sync_all(),
     }
 }
