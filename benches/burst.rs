@@ -113,7 +113,7 @@ fn run_case(db: Db, n: i64, mode: Mode) {
 /// The soloist under measurement, in this process or in its own.
 enum Subject {
     InProcess {
-        test: helpers::TestApp,
+        test: Box<helpers::TestApp>,
         shutdown: CancellationToken,
     },
     OwnProcess {
@@ -162,7 +162,13 @@ async fn in_process(db: Db, n: i64) -> (Subject, fake_telegram::FakeTelegram) {
             s.models.timeout_secs = 60;
         })
         .await;
-    (Subject::InProcess { test, shutdown }, tg)
+    (
+        Subject::InProcess {
+            test: Box::new(test),
+            shutdown,
+        },
+        tg,
+    )
 }
 
 /// `soloist run` (the release binary) in a home of its own, with the
