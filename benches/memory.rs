@@ -266,8 +266,10 @@ async fn measure(backend: &str, url: &str, chunks: usize, corpus: Corpus) {
         };
         memory.retrieve_with(&queries[0], first, 4).await.unwrap();
         let cold = started.elapsed();
-        let mut times = Vec::with_capacity(QUERIES);
-        for query in &queries {
+        // `SOLOIST_BENCH_ROUNDS` asks the queries again, for a profiler.
+        let rounds = common::env_number("SOLOIST_BENCH_ROUNDS", 1);
+        let mut times = Vec::with_capacity(QUERIES * rounds);
+        for query in queries.iter().cycle().take(QUERIES * rounds) {
             let vector = embed(query);
             let started = Instant::now();
             let with = if hybrid {

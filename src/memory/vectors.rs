@@ -9,11 +9,15 @@
 //! embeddings (the bench prints its recall against the exact scan, and
 //! README's benchmark section has the figures). An HNSW graph would read
 //! less still, but it costs a build on every load and an approximation the
-//! rescoring cannot repair. The index is loaded once per database and model, and loaded
-//! again when a chunk or an embedding was added since (their ids only
-//! grow); chunks deleted since are dropped when hits are read back.
+//! rescoring cannot repair. The index is loaded once per database and
+//! model; when chunks or embeddings are added (their ids only grow) it is
+//! extended with the new rows alone, and loaded whole again at most every
+//! [`FULL_LOAD_EVERY`]. Chunks deleted since the last full load stay in it
+//! until the next one and are dropped when hits are read back.
 
+use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 
@@ -89,7 +93,22 @@ pub struct VectorIndex {
     mean: Vec<f32>,
     /// `words()` u64 a vector: bit d is set when dimension d is above the mean.
     bits: Vec<u64>,
+    /// When the full load this index comes from was made.
+    loaded_at: Instant,
+    /// Rows read from the database to make it: every row after a full
+    /// load, the new ones after an extension.
+    rows_read: usize,
 }
+
+/// How long an index is extended with the rows added since, before it is
+/// loaded whole again. An extension keeps the mean of the full load (the
+/// sign bits' reference) and the chunks deleted since, which read-back
+/// drops but which can take a candidate's place: a full load now and then
+/// renews both, and picks up a row an extension missed: PostgreSQL hands
+/// out an id when a row is inserted, not when it commits, so a transaction
+/// can commit a smaller id after a load saw a larger one (on SQLite, with
+/// one writer, ids commit in order).
+const FULL_LOAD_EVERY: Duration = Duration::from_secs(600);
 
 /// How many first-pass candidates are rescored for each hit asked for
 /// (at least `MIN_RESCORED`).
@@ -212,58 +231,60 @@ impl VectorIndex {
     /// An index over `(id, vector)`; vectors of another width than the
     /// first are left out (a model whose width changed keeps old rows).
     pub fn build(signature: (i64, i64), vectors: &[(i64, Vec<f32>)]) -> Self {
-        Self::build_from(signature, vectors, |v| v.clone())
-    }
-
-    /// The same over rows each decoded twice by `vector` (once for the
-    /// mean, once for the codes), so a large index never holds every row
-    /// as f32 at once.
-    fn build_from<R>(
-        signature: (i64, i64),
-        rows: &[(i64, R)],
-        vector: impl Fn(&R) -> Vec<f32>,
-    ) -> Self {
-        let dims = rows.first().map_or(0, |(_, r)| vector(r).len());
-        let mut mean = vec![0f32; dims];
-        let mut count = 0usize;
-        for (_, row) in rows {
-            let v = vector(row);
-            if v.len() != dims {
-                continue;
-            }
-            for (m, x) in mean.iter_mut().zip(unit(&v)) {
-                *m += x;
-            }
-            count += 1;
+        let mut builder = Builder::default();
+        for (id, vector) in vectors {
+            builder.add(*id, vector);
         }
-        mean.iter_mut().for_each(|m| *m /= count.max(1) as f32);
-        let words = dims.div_ceil(64);
-        let mut index = VectorIndex {
-            signature,
-            dims,
-            ids: Vec::with_capacity(count),
-            scales: Vec::with_capacity(count),
-            codes: Vec::with_capacity(count * dims),
-            bits: Vec::with_capacity(count * words),
-            mean,
-        };
-        for (id, row) in rows {
-            let v = vector(row);
-            if v.len() != dims {
-                continue;
-            }
-            let v = unit(&v);
-            let (codes, scale) = quantise(&v);
-            index.ids.push(*id);
-            index.scales.push(scale);
-            index.codes.extend(codes);
-            sign_bits(&v, &index.mean, &mut index.bits);
-        }
-        index
+        builder.finish(signature)
     }
 
     pub fn len(&self) -> usize {
         self.ids.len()
+    }
+
+    /// Rows read from the database to make this index: all of them after a
+    /// full load, only the new ones after an extension.
+    pub fn rows_read(&self) -> usize {
+        self.rows_read
+    }
+
+    /// Whether the rows behind `signature` can be added to this index
+    /// rather than loaded whole.
+    fn extends_to(&self, signature: (i64, i64)) -> bool {
+        !self.ids.is_empty()
+            && self.loaded_at.elapsed() < FULL_LOAD_EVERY
+            && signature.0 >= self.signature.0
+            && signature.1 >= self.signature.1
+    }
+
+    /// This index with `rows` added, except those whose chunk it holds
+    /// already, their sign bits taken around its mean.
+    fn with_added(&self, signature: (i64, i64), rows: &[(i64, Vec<u8>)]) -> VectorIndex {
+        let mut present: HashSet<i64> = self.ids.iter().copied().collect();
+        let mut index = VectorIndex {
+            signature,
+            dims: self.dims,
+            ids: self.ids.clone(),
+            scales: self.scales.clone(),
+            codes: self.codes.clone(),
+            mean: self.mean.clone(),
+            bits: self.bits.clone(),
+            loaded_at: self.loaded_at,
+            rows_read: rows.len(),
+        };
+        let mut scratch = vec![0f32; self.dims];
+        for (id, bytes) in rows {
+            let vector = decode(bytes);
+            if vector.len() != self.dims || !present.insert(*id) {
+                continue;
+            }
+            let (codes, scale) = quantise(&unit(&vector));
+            bits_of_codes(&codes, scale, &index.mean, &mut scratch, &mut index.bits);
+            index.ids.push(*id);
+            index.scales.push(scale);
+            index.codes.extend(codes);
+        }
+        index
     }
 
     pub fn is_empty(&self) -> bool {
@@ -392,6 +413,72 @@ impl VectorIndex {
     }
 }
 
+/// An index taking its vectors one at a time, each kept only as its
+/// quantised codes: at 100k chunks of 384 dimensions the rows as f32 are
+/// 150 MB, the codes 38 MB, and a load that read every row before building
+/// held both. The sign bits need the mean of all the vectors, so they are
+/// taken at the end, from the codes (each within half a quantisation step
+/// of its unit vector, which moves a bit only for a dimension that close
+/// to the mean, where either sign is as near).
+#[derive(Default)]
+struct Builder {
+    dims: usize,
+    ids: Vec<i64>,
+    scales: Vec<f32>,
+    codes: Vec<i8>,
+    sum: Vec<f64>,
+}
+
+impl Builder {
+    fn add(&mut self, id: i64, vector: &[f32]) {
+        if self.ids.is_empty() {
+            self.dims = vector.len();
+            self.sum = vec![0.0; vector.len()];
+        }
+        if vector.len() != self.dims {
+            return;
+        }
+        let unit = unit(vector);
+        for (total, x) in self.sum.iter_mut().zip(&unit) {
+            *total += f64::from(*x);
+        }
+        let (codes, scale) = quantise(&unit);
+        self.ids.push(id);
+        self.scales.push(scale);
+        self.codes.extend(codes);
+    }
+
+    fn finish(self, signature: (i64, i64)) -> VectorIndex {
+        let count = self.ids.len().max(1) as f64;
+        let mean: Vec<f32> = self.sum.iter().map(|t| (t / count) as f32).collect();
+        let mut bits = Vec::with_capacity(self.ids.len() * self.dims.div_ceil(64));
+        let mut unit = vec![0f32; self.dims];
+        for (row, scale) in self.codes.chunks_exact(self.dims.max(1)).zip(&self.scales) {
+            bits_of_codes(row, *scale, &mean, &mut unit, &mut bits);
+        }
+        VectorIndex {
+            signature,
+            dims: self.dims,
+            rows_read: self.ids.len(),
+            ids: self.ids,
+            scales: self.scales,
+            codes: self.codes,
+            mean,
+            bits,
+            loaded_at: Instant::now(),
+        }
+    }
+}
+
+/// The sign bits of a quantised vector (`codes` × `scale`) around `mean`;
+/// `unit` is scratch space of the vector's width.
+fn bits_of_codes(codes: &[i8], scale: f32, mean: &[f32], unit: &mut [f32], bits: &mut Vec<u64>) {
+    for (x, code) in unit.iter_mut().zip(codes) {
+        *x = f32::from(*code) * scale;
+    }
+    sign_bits(unit, mean, bits);
+}
+
 /// Loaded indexes by database and model; a few, so a process serving one
 /// database keeps its index and tests with many databases stay bounded.
 static INDEXES: LazyLock<Cache<String, Arc<VectorIndex>>> =
@@ -421,27 +508,82 @@ pub async fn index(store: &Store, model: &str) -> StoreResult<Arc<VectorIndex>> 
     let (database, chunks, embeddings) = signature(store).await?;
     let key = format!("{database}\u{0}{model}");
     let current = (chunks, embeddings);
-    if let Some(index) = INDEXES.get(&key).await.filter(|i| i.signature == current) {
-        return Ok(index);
+    let kept = INDEXES.get(&key).await;
+    if let Some(index) = kept.as_ref().filter(|i| i.signature == current) {
+        return Ok(index.clone());
     }
-    let index = Arc::new(load(store, model, current).await?);
+    let index = match kept {
+        Some(old) if old.extends_to(current) => {
+            Arc::new(extend(store, model, &old, current).await?)
+        }
+        _ => Arc::new(load(store, model, current).await?),
+    };
     INDEXES.insert(key, index.clone()).await;
     Ok(index)
 }
 
-async fn load(store: &Store, model: &str, signature: (i64, i64)) -> StoreResult<VectorIndex> {
+/// `old` with the vectors of chunks and embeddings added since it was
+/// made (new chunks, and older chunks whose text was embedded since, each
+/// read by its own key range), or a full load when they
+/// are many: a quarter of the index more may have moved its mean.
+async fn extend(
+    store: &Store,
+    model: &str,
+    old: &VectorIndex,
+    signature: (i64, i64),
+) -> StoreResult<VectorIndex> {
+    let knowledge = Scope::Knowledge.condition();
     let sql = format!(
         "SELECT c.id, e.vector FROM memory_chunks c
          JOIN memory_sources s ON s.id = c.source_id
          JOIN memory_embeddings e ON e.model = $1 AND e.content_hash = c.content_hash
-         WHERE {} ORDER BY c.id",
-        Scope::Knowledge.condition()
+         WHERE c.id > $2 AND {knowledge}
+         UNION ALL
+         SELECT c.id, e.vector FROM memory_embeddings e
+         JOIN memory_chunks c ON c.content_hash = e.content_hash
+         JOIN memory_sources s ON s.id = c.source_id
+         WHERE e.model = $1 AND e.id > $3 AND c.id <= $2 AND {knowledge}"
     );
     let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(model)
+        .bind(old.signature.0)
+        .bind(old.signature.1)
         .fetch_all(store.reads())
         .await?;
-    let index = VectorIndex::build_from(signature, &rows, |bytes| decode(bytes));
+    let index = old.with_added(signature, &rows);
+    if (index.len() - old.len()) * 4 >= old.len() {
+        return load(store, model, signature).await;
+    }
+    tracing::debug!(
+        model,
+        vectors = index.ids.len(),
+        read = rows.len(),
+        "vector index extended"
+    );
+    Ok(index)
+}
+
+/// Reads the rows as they come, in no particular order: ordered by chunk,
+/// SQLite sorted the whole result (150 MB at 100k chunks) in temporary
+/// files first.
+async fn load(store: &Store, model: &str, signature: (i64, i64)) -> StoreResult<VectorIndex> {
+    use futures::TryStreamExt;
+    let sql = format!(
+        "SELECT c.id, e.vector FROM memory_chunks c
+         JOIN memory_sources s ON s.id = c.source_id
+         JOIN memory_embeddings e ON e.model = $1 AND e.content_hash = c.content_hash
+         WHERE {}",
+        Scope::Knowledge.condition()
+    );
+    let mut builder = Builder::default();
+    let mut rows = sqlx::query_as::<_, (i64, Vec<u8>)>(sqlx::AssertSqlSafe(sql))
+        .bind(model)
+        .fetch(store.reads());
+    while let Some((id, bytes)) = rows.try_next().await? {
+        builder.add(id, &decode(&bytes));
+    }
+    drop(rows);
+    let index = builder.finish(signature);
     tracing::debug!(
         model,
         vectors = index.ids.len(),
@@ -535,6 +677,31 @@ mod tests {
         let index = VectorIndex::build((0, 0), &vectors);
         for (id, v) in vectors.iter().step_by(301) {
             let hits = index.search(v, 1);
+            assert_eq!(hits[0].0, *id);
+            assert!(hits[0].1 > 0.98, "{hits:?}");
+        }
+    }
+
+    #[test]
+    fn vectors_added_to_an_index_are_found_and_ones_it_holds_are_not_added_twice() {
+        let vectors = clustered(3_000, 64, 11);
+        let (old, new) = vectors.split_at(2_900);
+        let index = VectorIndex::build((2_900, 2_900), old);
+        let rows: Vec<(i64, Vec<u8>)> = new
+            .iter()
+            .chain(&old[..5])
+            .map(|(id, v)| (*id, encode(v)))
+            .collect();
+        let extended = index.with_added((3_000, 3_000), &rows);
+        assert_eq!(
+            extended.len(),
+            3_000,
+            "the five it held are not added again"
+        );
+        assert_eq!(extended.rows_read(), 105);
+        assert_eq!(extended.signature, (3_000, 3_000));
+        for (id, v) in new.iter().step_by(7).chain(old.iter().step_by(301)) {
+            let hits = extended.search(v, 1);
             assert_eq!(hits[0].0, *id);
             assert!(hits[0].1 > 0.98, "{hits:?}");
         }

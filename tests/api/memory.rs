@@ -842,6 +842,55 @@ async fn a_paraphrase_with_no_shared_words_is_found_by_meaning_and_fused_into_th
     assert!(report.recall_at_3 >= 0.75, "{report}");
 }
 
+/// A note remembered (or a draft's decision indexed) after the vectors
+/// were loaded: the next hybrid query reads the new rows alone, not the
+/// whole index again, and finds the note by meaning.
+async fn a_chunk_added_after_the_vectors_loaded_is_added_to_them_without_reading_them_all_again(
+    db: Db,
+) {
+    let (memory, _llm, _db) = embedding_memory_on(db).await;
+    for doc in distractors(120) {
+        memory.ingest(&doc).await.unwrap();
+    }
+    let model = memory.embedder().unwrap().name();
+    let first = soloist::memory::vectors::index(memory.store(), &model)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.rows_read(),
+        first.len(),
+        "the first load reads them all"
+    );
+    assert!(first.len() > 300, "{} vectors", first.len());
+
+    memory
+        .ingest(&markdown("knowledge/policies.md", REFUND_DOC))
+        .await
+        .unwrap();
+    let hits = memory.retrieve(PARAPHRASE, 3).await.unwrap();
+    assert!(
+        hits.iter()
+            .any(|h| h.citation() == "policies.md § Refund policy"),
+        "the new note is not found by meaning: {hits:#?}"
+    );
+    let second = soloist::memory::vectors::index(memory.store(), &model)
+        .await
+        .unwrap();
+    let added = second.len() - first.len();
+    assert!(added >= 1, "the new chunk is in the index");
+    assert_eq!(
+        second.rows_read(),
+        added,
+        "rows read to add {added}: the index was loaded again"
+    );
+
+    // Nothing new: the same index, nothing read.
+    let third = soloist::memory::vectors::index(memory.store(), &model)
+        .await
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(&second, &third));
+}
+
 async fn an_unchanged_chunk_is_never_embedded_twice(db: Db) {
     let (memory, llm, _db) = embedding_memory_on(db).await;
     let first = "# Prices\n\n## Audit\n\nEUR 900 for three days.\n\n## Sprint\n\nEUR 4,800 for two weeks.\n";
@@ -1006,6 +1055,7 @@ async fn the_journaled_trace_says_which_list_found_each_chunk(db: Db) {
 
 on_both_backends!(
     a_paraphrase_with_no_shared_words_is_found_by_meaning_and_fused_into_the_top_3,
+    a_chunk_added_after_the_vectors_loaded_is_added_to_them_without_reading_them_all_again,
     an_unchanged_chunk_is_never_embedded_twice,
     embeddings_are_costed_in_the_ledger_and_blocked_over_budget,
     the_journaled_trace_says_which_list_found_each_chunk,
