@@ -120,6 +120,8 @@ enum Subject {
         child: Child,
         llm: fake_llm::FakeLlm,
         _home: tempfile::TempDir,
+        /// The fresh PostgreSQL database's URL, dropped after the case.
+        database: Option<String>,
     },
 }
 
@@ -145,12 +147,19 @@ impl Subject {
                 shutdown.cancel();
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Subject::OwnProcess { mut child, .. } => {
+            Subject::OwnProcess {
+                mut child,
+                database,
+                ..
+            } => {
                 let _ = Command::new("kill")
                     .arg("-INT")
                     .arg(child.id().to_string())
                     .status();
                 let _ = child.wait();
+                if let Some(url) = database {
+                    drop_pg_database(&url).await;
+                }
             }
         }
     }
@@ -206,9 +215,15 @@ async fn own_process(db: Db, n: i64) -> (Subject, fake_telegram::FakeTelegram) {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    if db == Db::Postgres {
-        let admin = std::env::var("SOLOIST_TEST_PG_URL").unwrap();
-        command.env("DATABASE_URL", common::fresh_pg_database(&admin).await);
+    let database = match db {
+        Db::Postgres => {
+            let admin = std::env::var("SOLOIST_TEST_PG_URL").unwrap();
+            Some(common::fresh_pg_database(&admin).await)
+        }
+        Db::Sqlite => None,
+    };
+    if let Some(url) = &database {
+        command.env("DATABASE_URL", url);
     }
     let child = command.spawn().expect("start soloist run");
     tg.wait_for(60, "the first poll", |s| {
@@ -220,6 +235,7 @@ async fn own_process(db: Db, n: i64) -> (Subject, fake_telegram::FakeTelegram) {
             child,
             llm,
             _home: home,
+            database,
         },
         tg,
     )
@@ -309,6 +325,24 @@ async fn burst(db: Db, n: i64, mode: Mode) {
         subject.kib("VmHWM") / 1024,
     );
     subject.stop().await;
+}
+
+/// Drops the bench's database at `url`, through the admin URL's server.
+async fn drop_pg_database(url: &str) {
+    let Some(name) = url::Url::parse(url)
+        .ok()
+        .map(|u| u.path().trim_start_matches('/').to_string())
+    else {
+        return;
+    };
+    let admin = std::env::var("SOLOIST_TEST_PG_URL").unwrap();
+    let store = soloist::store::Store::connect(&admin, 1).await.unwrap();
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(store.pool())
+    .await;
+    store.close().await;
 }
 
 /// A `/proc/PID/status` figure in KiB (0 where there is none).
