@@ -92,6 +92,15 @@ impl WalSync {
     }
 }
 
+/// Returns once every commit made so far is on disk: at once where the
+/// database flushes its own commits (`sync` is None).
+pub(super) async fn covered(sync: Option<&WalSync>) -> StoreResult<()> {
+    match sync {
+        Some(sync) => sync.wait().await,
+        None => Ok(()),
+    }
+}
+
 /// `fdatasync` of the log. No log file means every commit was checkpointed
 /// into the database file, which the checkpoint flushed.
 fn flush_log(wal: &Path) -> std::io::Result<()> {

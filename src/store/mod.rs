@@ -608,9 +608,7 @@ impl Store {
     /// Passes on what a single statement that wrote outside a transaction
     /// returned, once that write is on disk.
     pub(crate) async fn flushed<T>(&self, wrote: T) -> StoreResult<T> {
-        if let Some(sync) = &self.wal_sync {
-            sync.wait().await?;
-        }
+        durability::covered(self.wal_sync.as_deref()).await?;
         Ok(wrote)
     }
 }
@@ -625,10 +623,7 @@ impl Tx {
     /// Commits, and returns once the commit is on disk.
     pub async fn commit(self) -> StoreResult<()> {
         self.inner.commit().await?;
-        match &self.wal_sync {
-            Some(sync) => sync.wait().await,
-            None => Ok(()),
-        }
+        durability::covered(self.wal_sync.as_deref()).await
     }
 
     pub async fn rollback(self) -> StoreResult<()> {
