@@ -550,10 +550,12 @@ async fn extend(
         .bind(old.signature.1)
         .fetch_all(store.reads())
         .await?;
-    let index = old.with_added(signature, &rows);
-    if (index.len() - old.len()) * 4 >= old.len() {
+    // The two key ranges are disjoint and neither holds a chunk the index
+    // has, so every row read is a vector to add.
+    if rows.len() * 4 >= old.len() {
         return load(store, model, signature).await;
     }
+    let index = old.with_added(signature, &rows);
     tracing::debug!(
         model,
         vectors = index.ids.len(),
