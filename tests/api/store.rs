@@ -3,7 +3,7 @@
 use soloist::domain::{
     ChatKind, ChatRef, Inbound, InboundContent, JournalEvent, Origin, Outbound, Platform, RunInput,
 };
-use soloist::store::{InboundRecord, LedgerEntry, NewRun, Store};
+use soloist::store::{Caps, InboundRecord, LedgerEntry, NewRun, Store};
 
 use crate::helpers::{Db, TestDb};
 use crate::on_both_backends;
@@ -17,6 +17,7 @@ on_both_backends!(
     concurrent_workers_never_claim_the_same_run,
     ledger_rows_with_and_without_a_price_alternate_on_one_connection,
     a_read_is_answered_while_a_write_transaction_is_open_and_sees_it_once_committed,
+    many_reservations_at_once_never_pass_the_cap_and_their_settlements_add_up,
 );
 
 /// SQLite writes commits to its log and flushes the log after them, one
@@ -415,4 +416,82 @@ async fn a_read_is_answered_while_a_write_transaction_is_open_and_sees_it_once_c
 
     tx.commit().await.unwrap();
     assert!(store.run(second).await.unwrap().is_some());
+}
+
+/// Forty lanes asking an eighth of the day's cap each at the same moment
+/// get exactly eight grants, and the month's row agrees; settled at once,
+/// the periods hold exactly what was spent, nothing is left reserved, and
+/// every call has its ledger row.
+async fn many_reservations_at_once_never_pass_the_cap_and_their_settlements_add_up(db: Db) {
+    let (_db, store) = open(db).await;
+    let caps = Caps {
+        daily_usd: 1.0,
+        monthly_usd: 100.0,
+    };
+    let asks: Vec<_> = (0..40)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .reserve_budget("2026-12-01", "2026-12", 0.125, caps)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut granted = Vec::new();
+    let mut refused = 0;
+    for ask in asks {
+        match ask.await.unwrap() {
+            Ok(held) => granted.push(held),
+            Err(refusal) => {
+                assert_eq!(refusal.which, "today's");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        (granted.len(), refused),
+        (8, 32),
+        "an eighth each: eight fit"
+    );
+    let (day, month) = store
+        .budget_status("2026-12-01", "2026-12", caps)
+        .await
+        .unwrap();
+    assert_eq!((day.reserved_usd, month.reserved_usd), (1.0, 1.0));
+
+    let settles: Vec<_> = granted
+        .into_iter()
+        .map(|held| {
+            tokio::spawn(async move {
+                let entry = LedgerEntry {
+                    provider: "openai".into(),
+                    model: "gpt-4o-mini".into(),
+                    tier: "fast".into(),
+                    cost_usd: Some(0.0625),
+                    outcome: "ok".into(),
+                    ..LedgerEntry::default()
+                };
+                held.settle(Some(&entry)).await.unwrap();
+            })
+        })
+        .collect();
+    for settle in settles {
+        settle.await.unwrap();
+    }
+    let (day, month) = store
+        .budget_status("2026-12-01", "2026-12", caps)
+        .await
+        .unwrap();
+    assert_eq!((day.spent_usd, day.reserved_usd), (0.5, 0.0));
+    assert_eq!((month.spent_usd, month.reserved_usd), (0.5, 0.0));
+    assert_eq!(store.cost_since(0).await.unwrap().calls, 8);
+    // Nothing is left for the drop of a settled guard to give back.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (day, _) = store
+        .budget_status("2026-12-01", "2026-12", caps)
+        .await
+        .unwrap();
+    assert_eq!((day.spent_usd, day.reserved_usd), (0.5, 0.0));
 }
