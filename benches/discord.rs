@@ -101,7 +101,19 @@ fn soloist_run(
     llm: &fake_llm::FakeLlm,
     extra: &[(&str, &str)],
 ) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_soloist"))
+    // `SOLOIST_BENCH_WRAPPER="heaptrack -o /tmp/soloist"` runs the child
+    // under a profiler (its RSS figures are then the wrapper's).
+    let wrapper = std::env::var("SOLOIST_BENCH_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(env!("CARGO_BIN_EXE_soloist"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_soloist")),
+    };
+    command
         .arg("run")
         .current_dir(home)
         .env_remove("DATABASE_URL")
@@ -186,6 +198,14 @@ async fn measure() {
     // The worker trims the allocator every 5 s.
     tokio::time::sleep(Duration::from_secs(6)).await;
     report(&format!("after a burst of {BURST} messages"), &child);
+    // Time to look at the process from outside (gdb, /proc) before it stops.
+    if let Some(hold) = std::env::var("SOLOIST_BENCH_HOLD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        println!("holding pid {} for {hold} s", child.id());
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
     stop(&mut child);
 }
 

@@ -30,7 +30,9 @@
 //!   step, commit it (a step that only gathers, context or retrieval,
 //!   commits with the next one under the same claim), decide, take input,
 //!   retry, cancel
-//!   (`engine::transitions`), resume after a crash, replay.
+//!   (`engine::transitions`), resume after a crash, replay. Each step kind
+//!   is in `engine/steps.rs`, the model call and its failure buttons in
+//!   `engine/generate_step.rs`.
 //! - [`flows`]: flows as data (`config/flows/*.toml`) and prompt templates
 //!   (`prompts/*.md`); a step's `next` (one step, or one per outcome)
 //!   branches and loops, checked at load; the engine journals each route;

@@ -10,6 +10,7 @@
 //! is never executed again.
 
 mod digest_steps;
+mod generate_step;
 mod guard;
 mod lead_steps;
 mod replay;

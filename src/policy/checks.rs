@@ -78,7 +78,7 @@ static LINK: LazyLock<Regex> = LazyLock::new(|| {
 });
 /// An amount in euros: "EUR 4,800", "€900", "4800 euros", "60€".
 static AMOUNT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)(?:\b(?:eur|euros?)\s?|€\s?)(\d{1,3}(?:[.,]\d{3})+|\d+)(?:[.,]\d{1,2})?\b|\b(\d{1,3}(?:[.,]\d{3})+|\d+)(?:[.,]\d{1,2})?\s?(?:€|\beur\b|\beuros?\b)")
+    Regex::new(r"(?i)(?:\b(?:eur|euros?)\s?|€\s?)([0-9]{1,3}(?:[.,][0-9]{3})+|[0-9]+)(?:[.,][0-9]{1,2})?\b|\b([0-9]{1,3}(?:[.,][0-9]{3})+|[0-9]+)(?:[.,][0-9]{1,2})?\s?(?:€|\beur\b|\beuros?\b)")
         .expect("amount pattern")
 });
 
