@@ -14,6 +14,10 @@ use crate::flows::{Flow, StepDef, Tier};
 use crate::store::RunRow;
 
 impl Engine {
+    /// A generate step: a finished batch answer when one is in the
+    /// journal; otherwise the prompt is rendered and the call is queued
+    /// for a batch (not urgent, and the provider has a batch API) or made
+    /// now. A failed call stops the run with buttons to go on.
     pub(super) async fn generate(
         &self,
         run: &RunRow,
