@@ -11,6 +11,10 @@
 //! 100,000) with the RSS sampled every tenth of them, to show whether the
 //! resident memory grows after warm-up (`SOLOIST_SOAK_UPDATES=0` skips it).
 //!
+//! `SOLOIST_BENCH_WRAPPER` runs the process under a profiler and
+//! `SOLOIST_BENCH_HOLD_SECS` keeps it alive after the burst, for a look from
+//! outside (see `soloist_run` and the README's reading of stop 25).
+//!
 //! Linux only (it reads /proc). The process runs on SQLite, as a first
 //! `soloist run` does.
 
@@ -102,7 +106,9 @@ fn soloist_run(
     extra: &[(&str, &str)],
 ) -> Child {
     // `SOLOIST_BENCH_WRAPPER="heaptrack -o /tmp/soloist"` runs the child
-    // under a profiler (its RSS figures are then the wrapper's).
+    // under a profiler. Its RSS figures are then the wrapper's, and the
+    // stop's SIGTERM reaches the wrapper only: stop `soloist run` yourself
+    // afterwards (heaptrack writes its file when the process ends).
     let wrapper = std::env::var("SOLOIST_BENCH_WRAPPER").unwrap_or_default();
     let mut words = wrapper.split_whitespace();
     let mut command = match words.next() {
