@@ -158,7 +158,8 @@ impl Subject {
                     .status();
                 let _ = child.wait();
                 if let Some(url) = database {
-                    drop_pg_database(&url).await;
+                    let admin = std::env::var("SOLOIST_TEST_PG_URL").unwrap();
+                    common::drop_pg_database(&admin, &url).await;
                 }
             }
         }
@@ -325,24 +326,6 @@ async fn burst(db: Db, n: i64, mode: Mode) {
         subject.kib("VmHWM") / 1024,
     );
     subject.stop().await;
-}
-
-/// Drops the bench's database at `url`, through the admin URL's server.
-async fn drop_pg_database(url: &str) {
-    let Some(name) = url::Url::parse(url)
-        .ok()
-        .map(|u| u.path().trim_start_matches('/').to_string())
-    else {
-        return;
-    };
-    let admin = std::env::var("SOLOIST_TEST_PG_URL").unwrap();
-    let store = soloist::store::Store::connect(&admin, 1).await.unwrap();
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(store.pool())
-    .await;
-    store.close().await;
 }
 
 /// A `/proc/PID/status` figure in KiB (0 where there is none).

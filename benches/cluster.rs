@@ -263,20 +263,7 @@ impl Cluster {
             ));
             return;
         }
-        let store = soloist::store::Store::connect(&self.admin, 1)
-            .await
-            .unwrap();
-        let name = url::Url::parse(&self.database)
-            .unwrap()
-            .path()
-            .trim_start_matches('/')
-            .to_string();
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(store.pool())
-        .await;
-        store.close().await;
+        common::drop_pg_database(&self.admin, &self.database).await;
     }
 
     fn kill(&mut self) {

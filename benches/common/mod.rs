@@ -23,6 +23,24 @@ pub async fn fresh_pg_database(admin: &str) -> String {
     url.to_string()
 }
 
+/// Drops the database at `url` (one [`fresh_pg_database`] made), through
+/// the server `admin` points at; ends any connection still open to it.
+pub async fn drop_pg_database(admin: &str, url: &str) {
+    let Some(name) = url::Url::parse(url)
+        .ok()
+        .map(|u| u.path().trim_start_matches('/').to_string())
+    else {
+        return;
+    };
+    let store = Store::connect(admin, 1).await.unwrap();
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(store.pool())
+    .await;
+    store.close().await;
+}
+
 /// Prints `what: n=… median=… p99=… mean=…`.
 pub fn report(what: &str, samples: &[Duration]) {
     let mut sorted = samples.to_vec();
